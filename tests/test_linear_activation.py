@@ -1,0 +1,185 @@
+"""δ linear and activations against native autograd: float64 exact-ish, gradcheck, low precision."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import torchbp
+import torchbp.functional as tbf
+from util import DEVICES, LOW, assert_matches_native, gradchecks
+
+LINEAR_SHAPES = [(5,), (4, 5), (2, 3, 5), (2, 1, 3, 5)]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shape", LINEAR_SHAPES)
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear_float64(shape, bias, device):
+    x = torch.randn(shape, requires_grad=True)
+    W = torch.randn(6, 5, requires_grad=True)
+    b = torch.randn(6, requires_grad=True) if bias else None
+    assert_matches_native(tbf.linear, F.linear, (x, W, b), device=device)
+
+
+def test_linear_noncontiguous_and_no_input_grad():
+    x = torch.randn(5, 4, dtype=torch.float64).t()  # non-contiguous, needs no grad
+    W = torch.randn(6, 5, dtype=torch.float64, requires_grad=True)
+    assert_matches_native(tbf.linear, F.linear, (x, W))
+
+
+def test_linear_gradcheck():
+    gradchecks(tbf.linear, (torch.randn(2, 3, 5, requires_grad=True), torch.randn(4, 5, requires_grad=True),
+                            torch.randn(4, requires_grad=True)))
+    gradchecks(tbf.linear, (torch.randn(3, 5, requires_grad=True), torch.randn(4, 5, requires_grad=True), None))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", LOW)
+def test_linear_low_precision(dtype, device):
+    args = (torch.randn(8, 32, requires_grad=True), torch.randn(16, 32, requires_grad=True),
+            torch.randn(16, requires_grad=True))
+    assert_matches_native(tbf.linear, F.linear, args, dtype=dtype, device=device)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_linear_autocast(device):
+    dtype = torch.bfloat16 if device == "cpu" else torch.float16
+    x = torch.randn(4, 8, device=device, requires_grad=True)
+    layer = torch.nn.Linear(8, 3, device=device)
+    twin = torchbp.swap(torch.nn.Linear(8, 3, device=device))
+    twin.load_state_dict(layer.state_dict())
+    with torch.autocast(device, dtype=dtype):
+        yn, ys = layer(x), twin(x)
+    assert yn.dtype == ys.dtype == dtype
+    assert torch.equal(yn, ys)
+    gn = torch.autograd.grad(yn.float().sum(), [x, *layer.parameters()])
+    gs = torch.autograd.grad(ys.float().sum(), [x, *twin.parameters()])
+    for a, b in zip(gs, gn):
+        assert a.dtype == b.dtype
+        torch.testing.assert_close(a, b, rtol=2e-2, atol=2e-2)
+
+
+def test_linear_bad_input_names_op():
+    with pytest.raises(RuntimeError, match=r"torchbp.functional.linear: input has 4 features"):
+        tbf.linear(torch.randn(3, 4), torch.randn(2, 5))
+    with pytest.raises(RuntimeError, match=r"linear: weight has dtype torch.float64"):
+        tbf.linear(torch.randn(3, 5), torch.randn(2, 5, dtype=torch.float64))
+    with pytest.raises(RuntimeError, match=r"linear: bias must have shape \[2\]"):
+        tbf.linear(torch.randn(3, 5), torch.randn(2, 5), torch.randn(3))
+
+
+ACTIVATIONS = [  # (ours, native, kwargs)
+    (tbf.sigmoid, torch.sigmoid, {}),
+    (tbf.tanh, torch.tanh, {}),
+    (tbf.relu, F.relu, {}),
+    (tbf.leaky_relu, F.leaky_relu, {}),
+    (tbf.leaky_relu, F.leaky_relu, {"negative_slope": 0.2}),
+    (tbf.leaky_relu, F.leaky_relu, {"negative_slope": -0.3}),
+    (tbf.elu, F.elu, {}),
+    (tbf.elu, F.elu, {"alpha": 0.5}),
+    (tbf.gelu, F.gelu, {}),
+    (tbf.gelu, F.gelu, {"approximate": "tanh"}),
+    (tbf.silu, F.silu, {}),
+    (tbf.softplus, F.softplus, {}),
+    (tbf.softplus, F.softplus, {"beta": 2.0, "threshold": 1.0}),
+    (tbf.hardtanh, F.hardtanh, {}),
+    (tbf.hardtanh, F.hardtanh, {"min_val": -0.5, "max_val": 2.0}),
+    (tbf.relu6, F.relu6, {}),
+    (tbf.softmax, F.softmax, {"dim": -1}),
+    (tbf.softmax, F.softmax, {"dim": 0}),
+    (tbf.softmax, F.softmax, {"dim": 1}),
+    (tbf.log_softmax, F.log_softmax, {"dim": -1}),
+    (tbf.log_softmax, F.log_softmax, {"dim": 1}),
+]
+IDS = [f"{o.__name__}{k or ''}" for o, _, k in ACTIVATIONS]
+
+
+def _input(shape=(3, 4, 5)):
+    x = torch.randn(shape) * 3
+    x.view(-1)[:4] = torch.tensor([0.0, 1.0, -1.0, 6.0])  # kinks / boundaries included
+    return x.requires_grad_()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("ours,native,kw", ACTIVATIONS, ids=IDS)
+@pytest.mark.parametrize("shape", [(7,), (3, 5), (3, 4, 5)])
+def test_activation_float64(ours, native, kw, shape, device):
+    if kw.get("dim") == 1 and len(shape) < 2:
+        pytest.skip("dim out of range for 1-D")
+    assert_matches_native(ours, native, (_input(shape),), kw, device=device)
+
+
+@pytest.mark.parametrize("ours,native,kw", ACTIVATIONS, ids=IDS)
+def test_activation_gradcheck(ours, native, kw):
+    x = torch.randn(3, 4, dtype=torch.float64) * 2
+    x = x + 0.1 * x.sign()  # keep away from kinks, where finite differences are meaningless
+    gradchecks(ours, (x.requires_grad_(),), kw)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", LOW)
+@pytest.mark.parametrize("ours,native,kw", ACTIVATIONS, ids=IDS)
+def test_activation_low_precision(ours, native, kw, dtype, device):
+    assert_matches_native(ours, native, (torch.randn(16, 33, requires_grad=True),), kw, dtype=dtype, device=device)
+
+
+INPLACE = [(tbf.relu, F.relu, {}), (tbf.leaky_relu, F.leaky_relu, {"negative_slope": 0.1}),
+           (tbf.elu, F.elu, {}), (tbf.hardtanh, F.hardtanh, {}), (tbf.relu6, F.relu6, {}),
+           (tbf.silu, F.silu, {})]
+
+
+@pytest.mark.parametrize("ours,native,kw", INPLACE, ids=[o.__name__ for o, _, _ in INPLACE])
+def test_activation_inplace(ours, native, kw):
+    x = _input()
+
+    leaf_s = x.detach().double().requires_grad_()
+    leaf_n = x.detach().double().requires_grad_()
+    for fn, leaf in ((ours, leaf_s), (native, leaf_n)):
+        h = leaf * 1.0
+        out = fn(h, inplace=True, **kw)
+        assert out.data_ptr() == h.data_ptr()
+        (out * torch.arange(out.numel(), dtype=out.dtype).view_as(out)).sum().backward()
+    torch.testing.assert_close(leaf_s.grad, leaf_n.grad, rtol=1e-12, atol=1e-12)
+
+
+def test_inplace_on_leaf_is_refused_like_native():
+    x = torch.randn(3, requires_grad=True)
+    with pytest.raises(RuntimeError):
+        tbf.relu(x, inplace=True)
+    with pytest.raises(RuntimeError):
+        F.relu(x, inplace=True)
+
+
+def test_activation_rejects_integer_input():
+    with pytest.raises(RuntimeError, match="torchbp.functional.sigmoid: input must be floating point"):
+        tbf.sigmoid(torch.arange(3))
+
+
+def test_cpu_autocast_bf16_mlp():
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.GELU(), torch.nn.Linear(16, 4),
+                                torch.nn.LogSoftmax(-1))
+    x = torch.randn(5, 8)
+    twin = torchbp.swap(__import__("copy").deepcopy(model))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        yn, ys = model(x), twin(x)
+    assert yn.dtype == ys.dtype
+    torch.testing.assert_close(ys, yn)
+    gn = torch.autograd.grad(yn.sum(), list(model.parameters()))
+    gs = torch.autograd.grad(ys.sum(), list(twin.parameters()))
+    for a, b in zip(gs, gn):
+        assert a.dtype == b.dtype == torch.float32
+        torch.testing.assert_close(a, b, rtol=3e-2, atol=3e-2)
+
+
+def test_vmap_and_double_backward_through_mlp():
+    model = torchbp.swap(torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1))).double()
+    x = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
+    (gx,) = torch.autograd.grad(model(x).sum(), x, create_graph=True)
+    native = torchbp.unswap(__import__("copy").deepcopy(model))
+    xn = x.detach().requires_grad_()
+    (gxn,) = torch.autograd.grad(native(xn).sum(), xn, create_graph=True)
+    torch.testing.assert_close(gx, gxn)
+    p = next(model.parameters())
+    torch.testing.assert_close(torch.autograd.grad(gx.pow(2).sum(), p)[0],
+                               torch.autograd.grad(gxn.pow(2).sum(), next(native.parameters()))[0])
+    per_example = torch.func.vmap(torch.func.grad(lambda xi: tbf.tanh(xi).sum()))(x.detach())
+    torch.testing.assert_close(per_example, 1 - torch.tanh(x.detach()) ** 2)

@@ -1,0 +1,85 @@
+"""Shared test helpers: compare a δ callable with its native counterpart, the DESIGN.md way."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+CUDA = torch.cuda.is_available()
+# every test that takes `device` runs on the CPU and, where a GPU exists, on CUDA (skipped cleanly otherwise)
+DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda,
+                                              pytest.mark.skipif(not CUDA, reason="no CUDA device")])]
+LOW = [torch.float32, torch.bfloat16, torch.float16]
+# the floor(dtype) of the comparison policy: what a correct low-precision result may still be off by
+FLOOR = {torch.float64: 1e-10, torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 2e-3}
+
+
+def rel_err(s: torch.Tensor, r: torch.Tensor) -> float:
+    s, r = s.detach().double().cpu(), r.detach().double().cpu()
+    return float((s - r).norm() / r.norm().clamp_min(1e-300)) if r.norm() > 0 else float((s - r).norm())
+
+
+def _tensors(obj):
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if isinstance(obj, (list, tuple)):
+        return [t for o in obj for t in _tensors(o)]
+    if isinstance(obj, dict):
+        return [t for o in obj.values() for t in _tensors(o)]
+    return []
+
+
+def _convert(obj, dtype, device):
+    """Fresh leaves: floating tensors to `dtype` (integer ones keep theirs), all on `device`."""
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().to(device=device, dtype=dtype if obj.is_floating_point() else obj.dtype)
+        return t.requires_grad_(obj.requires_grad)
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_convert(o, dtype, device) for o in obj)
+    if isinstance(obj, dict):
+        return {k: _convert(v, dtype, device) for k, v in obj.items()}
+    return obj
+
+
+def run(fn, args, kwargs=None, seed=0):
+    """Output and the gradients of every requires_grad input for the cost <v, fn(*args)>."""
+    kwargs = kwargs or {}
+    out = fn(*args, **kwargs)
+    leaves = [t for t in _tensors((args, kwargs)) if t.requires_grad]
+    outs = [o for o in _tensors(out) if o.is_floating_point() and o.requires_grad]
+    g = torch.Generator().manual_seed(seed)
+    vs = [torch.randn(o.shape, generator=g, dtype=torch.float64).to(o) for o in outs]
+    grads = torch.autograd.grad(outs, leaves, vs, allow_unused=True)
+    return out, [torch.zeros_like(l) if gr is None else gr for l, gr in zip(leaves, grads)]
+
+
+def assert_matches_native(ours, native, args, kwargs=None, *, dtype=torch.float64, device="cpu"):
+    """float64: rel err <= 1e-10 for the output and every gradient.  Lower precision: against a
+    float64 oracle, err(ours) <= 2 * err(native same dtype) + floor(dtype)."""
+    kwargs = kwargs or {}
+    a_args, a_kw = _convert(args, dtype, device), _convert(kwargs, dtype, device)
+    n_args, n_kw = _convert(args, dtype, device), _convert(kwargs, dtype, device)
+    out_s, g_s = run(ours, a_args, a_kw)
+    out_n, g_n = run(native, n_args, n_kw)
+    pairs = list(zip(_tensors(out_s) + g_s, _tensors(out_n) + g_n))
+    assert len(_tensors(out_s)) == len(_tensors(out_n))
+    if dtype == torch.float64:
+        for i, (s, n) in enumerate(pairs):
+            assert s.shape == n.shape and s.dtype == n.dtype, (i, s.shape, n.shape, s.dtype, n.dtype)
+            assert rel_err(s, n) <= 1e-10, f"item {i}: rel err {rel_err(s, n):.3e}"
+        return
+    o_args, o_kw = _convert(args, torch.float64, "cpu"), _convert(kwargs, torch.float64, "cpu")
+    out_o, g_o = run(native, o_args, o_kw)
+    for i, ((s, n), o) in enumerate(zip(pairs, _tensors(out_o) + g_o)):
+        assert s.shape == n.shape and s.dtype == n.dtype, (i, s.shape, n.shape, s.dtype, n.dtype)
+        es, en = rel_err(s, o), rel_err(n, o)
+        assert es <= 2 * en + FLOOR[dtype], f"item {i}: err {es:.3e} vs native {en:.3e} ({dtype})"
+
+
+def gradchecks(fn, args, kwargs=None):
+    """gradcheck and gradgradcheck in float64 over the floating, requires_grad arguments."""
+    kwargs = kwargs or {}
+    args = _convert(args, torch.float64, "cpu")
+    kwargs = _convert(kwargs, torch.float64, "cpu")
+    f = (lambda *a: fn(*a, **kwargs)) if kwargs else fn
+    assert torch.autograd.gradcheck(f, args, check_undefined_grad=False)
+    assert torch.autograd.gradgradcheck(f, args, check_undefined_grad=False)

@@ -1,0 +1,22 @@
+"""The δ formulas: one ``torch.autograd.Function`` per op, grouped by family as in ``torch.nn``.
+
+Each family module exports functional forms with ``torch.nn.functional``'s signatures and a ``ROUTES``
+table (native callable -> δ twin) that :mod:`torchbp.registry` reads.
+"""
+from . import activation, attention, conv, dropout, flatten, linear, loss, normalization, pooling, sparse
+from ._common import DeltaFunction
+
+# Bound before the star imports below, which rebind names such as `linear` to the functions.
+FAMILIES = (linear, activation, loss, conv, pooling, normalization, sparse, dropout, flatten, attention)
+
+from .activation import *  # noqa: F401,F403
+from .attention import *  # noqa: F401,F403
+from .conv import *  # noqa: F401,F403
+from .dropout import *  # noqa: F401,F403
+from .flatten import *  # noqa: F401,F403
+from .linear import *  # noqa: F401,F403
+from .loss import *  # noqa: F401,F403
+from .normalization import *  # noqa: F401,F403
+from .pooling import *  # noqa: F401,F403
+from .sparse import *  # noqa: F401,F403
+

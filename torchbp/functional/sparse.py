@@ -1,0 +1,3 @@
+"""δ Functions of this family (to be filled in)."""
+ROUTES = {}
+__all__ = []

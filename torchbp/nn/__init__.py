@@ -1,0 +1,20 @@
+"""Drop-in twins of torch.nn modules: subclasses that only override ``forward`` to call the δ
+Functions, so constructor arguments, parameters, state_dict and ``isinstance`` all stay native.
+
+Each family module exports a ``TWINS`` table (native class -> twin) that :mod:`torchbp.registry` reads.
+"""
+from . import activation, attention, conv, dropout, flatten, linear, loss, normalization, pooling, sparse
+# Bound before the star imports below, which rebind names such as `linear` to the functions.
+FAMILIES = (linear, activation, loss, conv, pooling, normalization, sparse, dropout, flatten, attention)
+
+from .activation import *  # noqa: F401,F403
+from .attention import *  # noqa: F401,F403
+from .conv import *  # noqa: F401,F403
+from .dropout import *  # noqa: F401,F403
+from .flatten import *  # noqa: F401,F403
+from .linear import *  # noqa: F401,F403
+from .loss import *  # noqa: F401,F403
+from .normalization import *  # noqa: F401,F403
+from .pooling import *  # noqa: F401,F403
+from .sparse import *  # noqa: F401,F403
+
