@@ -52,6 +52,14 @@ def register(native, twin_or_function=None):
     return twin_or_function
 
 
+def unregister(native) -> None:
+    """Remove ``native``'s entry (a module class or a callable); unknown entries are ignored."""
+    twin = _twins.pop(native, None)
+    _natives.pop(twin, None)
+    fn = _functions.pop(native, None)
+    _user_functions.discard(getattr(fn, "__self__", None))
+
+
 def function_for(native) -> Callable | None:
     """The δ callable routed for ``native``, or None."""
     try:
