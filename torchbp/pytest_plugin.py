@@ -1,0 +1,220 @@
+"""pytest plugin: gradient audits in any project's test suite.
+
+Loaded through the ``pytest11`` entry point ``torchbp``.  Nothing here imports torch at start-up: torch
+and ``torchbp.audit`` are imported on the first audit (or when ``--torchbp-device=all`` must ask which
+devices exist), so a suite that never audits pays nothing.
+
+    def test_mlp_gradients(torchbp_audit):
+        model = torch.nn.Sequential(torch.nn.Linear(10, 32), torch.nn.Tanh(), torch.nn.Linear(32, 3))
+        torchbp_audit(model, torch.randn(8, 10))   # fails the test when a layer's gradients disagree
+
+Settings, lowest precedence first: defaults (cpu, float64) < ini (``torchbp_device``, ``torchbp_dtype``,
+``torchbp_report``) < command line (``--torchbp-device``, ...) < ``@pytest.mark.torchbp(...)`` < the
+keyword arguments of the call itself.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import pytest
+
+DEVICES = ("cpu", "cuda", "all")  # or any torch device string, e.g. "cuda:1"
+DTYPES = ("float64", "float32", "bfloat16", "float16")
+DEFAULTS = {"device": "cpu", "dtype": "float64", "report": None}
+HELP = {
+    "device": "device of the gradient audits: cpu (default), cuda (skipped without a GPU), or all "
+              "(each test once per available device)",
+    "dtype": "dtype of the gradient audits: float64 (default), float32, bfloat16, float16",
+    "report": "write every gradient audit of the session to one JSON file (merged across xdist workers)",
+}
+SCHEMA = "torchbp-pytest/1"
+
+_KEY = pytest.StashKey["_Session"]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("torchbp", "torchbp gradient audits")
+    for name, help in HELP.items():
+        group.addoption(f"--torchbp-{name}", dest=f"torchbp_{name}", default=None, metavar=name.upper(),
+                        help=help)
+        parser.addini(f"torchbp_{name}", help, default=DEFAULTS[name])
+
+
+def _setting(config: pytest.Config, name: str):
+    value = config.getoption(f"torchbp_{name}")
+    return value if value is not None else config.getini(f"torchbp_{name}") or DEFAULTS[name]
+
+
+def _check_dtype(dtype) -> None:
+    if isinstance(dtype, str) and dtype.removeprefix("torch.") not in DTYPES:
+        raise pytest.UsageError(f"torchbp: unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "torchbp(device=None, dtype=None, **audit_kwargs): settings of the torchbp_audit "
+                   "fixture for this test (override --torchbp-device / --torchbp-dtype and the ini)")
+    _check_dtype(_setting(config, "dtype"))
+    report = config.getoption("torchbp_report")
+    if report is not None:
+        report = os.path.join(config.invocation_params.dir, report)
+    elif config.getini("torchbp_report"):
+        base = config.inipath.parent if config.inipath else config.rootpath
+        report = os.path.join(base, config.getini("torchbp_report"))
+    config.stash[_KEY] = _Session(report)
+
+
+def _marker_kwargs(node) -> dict:
+    kwargs = {}
+    for mark in reversed(list(node.iter_markers("torchbp"))):  # the closest marker wins
+        if mark.args:
+            raise pytest.UsageError(f"{node.nodeid}: @pytest.mark.torchbp takes keyword arguments only")
+        kwargs.update(mark.kwargs)
+    return kwargs
+
+
+def _available_devices() -> list[str]:
+    import torch
+    return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    # device "all": one test per available device, so each shows (and fails, and skips) on its own
+    if "torchbp_device" in metafunc.fixturenames:
+        device = _marker_kwargs(metafunc.definition).get("device") or _setting(metafunc.config, "device")
+        if device == "all":
+            devices = _available_devices()
+            metafunc.parametrize("torchbp_device", devices, indirect=True, ids=devices)
+
+
+@pytest.fixture
+def torchbp_device(request: pytest.FixtureRequest) -> str:
+    """The device this test's audits run on (marker, then --torchbp-device, then ini, then cpu).
+    Skips the test when that device is not available."""
+    device = getattr(request, "param", None) or _marker_kwargs(request.node).get("device") \
+        or _setting(request.config, "device")
+    import torch
+    kind = torch.device(device).type
+    if kind != "cpu":
+        mod = getattr(torch, kind, None)
+        if mod is None or not hasattr(mod, "is_available") or not mod.is_available():
+            pytest.skip(f"torchbp: no {kind.upper()} device available")
+        index = torch.device(device).index
+        if index is not None and hasattr(mod, "device_count") and index >= mod.device_count():
+            pytest.skip(f"torchbp: no device {device} (only {mod.device_count()} {kind} devices)")
+    return device
+
+
+@pytest.fixture
+def torchbp_audit(request: pytest.FixtureRequest, torchbp_device: str):
+    """``torchbp_audit(model, inputs, target=None, **audit_kwargs) -> AuditReport``.
+
+    Runs :func:`torchbp.audit` with this session's device and dtype (overridden by
+    ``@pytest.mark.torchbp(...)`` and then by the call's own keyword arguments), records the report for
+    ``--torchbp-report`` and the terminal summary, and fails the test when the gradients disagree: the
+    message is the verdict line, then the failing rows — what differs, by how much, where."""
+    session = request.config.stash[_KEY]
+    marker = _marker_kwargs(request.node)
+
+    def audit(model, inputs, target=None, **audit_kwargs):
+        import torch
+        import torchbp
+        kwargs = {"dtype": _setting(request.config, "dtype"), **marker, "device": torchbp_device,
+                  **audit_kwargs}
+        _check_dtype(kwargs["dtype"])
+        if isinstance(kwargs["dtype"], str):
+            kwargs["dtype"] = getattr(torch, kwargs["dtype"].removeprefix("torch."))
+        report = torchbp.audit(model, inputs, target, **kwargs)
+        session.record(request.node.nodeid, str(kwargs["device"]), str(kwargs["dtype"]).removeprefix("torch."),
+                       report)
+        if not report.ok:
+            pytest.fail(failure_message(report), pytrace=False)
+        return report
+
+    return audit
+
+
+def _get(row, field):
+    return row[field] if isinstance(row, dict) else getattr(row, field)
+
+
+def _worst(rows):
+    """The row with the largest relative error (non-finite ones count as the largest)."""
+    def key(row):
+        err = _get(row, "rel_err")
+        return math.inf if _get(row, "status") == "nonfinite" or err is None or math.isnan(err) else err
+    return max(rows, key=key, default=None)
+
+
+def failure_message(report) -> str:
+    """The verdict line, then only the rows that failed (passing ones are in the full report)."""
+    verdict, _, _ = str(report).partition("\n")
+    bad = [r for r in report.rows if _get(r, "status") not in ("ok", "native")]
+    from tabulate import tabulate
+    fields = ("layer", "kind", "quantity", "shape", "max_abs_err", "rel_err", "cosine", "tolerance", "status")
+    table = tabulate([[_get(r, f) for f in fields] for r in bad[:20]], headers=fields, floatfmt=".3g")
+    more = f"\n... and {len(bad) - 20} more failing rows" if len(bad) > 20 else ""
+    return f"{verdict}\n{table}{more}\n({len(report.rows) - len(bad)} of {len(report.rows)} rows agree)"
+
+
+class _Session:
+    """Every audit of this process; on an xdist worker it travels to the controller at the end."""
+
+    def __init__(self, report_path):
+        self.report_path = report_path
+        self.audits: list[dict] = []
+
+    def record(self, nodeid, device, dtype, report):
+        worst = _worst(report.rows)
+        entry = {"nodeid": nodeid, "device": device, "dtype": dtype, "ok": bool(report.ok),
+                 "first_divergence": report.first_divergence,
+                 "worst": None if worst is None else {f: _get(worst, f) for f in
+                                                      ("layer", "kind", "quantity", "rel_err", "status")}}
+        if self.report_path:  # keep full reports only when they are to be written
+            js = report.to_json()
+            entry["report"] = json.loads(js) if isinstance(js, str) else js
+        self.audits.append(entry)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    config, state = session.config, session.config.stash[_KEY]
+    if hasattr(config, "workeroutput"):  # an xdist worker: hand everything to the controller
+        config.workeroutput["torchbp_audits"] = json.dumps(state.audits, default=str)
+    elif state.report_path:
+        audits = sorted(state.audits, key=lambda a: a["nodeid"])  # stable order whatever the scheduling
+        failed = sum(not a["ok"] for a in audits)
+        doc = {"schema": SCHEMA, "audits_run": len(audits), "audits_failed": failed, "audits": audits}
+        os.makedirs(os.path.dirname(state.report_path) or ".", exist_ok=True)
+        tmp = f"{state.report_path}.tmp{os.getpid()}"
+        with open(tmp, "w") as f:
+            json.dump(doc, f, indent=1, default=str)
+        os.replace(tmp, state.report_path)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error) -> None:  # xdist controller: merge the worker's audits
+    audits = getattr(node, "workeroutput", {}).get("torchbp_audits")
+    if audits:
+        node.config.stash[_KEY].audits.extend(json.loads(audits))
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config) -> None:
+    state = config.stash.get(_KEY, None)
+    if state is None or hasattr(config, "workeroutput") or not state.audits:
+        return
+    audits = state.audits
+    failed = sum(not a["ok"] for a in audits)
+    tr = terminalreporter
+    tr.write_sep("-", "torchbp gradient audits")
+    tr.write_line(f"audits run: {len(audits)}, failed: {failed}")
+    worst = _worst([dict(a["worst"], nodeid=a["nodeid"]) for a in audits if a["worst"]])
+    if worst is not None:
+        where = f"{worst['layer'] or '<root>'} ({worst['kind']}) {worst['quantity']}"
+        err = worst["rel_err"]
+        err = f"{err:.3g}" if isinstance(err, (int, float)) else err
+        tr.write_line(f"worst layer: {where}, rel err {err} [{worst['status']}] "
+                      f"in {worst['nodeid']}")
+    if state.report_path:
+        tr.write_line(f"report: {state.report_path}")
