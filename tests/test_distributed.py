@@ -1,0 +1,200 @@
+"""DistributedDataParallel: swapped models train exactly like native ones, and torchbp.distributed.audit
+merges every rank's audit on rank 0.
+
+Each test spawns two CPU processes that meet through a file store under tmp_path and talk over gloo on
+the loopback interface only. Every wait is bounded (rendezvous and collectives time out, the parent joins
+with a deadline and kills what is left), so a hang fails the test instead of stalling the suite.
+"""
+from __future__ import annotations
+
+import datetime
+import multiprocessing
+import os
+import socket
+import time
+import traceback
+
+import pytest
+import torch
+
+import torchbp
+
+dist = pytest.importorskip("torch.distributed")
+if not (dist.is_available() and dist.is_gloo_available()):
+    pytest.skip("torch.distributed with the gloo backend is not available", allow_module_level=True)
+_LOOPBACK = next((name for _, name in socket.if_nameindex() if name.startswith("lo")), None)
+if _LOOPBACK is None:
+    pytest.skip("no loopback network interface for gloo", allow_module_level=True)
+
+from torch.nn.parallel import DistributedDataParallel as DDP  # noqa: E402
+
+WORLD = 2
+COLLECTIVE_TIMEOUT = 20  # s: a rank whose peer died gives up after this
+JOIN_TIMEOUT = 45        # s: the parent kills whatever still runs after this
+
+
+# ---------------------------------------------------------------------------------------------------
+# the two-process harness
+
+def _entry(worker, rank, tmp, args):
+    os.environ["GLOO_SOCKET_IFNAME"] = _LOOPBACK  # gloo binds to 127.0.0.1, never to another address
+    torch.set_num_threads(1)
+    out = os.path.join(tmp, f"rank{rank}")
+    try:
+        dist.init_process_group("gloo", init_method="file://" + os.path.join(tmp, "store"), rank=rank,
+                                world_size=WORLD, timeout=datetime.timedelta(seconds=COLLECTIVE_TIMEOUT))
+        torch.save(worker(rank, *args), out + ".pt")
+    except BaseException:
+        with open(out + ".err", "w") as f:
+            f.write(traceback.format_exc())
+        raise
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def launch(worker, tmp_path, *args):
+    """Run ``worker(rank, *args)`` on WORLD gloo ranks; return the list of their return values."""
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_entry, args=(worker, r, str(tmp_path), args), daemon=True)
+             for r in range(WORLD)]
+    for p in procs:
+        p.start()
+    deadline = time.monotonic() + JOIN_TIMEOUT
+    try:
+        for p in procs:
+            p.join(max(0.0, deadline - time.monotonic()))
+    finally:
+        hung = [r for r, p in enumerate(procs) if p.is_alive()]
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+                p.join(5)
+    errors = [(tmp_path / f"rank{r}.err").read_text() for r in range(WORLD) if (tmp_path / f"rank{r}.err").exists()]
+    assert not errors, "\n".join(errors)
+    assert not hung, f"ranks {hung} still running after {JOIN_TIMEOUT}s (killed)"
+    assert all(p.exitcode == 0 for p in procs), [p.exitcode for p in procs]
+    return [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+
+
+# ---------------------------------------------------------------------------------------------------
+# what the ranks run (module level, so the spawned processes can import them)
+
+def mlp():
+    torch.manual_seed(0)  # the same initial weights on every rank, as DDP requires
+    return torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 8),
+                               torch.nn.ReLU(), torch.nn.Linear(8, 3)).double()
+
+
+def batch(rank, step=0):
+    g = torch.Generator().manual_seed(100 * rank + step)  # every rank its own data
+    return (torch.randn(6, 4, generator=g, dtype=torch.float64),
+            torch.randn(6, 3, generator=g, dtype=torch.float64))
+
+
+def cost(h, y):
+    return 0.5 * (y - h).pow(2).sum() / h.shape[0]  # the seed's ½‖y − h‖², mean over the batch
+
+
+def grad_fn_names(t):
+    seen, stack, names = set(), [t.grad_fn], set()
+    while stack:
+        f = stack.pop()
+        if f is None or f in seen:
+            continue
+        seen.add(f)
+        names.add(type(f).__name__)
+        stack.extend(n for n, _ in f.next_functions)
+    return names
+
+
+def train(ddp, rank, steps, swap_at=None):
+    """SGD steps through DDP; returns the gradients of every step and the final parameters."""
+    opt = torch.optim.SGD(ddp.parameters(), lr=0.1)
+    grads, routed = [], []
+    for step in range(steps):
+        if step == swap_at:
+            torchbp.swap(ddp)  # swap the already-wrapped model: ddp.module's submodules change class
+        x, y = batch(rank, step)
+        opt.zero_grad()
+        loss = cost(ddp(x), y)
+        routed.append("LinearBackward" in grad_fn_names(loss))
+        loss.backward()  # DDP averages over the ranks here (not under torch.autograd.grad)
+        grads.append([p.grad.clone() for p in ddp.parameters()])
+        opt.step()
+    return grads, [p.detach().clone() for p in ddp.parameters()], routed
+
+
+def local_mean_grads(model, rank, step=0):
+    """The mean over ranks of each rank's own (un-wrapped) gradient: what DDP's allreduce must give."""
+    x, y = batch(rank, step)
+    local = torch.autograd.grad(cost(model(x), y), list(model.parameters()))
+    out = []
+    for g in local:
+        parts = [torch.empty_like(g) for _ in range(WORLD)]
+        dist.all_gather(parts, g.contiguous())
+        out.append((parts[0] + parts[1]) / WORLD)
+    return out
+
+
+def swap_then_wrap(rank):
+    native = DDP(mlp())
+    n_grads, n_params, n_routed = train(native, rank, steps=3)
+    model = torchbp.swap(mlp())
+    expected = local_mean_grads(model, rank)
+    swapped = DDP(model)
+    s_grads, s_params, s_routed = train(swapped, rank, steps=3)
+    return dict(native=(n_grads, n_params, n_routed), swapped=(s_grads, s_params, s_routed),
+                expected=expected, classes=[type(m) for m in swapped.module])
+
+
+def wrap_then_swap(rank):
+    native = DDP(mlp())
+    n = train(native, rank, steps=3)
+    ddp = DDP(mlp())
+    s = train(ddp, rank, steps=3, swap_at=1)  # one native step first: DDP rebuilds its buckets after it
+    classes = [type(m) for m in ddp.module]
+    torchbp.unswap(ddp)
+    return dict(native=n, swapped=s, classes=classes, unswapped=[type(m) for m in ddp.module])
+
+
+# ---------------------------------------------------------------------------------------------------
+# the tests
+
+def rel_err(s, r):
+    return float((s - r).norm() / r.norm()) if r.norm() > 0 else float((s - r).norm())
+
+
+def check_same_training(results, swap_at=0):
+    for rank, res in enumerate(results):
+        n_grads, n_params, n_routed = res["native"]
+        s_grads, s_params, s_routed = res["swapped"]
+        assert not any(n_routed)
+        assert s_routed == [step >= swap_at for step in range(len(s_routed))], s_routed
+        for step, (gs, gn) in enumerate(zip(s_grads, n_grads)):
+            for i, (s, n) in enumerate(zip(gs, gn)):
+                assert rel_err(s, n) <= 1e-10, (rank, step, i, rel_err(s, n))
+        for s, n in zip(s_params, n_params):
+            assert rel_err(s, n) <= 1e-10
+    # DDP's promise, kept with δ backward: every rank holds bitwise the same averaged gradient
+    for step in range(len(results[0]["swapped"][0])):
+        for g0, g1 in zip(results[0]["swapped"][0][step], results[1]["swapped"][0][step]):
+            assert torch.equal(g0, g1), step
+
+
+def test_swap_then_wrap_grads_equal_native_ddp(tmp_path):
+    results = launch(swap_then_wrap, tmp_path)
+    check_same_training(results)
+    for res in results:
+        assert res["classes"][0] is torchbp.nn.Linear and res["classes"][1] is torchbp.nn.Tanh
+        # the same reduction (sum of two, halved) as DDP's allreduce: bitwise equal
+        for got, want in zip(res["swapped"][0][0], res["expected"]):
+            assert torch.equal(got, want)
+
+
+def test_wrap_then_swap_grads_equal_native_ddp(tmp_path):
+    results = launch(wrap_then_swap, tmp_path)
+    check_same_training(results, swap_at=1)
+    for res in results:
+        assert res["classes"][0] is torchbp.nn.Linear and res["classes"][3] is torchbp.nn.ReLU
+        assert res["unswapped"][0] is torch.nn.Linear and res["unswapped"][1] is torch.nn.Tanh
