@@ -1,0 +1,363 @@
+#!/usr/bin/env python
+"""Training-step time and peak memory: torchbp's δ layers against native autograd.
+
+For each model, dtype and device: a native model and ``torchbp.swap(deepcopy(native))`` (same
+weights), each with its own SGD optimizer; one step = zero_grad + forward + loss + backward + SGD step.
+
+Timing: after a warm-up, N pairs of samples in one process, alternating which side runs first in each
+pair (so drift, turbo and neighbours' load hit both sides alike); each sample times enough steps to
+last ~50 ms. Reported: the median of the per-pair ratios manual/native and their IQR.
+
+bfloat16 means mixed precision through ``torch.autocast(device, torch.bfloat16)`` with float32
+parameters, on CPU and CUDA alike: how bf16 training is run in practice, and the path through
+torchbp's autocast handling.
+
+Peak memory of one step, above what was live before it (parameters, inputs, optimizer state):
+- CUDA: ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats``.
+- CPU: every allocation and free of the CPU allocator during the step, as ``torch.profiler``
+  (``profile_memory=True``) records them with their timestamps; their running sum is the live heap of
+  the step and its maximum the peak. Unlike RSS this is not blurred by glibc's caching, and unlike
+  counting saved tensors it includes backward's temporaries (a materialised mask shows up).
+
+Audit overhead: ``torchbp.audit`` wall time / native step time, when torchbp.audit exists.
+
+Models whose layers have no δ twin yet are reported as "skipped (missing: …)"; a loss without a twin
+falls back to the native loss for both sides, and the row says so.
+
+  python scripts/bench.py [--quick] [--models mlp,seed,cnn,transformer] [--device cpu|cuda|all]
+                          [--dtypes float32,bfloat16] [--pairs N] [--json bench.json]
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import json
+import math
+import platform
+import statistics
+import sys
+import time
+import warnings
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import torchbp
+from torchbp import registry
+
+
+def log(*a):
+    print(*a, file=sys.stderr, flush=True)
+
+
+# --- the models -----------------------------------------------------------------------------------
+
+class TransformerBlock(nn.Module):
+    """Embedding, pre-norm self-attention and GELU MLP with residuals, then a vocabulary head."""
+
+    def __init__(self, vocab=1000, d=256, heads=4, ff=1024):
+        super().__init__()
+        self.emb = nn.Embedding(vocab, d)
+        self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.attn = nn.MultiheadAttention(d, heads, batch_first=True)
+        self.mlp = nn.Sequential(nn.Linear(d, ff), nn.GELU(), nn.Linear(ff, d))
+        self.head = nn.Linear(d, vocab)
+
+    def forward(self, tokens):
+        h = self.emb(tokens)
+        a = self.ln1(h)
+        h = h + self.attn(a, a, a, need_weights=False)[0]
+        h = h + self.mlp(self.ln2(h))
+        return self.head(h)
+
+
+def _half_squared_error(h, y):  # the seed's cost, ½‖y − h‖² per example, mean over the batch
+    return 0.5 * ((y - h) ** 2).sum(-1).mean()
+
+
+def _ce(out, y):
+    return F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1))
+
+
+def build(name, quick):
+    """(model, input, target, native loss, twin loss class name). ``quick`` shrinks every model."""
+    g = torch.Generator().manual_seed(0)
+    if name == "mlp":
+        sizes, batch = ((784, 64, 64, 10), 16) if quick else ((784, 1024, 1024, 1024, 10), 256)
+        layers = []
+        for a, b in zip(sizes[:-1], sizes[1:]):
+            layers += [nn.Linear(a, b), nn.ReLU()]
+        model = nn.Sequential(*layers[:-1])
+        return model, torch.randn(batch, sizes[0], generator=g), torch.randint(0, 10, (batch,), generator=g), \
+            _ce, "CrossEntropyLoss"
+    if name == "seed":
+        from torchbp.demo import seed_network
+        batch = 8 if quick else 64
+        return seed_network(0, torch.float32), torch.randn(batch, 4, generator=g), \
+            torch.rand(batch, 3, generator=g), _half_squared_error, "HalfSquaredError"
+    if name == "cnn":
+        batch, side = (4, 8) if quick else (64, 32)
+        model = nn.Sequential(nn.Conv2d(3, 32, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(32, 64, 3), nn.ReLU(),
+                              nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10))
+        return model, torch.randn(batch, 3, side, side, generator=g), \
+            torch.randint(0, 10, (batch,), generator=g), _ce, "CrossEntropyLoss"
+    if name == "transformer":
+        batch, seq, vocab, d, ff = (2, 8, 50, 32, 64) if quick else (8, 128, 1000, 256, 1024)
+        model = TransformerBlock(vocab, d, 4, ff)
+        return model, torch.randint(0, vocab, (batch, seq), generator=g), \
+            torch.randint(0, vocab, (batch, seq), generator=g), _ce, "CrossEntropyLoss"
+    raise ValueError(f"unknown model {name!r}")
+
+
+MODELS = ("mlp", "seed", "cnn", "transformer")
+CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict, TransformerBlock)
+
+
+def missing_twins(model) -> list[str]:
+    """Class names of the layers that would stay native after swap: a module with a twin covers its
+    children (its forward is the twin's); containers are looked into."""
+    out = []
+
+    def walk(m):
+        if registry.twin_for(type(m)) is not None or registry.native_for(type(m)) is not None:
+            return
+        if isinstance(m, CONTAINERS):
+            for c in m.children():
+                walk(c)
+        elif type(m).__name__ not in out:
+            out.append(type(m).__name__)
+
+    walk(model)
+    return out
+
+
+def twin_loss(name, native_loss):
+    """torchbp's twin of the loss when it exists (same call signature as ``native_loss``), else None."""
+    cls = getattr(torchbp.nn, name, None)
+    if cls is None:
+        return None
+    fn = cls()
+    if native_loss is _ce:
+        return lambda out, y: fn(out.reshape(-1, out.shape[-1]), y.reshape(-1))
+    return fn
+
+
+# --- measuring ------------------------------------------------------------------------------------
+
+def make_step(model, loss_fn, x, y, amp):
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    device = x.device.type
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=amp):
+            loss = loss_fn(model(x), y)
+        loss.backward()
+        opt.step()
+
+    step.opt = opt
+    return step
+
+
+def sync(device):
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(step, reps, device):
+    sync(device)
+    t = time.perf_counter()
+    for _ in range(reps):
+        step()
+    sync(device)
+    return (time.perf_counter() - t) / reps
+
+
+def quartiles(v):
+    if len(v) < 2:
+        return v[0], v[0], v[0]
+    q = statistics.quantiles(v, n=4, method="inclusive")
+    return q[0], statistics.median(v), q[2]
+
+
+def peak_memory(step, device) -> int:
+    """Bytes of the step's peak live memory above what was live when it started (see module doc)."""
+    step.opt.zero_grad(set_to_none=True)  # the previous gradients are freed before the measurement
+    if device == "cuda":
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        step()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base
+    from torch._C._profiler import _EventType
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    allocs = []
+    stack = list(prof.profiler.kineto_results.experimental_event_tree())
+    while stack:
+        node = stack.pop()
+        if node.typed[0] == _EventType.Allocation and node.typed[1].device.type == "cpu":
+            allocs.append((node.start_time_ns, node.typed[1].alloc_size))
+        stack.extend(node.children)
+    live = peak = 0
+    for _, size in sorted(allocs):
+        live += size
+        peak = max(peak, live)
+    return peak
+
+
+def bench_one(name, device, dtype_name, args):
+    row = dict(model=name, device=device, dtype=dtype_name, status="ok", note="")
+    model, x, y, native_loss, loss_twin_name = build(name, args.quick)
+    missing = missing_twins(model)
+    if missing:
+        row["status"] = f"skipped (missing: {', '.join(missing)})"
+        return row
+    manual_loss = twin_loss(loss_twin_name, native_loss)
+    if manual_loss is None:
+        manual_loss = native_loss
+        row["note"] = f"no torchbp {loss_twin_name}: native loss on both sides"
+    model, x, y = model.to(device), x.to(device), y.to(device)
+    manual = copy.deepcopy(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torchbp.swap(manual)
+    amp = dtype_name == "bfloat16"
+    steps = {"native": make_step(model, native_loss, x, y, amp), "manual": make_step(manual, manual_loss, x, y, amp)}
+
+    for _ in range(args.warmup):
+        for s in steps.values():
+            s()
+    one = min(timed(steps["native"], 1, device) for _ in range(3))
+    reps = max(1, math.ceil(args.sample_s / max(one, 1e-6)))
+    times = {"native": [], "manual": []}
+    for i in range(args.pairs):
+        order = ("native", "manual") if i % 2 == 0 else ("manual", "native")
+        for side in order:
+            times[side].append(timed(steps[side], reps, device))
+    ratios = [m / n for m, n in zip(times["manual"], times["native"])]
+    q1, med, q3 = quartiles(ratios)
+    row.update(native_ms=1e3 * statistics.median(times["native"]), manual_ms=1e3 * statistics.median(times["manual"]),
+               time_ratio=med, ratio_iqr=[q1, q3], ratios=ratios, reps_per_sample=reps, pairs=args.pairs)
+
+    mem = {side: peak_memory(s, device) for side, s in steps.items()}
+    row.update(native_peak_mib=mem["native"] / 2**20, manual_peak_mib=mem["manual"] / 2**20,
+               mem_ratio=mem["manual"] / mem["native"] if mem["native"] else float("nan"))
+
+    if hasattr(torchbp, "audit"):
+        try:
+            ts = []
+            for _ in range(2 if args.quick else 3):
+                sync(device)
+                t = time.perf_counter()
+                torchbp.audit(model, x, y, loss_fn=native_loss)
+                sync(device)
+                ts.append(time.perf_counter() - t)
+            row["audit_overhead"] = statistics.median(ts) / statistics.median(times["native"])
+        except Exception as e:  # the bench reports, it does not debug the audit
+            row["audit_overhead"] = None
+            row["note"] = (row["note"] + "; " if row["note"] else "") + f"audit failed: {type(e).__name__}: {e}"
+    else:
+        row["audit_overhead"] = None
+    return row
+
+
+# --- report ---------------------------------------------------------------------------------------
+
+def environment():
+    env = dict(torch=torch.__version__, torchbp=torchbp.__version__, python=platform.python_version(),
+               platform=platform.platform(), processor=platform.processor() or platform.machine(),
+               threads=torch.get_num_threads())
+    try:
+        with open("/proc/cpuinfo") as f:
+            env["cpu"] = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    if torch.cuda.is_available():
+        env["cuda"] = torch.version.cuda
+        env["gpu"] = torch.cuda.get_device_name()
+    return env
+
+
+def table(rows) -> str:
+    from tabulate import tabulate
+
+    def f(v, fmt):
+        return "" if v is None else format(v, fmt)
+
+    out = []
+    for r in rows:
+        if r["status"] != "ok":
+            out.append([r["model"], r["device"], r["dtype"], "", "", r["status"], "", "", "", "", ""])
+            continue
+        q1, q3 = r["ratio_iqr"]
+        out.append([r["model"], r["device"], r["dtype"], f(r["native_ms"], ".2f"), f(r["manual_ms"], ".2f"),
+                    f(r["time_ratio"], ".3f"), f"{q1:.3f}–{q3:.3f}", f(r["native_peak_mib"], ".1f"),
+                    f(r["manual_peak_mib"], ".1f"), f(r["mem_ratio"], ".3f"), f(r.get("audit_overhead"), ".1f")])
+    text = tabulate(out, headers=["model", "device", "dtype", "native ms", "δ ms", "time ×", "IQR", "native MiB",
+                                  "δ MiB", "mem ×", "audit ×"], disable_numparse=True,
+                    colalign=("left", "left", "left") + ("right",) * 8)
+    notes = [f"{r['model']} {r['device']} {r['dtype']}: {r['note']}" for r in rows if r.get("note")]
+    return text + ("\n\nnotes:\n  " + "\n  ".join(notes) if notes else "")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, from {', '.join(MODELS)}")
+    p.add_argument("--device", default="all", choices=("cpu", "cuda", "all"),
+                   help="all = cpu, and cuda when available (default)")
+    p.add_argument("--dtypes", default="float32,bfloat16", help="comma-separated: float32, bfloat16 (autocast)")
+    p.add_argument("--pairs", type=int, default=None, help="paired samples (default 20; 3 with --quick)")
+    p.add_argument("--warmup", type=int, default=None, help="warm-up steps per side (default 5; 1 with --quick)")
+    p.add_argument("--sample-s", type=float, default=None, help="seconds per timed sample (default 0.05)")
+    p.add_argument("--quick", action="store_true", help="tiny models, few pairs: a smoke test, not a measurement")
+    p.add_argument("--json", default="bench.json", help="where to write the JSON (default bench.json)")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    args = p.parse_args(argv)
+    args.pairs = args.pairs or (3 if args.quick else 20)
+    args.warmup = args.warmup if args.warmup is not None else (1 if args.quick else 5)
+    args.sample_s = args.sample_s or (0.002 if args.quick else 0.05)
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
+    for m in models:
+        if m not in MODELS:
+            p.error(f"unknown model {m!r}; choose from {', '.join(MODELS)}")
+    for d in dtypes:
+        if d not in ("float32", "bfloat16"):
+            p.error(f"unknown dtype {d!r}; choose float32 or bfloat16")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: no CUDA device here")
+    devices = ["cpu", "cuda"] if args.device == "all" and torch.cuda.is_available() else \
+        ["cpu"] if args.device == "all" else [args.device]
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+
+    rows = []
+    for device in devices:
+        for name in models:
+            for dtype in dtypes:
+                log(f"bench: {name} on {device}, {dtype} ...")
+                t = time.perf_counter()
+                rows.append(bench_one(name, device, dtype, args))
+                log(f"bench:   {rows[-1]['status']}"
+                    + (f", ratio {rows[-1]['time_ratio']:.3f}" if "time_ratio" in rows[-1] else "")
+                    + f" ({time.perf_counter() - t:.1f} s)")
+    print(table(rows))
+    doc = dict(schema=1, environment=environment(),
+               settings=dict(quick=args.quick, pairs=args.pairs, warmup=args.warmup, sample_s=args.sample_s,
+                             bf16="torch.autocast with float32 parameters",
+                             cpu_memory="torch.profiler allocation events, peak of the running sum"),
+               results=rows)
+    with open(args.json, "w") as f:
+        json.dump(doc, f, indent=1)
+    log(f"bench: wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
