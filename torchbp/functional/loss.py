@@ -1,3 +1,569 @@
-"""δ Functions of this family (to be filled in)."""
-ROUTES = {}
-__all__ = []
+"""Costs J(h, y): where back-propagation starts, δ at the output = ∂J/∂h.
+
+The seed's cost is ``HalfSquaredError``, J = ½‖y − h‖² per example, whose δ is −(y − h).
+Every loss reduces per-element (or per-example) terms ℓ: reduction "none" keeps them, "sum" adds
+them, "mean" divides the sum by their count (by the summed class weights for weighted NLL / CE).
+backward spreads the arriving δ_J back over the terms, δ_ℓ = δ_J (or δ_J / count for "mean"), and
+multiplies by ∂ℓ/∂h (and ∂ℓ/∂y where torch differentiates the target too).
+
+Every loss runs in float32 under autocast, as torch's autocast lists have it (policy FP32).
+"""
+from __future__ import annotations
+
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch.nn import _reduction as _Reduction
+
+from ._common import FP32, DeltaFunction, apply, check, check_compatible, check_tensor
+
+_REDUCTIONS = ("none", "mean", "sum")
+
+
+def _reduce(l, reduction):
+    return l if reduction == "none" else l.sum() if reduction == "sum" else l.mean()
+
+
+def _spread(g, n, reduction):
+    """δ_ℓ from δ_J: the same δ for every term of a sum, δ/n for a mean of n terms."""
+    return g / n if reduction == "mean" else g
+
+
+# --- elementwise losses: ℓ = f(h, y) per element ---------------------------------------------------
+
+class _Elementwise(DeltaFunction):
+    """J = reduce(ℓ(h, y)), with ``forward(h, y, reduction, w, p)``: w an optional per-element weight
+    tensor (broadcast against h) and p an option (beta, delta, pos_weight, or None).
+
+    δ_h = δ_ℓ ⊙ ∂ℓ/∂h  (``dh``);  δ_y = δ_ℓ ⊙ ∂ℓ/∂y (``dy``; None means ∂ℓ/∂y = −∂ℓ/∂h, the losses of h − y).
+    """
+
+    dy = None
+
+    def __init_subclass__(cls, **kwargs):
+        # bound per class (as in activation._Pointwise): under vmap ctx._forward_cls is a wrapper
+        super().__init_subclass__(**kwargs)
+
+        def forward(h, y, reduction, w, p):
+            return _reduce(cls.loss(h, y, w, p), reduction)
+
+        def setup_context(ctx, inputs, output):
+            h, y, ctx.reduction, w, p = inputs
+            ctx.n, ctx.p_tensor = h.numel(), isinstance(p, torch.Tensor)
+            ctx.p = None if ctx.p_tensor else p
+            ctx.save_for_backward(h, y, w, p if ctx.p_tensor else None)
+
+        def backward(ctx, g):
+            h, y, w, p = ctx.saved_tensors
+            p = p if ctx.p_tensor else ctx.p
+            need_h, need_y = ctx.needs_input_grad[:2]
+            s = _spread(g, ctx.n, ctx.reduction)
+            gh = gy = None
+            if cls.dy is None:
+                d = s * cls.dh(h, y, w, p) if need_h or need_y else None
+                gh, gy = (d if need_h else None), (-d if need_y else None)
+            else:
+                gh = s * cls.dh(h, y, w, p) if need_h else None
+                gy = s * cls.dy(h, y, w, p) if need_y else None
+            return gh, gy, None, None, None
+
+        cls.forward, cls.setup_context = staticmethod(forward), staticmethod(setup_context)
+        cls.backward = staticmethod(backward)
+
+
+class MSE(_Elementwise):
+    """ℓ = (h − y)²;  ∂ℓ/∂h = 2(h − y) = −∂ℓ/∂y."""
+
+    @staticmethod
+    def loss(h, y, w, p):
+        d = h - y
+        return d * d
+
+    @staticmethod
+    def dh(h, y, w, p):
+        return 2 * (h - y)
+
+
+class L1(_Elementwise):
+    """ℓ = |h − y|;  ∂ℓ/∂h = sign(h − y) (0 at h = y, as torch) = −∂ℓ/∂y."""
+
+    @staticmethod
+    def loss(h, y, w, p):
+        return (h - y).abs()
+
+    @staticmethod
+    def dh(h, y, w, p):
+        return torch.sign(h - y)
+
+
+class SmoothL1(_Elementwise):
+    """d = h − y, β = p > 0:  ℓ = ½d²/β where |d| < β, |d| − ½β elsewhere;
+    ∂ℓ/∂h = d/β where |d| < β, sign(d) elsewhere (= −∂ℓ/∂y).  β = 0 is routed to L1."""
+
+    @staticmethod
+    def loss(h, y, w, beta):
+        d = h - y
+        a = d.abs()
+        return torch.where(a < beta, 0.5 * d * d / beta, a - 0.5 * beta)
+
+    @staticmethod
+    def dh(h, y, w, beta):
+        d = h - y
+        return torch.where(d.abs() < beta, d / beta, torch.sign(d))
+
+
+class Huber(_Elementwise):
+    """d = h − y, δ_H = p:  ℓ = ½d² where |d| < δ_H, δ_H(|d| − ½δ_H) elsewhere;
+    ∂ℓ/∂h = d clamped to [−δ_H, δ_H] (= −∂ℓ/∂y)."""
+
+    @staticmethod
+    def loss(h, y, w, delta):
+        d = h - y
+        a = d.abs()
+        return torch.where(a < delta, 0.5 * d * d, delta * (a - 0.5 * delta))
+
+    @staticmethod
+    def dh(h, y, w, delta):
+        return (h - y).clamp(-delta, delta)
+
+
+def _clamped_logs(h):
+    # torch clamps both logs at −100 so that h ∈ {0, 1} gives a finite loss
+    return torch.log(h).clamp_min(-100), torch.log1p(-h).clamp_min(-100)
+
+
+class BCE(_Elementwise):
+    """h ∈ [0, 1]:  ℓ = −w(y log h + (1 − y) log(1 − h))  (logs clamped at −100, as torch);
+    ∂ℓ/∂h = w(h − y) / max(h(1 − h), 1e-12);  ∂ℓ/∂y = w(log(1 − h) − log h)."""
+
+    @staticmethod
+    def loss(h, y, w, p):
+        log_h, log_1mh = _clamped_logs(h)
+        l = -(y * log_h + (1 - y) * log_1mh)
+        return l if w is None else l * w
+
+    @staticmethod
+    def dh(h, y, w, p):
+        d = (h - y) / (h * (1 - h)).clamp_min(1e-12)
+        return d if w is None else d * w
+
+    @staticmethod
+    def dy(h, y, w, p):
+        log_h, log_1mh = _clamped_logs(h)
+        d = log_1mh - log_h
+        return d if w is None else d * w
+
+
+def _softplus_neg(z):
+    return torch.clamp_min(-z, 0) + torch.log1p(torch.exp(-z.abs()))  # log(1 + e^{−z}), stably
+
+
+class BCEWithLogits(_Elementwise):
+    """z logits, pos_weight p (1 when absent), l_w = 1 + (p − 1)y:
+    ℓ = w((1 − y)z + l_w·log(1 + e^{−z}));
+    ∂ℓ/∂z = w(σ(z)·l_w − p·y)  (= w(σ(z) − y) without p);
+    ∂ℓ/∂y = w(−z + (p − 1)·log(1 + e^{−z}))."""
+
+    @staticmethod
+    def loss(z, y, w, p):
+        sp = _softplus_neg(z)
+        l = (1 - y) * z + (sp if p is None else (1 + (p - 1) * y) * sp)
+        return l if w is None else l * w
+
+    @staticmethod
+    def dh(z, y, w, p):
+        s = torch.sigmoid(z)
+        d = s - y if p is None else s * (1 + (p - 1) * y) - p * y
+        return d if w is None else d * w
+
+    @staticmethod
+    def dy(z, y, w, p):
+        d = -z if p is None else (p - 1) * _softplus_neg(z) - z
+        return d if w is None else d * w
+
+
+# --- the seed's cost ----------------------------------------------------------------------------------
+
+def _per_example_dims(h):
+    return tuple(range(1, h.dim())) if h.dim() >= 2 else tuple(range(h.dim()))
+
+
+class HalfSquaredError(DeltaFunction):
+    """The seed's cost, J_n = ½‖y_n − h_n‖² per example n (dim 0; a 1-D input is one example).
+
+    δ at the output: ∂J/∂h = −(y − h), times δ_J (÷ N for "mean" over the N examples); ∂J/∂y = y − h.
+    """
+
+    @staticmethod
+    def forward(h, y, reduction):
+        d = h - y
+        per = 0.5 * (d * d).sum(_per_example_dims(h)) if h.dim() else 0.5 * d * d
+        return _reduce(per, reduction)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        h, y, ctx.reduction = inputs
+        ctx.n = h.shape[0] if h.dim() >= 2 else 1
+        ctx.save_for_backward(h, y)
+
+    @staticmethod
+    def backward(ctx, g):
+        h, y = ctx.saved_tensors
+        need_h, need_y = ctx.needs_input_grad[:2]
+        if not (need_h or need_y):
+            return None, None, None
+        s = _spread(g, ctx.n, ctx.reduction)
+        if ctx.reduction == "none" and h.dim() >= 2:
+            s = s.reshape(s.shape + (1,) * (h.dim() - 1))  # one δ_J per example, over its elements
+        d = s * -(y - h)
+        return (d if need_h else None), (-d if need_y else None), None
+
+
+# --- class losses: NLL and cross-entropy over a class dim --------------------------------------------
+
+def _class_dim(x):
+    return 0 if x.dim() == 1 else 1
+
+
+def _class_view(w, x):
+    """A (C,) weight shaped to broadcast along x's class dim."""
+    return w.view((-1,) + (1,) * (x.dim() - _class_dim(x) - 1))
+
+
+def _targets(y, w, ignore_index, dtype):
+    """keep_n = [y_n ≠ ignore_index]; y with ignored entries set to class 0 (a valid index for
+    gather/scatter); w_{y_n} (1 without weights), 0 where ignored."""
+    keep = y != ignore_index
+    y0 = torch.where(keep, y, 0)
+    wy = keep.to(dtype) if w is None else torch.where(keep, w[y0], 0)
+    return keep, y0, wy
+
+
+def _nll_terms(logp, y, w, reduction, ignore_index, eps):
+    """J from log-probabilities, class-index targets and label smoothing ε (torch's semantics):
+    ℓ_n = −(1 − ε)·w_{y_n}·logp[n, y_n] − (ε/C)·Σ_c w_c·logp[n, c], 0 where y_n is ignored;
+    "mean" divides Σ_n ℓ_n by Σ_n w_{y_n} over the non-ignored n."""
+    cd = _class_dim(logp)
+    keep, y0, wy = _targets(y, w, ignore_index, logp.dtype)
+    l = -wy * logp.gather(cd, y0.unsqueeze(cd)).squeeze(cd)
+    if eps:
+        smooth = (logp if w is None else logp * _class_view(w, logp)).sum(cd)
+        l = (1 - eps) * l - (eps / logp.shape[cd]) * torch.where(keep, smooth, 0)
+    if reduction == "mean":
+        return l.sum() / wy.sum()
+    return _reduce(l, reduction)
+
+
+def _class_spread(g, wy, reduction, z):
+    """δ_ℓ per target, shaped to broadcast along z's class dim."""
+    s = g / wy.sum() if reduction == "mean" else g
+    return s.unsqueeze(_class_dim(z)) if reduction == "none" else s
+
+
+class NLL(DeltaFunction):
+    """J = reduce(−w_{y_n}·x[n, y_n]) over log-probabilities x (N, C, d1, ...) or (C,).
+
+    δ_x[n, c] = −δ_ℓn·w_{y_n}·[c = y_n]  (0 for ignored targets).
+    """
+
+    @staticmethod
+    def forward(x, y, w, reduction, ignore_index):
+        return _nll_terms(x, y, w, reduction, ignore_index, 0.0)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, y, w, ctx.reduction, ctx.ignore_index = inputs
+        ctx.shape = x.shape
+        ctx.save_for_backward(y, w)
+
+    @staticmethod
+    def backward(ctx, g):
+        if not ctx.needs_input_grad[0]:
+            return (None,) * 5
+        y, w = ctx.saved_tensors
+        x0 = g.new_zeros(ctx.shape)
+        cd = _class_dim(x0)
+        _, y0, wy = _targets(y, w, ctx.ignore_index, g.dtype)
+        s = _class_spread(g, wy, ctx.reduction, x0)
+        src = -(s * wy.unsqueeze(cd))
+        return x0.scatter(cd, y0.unsqueeze(cd), src.expand(y0.unsqueeze(cd).shape)), None, None, None, None
+
+
+class CrossEntropy(DeltaFunction):
+    """J = NLL(log_softmax(z)) with class-index targets and label smoothing ε (see ``_nll_terms``).
+
+    With the per-target coefficients q[n, c] = (1 − ε)·w_{y_n}·[c = y_n] + (ε/C)·w_c (0 rows for
+    ignored targets), ℓ_n = −Σ_c q[n, c]·logp[n, c] and, since ∂logp_c/∂z_k = [c = k] − softmax_k,
+      δ_z[n, c] = δ_ℓn·(softmax(z)[n, c]·Σ_k q[n, k] − q[n, c]).
+    softmax is recomputed from the saved z (saving z, not log_softmax, keeps double backward exact).
+    """
+
+    @staticmethod
+    def forward(z, y, w, reduction, ignore_index, eps):
+        return _nll_terms(torch.log_softmax(z, _class_dim(z)), y, w, reduction, ignore_index, eps)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        z, y, w, ctx.reduction, ctx.ignore_index, ctx.eps = inputs
+        ctx.save_for_backward(z, y, w)
+
+    @staticmethod
+    def backward(ctx, g):
+        if not ctx.needs_input_grad[0]:
+            return (None,) * 6
+        z, y, w = ctx.saved_tensors
+        cd, eps, C = _class_dim(z), ctx.eps, z.shape[_class_dim(z)]
+        keep, y0, wy = _targets(y, w, ctx.ignore_index, z.dtype)
+        s = _class_spread(g, wy, ctx.reduction, z)
+        wy, keep, y0 = wy.unsqueeze(cd), keep.unsqueeze(cd), y0.unsqueeze(cd)
+        sum_q = wy if not eps else (1 - eps) * wy + keep.to(z.dtype) * (eps / C * (C if w is None else w.sum()))
+        delta = torch.softmax(z, cd) * (s * sum_q)
+        delta = delta.scatter_add(cd, y0, (-(1 - eps) * s * wy).expand(y0.shape))
+        if eps:
+            s_keep = torch.where(keep, s, 0)
+            delta = delta - (eps / C) * (s_keep if w is None else s_keep * _class_view(w, z))
+        return delta, None, None, None, None, None
+
+
+class CrossEntropyProbs(DeltaFunction):
+    """J = reduce(ℓ_n), ℓ_n = −Σ_c w_c·y'[n, c]·logp[n, c], y' = (1 − ε)y + ε/C (class probabilities);
+    "mean" divides by the number of examples N·d1·... (torch's semantics: not by the weights).
+
+      δ_z = δ_ℓ·(softmax(z)·Σ_c q_c − q),  q = w ⊙ y'
+      δ_y = −δ_ℓ·(1 − ε)·w ⊙ logp
+      δ_w = −Σ_(n, d...) δ_ℓ·y' ⊙ logp      (torch differentiates w here, through its composite ops)
+    """
+
+    @staticmethod
+    def forward(z, y, w, reduction, eps):
+        cd = _class_dim(z)
+        q = y * (1 - eps) + eps / z.shape[cd] if eps else y
+        if w is not None:
+            q = q * _class_view(w, z)
+        return _reduce(-(torch.log_softmax(z, cd) * q).sum(cd), reduction)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        z, y, w, ctx.reduction, ctx.eps = inputs
+        ctx.save_for_backward(z, y, w)
+
+    @staticmethod
+    def backward(ctx, g):
+        z, y, w = ctx.saved_tensors
+        need_z, need_y, need_w = ctx.needs_input_grad[:3]
+        cd, eps = _class_dim(z), ctx.eps
+        C = z.shape[cd]
+        s = _spread(g, z.numel() // max(C, 1) if C else 0, ctx.reduction)
+        if ctx.reduction == "none":
+            s = s.unsqueeze(cd)
+        wv = None if w is None else _class_view(w, z)
+        ys = y * (1 - eps) + eps / C if eps else y
+        gz = gy = gw = None
+        if need_z:
+            q = ys if wv is None else ys * wv
+            gz = s * (torch.softmax(z, cd) * q.sum(cd, keepdim=True) - q)
+        if need_y or need_w:
+            s_logp = s * torch.log_softmax(z, cd)
+            if need_y:
+                gy = -(1 - eps) * s_logp if wv is None else -(1 - eps) * s_logp * wv
+            if need_w:
+                dims = [d for d in range(z.dim()) if d != cd]
+                gw = -(s_logp * ys).sum(dims) if dims else -(s_logp * ys)
+        return gz, gy, gw, None, None
+
+
+# --- functional forms, with torch.nn.functional's signatures ------------------------------------------
+
+def _reduction(op, reduction, size_average=None, reduce=None):
+    if size_average is not None or reduce is not None:  # legacy args override reduction, as in torch
+        reduction = _Reduction.legacy_get_string(size_average, reduce)
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"torchbp.functional.{op}: {reduction!r} is not a valid value for reduction "
+                         f"(use 'none', 'mean' or 'sum')")
+    return reduction
+
+
+def _promote(op, *tensors):
+    """Type promotion as torch's losses do it (bf16 input, float32 target -> float32), then the
+    device / floating-point checks."""
+    ts = [t for t in tensors if t is not None]
+    for i, t in enumerate(ts):
+        check_tensor(op, f"argument {i}", t)
+    dtype = ts[0].dtype
+    for t in ts[1:]:
+        dtype = torch.promote_types(dtype, t.dtype)
+    out = tuple(None if t is None else t.to(dtype) for t in tensors)
+    check_compatible(op, **{f"tensor{i}": t for i, t in enumerate(out)})
+    return out
+
+
+def _broadcast_pair(op, input, target):
+    """What torch's mse/l1/smooth_l1/huber do: warn when the sizes differ, then broadcast."""
+    if target.size() != input.size():
+        warnings.warn(f"Using a target size ({target.size()}) that is different to the input size "
+                      f"({input.size()}). This will likely lead to incorrect results due to broadcasting. "
+                      "Please ensure they have the same size.", stacklevel=3)
+        try:
+            return torch.broadcast_tensors(input, target)
+        except RuntimeError:
+            check(False, op, f"target of shape {list(target.shape)} does not broadcast with input of "
+                             f"shape {list(input.shape)}")
+    return input, target
+
+
+def _weighted(op, l, weight, input, reduction, mean_by_weight):
+    """torch's Python-level ``weight=`` of mse/l1/huber: ℓ·w, "mean" divided by Σw (mse, l1) or by
+    the count (huber). The product and sum are plain autograd, as in torch."""
+    if weight.size() != input.size():
+        raise ValueError(f"torchbp.functional.{op}: weight and input must have the same size, got "
+                         f"{list(weight.shape)} and {list(input.shape)}")
+    l = l * weight
+    if reduction == "mean":
+        return l.sum() / weight.sum() if mean_by_weight else l.mean()
+    return _reduce(l, reduction)
+
+
+def _pointwise(op, fn, input, target, reduction, p=None, weight=None, mean_by_weight=True):
+    input, target = _promote(op, input, target)
+    input, target = _broadcast_pair(op, input, target)
+    if weight is None:
+        return apply(fn, FP32, input, target, reduction, None, p)
+    l = apply(fn, FP32, input, target, "none", None, p)
+    return _weighted(op, l, weight, input, reduction, mean_by_weight)
+
+
+def half_squared_error(input, target, reduction="mean"):
+    """The seed's cost J = ½‖y − h‖² per example (dim 0), mean over the batch by default."""
+    op = "half_squared_error"
+    reduction = _reduction(op, reduction)
+    input, target = _promote(op, input, target)
+    check(input.shape == target.shape, op,
+          f"input of shape {list(input.shape)} and target of shape {list(target.shape)} must match")
+    return apply(HalfSquaredError, FP32, input, target, reduction)
+
+
+def mse_loss(input, target, size_average=None, reduce=None, reduction="mean", weight=None):
+    reduction = _reduction("mse_loss", reduction, size_average, reduce)
+    return _pointwise("mse_loss", MSE, input, target, reduction, weight=weight)
+
+
+def l1_loss(input, target, size_average=None, reduce=None, reduction="mean", weight=None):
+    reduction = _reduction("l1_loss", reduction, size_average, reduce)
+    return _pointwise("l1_loss", L1, input, target, reduction, weight=weight)
+
+
+def smooth_l1_loss(input, target, size_average=None, reduce=None, reduction="mean", beta=1.0):
+    reduction = _reduction("smooth_l1_loss", reduction, size_average, reduce)
+    check(beta >= 0, "smooth_l1_loss", f"beta must be >= 0, got {beta}")
+    if beta == 0:  # torch's own special case; also keeps d/β out of the formula
+        return _pointwise("smooth_l1_loss", L1, input, target, reduction)
+    return _pointwise("smooth_l1_loss", SmoothL1, input, target, reduction, float(beta))
+
+
+def huber_loss(input, target, reduction="mean", delta=1.0, weight=None):
+    reduction = _reduction("huber_loss", reduction)
+    check(delta > 0, "huber_loss", f"delta must be > 0, got {delta}")
+    return _pointwise("huber_loss", Huber, input, target, reduction, float(delta), weight, False)
+
+
+def _check_weights_broadcast(op, input, **tensors):
+    for name, t in tensors.items():
+        if t is None:
+            continue
+        try:
+            ok = torch.broadcast_shapes(input.shape, t.shape) == input.shape
+        except RuntimeError:
+            ok = False
+        check(ok, op, f"{name} of shape {list(t.shape)} does not broadcast to input's shape {list(input.shape)}")
+
+
+def binary_cross_entropy(input, target, weight=None, size_average=None, reduce=None, reduction="mean"):
+    op = "binary_cross_entropy"
+    reduction = _reduction(op, reduction, size_average, reduce)
+    input, target, weight = _promote(op, input, target, weight)
+    check(target.shape == input.shape, op,
+          f"target of shape {list(target.shape)} must have input's shape {list(input.shape)}")
+    _check_weights_broadcast(op, input, weight=weight)
+    if input.device.type == "cpu":  # CUDA's native kernel asserts this on the device instead
+        check(bool(((input >= 0) & (input <= 1)).all()), op, "all elements of input should be between 0 and 1")
+    return apply(BCE, FP32, input, target, reduction, weight, None)
+
+
+def binary_cross_entropy_with_logits(input, target, weight=None, size_average=None, reduce=None,
+                                     reduction="mean", pos_weight=None):
+    op = "binary_cross_entropy_with_logits"
+    reduction = _reduction(op, reduction, size_average, reduce)
+    input, target, weight, pos_weight = _promote(op, input, target, weight, pos_weight)
+    check(target.shape == input.shape, op,
+          f"target of shape {list(target.shape)} must have input's shape {list(input.shape)}")
+    _check_weights_broadcast(op, input, weight=weight, pos_weight=pos_weight)
+    return apply(BCEWithLogits, FP32, input, target, reduction, weight, pos_weight)
+
+
+def _check_class_input(op, input, target, weight):
+    check_tensor(op, "input", input)
+    check_tensor(op, "target", target)
+    check(input.dim() >= 1, op, "input must have at least one dimension (the classes)")
+    C = input.shape[_class_dim(input)]
+    check(weight is None or (weight.dim() == 1 and weight.numel() == C), op,
+          f"weight must have shape [{C}] (one per class), got {list(weight.shape) if weight is not None else None}")
+
+
+def _check_index_target(op, input, target, ignore_index):
+    check(target.dtype in (torch.long, torch.uint8), op,
+          f"class-index target must be int64 (or uint8), got {target.dtype}")
+    if input.dim() == 1:
+        check(target.dim() == 0, op, f"a 1-D input (C,) needs a 0-D target, got shape {list(target.shape)}")
+    elif input.dim() == 2:
+        check(target.dim() == 1 and target.shape[0] == input.shape[0], op,
+              f"input batch_size ({input.shape[0]}) must match target batch_size "
+              f"(target shape {list(target.shape)})")
+    else:
+        want = [input.shape[0]] + list(input.shape[2:])
+        check(list(target.shape) == want, op, f"expected target of shape {want}, got {list(target.shape)}")
+    if target.device.type == "cpu" and target.numel():  # CUDA's native kernel asserts on the device
+        C = input.shape[_class_dim(input)]
+        bad = (target != ignore_index) & ((target < 0) | (target >= C))
+        if bool(bad.any()):
+            check(False, op, f"target {int(target[bad][0])} is out of bounds for {C} classes")
+    return target.long()
+
+
+def nll_loss(input, target, weight=None, size_average=None, ignore_index=-100, reduce=None, reduction="mean"):
+    op = "nll_loss"
+    reduction = _reduction(op, reduction, size_average, reduce)
+    _check_class_input(op, input, target, weight)
+    check_compatible(op, input=input, weight=weight)
+    target = _check_index_target(op, input, target, ignore_index)
+    check(target.device == input.device, op, f"target is on {target.device} but input is on {input.device}")
+    return apply(NLL, FP32, input, target, weight, reduction, int(ignore_index))
+
+
+def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-100, reduce=None,
+                  reduction="mean", label_smoothing=0.0):
+    op = "cross_entropy"
+    reduction = _reduction(op, reduction, size_average, reduce)
+    _check_class_input(op, input, target, weight)
+    check(0.0 <= label_smoothing <= 1.0, op, f"label_smoothing must be between 0.0 and 1.0, got {label_smoothing}")
+    eps = float(label_smoothing)
+    if target.shape == input.shape:  # class probabilities (torch decides by shape, too)
+        check(target.is_floating_point(), op,
+              f"a target with input's shape holds class probabilities and must be floating point, got {target.dtype}")
+        check(ignore_index < 0, op, "ignore_index is not supported for class-probability targets")
+        input, target, weight = _promote(op, input, target, weight)
+        return apply(CrossEntropyProbs, FP32, input, target, weight, reduction, eps)
+    check_compatible(op, input=input, weight=weight)
+    target = _check_index_target(op, input, target, ignore_index)
+    check(target.device == input.device, op, f"target is on {target.device} but input is on {input.device}")
+    return apply(CrossEntropy, FP32, input, target, weight, reduction, int(ignore_index), eps)
+
+
+ROUTES = {
+    F.mse_loss: mse_loss, F.l1_loss: l1_loss, F.smooth_l1_loss: smooth_l1_loss, F.huber_loss: huber_loss,
+    F.cross_entropy: cross_entropy, F.nll_loss: nll_loss, F.binary_cross_entropy: binary_cross_entropy,
+    F.binary_cross_entropy_with_logits: binary_cross_entropy_with_logits,
+}
+
+__all__ = ["half_squared_error", "mse_loss", "l1_loss", "smooth_l1_loss", "huber_loss", "cross_entropy",
+           "nll_loss", "binary_cross_entropy", "binary_cross_entropy_with_logits"]

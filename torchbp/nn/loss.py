@@ -1,3 +1,72 @@
-"""Twins of torch.nn's modules of this family (to be filled in)."""
-TWINS = {}
-__all__ = []
+"""Twins of torch.nn's loss modules, and the seed's cost ``HalfSquaredError``."""
+import torch
+from torch.nn.modules.loss import _Loss
+
+from .. import functional as tbf
+
+
+class HalfSquaredError(_Loss):
+    """The seed's cost J = ½‖y − h‖² per example (dim 0), mean over the batch by default.
+
+    ``reduction``: "mean" (over the examples), "sum", or "none" (one J per example).
+    torch has no such module; it subclasses ``_Loss`` so it looks and behaves like torch's losses.
+    """
+
+    def __init__(self, reduction: str = "mean") -> None:
+        super().__init__(reduction=reduction)
+
+    def forward(self, input, target):
+        return tbf.half_squared_error(input, target, reduction=self.reduction)
+
+
+class MSELoss(torch.nn.MSELoss):
+    def forward(self, input, target):
+        return tbf.mse_loss(input, target, reduction=self.reduction)
+
+
+class L1Loss(torch.nn.L1Loss):
+    def forward(self, input, target):
+        return tbf.l1_loss(input, target, reduction=self.reduction)
+
+
+class SmoothL1Loss(torch.nn.SmoothL1Loss):
+    def forward(self, input, target):
+        return tbf.smooth_l1_loss(input, target, reduction=self.reduction, beta=self.beta)
+
+
+class HuberLoss(torch.nn.HuberLoss):
+    def forward(self, input, target):
+        return tbf.huber_loss(input, target, reduction=self.reduction, delta=self.delta)
+
+
+class CrossEntropyLoss(torch.nn.CrossEntropyLoss):
+    def forward(self, input, target):
+        return tbf.cross_entropy(input, target, weight=self.weight, ignore_index=self.ignore_index,
+                                 reduction=self.reduction, label_smoothing=self.label_smoothing)
+
+
+class NLLLoss(torch.nn.NLLLoss):
+    def forward(self, input, target):
+        return tbf.nll_loss(input, target, weight=self.weight, ignore_index=self.ignore_index,
+                            reduction=self.reduction)
+
+
+class BCELoss(torch.nn.BCELoss):
+    def forward(self, input, target):
+        return tbf.binary_cross_entropy(input, target, weight=self.weight, reduction=self.reduction)
+
+
+class BCEWithLogitsLoss(torch.nn.BCEWithLogitsLoss):
+    def forward(self, input, target):
+        return tbf.binary_cross_entropy_with_logits(input, target, self.weight, pos_weight=self.pos_weight,
+                                                    reduction=self.reduction)
+
+
+TWINS = {
+    torch.nn.MSELoss: MSELoss, torch.nn.L1Loss: L1Loss, torch.nn.SmoothL1Loss: SmoothL1Loss,
+    torch.nn.HuberLoss: HuberLoss, torch.nn.CrossEntropyLoss: CrossEntropyLoss, torch.nn.NLLLoss: NLLLoss,
+    torch.nn.BCELoss: BCELoss, torch.nn.BCEWithLogitsLoss: BCEWithLogitsLoss,
+}
+
+__all__ = ["HalfSquaredError", "MSELoss", "L1Loss", "SmoothL1Loss", "HuberLoss", "CrossEntropyLoss",
+           "NLLLoss", "BCELoss", "BCEWithLogitsLoss"]
