@@ -54,3 +54,145 @@ def linear(input, weight, bias=None):
 ROUTES = {F.linear: linear}
 
 __all__ = ["linear"]
+
+
+# --- the linear family as torch ops: matmul, mm, bmm, addmm --------------------------------------
+
+class Matmul(DeltaFunction):
+    """C = A B with torch.matmul's broadcasting (1-D operands promoted to a row / column, batch dims
+    broadcast).
+
+    backward, with δ = ∂J/∂C:
+      δ_A = δ Bᵀ,   δ_B = Aᵀ δ      (the seed's δ W and δ aᵀ for a layer whose "weight" is B)
+    each summed over the batch dims its operand was broadcast along, then squeezed back to its shape.
+    """
+
+    @staticmethod
+    def forward(A, B):
+        return torch.matmul(A, B)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        A, B = inputs
+        need_A, need_B = ctx.needs_input_grad
+        ctx.save_for_backward(A if need_B else None, B if need_A else None)
+        ctx.dims = A.dim(), B.dim()
+        ctx.shapes = A.shape, B.shape
+
+    @staticmethod
+    def backward(ctx, delta):
+        A, B = ctx.saved_tensors
+        need_A, need_B = ctx.needs_input_grad
+        (da, db), (sa, sb) = ctx.dims, ctx.shapes
+        # promote 1-D operands as matmul does: A (k) -> (1, k), B (k) -> (k, 1); δ gains the same unit dims
+        if da == 1:
+            A = A.unsqueeze(0) if A is not None else None
+            delta = delta.unsqueeze(-2 if db > 1 else 0)
+        if db == 1:
+            B = B.unsqueeze(-1) if B is not None else None
+            delta = delta.unsqueeze(-1)
+        grad_A = grad_B = None
+        if need_A:
+            grad_A = (delta @ B.mT).sum_to_size(sa if da > 1 else (1, sa[0])).reshape(sa)
+        if need_B:
+            if db <= 2 and delta.dim() > 2:  # B shared by every batch entry: fold the batch into one mm
+                grad_B = A.reshape(-1, A.shape[-1]).mT @ delta.reshape(-1, delta.shape[-1])
+            else:
+                grad_B = (A.mT @ delta).sum_to_size(sb if db > 1 else (sb[0], 1))
+            grad_B = grad_B.reshape(sb)
+        return grad_A, grad_B
+
+
+class Addmm(DeltaFunction):
+    """C = β M + α A B  (A, B 2-D; M broadcast to C's shape).
+
+    backward, with δ = ∂J/∂C:  δ_M = β Σ_broadcast δ,  δ_A = α δ Bᵀ,  δ_B = α Aᵀ δ.
+    """
+
+    @staticmethod
+    def forward(M, A, B, beta, alpha):
+        return torch.addmm(M, A, B, beta=beta, alpha=alpha)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        M, A, B, beta, alpha = inputs
+        need_M, need_A, need_B = ctx.needs_input_grad[:3]
+        ctx.save_for_backward(A if need_B else None, B if need_A else None)
+        ctx.M_shape, ctx.beta, ctx.alpha = M.shape, beta, alpha
+
+    @staticmethod
+    def backward(ctx, delta):
+        A, B = ctx.saved_tensors
+        need_M, need_A, need_B = ctx.needs_input_grad[:3]
+        grad_M = (ctx.beta * delta).sum_to_size(ctx.M_shape) if need_M else None
+        grad_A = ctx.alpha * (delta @ B.mT) if need_A else None
+        grad_B = ctx.alpha * (A.mT @ delta) if need_B else None
+        return grad_M, grad_A, grad_B, None, None
+
+
+def _shape_error(a, b):
+    return f"cannot multiply shapes {list(a.shape)} and {list(b.shape)}"
+
+
+def matmul(input, other, *, out=None):
+    """δ twin of ``torch.matmul`` / ``Tensor.matmul`` / ``a @ b`` (every broadcasting case)."""
+    check(out is None, "matmul", "out= does not support automatic differentiation (torch refuses it too)")
+    check_compatible("matmul", input=input, other=other)
+    check(input.dim() >= 1 and other.dim() >= 1, "matmul",
+          f"both arguments need at least 1 dimension, got {input.dim()}-D and {other.dim()}-D")
+    k_other = other.shape[-2] if other.dim() >= 2 else other.shape[0]
+    check(input.shape[-1] == k_other, "matmul", _shape_error(input, other) +
+          f" (input's last dim {input.shape[-1]} != other's {'second-to-last' if other.dim() >= 2 else 'only'} dim {k_other})")
+    try:
+        torch.broadcast_shapes(input.shape[:-2], other.shape[:-2])
+    except RuntimeError:
+        check(False, "matmul", _shape_error(input, other) + ": batch dims do not broadcast")
+    return apply(Matmul, LOWER, input, other)
+
+
+def _rmatmul(self, other):  # Tensor.__rmatmul__: other @ self
+    return matmul(other, self)
+
+
+def mm(input, mat2, *, out=None):
+    """δ twin of ``torch.mm`` (2-D only, no broadcasting)."""
+    check(isinstance(input, torch.Tensor) and isinstance(mat2, torch.Tensor) and input.dim() == 2 and mat2.dim() == 2,
+          "mm", f"both arguments must be 2-D, got shapes {list(getattr(input, 'shape', []))} and "
+          f"{list(getattr(mat2, 'shape', []))}")
+    return matmul(input, mat2, out=out)
+
+
+def bmm(input, mat2, *, out=None):
+    """δ twin of ``torch.bmm`` (3-D with equal batch sizes, no broadcasting)."""
+    check(isinstance(input, torch.Tensor) and isinstance(mat2, torch.Tensor) and input.dim() == 3 and mat2.dim() == 3
+          and input.shape[0] == mat2.shape[0], "bmm",
+          f"both arguments must be 3-D with equal batch sizes, got shapes {list(getattr(input, 'shape', []))} "
+          f"and {list(getattr(mat2, 'shape', []))}")
+    return matmul(input, mat2, out=out)
+
+
+def addmm(input, mat1, mat2, *, beta=1, alpha=1, out=None):
+    """δ twin of ``torch.addmm`` / ``Tensor.addmm``: beta * input + alpha * (mat1 @ mat2)."""
+    check(out is None, "addmm", "out= does not support automatic differentiation (torch refuses it too)")
+    check_compatible("addmm", input=input, mat1=mat1, mat2=mat2)
+    check(mat1.dim() == 2 and mat2.dim() == 2 and mat1.shape[1] == mat2.shape[0], "addmm",
+          f"mat1 and mat2 must be 2-D and chainable, got shapes {list(mat1.shape)} and {list(mat2.shape)}")
+    n, p = mat1.shape[0], mat2.shape[1]
+    try:
+        ok = torch.broadcast_shapes(input.shape, (n, p)) == (n, p)
+    except RuntimeError:
+        ok = False
+    check(ok, "addmm", f"input of shape {list(input.shape)} does not broadcast to the product's shape [{n}, {p}]")
+    return apply(Addmm, LOWER, input, mat1, mat2, beta, alpha)
+
+
+# native callable -> δ twin with the same signature; read by torchbp.registry.
+# `a @ b` reaches __torch_function__ as Tensor.matmul; __matmul__ and __rmatmul__ are listed for direct calls.
+ROUTES.update({
+    torch.matmul: matmul, torch.Tensor.matmul: matmul, torch.Tensor.__matmul__: matmul,
+    torch.Tensor.__rmatmul__: _rmatmul,
+    torch.mm: mm, torch.Tensor.mm: mm, torch.bmm: bmm, torch.Tensor.bmm: bmm,
+    torch.addmm: addmm, torch.Tensor.addmm: addmm,
+})
+
+__all__ += ["matmul", "mm", "bmm", "addmm"]
