@@ -1,3 +1,171 @@
-"""δ Functions of this family (to be filled in)."""
-ROUTES = {}
-__all__ = []
+"""Convolution: the seed's affine layer with W shared across positions, z = W ⋆ a + b.
+
+Written once for any number of spatial dims n (conv1d, conv2d): the forward is the native
+convolution; the backward is the seed's three formulas, each itself a convolution.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ._common import LOWER, DeltaFunction, apply, check, check_compatible
+
+_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+_CONV_T = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
+
+
+class Conv(DeltaFunction):
+    """z[o, y] = Σ_{c,i} W[o, c, i] a[c, s·y + d·i − p] + b[o]  (per group; y, i spatial multi-indices).
+
+    backward, with δ = ∂J/∂z:
+      δ_a   = Wᵀ ⋆ δ: the transposed convolution of δ with W (the seed's Σ_q W_{q←k} δ_q, each input
+              position collecting from every output position whose window covers it)
+      ∂J/∂W = a ⋆ δ:  W[o, c, i] gets Σ_{batch, y} δ[o, y] a[c, s·y + d·i − p] (the seed's δ aᵀ), computed
+              as a convolution of a (batch and channels swapped) with δ as the kernel, stride and
+              dilation exchanged
+      ∂J/∂b = Σ_{batch, y} δ
+    ``padding`` here is symmetric ints; the functional forms lower "same"/"valid" to that.
+    """
+
+    @staticmethod
+    def forward(a, W, b, stride, padding, dilation, groups):
+        return _CONV[W.dim() - 2](a, W, b, stride, padding, dilation, groups)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        a, W, b, ctx.stride, ctx.padding, ctx.dilation, ctx.groups = inputs
+        need_a, need_W = ctx.needs_input_grad[:2]
+        ctx.save_for_backward(a if need_W else None, W if need_a else None)
+        ctx.a_shape, ctx.W_shape, ctx.has_bias = a.shape, W.shape, b is not None
+
+    @staticmethod
+    def backward(ctx, delta):
+        a, W = ctx.saved_tensors
+        need_a, need_W, need_b = ctx.needs_input_grad[:3]
+        s, p, d, g = ctx.stride, ctx.padding, ctx.dilation, ctx.groups
+        n = len(ctx.W_shape) - 2
+        L, K, O = ctx.a_shape[2:], ctx.W_shape[2:], delta.shape[2:]
+        grad_a = grad_W = grad_b = None
+        if need_a:
+            # stride > 1 drops the last (L + 2p − d(k−1) − 1) mod s inputs from every window: output_padding
+            # gives them back (as zeros) so δ_a has the input's exact shape.
+            out_pad = [L[i] - ((O[i] - 1) * s[i] - 2 * p[i] + d[i] * (K[i] - 1) + 1) for i in range(n)]
+            grad_a = _CONV_T[n](delta, W, None, s, p, out_pad, g, d)
+        if need_W:
+            N, C = ctx.a_shape[:2]
+            # a as (C/g, g·N, *L): the C/g channels of a group become the batch, (group, sample) the channels;
+            # δ as (O, N, *O): each group's δ is the kernel over its N samples.
+            x = a.reshape(N, g, C // g, *L).transpose(0, 2).reshape(C // g, g * N, *L) if g > 1 \
+                else a.transpose(0, 1)
+            gw = _CONV[n](x, delta.transpose(0, 1), None, d, p, s, g)  # (C/g, O, ≥K)
+            for i in range(n):  # the correlation may reach past the kernel's extent: keep K
+                gw = gw.narrow(2 + i, 0, K[i])
+            grad_W = gw.transpose(0, 1)
+        if need_b and ctx.has_bias:
+            grad_b = delta.sum([0, *range(2, 2 + n)])
+        return grad_a, grad_W, grad_b, None, None, None, None
+
+
+class Pad(DeltaFunction):
+    """a_pad = a indexed by a per-dim map of padded positions to input positions (reflect, replicate,
+    circular) or extended by zeros (constant 0).
+
+    backward: δ_a[j] = Σ over padded positions t that read input j of δ[t] (index_add per dim); for zeros,
+    δ_a is δ without its border.
+    """
+
+    @staticmethod
+    def forward(a, pad, mode):
+        return F.pad(a, pad, mode)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        a, ctx.pad, ctx.mode = inputs
+        ctx.a_shape = a.shape
+
+    @staticmethod
+    def backward(ctx, delta):
+        g = delta
+        for j in range(len(ctx.pad) // 2):  # pad lists the last dim first, as F.pad does
+            dim, lo, hi = delta.dim() - 1 - j, ctx.pad[2 * j], ctx.pad[2 * j + 1]
+            L = ctx.a_shape[dim]
+            if ctx.mode == "constant":
+                g = g.narrow(dim, lo, L)
+                continue
+            t = torch.arange(-lo, L + hi, device=delta.device)
+            if ctx.mode == "reflect":
+                t = (L - 1) - ((L - 1) - t.abs()).abs()
+            elif ctx.mode == "replicate":
+                t = t.clamp(0, L - 1)
+            else:  # circular
+                t = t.remainder(L)
+            shape = list(g.shape)
+            shape[dim] = L
+            g = g.new_zeros(shape).index_add_(dim, t, g)
+        return g, None, None
+
+
+def pad(input, pad, mode="constant"):
+    """δ twin of ``F.pad`` for what ``nn.Conv*d`` needs: zeros (mode "constant", value 0), "reflect",
+    "replicate", "circular"; non-negative pads."""
+    check(mode in ("constant", "reflect", "replicate", "circular"), "pad", f"unsupported mode {mode!r}")
+    check(all(q >= 0 for q in pad), "pad", f"negative padding {list(pad)} is not supported")
+    return Pad.apply(input, tuple(pad), mode)
+
+
+def _tuple(v, n, op, name):
+    v = tuple(v) if isinstance(v, (tuple, list)) else (v,) * n
+    check(len(v) == n and all(isinstance(i, int) for i in v), op,
+          f"{name} must be an int or a tuple of {n} ints, got {v}")
+    return v
+
+
+def _conv(op, n, input, weight, bias, stride, padding, dilation, groups):
+    check_compatible(op, input=input, weight=weight, bias=bias)
+    check(weight.dim() == n + 2, op, f"weight must be {n + 2}-D (out_channels, in_channels/groups, "
+          f"{'kW' if n == 1 else 'kH, kW'}), got shape {list(weight.shape)}")
+    check(input.dim() in (n + 1, n + 2), op, f"expected {n + 1}-D (unbatched) or {n + 2}-D (batched) input, "
+          f"got shape {list(input.shape)}")
+    check(isinstance(groups, int) and groups > 0, op, f"groups must be a positive int, got {groups}")
+    C = input.shape[-n - 1]
+    check(C == weight.shape[1] * groups, op, f"input has {C} channels (shape {list(input.shape)}) but weight "
+          f"expects {weight.shape[1] * groups} = {weight.shape[1]} x groups {groups} (shape {list(weight.shape)})")
+    check(weight.shape[0] % groups == 0, op, f"out_channels {weight.shape[0]} not divisible by groups {groups}")
+    check(bias is None or tuple(bias.shape) == (weight.shape[0],), op,
+          f"bias must have shape [{weight.shape[0]}], got {list(bias.shape) if bias is not None else None}")
+    stride, dilation = _tuple(stride, n, op, "stride"), _tuple(dilation, n, op, "dilation")
+    if isinstance(padding, str):
+        check(padding in ("same", "valid"), op, f"padding must be 'same', 'valid' or ints, got {padding!r}")
+        if padding == "valid":
+            padding = (0,) * n
+        else:
+            check(all(s == 1 for s in stride), op, "padding='same' is not supported for strided convolutions")
+            total = [d * (k - 1) for d, k in zip(dilation, weight.shape[2:])]
+            padding = tuple(t // 2 for t in total)
+            extra = [t - 2 * (t // 2) for t in total]
+            if any(extra):  # odd total: the extra zero goes after the input, as torch does
+                input = pad(input, [q for e in reversed(extra) for q in (0, e)])
+    else:
+        padding = _tuple(padding, n, op, "padding")
+    check(all(q >= 0 for q in padding), op, f"negative padding {padding}")
+    batched = input.dim() == n + 2
+    out = apply(Conv, LOWER, input if batched else input.unsqueeze(0), weight, bias,
+                stride, padding, dilation, groups)
+    return out if batched else out.squeeze(0)
+
+
+def conv1d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    """δ twin of ``torch.nn.functional.conv1d``."""
+    return _conv("conv1d", 1, input, weight, bias, stride, padding, dilation, groups)
+
+
+def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    """δ twin of ``torch.nn.functional.conv2d``."""
+    return _conv("conv2d", 2, input, weight, bias, stride, padding, dilation, groups)
+
+
+# native callable -> δ twin with the same signature; read by torchbp.registry
+# (F.conv1d is torch.conv1d and F.conv2d is torch.conv2d: one object each)
+ROUTES = {F.conv1d: conv1d, F.conv2d: conv2d}
+
+__all__ = ["conv1d", "conv2d"]

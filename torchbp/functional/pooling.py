@@ -1,3 +1,212 @@
-"""δ Functions of this family (to be filled in)."""
-ROUTES = {}
-__all__ = []
+"""Pooling: layers without weights, so the seed's δ only passes through them to the layer below.
+
+Max pooling passes δ to the one input each window picked; average pooling spreads it over the window.
+Pooling runs in its input's dtype (autocast leaves it alone).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ._common import DeltaFunction, check, check_tensor
+
+_MAX = {1: torch.max_pool1d_with_indices, 2: torch._C._nn.max_pool2d_with_indices}
+
+
+class MaxPool(DeltaFunction):
+    """a[y] = max over window(y) of a_prev = a_prev[idx[y]] (idx: the native op's choice, ties included).
+
+    backward: δ_prev[j] = Σ_{y : idx[y] = j} δ[y]  (scatter-add; overlapping windows may pick one j twice).
+    """
+
+    @staticmethod
+    def forward(x, n, kernel_size, stride, padding, dilation, ceil_mode):
+        return _MAX[n](x, kernel_size, stride, padding, dilation, ceil_mode)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, n = inputs[:2]
+        ctx.mark_non_differentiable(output[1])
+        ctx.save_for_backward(output[1])
+        ctx.x_shape, ctx.n = x.shape, n
+
+    @staticmethod
+    def backward(ctx, delta, _):
+        (idx,) = ctx.saved_tensors
+        n, shape = ctx.n, ctx.x_shape
+        g = delta.new_zeros(*shape[:-n], shape[-n:].numel())
+        g = g.scatter_add_(-1, idx.flatten(-n), delta.flatten(-n))
+        return g.view(shape), None, None, None, None, None, None
+
+
+def _window_matrices(ctx, delta):
+    """Per spatial dim, B (L × O) with B[j, y] = [j in window y] / divisor share of y: the averaging is
+    separable, so the pooled map is Bᵀ a_prev along every dim and its transpose is B δ."""
+    mats = []
+    for i, (L, O) in enumerate(zip(ctx.x_shape[-ctx.n:], delta.shape[-ctx.n:])):
+        y = torch.arange(O, device=delta.device)
+        if ctx.adaptive:  # window y = [⌊yL/O⌋, ⌈(y+1)L/O⌉)
+            start, end = (y * L) // O, ((y + 1) * L + O - 1) // O
+            div = end - start
+        else:
+            k, s, p = ctx.kernel_size[i], ctx.stride[i], ctx.padding[i]
+            start = y * s - p
+            end = (start + k).clamp(max=L + p)  # ceil_mode's last window may stop at the padding's edge
+            div = end - start  # count_include_pad: the window's size within the padded input
+            start, end = start.clamp(min=0), end.clamp(max=L)
+            if not ctx.count_include_pad:
+                div = end - start
+            if ctx.divisor_override:
+                div = torch.full_like(div, ctx.divisor_override if i == 0 else 1)
+        j = torch.arange(L, device=delta.device)[:, None]
+        mats.append(((j >= start) & (j < end)).to(delta.dtype) / div.to(delta.dtype))
+    return mats
+
+
+class AvgPool(DeltaFunction):
+    """a[y] = (1 / divisor(y)) Σ_{j in window(y)} a_prev[j], separable over the spatial dims.
+
+    backward: δ_prev[j] = Σ_{y : j in window(y)} δ[y] / divisor(y), i.e. B δ per spatial dim with the
+    window matrix B above (zero padding contributes nothing, so it has no rows).
+    ``kernel_size is None`` means adaptive pooling, whose windows are computed from the sizes alone.
+    """
+
+    @staticmethod
+    def forward(x, n, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override):
+        if kernel_size is None:
+            return (F.adaptive_avg_pool1d if n == 1 else torch._C._nn.adaptive_avg_pool2d)(x, stride)
+        if n == 1:
+            return torch.avg_pool1d(x, kernel_size, stride, padding, ceil_mode, count_include_pad)
+        return torch._C._nn.avg_pool2d(x, kernel_size, stride, padding, ceil_mode, count_include_pad,
+                                       divisor_override)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        (x, ctx.n, ctx.kernel_size, ctx.stride, ctx.padding, _, ctx.count_include_pad,
+         ctx.divisor_override) = inputs
+        ctx.x_shape, ctx.adaptive = x.shape, ctx.kernel_size is None
+
+    @staticmethod
+    def backward(ctx, delta):
+        mats = _window_matrices(ctx, delta)
+        if ctx.n == 1:
+            g = delta @ mats[0].T
+        else:  # along W, then along H (as (…, W, Ho) @ (Ho, H) so both are single GEMMs)
+            g = (delta @ mats[1].T).transpose(-1, -2) @ mats[0].T
+            g = g.transpose(-1, -2)
+        return g, None, None, None, None, None, None, None
+
+
+def _tuple(v, n, op, name):
+    v = tuple(v) if isinstance(v, (tuple, list)) else (v,) * n
+    check(len(v) == n and all(isinstance(i, int) for i in v), op,
+          f"{name} must be an int or a tuple of {n} ints, got {v}")
+    return v
+
+
+def _check_input(op, n, x):
+    check_tensor(op, "input", x)
+    check(x.dim() in (n + 1, n + 2), op, f"expected {n + 1}-D (unbatched) or {n + 2}-D (batched) input, "
+          f"got shape {list(x.shape)}")
+    check(all(s > 0 for s in x.shape[-n - 1:]), op, f"input has a zero-size channel or spatial dim, "
+          f"shape {list(x.shape)}")
+
+
+def _max_pool(op, n, input, kernel_size, stride, padding, dilation, ceil_mode, return_indices):
+    _check_input(op, n, input)
+    check(input.is_floating_point(), op, f"input must be floating point, got {input.dtype}")
+    k = _tuple(kernel_size, n, op, "kernel_size")
+    s = k if stride is None or (isinstance(stride, (tuple, list)) and len(stride) == 0) \
+        else _tuple(stride, n, op, "stride")
+    out, idx = MaxPool.apply(input, n, k, s, _tuple(padding, n, op, "padding"),
+                             _tuple(dilation, n, op, "dilation"), bool(ceil_mode))
+    return (out, idx) if return_indices else out
+
+
+def max_pool1d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
+    """δ twin of ``torch.nn.functional.max_pool1d``."""
+    return _max_pool("max_pool1d", 1, input, kernel_size, stride, padding, dilation, ceil_mode, return_indices)
+
+
+def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
+    """δ twin of ``torch.nn.functional.max_pool2d``."""
+    return _max_pool("max_pool2d", 2, input, kernel_size, stride, padding, dilation, ceil_mode, return_indices)
+
+
+def max_pool1d_with_indices(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
+                            return_indices=False):
+    """δ twin of ``F.max_pool1d_with_indices`` (always returns the indices, as it does)."""
+    return _max_pool("max_pool1d", 1, input, kernel_size, stride, padding, dilation, ceil_mode, True)
+
+
+def max_pool2d_with_indices(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
+                            return_indices=False):
+    """δ twin of ``F.max_pool2d_with_indices`` (always returns the indices, as it does)."""
+    return _max_pool("max_pool2d", 2, input, kernel_size, stride, padding, dilation, ceil_mode, True)
+
+
+def _torch_max_pool(n):  # torch.max_poolNd(input, kernel_size, stride=(), ...): no return_indices
+    def f(input, kernel_size, stride=(), padding=0, dilation=1, ceil_mode=False):
+        return _max_pool(f"max_pool{n}d", n, input, kernel_size, stride, padding, dilation, ceil_mode, False)
+    return f
+
+
+def _avg_pool(op, n, input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override):
+    _check_input(op, n, input)
+    check(input.is_floating_point(), op, f"input must be floating point, got {input.dtype}")
+    k = _tuple(kernel_size, n, op, "kernel_size")
+    s = k if stride is None or (isinstance(stride, (tuple, list)) and len(stride) == 0) \
+        else _tuple(stride, n, op, "stride")
+    check(divisor_override is None or (isinstance(divisor_override, int) and divisor_override != 0), op,
+          f"divisor_override must be a non-zero int or None, got {divisor_override!r}")
+    return AvgPool.apply(input, n, k, s, _tuple(padding, n, op, "padding"), bool(ceil_mode),
+                         bool(count_include_pad), divisor_override)
+
+
+def avg_pool1d(input, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True):
+    """δ twin of ``torch.nn.functional.avg_pool1d``."""
+    return _avg_pool("avg_pool1d", 1, input, kernel_size, stride, padding, ceil_mode, count_include_pad, None)
+
+
+def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
+               divisor_override=None):
+    """δ twin of ``torch.nn.functional.avg_pool2d``."""
+    return _avg_pool("avg_pool2d", 2, input, kernel_size, stride, padding, ceil_mode, count_include_pad,
+                     divisor_override)
+
+
+def _adaptive(op, n, input, output_size):
+    _check_input(op, n, input)
+    check(input.is_floating_point(), op, f"input must be floating point, got {input.dtype}")
+    size = tuple(output_size) if isinstance(output_size, (tuple, list)) else (output_size,) * n
+    check(len(size) == n, op, f"output_size must be an int or a tuple of {n}, got {output_size}")
+    size = tuple(L if o is None else o for o, L in zip(size, input.shape[-n:]))
+    check(all(isinstance(o, int) and o > 0 for o in size), op, f"output_size must be positive ints, got {size}")
+    return AvgPool.apply(input, n, None, size, None, False, True, None)
+
+
+def adaptive_avg_pool1d(input, output_size):
+    """δ twin of ``torch.nn.functional.adaptive_avg_pool1d``."""
+    return _adaptive("adaptive_avg_pool1d", 1, input, output_size)
+
+
+def adaptive_avg_pool2d(input, output_size):
+    """δ twin of ``torch.nn.functional.adaptive_avg_pool2d``."""
+    return _adaptive("adaptive_avg_pool2d", 2, input, output_size)
+
+
+# native callable -> δ twin with the same signature; read by torchbp.registry. F.max_pool1d/2d are
+# Python dispatchers distinct from torch.max_pool1d/2d (both are routed); F.avg_pool1d is torch.avg_pool1d,
+# F.avg_pool2d is torch._C._nn.avg_pool2d, F.adaptive_avg_pool1d is torch.adaptive_avg_pool1d.
+ROUTES = {
+    F.max_pool1d: max_pool1d, F.max_pool2d: max_pool2d,
+    F.max_pool1d_with_indices: max_pool1d_with_indices, F.max_pool2d_with_indices: max_pool2d_with_indices,
+    torch.max_pool1d: _torch_max_pool(1), torch.max_pool2d: _torch_max_pool(2),
+    torch.max_pool1d_with_indices: max_pool1d_with_indices,
+    F.avg_pool1d: avg_pool1d, F.avg_pool2d: avg_pool2d,
+    F.adaptive_avg_pool1d: adaptive_avg_pool1d, F.adaptive_avg_pool2d: adaptive_avg_pool2d,
+    torch._C._nn.adaptive_avg_pool2d: adaptive_avg_pool2d,
+}
+
+__all__ = ["max_pool1d", "max_pool2d", "max_pool1d_with_indices", "max_pool2d_with_indices",
+           "avg_pool1d", "avg_pool2d", "adaptive_avg_pool1d", "adaptive_avg_pool2d"]

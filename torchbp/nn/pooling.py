@@ -1,3 +1,45 @@
-"""Twins of torch.nn's modules of this family (to be filled in)."""
-TWINS = {}
-__all__ = []
+"""Twins of torch.nn's pooling layers."""
+import torch
+
+from .. import functional as tbf
+
+
+class MaxPool1d(torch.nn.MaxPool1d):
+    def forward(self, input):
+        return tbf.max_pool1d(input, self.kernel_size, self.stride, self.padding, self.dilation,
+                              ceil_mode=self.ceil_mode, return_indices=self.return_indices)
+
+
+class MaxPool2d(torch.nn.MaxPool2d):
+    def forward(self, input):
+        return tbf.max_pool2d(input, self.kernel_size, self.stride, self.padding, self.dilation,
+                              ceil_mode=self.ceil_mode, return_indices=self.return_indices)
+
+
+class AvgPool1d(torch.nn.AvgPool1d):
+    def forward(self, input):
+        return tbf.avg_pool1d(input, self.kernel_size, self.stride, self.padding, self.ceil_mode,
+                              self.count_include_pad)
+
+
+class AvgPool2d(torch.nn.AvgPool2d):
+    def forward(self, input):
+        return tbf.avg_pool2d(input, self.kernel_size, self.stride, self.padding, self.ceil_mode,
+                              self.count_include_pad, self.divisor_override)
+
+
+class AdaptiveAvgPool1d(torch.nn.AdaptiveAvgPool1d):
+    def forward(self, input):
+        return tbf.adaptive_avg_pool1d(input, self.output_size)
+
+
+class AdaptiveAvgPool2d(torch.nn.AdaptiveAvgPool2d):
+    def forward(self, input):
+        return tbf.adaptive_avg_pool2d(input, self.output_size)
+
+
+# native module class -> twin; read by torchbp.registry
+TWINS = {torch.nn.MaxPool1d: MaxPool1d, torch.nn.MaxPool2d: MaxPool2d, torch.nn.AvgPool1d: AvgPool1d,
+         torch.nn.AvgPool2d: AvgPool2d, torch.nn.AdaptiveAvgPool1d: AdaptiveAvgPool1d,
+         torch.nn.AdaptiveAvgPool2d: AdaptiveAvgPool2d}
+__all__ = list(TWINS[k].__name__ for k in TWINS)
