@@ -133,9 +133,13 @@ def _clamped_logs(h):
     return torch.log(h).clamp_min(-100), torch.log1p(-h).clamp_min(-100)
 
 
+_BCE_EPS = float(torch.tensor(1e-12, dtype=torch.float32))  # torch's EPSILON, a float32 constant
+
+
 class BCE(_Elementwise):
     """h ∈ [0, 1]:  ℓ = −w(y log h + (1 − y) log(1 − h))  (logs clamped at −100, as torch);
-    ∂ℓ/∂h = w(h − y) / max(h(1 − h), 1e-12);  ∂ℓ/∂y = w(log(1 − h) − log h)."""
+    ∂ℓ/∂h = w(h − y) / max(h(1 − h), 1e-12);  ∂ℓ/∂y = w(log(1 − h) − log h)  (unclamped, as torch:
+    ±inf at h ∈ {0, 1})."""
 
     @staticmethod
     def loss(h, y, w, p):
@@ -145,13 +149,12 @@ class BCE(_Elementwise):
 
     @staticmethod
     def dh(h, y, w, p):
-        d = (h - y) / (h * (1 - h)).clamp_min(1e-12)
+        d = (h - y) / (h * (1 - h)).clamp_min(_BCE_EPS)
         return d if w is None else d * w
 
     @staticmethod
     def dy(h, y, w, p):
-        log_h, log_1mh = _clamped_logs(h)
-        d = log_1mh - log_h
+        d = torch.log1p(-h) - torch.log(h)
         return d if w is None else d * w
 
 
@@ -354,7 +357,7 @@ class CrossEntropyProbs(DeltaFunction):
         need_z, need_y, need_w = ctx.needs_input_grad[:3]
         cd, eps = _class_dim(z), ctx.eps
         C = z.shape[cd]
-        s = _spread(g, z.numel() // max(C, 1) if C else 0, ctx.reduction)
+        s = _spread(g, z.numel() // C if C else 0, ctx.reduction)  # mean over the N·d1·... examples
         if ctx.reduction == "none":
             s = s.unsqueeze(cd)
         wv = None if w is None else _class_view(w, z)
@@ -467,6 +470,12 @@ def huber_loss(input, target, reduction="mean", delta=1.0, weight=None):
     return _pointwise("huber_loss", Huber, input, target, reduction, float(delta), weight, False)
 
 
+def _can_read_values(t):
+    """Value checks (range, bounds) need a host sync: done on the CPU, as torch's CPU kernels do, and
+    left to the device-side asserts of torch's CUDA kernels; impossible under vmap/grad transforms."""
+    return t.device.type == "cpu" and not torch._C._functorch.is_functorch_wrapped_tensor(t)
+
+
 def _check_weights_broadcast(op, input, **tensors):
     for name, t in tensors.items():
         if t is None:
@@ -485,7 +494,7 @@ def binary_cross_entropy(input, target, weight=None, size_average=None, reduce=N
     check(target.shape == input.shape, op,
           f"target of shape {list(target.shape)} must have input's shape {list(input.shape)}")
     _check_weights_broadcast(op, input, weight=weight)
-    if input.device.type == "cpu":  # CUDA's native kernel asserts this on the device instead
+    if _can_read_values(input):
         check(bool(((input >= 0) & (input <= 1)).all()), op, "all elements of input should be between 0 and 1")
     return apply(BCE, FP32, input, target, reduction, weight, None)
 
@@ -522,7 +531,7 @@ def _check_index_target(op, input, target, ignore_index):
     else:
         want = [input.shape[0]] + list(input.shape[2:])
         check(list(target.shape) == want, op, f"expected target of shape {want}, got {list(target.shape)}")
-    if target.device.type == "cpu" and target.numel():  # CUDA's native kernel asserts on the device
+    if _can_read_values(target) and target.numel():
         C = input.shape[_class_dim(input)]
         bad = (target != ignore_index) & ((target < 0) | (target >= C))
         if bool(bad.any()):

@@ -1,0 +1,439 @@
+"""δ losses against native autograd: every option in float64, gradcheck, low precision, autocast, twins."""
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import torchbp
+import torchbp.functional as tbf
+from torchbp.functional._common import DeltaFunction
+from util import DEVICES, LOW, assert_matches_native, gradchecks
+
+REDUCTIONS = ["mean", "sum", "none"]
+SHAPES = [(5,), (4, 3), (2, 3, 4)]
+
+
+def half_squared_error_native(h, y, reduction="mean"):
+    """The seed's cost in plain autograd: ½‖y − h‖² per example (dim 0; 1-D = one example)."""
+    per = 0.5 * ((y - h) ** 2).sum(tuple(range(1, h.dim()))) if h.dim() >= 2 else 0.5 * ((y - h) ** 2).sum()
+    return per if reduction == "none" else per.sum() if reduction == "sum" else per.mean()
+
+
+def _pair(shape, lo=None):
+    """input, target with some exact ties (kinks of l1 / smooth_l1 / huber) and some |d| beyond 1."""
+    if lo is not None:  # probabilities, for binary_cross_entropy
+        return (torch.rand(shape) * 0.8 + 0.1).requires_grad_(), torch.rand(shape).requires_grad_()
+    x, y = torch.randn(shape) * 2, torch.randn(shape)
+    y.view(-1)[:1] = x.view(-1)[:1]
+    return x.requires_grad_(), y.requires_grad_()
+
+
+# --- elementwise losses --------------------------------------------------------------------------------
+
+ELEMENTWISE = [  # (ours, native, kwargs)
+    (tbf.mse_loss, F.mse_loss, {}),
+    (tbf.l1_loss, F.l1_loss, {}),
+    (tbf.smooth_l1_loss, F.smooth_l1_loss, {}),
+    (tbf.smooth_l1_loss, F.smooth_l1_loss, {"beta": 0.5}),
+    (tbf.smooth_l1_loss, F.smooth_l1_loss, {"beta": 0.0}),
+    (tbf.huber_loss, F.huber_loss, {}),
+    (tbf.huber_loss, F.huber_loss, {"delta": 0.3}),
+]
+EIDS = [f"{o.__name__}{k or ''}" for o, _, k in ELEMENTWISE]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("ours,native,kw", ELEMENTWISE, ids=EIDS)
+def test_elementwise_float64(ours, native, kw, shape, reduction, device):
+    assert_matches_native(ours, native, _pair(shape), dict(kw, reduction=reduction), device=device)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("ours,native", [(tbf.mse_loss, F.mse_loss), (tbf.l1_loss, F.l1_loss),
+                                         (tbf.huber_loss, F.huber_loss)])
+def test_elementwise_weight(ours, native, reduction):
+    x, y = _pair((4, 3))
+    w = torch.rand(4, 3, requires_grad=True)
+    assert_matches_native(ours, native, (x, y), {"weight": w, "reduction": reduction})
+
+
+@pytest.mark.parametrize("size_average,reduce", [(True, None), (False, None), (None, False), (False, True)])
+@pytest.mark.parametrize("ours,native", [(tbf.mse_loss, F.mse_loss), (tbf.l1_loss, F.l1_loss),
+                                         (tbf.smooth_l1_loss, F.smooth_l1_loss)])
+def test_elementwise_legacy_args(ours, native, size_average, reduce):
+    with pytest.warns(UserWarning):  # torch's deprecation warning, raised by its own mapping
+        assert_matches_native(ours, native, _pair((4, 3)), {"size_average": size_average, "reduce": reduce})
+
+
+def test_elementwise_broadcasts_and_warns_like_torch():
+    x, y = torch.randn(4, 3, requires_grad=True), torch.randn(3, requires_grad=True)
+    for ours, native in [(tbf.mse_loss, F.mse_loss), (tbf.l1_loss, F.l1_loss), (tbf.huber_loss, F.huber_loss)]:
+        with pytest.warns(UserWarning, match="different to the input size"):
+            assert_matches_native(ours, native, (x, y))
+
+
+def test_mixed_dtypes_promote_like_torch():
+    x, y = torch.randn(3, dtype=torch.bfloat16, requires_grad=True), torch.randn(3, requires_grad=True)
+    for ours, native in [(tbf.mse_loss, F.mse_loss), (tbf.l1_loss, F.l1_loss)]:
+        s, n = ours(x, y), native(x, y)
+        assert s.dtype == n.dtype == torch.float32
+        assert [g.dtype for g in torch.autograd.grad(s, [x, y])] == [torch.bfloat16, torch.float32]
+
+
+def test_elementwise_noncontiguous_and_target_only_grad():
+    x = torch.randn(3, 4, dtype=torch.float64).t()
+    y = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    for ours, native in [(tbf.mse_loss, F.mse_loss), (tbf.smooth_l1_loss, F.smooth_l1_loss)]:
+        assert_matches_native(ours, native, (x, y))
+
+
+@pytest.mark.parametrize("ours,native,kw", ELEMENTWISE, ids=EIDS)
+def test_elementwise_gradcheck(ours, native, kw):
+    x = torch.randn(3, 4, dtype=torch.float64) * 2
+    y = x + (torch.rand(3, 4, dtype=torch.float64) + 0.05) * torch.randn(3, 4, dtype=torch.float64).sign()
+    y = y + 0.1 * (y - x).sign()  # |h − y| away from 0 and from β / δ where finite differences break
+    gradchecks(ours, (x.requires_grad_(), y.requires_grad_()), kw)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", LOW)
+@pytest.mark.parametrize("ours,native,kw", ELEMENTWISE, ids=EIDS)
+def test_elementwise_low_precision(ours, native, kw, dtype, device):
+    assert_matches_native(ours, native, _pair((16, 33)), kw, dtype=dtype, device=device)
+
+
+# --- the seed's cost ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("shape", [(), (5,), (4, 3), (2, 3, 4)])
+def test_half_squared_error_float64(shape, reduction, device):
+    x, y = torch.randn(shape, requires_grad=True), torch.randn(shape, requires_grad=True)
+    assert_matches_native(tbf.half_squared_error, half_squared_error_native, (x, y), {"reduction": reduction},
+                          device=device)
+
+
+def test_half_squared_error_is_the_seeds_output_delta():
+    h, y = torch.randn(6, 4, dtype=torch.float64, requires_grad=True), torch.randn(6, 4, dtype=torch.float64)
+    torchbp.nn.HalfSquaredError(reduction="sum")(h, y).backward()
+    torch.testing.assert_close(h.grad, -(y - h.detach()), rtol=0, atol=0)  # δ = −(y − h)
+    h.grad = None
+    torchbp.nn.HalfSquaredError()(h, y).backward()  # default: mean over the batch
+    torch.testing.assert_close(h.grad, -(y - h.detach()) / 6)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_half_squared_error_gradcheck(reduction):
+    gradchecks(tbf.half_squared_error, (torch.randn(3, 2, 2, requires_grad=True),
+                                        torch.randn(3, 2, 2, requires_grad=True)), {"reduction": reduction})
+
+
+@pytest.mark.parametrize("dtype", LOW)
+def test_half_squared_error_low_precision(dtype):
+    assert_matches_native(tbf.half_squared_error, half_squared_error_native, _pair((16, 33)), dtype=dtype)
+
+
+# --- binary cross-entropy -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("weight", [None, (3,), (4, 1), (4, 3)])
+@pytest.mark.parametrize("shape", [(4, 3), (2, 4, 3)])
+def test_bce_float64(shape, weight, reduction, device):
+    w = None if weight is None else torch.rand(weight) + 0.5
+    assert_matches_native(tbf.binary_cross_entropy, F.binary_cross_entropy, _pair(shape, lo=True),
+                          {"weight": w, "reduction": reduction}, device=device)
+
+
+def test_bce_saturated_input_like_torch():
+    """Logs clamped at −100 in the loss; ∂ℓ/∂h divides by max(h(1−h), 1e-12); ∂ℓ/∂y is ±inf at h ∈ {0, 1}."""
+    h = torch.tensor([0.0, 1.0, 0.5, 1e-30, 1 - 1e-16], dtype=torch.float64)
+    y = torch.tensor([1.0, 0.0, 0.5, 1.0, 0.3], dtype=torch.float64)
+    results = []
+    for fn in (tbf.binary_cross_entropy, F.binary_cross_entropy):
+        hh, yy = h.clone().requires_grad_(), y.clone().requires_grad_()
+        loss = fn(hh, yy, reduction="none")
+        results.append((loss, *torch.autograd.grad(loss.sum(), [hh, yy])))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("weight,pos_weight", [(None, None), ((3,), None), (None, (3,)), ((4, 1), (3,)),
+                                               (None, (4, 1)), ((4, 3), (1, 3))])
+@pytest.mark.parametrize("shape", [(4, 3), (2, 4, 3)])
+def test_bce_with_logits_float64(shape, weight, pos_weight, reduction, device):
+    x = (torch.randn(shape) * 4).requires_grad_()
+    kw = {"reduction": reduction,
+          "weight": None if weight is None else torch.rand(weight) + 0.5,
+          "pos_weight": None if pos_weight is None else torch.rand(pos_weight) * 3}
+    assert_matches_native(tbf.binary_cross_entropy_with_logits, F.binary_cross_entropy_with_logits,
+                          (x, torch.rand(shape).requires_grad_()), kw, device=device)
+
+
+def test_bce_with_logits_extreme_logits():
+    x = torch.tensor([-60.0, -25.0, 0.0, 25.0, 60.0], dtype=torch.float64, requires_grad=True)
+    y = torch.tensor([0.0, 1.0, 0.5, 0.0, 1.0], dtype=torch.float64, requires_grad=True)
+    for pw in (None, torch.tensor([2.0], dtype=torch.float64)):
+        assert_matches_native(tbf.binary_cross_entropy_with_logits, F.binary_cross_entropy_with_logits,
+                              (x, y), {"pos_weight": pw, "reduction": "none"})
+
+
+def test_bce_gradcheck():
+    h, y = _pair((3, 4), lo=True)
+    gradchecks(tbf.binary_cross_entropy, (h, y), {"weight": torch.rand(4) + 0.5})
+    kw = {"weight": torch.rand(3, 1) + 0.5, "pos_weight": torch.rand(4) * 3}
+    gradchecks(tbf.binary_cross_entropy_with_logits, (torch.randn(3, 4, requires_grad=True), y), kw)
+    gradchecks(tbf.binary_cross_entropy_with_logits, (torch.randn(3, 4, requires_grad=True), y), {"reduction": "none"})
+
+
+@pytest.mark.parametrize("dtype", LOW)
+def test_bce_low_precision(dtype):
+    assert_matches_native(tbf.binary_cross_entropy, F.binary_cross_entropy, _pair((16, 33), lo=True),
+                          {"weight": torch.rand(33) + 0.5}, dtype=dtype)
+    x = (torch.randn(16, 33) * 3).requires_grad_()
+    assert_matches_native(tbf.binary_cross_entropy_with_logits, F.binary_cross_entropy_with_logits,
+                          (x, torch.rand(16, 33)), {"pos_weight": torch.rand(33) * 3}, dtype=dtype)
+
+
+# --- NLL and cross-entropy ------------------------------------------------------------------------------
+
+C = 5
+CLASS_SHAPES = [((C,), ()), ((6, C), (6,)), ((2, C, 3, 4), (2, 3, 4))]  # (input, class-index target)
+
+
+def _indices(tshape, ignore_index=-100):
+    y = torch.randint(0, C, tshape)
+    if y.dim():
+        y.view(-1)[:2] = ignore_index  # some ignored targets
+    return y
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("ignore_index", [-100, 2])
+@pytest.mark.parametrize("shapes", CLASS_SHAPES, ids=lambda s: f"{len(s[0])}d")
+def test_nll_float64(shapes, ignore_index, weighted, reduction, device):
+    x = torch.randn(shapes[0]).log_softmax(0 if len(shapes[0]) == 1 else 1).requires_grad_()
+    kw = {"weight": torch.rand(C) + 0.2 if weighted else None, "ignore_index": ignore_index, "reduction": reduction}
+    assert_matches_native(tbf.nll_loss, F.nll_loss, (x, _indices(shapes[1], ignore_index)), kw, device=device)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.25])
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("ignore_index", [-100, 2])
+@pytest.mark.parametrize("shapes", CLASS_SHAPES, ids=lambda s: f"{len(s[0])}d")
+def test_cross_entropy_indices_float64(shapes, ignore_index, weighted, label_smoothing, reduction, device):
+    kw = {"weight": torch.rand(C) + 0.2 if weighted else None, "ignore_index": ignore_index,
+          "reduction": reduction, "label_smoothing": label_smoothing}
+    z = (torch.randn(shapes[0]) * 2).requires_grad_()
+    assert_matches_native(tbf.cross_entropy, F.cross_entropy, (z, _indices(shapes[1], ignore_index)), kw,
+                          device=device)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.25])
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("shape", [s for s, _ in CLASS_SHAPES], ids=lambda s: f"{len(s)}d")
+def test_cross_entropy_probs_float64(shape, weighted, label_smoothing, reduction, device):
+    cd = 0 if len(shape) == 1 else 1
+    y = torch.randn(shape).softmax(cd).requires_grad_()  # target and weight both get gradients, as in torch
+    kw = {"weight": (torch.rand(C) + 0.2).requires_grad_() if weighted else None,
+          "reduction": reduction, "label_smoothing": label_smoothing}
+    assert_matches_native(tbf.cross_entropy, F.cross_entropy, ((torch.randn(shape) * 2).requires_grad_(), y), kw,
+                          device=device)
+
+
+@pytest.mark.parametrize("ours,native", [(tbf.cross_entropy, F.cross_entropy), (tbf.nll_loss, F.nll_loss)])
+def test_class_losses_edge_cases(ours, native):
+    z = torch.randn(4, C, dtype=torch.float64, requires_grad=True)
+    all_ignored = torch.full((4,), -100)
+    for kw in ({}, {"weight": torch.rand(C, dtype=torch.float64)}):  # mean over no targets: nan, as torch
+        assert torch.isnan(ours(z, all_ignored, **kw)) and torch.isnan(native(z, all_ignored, **kw))
+    assert_matches_native(ours, native, (z, all_ignored), {"reduction": "sum"})
+    assert_matches_native(ours, native, (z, torch.tensor([0, 1, 2, 3], dtype=torch.uint8)))  # uint8 targets
+    with pytest.warns(UserWarning):
+        assert_matches_native(ours, native, (z, torch.tensor([0, 1, 2, 3])), {"size_average": False})
+    z_nc = torch.randn(C, 4, dtype=torch.float64).t().requires_grad_()  # non-contiguous
+    assert_matches_native(ours, native, (z_nc, torch.tensor([4, 1, 2, 3])))
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_class_losses_gradcheck(reduction):
+    z, w = torch.randn(3, C, 2, requires_grad=True), torch.rand(C) + 0.2
+    y = torch.tensor([[0, 4], [-100, 2], [1, 1]])
+    gradchecks(tbf.nll_loss, (z, y), {"weight": w, "reduction": reduction})
+    gradchecks(tbf.cross_entropy, (z, y), {"weight": w, "reduction": reduction, "label_smoothing": 0.2})
+    gradchecks(tbf.cross_entropy, (z, y), {"reduction": reduction})
+    p = torch.randn(3, C, 2).softmax(1).requires_grad_()
+    gradchecks(tbf.cross_entropy, (z, p, w.clone().requires_grad_()), {"reduction": reduction, "label_smoothing": 0.1})
+
+
+@pytest.mark.parametrize("dtype", LOW)
+def test_class_losses_low_precision(dtype):
+    z, y = (torch.randn(32, 10) * 3).requires_grad_(), torch.randint(0, 10, (32,))
+    w = torch.rand(10) + 0.2
+    assert_matches_native(tbf.cross_entropy, F.cross_entropy, (z, y), {"weight": w, "label_smoothing": 0.1},
+                          dtype=dtype)
+    assert_matches_native(tbf.nll_loss, F.nll_loss, (z.detach().log_softmax(1).requires_grad_(), y),
+                          dtype=dtype)
+    assert_matches_native(tbf.cross_entropy, F.cross_entropy, (z, torch.rand(32, 10).softmax(1)), dtype=dtype)
+
+
+# --- autocast: every loss runs in float32, as native does ---------------------------------------------
+
+AUTOCAST = [  # (ours, native, args builder, kwargs)
+    (tbf.mse_loss, F.mse_loss, lambda: _pair((4, 3)), {}),
+    (tbf.l1_loss, F.l1_loss, lambda: _pair((4, 3)), {}),
+    (tbf.smooth_l1_loss, F.smooth_l1_loss, lambda: _pair((4, 3)), {}),
+    (tbf.huber_loss, F.huber_loss, lambda: _pair((4, 3)), {}),
+    (tbf.binary_cross_entropy, F.binary_cross_entropy, lambda: _pair((4, 3), lo=True), {}),
+    (tbf.binary_cross_entropy_with_logits, F.binary_cross_entropy_with_logits,
+     lambda: (torch.randn(4, 3, requires_grad=True), torch.rand(4, 3)), {"pos_weight": torch.rand(3)}),
+    (tbf.cross_entropy, F.cross_entropy, lambda: (torch.randn(4, C, requires_grad=True), torch.tensor([0, 1, 4, -100])),
+     {"weight": torch.rand(C), "label_smoothing": 0.1}),
+    (tbf.cross_entropy, F.cross_entropy, lambda: (torch.randn(4, C, requires_grad=True), torch.rand(4, C).softmax(1)), {}),
+    (tbf.nll_loss, F.nll_loss, lambda: (torch.randn(4, C, requires_grad=True), torch.tensor([0, 1, 4, 2])), {}),
+]
+
+
+@pytest.mark.parametrize("in_dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("ours,native,make,kw", AUTOCAST, ids=[f"{a[0].__name__}{i}" for i, a in enumerate(AUTOCAST)])
+def test_cpu_autocast_bf16(ours, native, make, kw, in_dtype):
+    args = make()
+    leaves = [a.detach().to(in_dtype).requires_grad_(a.requires_grad) if a.is_floating_point() else a
+              for a in args]
+    s_args = [a.detach().requires_grad_(a.requires_grad) if a.is_floating_point() else a for a in leaves]
+    n_args = [a.detach().requires_grad_(a.requires_grad) if a.is_floating_point() else a for a in leaves]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        s, n = ours(*s_args, **kw), native(*n_args, **kw)
+    assert s.dtype == n.dtype == torch.float32
+    torch.testing.assert_close(s, n, rtol=1e-5, atol=1e-6)
+    req = [i for i, a in enumerate(leaves) if a.requires_grad]
+    gs = torch.autograd.grad(s, [s_args[i] for i in req])
+    gn = torch.autograd.grad(n, [n_args[i] for i in req])
+    for a, b in zip(gs, gn):
+        assert a.dtype == b.dtype == in_dtype
+        torch.testing.assert_close(a, b, rtol=1e-2, atol=1e-3)
+
+
+def test_half_squared_error_autocast_runs_in_float32():
+    h = torch.randn(4, 3, dtype=torch.bfloat16, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        J = tbf.half_squared_error(h, torch.randn(4, 3))
+    assert J.dtype == torch.float32
+    J.backward()
+    assert h.grad.dtype == torch.bfloat16
+
+
+# --- twins, routing -------------------------------------------------------------------------------------
+
+TWIN_CASES = [  # (native module, constructor kwargs, args builder)
+    (torch.nn.MSELoss, {"reduction": "sum"}, lambda: _pair((4, 3))),
+    (torch.nn.L1Loss, {}, lambda: _pair((4, 3))),
+    (torch.nn.SmoothL1Loss, {"beta": 0.5}, lambda: _pair((4, 3))),
+    (torch.nn.HuberLoss, {"delta": 0.5, "reduction": "none"}, lambda: _pair((4, 3))),
+    (torch.nn.CrossEntropyLoss, {"weight": torch.rand(C), "ignore_index": 1, "label_smoothing": 0.1},
+     lambda: (torch.randn(4, C, requires_grad=True), torch.tensor([0, 1, 4, 2]))),
+    (torch.nn.NLLLoss, {"weight": torch.rand(C)},
+     lambda: (torch.randn(4, C, requires_grad=True), torch.tensor([0, 1, 4, 2]))),
+    (torch.nn.BCELoss, {"weight": torch.rand(3)}, lambda: _pair((4, 3), lo=True)),
+    (torch.nn.BCEWithLogitsLoss, {"weight": torch.rand(3), "pos_weight": torch.rand(3)},
+     lambda: (torch.randn(4, 3, requires_grad=True), torch.rand(4, 3))),
+    (torch.nn.MSELoss, {"size_average": False}, lambda: _pair((4, 3))),
+]
+
+
+@pytest.mark.parametrize("native_cls,kw,make", TWIN_CASES, ids=[f"{c.__name__}{i}" for i, (c, _, _) in enumerate(TWIN_CASES)])
+def test_twins(native_cls, kw, make):
+    with pytest.warns(UserWarning) if "size_average" in kw else __import__("contextlib").nullcontext():
+        native = native_cls(**kw).double()
+    twin = torchbp.swap(copy.deepcopy(native))
+    twin_cls = getattr(torchbp.nn, native_cls.__name__)
+    assert type(twin) is twin_cls and isinstance(twin, native_cls)
+    assert torchbp.registry.twin_for(native_cls) is twin_cls
+    sd_n, sd_t = native.state_dict(), twin.state_dict()
+    assert list(sd_n) == list(sd_t) and all(torch.equal(sd_n[k], sd_t[k]) for k in sd_n)
+    fresh = twin_cls(**{k: v.double() if torch.is_tensor(v) else v for k, v in kw.items()}) \
+        if "size_average" not in kw else None
+    if fresh is not None:  # built directly: same buffers and state_dict as native
+        assert list(fresh.state_dict()) == list(sd_n)
+    assert_matches_native(twin, native, make())
+    assert type(torchbp.unswap(twin)) is native_cls
+
+
+def test_half_squared_error_module():
+    m = torchbp.nn.HalfSquaredError()
+    assert isinstance(m, torch.nn.modules.loss._Loss) and m.reduction == "mean"
+    assert m.state_dict() == {} and "HalfSquaredError" in repr(m)
+    h, y = _pair((4, 3))
+    for r in REDUCTIONS:
+        assert_matches_native(torchbp.nn.HalfSquaredError(r), lambda a, b, r=r: half_squared_error_native(a, b, r),
+                              (h, y))
+
+
+def test_routes_and_manual_backward():
+    for native in (F.mse_loss, F.l1_loss, F.smooth_l1_loss, F.huber_loss, F.cross_entropy, F.nll_loss,
+                   F.binary_cross_entropy, F.binary_cross_entropy_with_logits):
+        assert torchbp.registry.function_for(native) is getattr(tbf, native.__name__)
+    z = torch.randn(4, C, requires_grad=True)
+    with torchbp.manual_backward():
+        J = F.cross_entropy(z, torch.tensor([0, 1, 2, 3]))
+    assert issubclass(type(J.grad_fn)._forward_cls, DeltaFunction)
+
+
+def test_vmap_per_example_gradients():
+    z, y = torch.randn(6, C, dtype=torch.float64), torch.tensor([0, 1, 2, 3, 4, 0])
+    per = torch.func.vmap(torch.func.grad(lambda zi, yi: tbf.cross_entropy(zi, yi)))(z, y)
+    torch.testing.assert_close(per, z.softmax(1) - F.one_hot(y, C).double())
+    h, t = torch.randn(6, 3, dtype=torch.float64), torch.randn(6, 3, dtype=torch.float64)
+    per = torch.func.vmap(torch.func.grad(lambda hi, ti: tbf.mse_loss(hi, ti)))(h, t)
+    torch.testing.assert_close(per, 2 * (h - t) / 3)
+
+
+# --- bad input: refused where torch refuses, naming the op --------------------------------------------
+
+def test_bad_input_names_op():
+    with pytest.raises(RuntimeError, match=r"functional\.mse_loss: target of shape \[4, 3\] does not broadcast"):
+        with pytest.warns(UserWarning):
+            tbf.mse_loss(torch.randn(2, 3), torch.randn(4, 3))
+    with pytest.raises(ValueError, match=r"mse_loss: 'bad' is not a valid value for reduction"):
+        tbf.mse_loss(torch.randn(2), torch.randn(2), reduction="bad")
+    with pytest.raises(ValueError, match=r"mse_loss: weight and input must have the same size"):
+        tbf.mse_loss(torch.randn(2, 3), torch.randn(2, 3), weight=torch.rand(3))
+    with pytest.raises(RuntimeError, match=r"smooth_l1_loss: beta must be >= 0"):
+        tbf.smooth_l1_loss(torch.randn(2), torch.randn(2), beta=-1.0)
+    with pytest.raises(RuntimeError, match=r"huber_loss: delta must be > 0"):
+        tbf.huber_loss(torch.randn(2), torch.randn(2), delta=0.0)
+    with pytest.raises(RuntimeError, match=r"half_squared_error: input of shape \[2, 3\] and target of shape \[3\]"):
+        tbf.half_squared_error(torch.randn(2, 3), torch.randn(3))
+    with pytest.raises(RuntimeError, match=r"binary_cross_entropy: target of shape \[3\] must have input's shape"):
+        tbf.binary_cross_entropy(torch.rand(2, 3), torch.rand(3))
+    with pytest.raises(RuntimeError, match=r"binary_cross_entropy: all elements of input should be between 0 and 1"):
+        tbf.binary_cross_entropy(torch.tensor([0.5, 1.5]), torch.rand(2))
+    with pytest.raises(RuntimeError, match=r"binary_cross_entropy_with_logits: pos_weight of shape \[2\] does not"):
+        tbf.binary_cross_entropy_with_logits(torch.randn(2, 3), torch.rand(2, 3), pos_weight=torch.rand(2))
+    with pytest.raises(RuntimeError, match=r"binary_cross_entropy_with_logits: weight of shape \[4, 2, 3\]"):
+        tbf.binary_cross_entropy_with_logits(torch.randn(2, 3), torch.rand(2, 3), weight=torch.rand(4, 2, 3))
+    with pytest.raises(RuntimeError, match=r"cross_entropy: input batch_size \(2\) must match target batch_size"):
+        tbf.cross_entropy(torch.randn(2, 3), torch.tensor([0, 1, 2]))
+    with pytest.raises(RuntimeError, match=r"cross_entropy: target 5 is out of bounds for 3 classes"):
+        tbf.cross_entropy(torch.randn(2, 3), torch.tensor([0, 5]))
+    with pytest.raises(RuntimeError, match=r"cross_entropy: expected target of shape \[2, 4\], got \[2, 5\]"):
+        tbf.cross_entropy(torch.randn(2, 3, 4), torch.randint(0, 3, (2, 5)))
+    with pytest.raises(RuntimeError, match=r"cross_entropy: ignore_index is not supported for class-probability"):
+        tbf.cross_entropy(torch.randn(2, 3), torch.rand(2, 3), ignore_index=1)
+    with pytest.raises(RuntimeError, match=r"cross_entropy: weight must have shape \[3\]"):
+        tbf.cross_entropy(torch.randn(2, 3), torch.tensor([0, 1]), weight=torch.rand(4))
+    with pytest.raises(RuntimeError, match=r"nll_loss: class-index target must be int64"):
+        tbf.nll_loss(torch.randn(2, 3), torch.tensor([0.0, 1.0]))
+    with pytest.raises(RuntimeError, match=r"nll_loss: weight has dtype torch.float64"):
+        tbf.nll_loss(torch.randn(2, 3), torch.tensor([0, 1]), weight=torch.rand(3, dtype=torch.float64))
