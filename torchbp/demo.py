@@ -67,7 +67,7 @@ def _backprop_torch(model, x, y, cost):
         for h in hooks:
             h.remove()
     lins = [m for m in model if isinstance(m, torch.nn.Linear)]
-    return ([z.grad for z in zs], [m.weight.grad for m in lins], [m.bias.grad for m in lins])
+    return ([z.grad for z in zs], [m.weight.grad for m in lins], [None if m.bias is None else m.bias.grad for m in lins])
 
 
 def _rel(s, r) -> float:
@@ -120,7 +120,8 @@ def compare(seed: int = 0, batch: int = 8, dtype=torch.float64):
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="torchbp demo", description="The seed's five-layer network, back-propagated three ways and compared.")
+    parser = argparse.ArgumentParser(
+        prog="torchbp demo", description="The seed's five-layer network, back-propagated three ways and compared.")
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights and data (default 0)")
     parser.add_argument("--batch", type=int, default=8, help="examples in the batch (default 8)")
     parser.add_argument("--dtype", choices=("float64", "float32"), default="float64",
