@@ -89,7 +89,12 @@ class ReLU(_Pointwise):
 
     @staticmethod
     def delta(g, a):
-        # one select instead of g * (a > 0): no float mask is materialised
+        # [a > 0] = sign(a), as a ≥ 0. On CPU torch.where is a scalar, branchy loop: ~1 ms for 256×1024
+        # floats vs 0.07 ms for g * sign(a) (scripts/bench.py MLP step: 1.095 → 1.03 of native).
+        # Only where g or a is inf/NaN do they differ (0·inf = NaN where select gives 0).
+        # On CUDA the select is one fast pass with a 1-byte mask: keep it.
+        if a.device.type == "cpu":
+            return g * a.sign()
         return torch.where(a > 0, g, 0)
 
     delta_out = delta
