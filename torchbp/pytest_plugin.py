@@ -121,8 +121,8 @@ def torchbp_audit(request: pytest.FixtureRequest, torchbp_device: str):
     def audit(model, inputs, target=None, **audit_kwargs):
         import torch
         import torchbp
-        kwargs = {"dtype": _setting(request.config, "dtype"), **marker, "device": torchbp_device,
-                  **audit_kwargs}
+        kwargs = {"dtype": _setting(request.config, "dtype"), "progress": False, **marker,
+                  "device": torchbp_device, **audit_kwargs}
         _check_dtype(kwargs["dtype"])
         if isinstance(kwargs["dtype"], str):
             kwargs["dtype"] = getattr(torch, kwargs["dtype"].removeprefix("torch."))
@@ -130,33 +130,19 @@ def torchbp_audit(request: pytest.FixtureRequest, torchbp_device: str):
         session.record(request.node.nodeid, str(kwargs["device"]), str(kwargs["dtype"]).removeprefix("torch."),
                        report)
         if not report.ok:
-            pytest.fail(failure_message(report), pytrace=False)
+            pytest.fail(report.failure_message(), pytrace=False)
         return report
 
     return audit
 
 
-def _get(row, field):
-    return row[field] if isinstance(row, dict) else getattr(row, field)
-
-
 def _worst(rows):
-    """The row with the largest relative error (non-finite ones count as the largest)."""
+    """The row with the largest relative error; non-finite rows count as the largest, rows of layers
+    left to native autograd (status "native") do not count."""
     def key(row):
-        err = _get(row, "rel_err")
-        return math.inf if _get(row, "status") == "nonfinite" or err is None or math.isnan(err) else err
-    return max(rows, key=key, default=None)
-
-
-def failure_message(report) -> str:
-    """The verdict line, then only the rows that failed (passing ones are in the full report)."""
-    verdict, _, _ = str(report).partition("\n")
-    bad = [r for r in report.rows if _get(r, "status") not in ("ok", "native")]
-    from tabulate import tabulate
-    fields = ("layer", "kind", "quantity", "shape", "max_abs_err", "rel_err", "cosine", "tolerance", "status")
-    table = tabulate([[_get(r, f) for f in fields] for r in bad[:20]], headers=fields, floatfmt=".3g")
-    more = f"\n... and {len(bad) - 20} more failing rows" if len(bad) > 20 else ""
-    return f"{verdict}\n{table}{more}\n({len(report.rows) - len(bad)} of {len(report.rows)} rows agree)"
+        err = row.rel_err
+        return math.inf if row.status == "nonfinite" or err is None or math.isnan(err) else err
+    return max((r for r in rows if r.status != "native"), key=key, default=None)
 
 
 class _Session:
@@ -170,11 +156,11 @@ class _Session:
         worst = _worst(report.rows)
         entry = {"nodeid": nodeid, "device": device, "dtype": dtype, "ok": bool(report.ok),
                  "first_divergence": report.first_divergence,
-                 "worst": None if worst is None else {f: _get(worst, f) for f in
-                                                      ("layer", "kind", "quantity", "rel_err", "status")}}
+                 "worst": None if worst is None else {
+                     "layer": worst.layer, "kind": worst.kind, "quantity": worst.quantity, "status": worst.status,
+                     "rel_err": worst.rel_err if math.isfinite(worst.rel_err) else None}}
         if self.report_path:  # keep full reports only when they are to be written
-            js = report.to_json()
-            entry["report"] = json.loads(js) if isinstance(js, str) else js
+            entry["report"] = json.loads(report.to_json())
         self.audits.append(entry)
 
 
@@ -209,12 +195,17 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
     tr = terminalreporter
     tr.write_sep("-", "torchbp gradient audits")
     tr.write_line(f"audits run: {len(audits)}, failed: {failed}")
-    worst = _worst([dict(a["worst"], nodeid=a["nodeid"]) for a in audits if a["worst"]])
+    worst = max((dict(a["worst"], nodeid=a["nodeid"]) for a in audits if a["worst"]), default=None,
+                key=lambda w: math.inf if w["rel_err"] is None else w["rel_err"])
     if worst is not None:
         where = f"{worst['layer'] or '<root>'} ({worst['kind']}) {worst['quantity']}"
-        err = worst["rel_err"]
-        err = f"{err:.3g}" if isinstance(err, (int, float)) else err
+        err = "nan" if worst["rel_err"] is None else f"{worst['rel_err']:.2e}"
         tr.write_line(f"worst layer: {where}, rel err {err} [{worst['status']}] "
                       f"in {worst['nodeid']}")
+    for a in [a for a in audits if not a["ok"]][:10]:  # where each failure starts
+        where = "not located" if a["first_divergence"] is None else repr(a["first_divergence"])
+        tr.write_line(f"FAIL {a['nodeid']}: first divergence {where}")
+    if failed > 10:
+        tr.write_line(f"... and {failed - 10} more failed audits")
     if state.report_path:
         tr.write_line(f"report: {state.report_path}")
