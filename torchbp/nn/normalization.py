@@ -1,3 +1,57 @@
-"""Twins of torch.nn's modules of this family (to be filled in)."""
-TWINS = {}
-__all__ = []
+"""Twins of torch.nn's normalization layers: same constructor, parameters, buffers and state_dict;
+forward routed through the δ Functions."""
+import torch
+
+from .. import functional as tbf
+
+
+class _BatchNormForward:
+    """torch.nn.modules.batchnorm._BatchNorm.forward, line for line, with the δ batch_norm: the same
+    momentum / cumulative-average factor, num_batches_tracked count and choice of statistics."""
+
+    def forward(self, input):
+        self._check_input_dim(input)
+        factor = 0.0 if self.momentum is None else self.momentum
+        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
+            self.num_batches_tracked.add_(1)
+            factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+        bn_training = self.training or (self.running_mean is None and self.running_var is None)
+        use_buffers = not self.training or self.track_running_stats
+        return tbf.batch_norm(input, self.running_mean if use_buffers else None,
+                              self.running_var if use_buffers else None, self.weight, self.bias,
+                              bn_training, factor, self.eps)
+
+
+class BatchNorm1d(_BatchNormForward, torch.nn.BatchNorm1d):
+    pass
+
+
+class BatchNorm2d(_BatchNormForward, torch.nn.BatchNorm2d):
+    pass
+
+
+class BatchNorm3d(_BatchNormForward, torch.nn.BatchNorm3d):
+    pass
+
+
+class LayerNorm(torch.nn.LayerNorm):
+    def forward(self, input):
+        return tbf.layer_norm(input, self.normalized_shape, self.weight, self.bias, self.eps)
+
+
+class GroupNorm(torch.nn.GroupNorm):
+    def forward(self, input):
+        return tbf.group_norm(input, self.num_groups, self.weight, self.bias, self.eps)
+
+
+TWINS = {torch.nn.BatchNorm1d: BatchNorm1d, torch.nn.BatchNorm2d: BatchNorm2d,
+         torch.nn.BatchNorm3d: BatchNorm3d, torch.nn.LayerNorm: LayerNorm, torch.nn.GroupNorm: GroupNorm}
+
+if hasattr(torch.nn, "RMSNorm"):  # torch >= 2.4
+    class RMSNorm(torch.nn.RMSNorm):
+        def forward(self, x):
+            return tbf.rms_norm(x, self.normalized_shape, self.weight, self.eps)
+
+    TWINS[torch.nn.RMSNorm] = RMSNorm
+
+__all__ = [c.__name__ for c in TWINS.values()]

@@ -1,0 +1,467 @@
+"""δ normalization, embedding, dropout, flatten: module cases against native in float64 (outputs,
+gradients, running statistics), gradcheck, low precision against a float64 oracle, autocast, twins."""
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import torchbp
+import torchbp.functional as tbf
+from torchbp.functional import DeltaFunction
+from util import DEVICES, LOW, assert_matches_native, gradchecks, rel_err
+
+nn = torch.nn
+HAS_RMS = hasattr(F, "rms_norm")
+
+
+def is_delta(t):
+    return t.grad_fn is not None and issubclass(getattr(type(t.grad_fn), "_forward_cls", type), DeltaFunction)
+
+
+# --- modules against native: output, every gradient, buffers ------------------------------------
+
+def compare_module(native, x, steps=2, train=True, device="cpu"):
+    """Run native and its swapped copy ``steps`` times in float64; outputs and gradients agree to
+    1e-10 and buffers (running stats, num_batches_tracked) are bitwise equal after each step."""
+    native = native.double().to(device).train(train)
+    twin = torchbp.swap(copy.deepcopy(native))
+    assert type(twin) is not type(native) and isinstance(twin, type(native))
+    for step in range(steps):
+        xs = x.detach().double().to(device).add(step).requires_grad_()
+        xn = xs.detach().requires_grad_()
+        ys, yn = twin(xs), native(xn)
+        assert is_delta(ys), type(ys.grad_fn)
+        v = torch.randn(yn.shape, dtype=yn.dtype, device=device)
+        gs = torch.autograd.grad(ys, [xs, *twin.parameters()], v)
+        gn = torch.autograd.grad(yn, [xn, *native.parameters()], v)
+        assert rel_err(ys, yn) <= 1e-10
+        for a, b in zip(gs, gn):
+            assert rel_err(a, b) <= 1e-10, rel_err(a, b)
+        for (k, a), (_, b) in zip(twin.state_dict().items(), native.state_dict().items()):
+            assert torch.equal(a, b), k
+    return twin
+
+
+BN_CASES = [  # (module, input shape)
+    (lambda: nn.BatchNorm1d(3), (4, 3)),
+    (lambda: nn.BatchNorm1d(3), (4, 3, 5)),
+    (lambda: nn.BatchNorm1d(3, momentum=0.3), (4, 3, 5)),
+    (lambda: nn.BatchNorm1d(3, momentum=None), (4, 3)),
+    (lambda: nn.BatchNorm1d(3, affine=False), (4, 3, 5)),
+    (lambda: nn.BatchNorm1d(3, track_running_stats=False), (4, 3, 5)),
+    (lambda: nn.BatchNorm2d(3), (2, 3, 4, 5)),
+    (lambda: nn.BatchNorm2d(3, momentum=None), (2, 3, 4, 5)),
+    (lambda: nn.BatchNorm2d(3, affine=False, momentum=0.5), (2, 3, 4, 5)),
+    (lambda: nn.BatchNorm2d(3, affine=False, track_running_stats=False), (2, 3, 4, 5)),
+    (lambda: nn.BatchNorm2d(3, eps=1e-3), (1, 3, 2, 2)),
+    (lambda: nn.BatchNorm3d(2), (2, 2, 3, 2, 2)),
+]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("make,shape", BN_CASES)
+def test_batchnorm_module(make, shape, train, device):
+    m = make()
+    if m.affine:  # non-trivial parameters and running stats
+        nn.init.normal_(m.weight), nn.init.normal_(m.bias)
+    if m.track_running_stats:
+        m.running_mean.normal_(), m.running_var.uniform_(0.5, 2)
+    twin = compare_module(m, torch.randn(shape) * 2 + 1, steps=3, train=train, device=device)
+    if train and m.track_running_stats:
+        assert int(twin.num_batches_tracked) == 3
+
+
+def test_batchnorm_eval_without_running_stats_uses_batch_stats():
+    compare_module(nn.BatchNorm2d(3, track_running_stats=False), torch.randn(2, 3, 4, 4), train=False)
+
+
+def test_batchnorm_functional_running_stats_bitwise():
+    x = torch.randn(8, 4, 3, dtype=torch.float64)
+    for dtype in (torch.float64, torch.float32):
+        rs = [torch.randn(4, dtype=dtype), torch.rand(4, dtype=dtype) + 0.5]
+        rn = [t.clone() for t in rs]
+        w = torch.randn(4, dtype=dtype, requires_grad=True)
+        ys = tbf.batch_norm(x.to(dtype), *rs, w, None, True, 0.2, 1e-4)
+        yn = F.batch_norm(x.to(dtype), *rn, w, None, True, 0.2, 1e-4)
+        assert torch.equal(ys, yn) and all(torch.equal(a, b) for a, b in zip(rs, rn))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("affine", [True, False])
+def test_batch_norm_functional_float64(training, affine, device):
+    C = 3
+    args = (torch.randn(4, C, 5, requires_grad=True) * 3, torch.randn(C), torch.rand(C) + 0.5,
+            torch.randn(C, requires_grad=True) if affine else None,
+            torch.randn(C, requires_grad=True) if affine else None, training, 0.1, 1e-5)
+    assert_matches_native(tbf.batch_norm, F.batch_norm, args, device=device)
+
+
+# (7,) with seed 0 is ill-conditioned: |δ_x| ≈ 2e-7 |δ|, native and δ both off by 2e-10 from exact
+LN_CASES = [((2, 3, 4, 5), (5,)), ((2, 3, 4, 5), (4, 5)), ((2, 3, 4, 5), (3, 4, 5)), ((9,), (9,)),
+            ((6, 5), [5])]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("affine", ["both", "weight", "none"])
+@pytest.mark.parametrize("shape,nshape", LN_CASES)
+def test_layer_norm_float64(shape, nshape, affine, device):
+    ns = (nshape,) if isinstance(nshape, int) else nshape
+    w = torch.randn(ns, requires_grad=True) if affine != "none" else None
+    b = torch.randn(ns, requires_grad=True) if affine == "both" else None
+    x = (torch.rand(shape) * 6 - 2).requires_grad_()  # not randn: util's v would be x's own draw
+    assert_matches_native(tbf.layer_norm, F.layer_norm, (x, nshape, w, b, 1e-5), device=device)
+
+
+@pytest.mark.parametrize("make,shape", [
+    (lambda: nn.LayerNorm(5), (2, 3, 5)), (lambda: nn.LayerNorm((4, 5)), (2, 3, 4, 5)),
+    (lambda: nn.LayerNorm((3, 4, 5), elementwise_affine=False), (2, 3, 4, 5)),
+    (lambda: nn.GroupNorm(1, 6), (2, 6, 4)), (lambda: nn.GroupNorm(2, 6), (2, 6, 3, 3)),
+    (lambda: nn.GroupNorm(3, 6, affine=False), (2, 6, 5)), (lambda: nn.GroupNorm(3, 6), (3, 6)),
+    (lambda: nn.Embedding(10, 4), None), (lambda: nn.Embedding(10, 4, padding_idx=2), None),
+    (lambda: nn.Embedding(10, 4, scale_grad_by_freq=True), None),
+    (lambda: nn.Flatten(), (2, 3, 4)), (lambda: nn.Flatten(0, 1), (2, 3, 4)),
+    (lambda: nn.Unflatten(1, (2, 3)), (4, 6, 5)),
+] + ([(lambda: nn.RMSNorm(5), (2, 3, 5)), (lambda: nn.RMSNorm((4, 5), eps=1e-3), (2, 4, 5)),
+      (lambda: nn.RMSNorm(5, elementwise_affine=False), (3, 5))] if hasattr(nn, "RMSNorm") else []))
+def test_norm_and_misc_modules(make, shape):
+    m = make()
+    for p in m.parameters():
+        nn.init.normal_(p)
+    if isinstance(m, nn.Embedding):
+        idx = torch.tensor([[1, 2, 2, 9], [0, 2, 1, 1]])
+        native, twin = m.double(), torchbp.swap(copy.deepcopy(m.double()))
+        ys, yn = twin(idx), native(idx)
+        assert is_delta(ys) and torch.equal(ys, yn)
+        v = torch.randn(yn.shape, dtype=torch.float64)
+        (gs,), (gn,) = torch.autograd.grad(ys, [twin.weight], v), torch.autograd.grad(yn, [native.weight], v)
+        assert rel_err(gs, gn) <= 1e-10
+        return
+    compare_module(m, torch.randn(shape) * 2 + 0.5)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("groups", [1, 2, 3, 6])
+@pytest.mark.parametrize("shape", [(2, 6), (2, 6, 5), (2, 6, 3, 4)])
+def test_group_norm_float64(groups, shape, device):
+    if groups == 6 and len(shape) == 2:
+        pytest.skip("one value per group: δ_x is exactly 0, native's is rounding noise")
+    args = (torch.randn(shape, requires_grad=True) * 2 + 1, groups, torch.randn(6, requires_grad=True),
+            torch.randn(6, requires_grad=True), 1e-5)
+    assert_matches_native(tbf.group_norm, F.group_norm, args, device=device)
+    assert_matches_native(tbf.group_norm, F.group_norm, (args[0], groups), device=device)
+
+
+@pytest.mark.skipif(not HAS_RMS, reason="torch < 2.4 has no rms_norm")
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("nshape", [(5,), (4, 5)])
+@pytest.mark.parametrize("weight", [True, False])
+@pytest.mark.parametrize("eps", [None, 1e-3])
+def test_rms_norm_float64(nshape, weight, eps, device):
+    args = (torch.randn(2, 3, 4, 5, requires_grad=True), nshape,
+            torch.randn(nshape, requires_grad=True) if weight else None, eps)
+    assert_matches_native(tbf.rms_norm, F.rms_norm, args, device=device)
+
+
+# --- embedding -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("kw", [{}, {"padding_idx": 0}, {"padding_idx": -1}, {"scale_grad_by_freq": True},
+                                {"padding_idx": 3, "scale_grad_by_freq": True}, {"max_norm": 1.0},
+                                {"max_norm": 2.0, "norm_type": 1.0}])
+@pytest.mark.parametrize("idx_dtype", [torch.int64, torch.int32])
+def test_embedding_float64(kw, idx_dtype, device):
+    idx = torch.tensor([[0, 3, 3, 7], [7, 7, 1, 0], [9, 3, 2, 2]], dtype=idx_dtype)  # repeats, padding rows
+    W = (torch.randn(10, 5) * 2).requires_grad_()
+    assert_matches_native(tbf.embedding, F.embedding, (idx, W), kw, device=device)
+    assert_matches_native(tbf.embedding, F.embedding, (idx[0, 0], W), kw, device=device)  # 0-d index
+
+
+def test_embedding_max_norm_renorms_weight_like_native():
+    W = torch.randn(10, 5) * 3
+    idx = torch.tensor([1, 4, 4, 8])
+    ws, wn = nn.Parameter(W.clone()), nn.Parameter(W.clone())
+    ys, yn = tbf.embedding(idx, ws, max_norm=1.0), F.embedding(idx, wn, max_norm=1.0)
+    assert torch.equal(ys, yn) and torch.equal(ws, wn) and not torch.equal(ws, W)  # rows 1, 4, 8 renormed
+    (gs,), (gn,) = torch.autograd.grad(ys.sum(), ws), torch.autograd.grad(yn.sum(), wn)
+    assert torch.equal(gs, gn)
+
+
+def test_embedding_refusals_name_the_op():
+    W = torch.randn(5, 3, requires_grad=True)
+    with pytest.raises(RuntimeError, match="torchbp.functional.embedding: sparse=True"):
+        tbf.embedding(torch.tensor([1]), W, sparse=True)
+    with pytest.raises(AssertionError, match="embedding: padding_idx must be within num_embeddings"):
+        tbf.embedding(torch.tensor([1]), W, padding_idx=5)
+    with pytest.raises(RuntimeError, match="embedding: input must hold indices"):
+        tbf.embedding(torch.tensor([1.0]), W)
+    with pytest.raises(RuntimeError, match="embedding: weight must be 2-D"):
+        tbf.embedding(torch.tensor([1]), torch.randn(5))
+
+
+# --- dropout -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
+@pytest.mark.parametrize("layout", ["contiguous", "transposed"])
+def test_dropout_same_mask_and_bits_as_native(p, dtype, layout, device):
+    x0 = torch.randn(33, 65, dtype=dtype, device=device)
+    x0 = x0.t() if layout == "transposed" else x0
+    xs, xn = x0.clone().requires_grad_(), x0.clone().requires_grad_()
+    if layout == "transposed":
+        xs, xn = x0.t().clone().t().requires_grad_(), x0.t().clone().t().requires_grad_()
+    torch.manual_seed(7)
+    ys = tbf.dropout(xs, p)
+    state_s = torch.get_rng_state()
+    torch.manual_seed(7)
+    yn = F.dropout(xn, p)
+    assert torch.equal(ys, yn) and torch.equal(state_s, torch.get_rng_state())  # same draws, same bits
+    assert is_delta(ys)
+    v = torch.randn_like(yn)
+    (gs,), (gn,) = torch.autograd.grad(ys, xs, v), torch.autograd.grad(yn, xn, v)
+    assert torch.equal(gs != 0, gn != 0)
+    assert rel_err(gs, gn) <= (1e-10 if dtype == torch.float64 else 1e-2)
+
+
+def test_dropout_saves_a_bool_mask():
+    x = torch.randn(100, requires_grad=True)
+    y = tbf.dropout(x, 0.3)
+    saved = [t for t in y.grad_fn.saved_tensors]
+    assert len(saved) == 1 and saved[0].dtype == torch.bool
+
+
+def test_dropout_p0_p1_eval_and_inplace():
+    x = torch.randn(4, 5, requires_grad=True)
+    assert tbf.dropout(x, 0.0) is x and tbf.dropout(x, 0.5, training=False) is x
+    y = tbf.dropout(x, 1.0)
+    assert torch.equal(y, F.dropout(x, 1.0)) and is_delta(y)
+    (g,) = torch.autograd.grad(y.sum(), x)
+    assert torch.equal(g, torch.zeros_like(x))
+    for p in (0.4, 1.0):
+        h_s, h_n = x * 1.0, x * 1.0
+        torch.manual_seed(3)
+        out_s = tbf.dropout(h_s, p, inplace=True)
+        torch.manual_seed(3)
+        out_n = F.dropout(h_n, p, inplace=True)
+        assert out_s is h_s and torch.equal(out_s, out_n)
+        (gs,), (gn,) = torch.autograd.grad(out_s.sum(), x), torch.autograd.grad(out_n.sum(), x)
+        torch.testing.assert_close(gs, gn)
+    with pytest.raises(ValueError, match="dropout probability has to be between 0 and 1"):
+        tbf.dropout(x, 1.5)
+
+
+def test_dropout_twin_and_gradcheck():
+    m = nn.Dropout(0.25)
+    twin = torchbp.swap(copy.deepcopy(m))
+    x = torch.randn(8, 9)
+    torch.manual_seed(1)
+    a = twin(x)
+    torch.manual_seed(1)
+    assert torch.equal(a, m(x))
+    twin.eval()
+    assert twin(x) is x
+
+    def fn(x):
+        torch.manual_seed(5)  # the same mask at every call gradcheck makes
+        return tbf.dropout(x, 0.3)
+
+    gradchecks(fn, (torch.randn(4, 5, requires_grad=True),))
+
+
+# --- flatten, unflatten, identity ----------------------------------------------------------------
+
+@pytest.mark.parametrize("args", [(0, -1), (1, -1), (1, 2), (2, 2), (-2, -1)])
+def test_flatten(args):
+    x = torch.randn(2, 3, 4, 5, requires_grad=True)
+    assert_matches_native(tbf.flatten, torch.flatten, (x, *args))
+    y = tbf.flatten(x, *args)
+    assert is_delta(y) and y._base is x  # a view, as native's
+    xt = x.detach().transpose(1, 3).requires_grad_()  # native copies here; so do we
+    assert_matches_native(tbf.flatten, torch.flatten, (xt, *args))
+
+
+@pytest.mark.parametrize("dim,sizes", [(1, (3, 2)), (-1, (5, 1)), (0, (-1, 2)), (1, [6])])
+def test_unflatten(dim, sizes):
+    x = torch.randn(4, 6, 5, requires_grad=True)
+    assert_matches_native(tbf.unflatten, torch.unflatten, (x, dim, sizes))
+    assert tbf.unflatten(x, dim, sizes)._base is x
+    with pytest.raises(RuntimeError, match="torchbp.functional.unflatten: sizes"):
+        tbf.unflatten(x, 1, (4, 2))
+
+
+def test_identity_twin_returns_input():
+    twin = torchbp.swap(nn.Sequential(nn.Identity(), nn.ReLU(inplace=True)))
+    x = torch.randn(3, requires_grad=True)
+    h = x * 1
+    assert twin[0](h) is h
+    twin(h).sum().backward()  # in-place after Identity keeps working
+    assert torch.equal(x.grad, (x > 0).to(x.dtype))
+
+
+# --- gradcheck / gradgradcheck -------------------------------------------------------------------
+
+GRADCHECK = [
+    ("batch_norm_train", lambda x, w, b: tbf.batch_norm(x, None, None, w, b, True), (3, 2, 4), 2),
+    ("batch_norm_eval", lambda x, w, b: tbf.batch_norm(x, torch.tensor([0.1, -0.2], dtype=x.dtype),
+                                                        torch.tensor([0.5, 2.0], dtype=x.dtype), w, b, False),
+     (3, 2, 4), 2),
+    ("layer_norm", lambda x, w, b: tbf.layer_norm(x, (3, 4), w, b), (2, 3, 4), (3, 4)),
+    ("group_norm", lambda x, w, b: tbf.group_norm(x, 2, w, b), (2, 4, 3), 4),
+]
+
+
+@pytest.mark.parametrize("name,fn,shape,pshape", GRADCHECK, ids=[g[0] for g in GRADCHECK])
+def test_norm_gradcheck(name, fn, shape, pshape):
+    gradchecks(fn, (torch.randn(shape, requires_grad=True), torch.randn(pshape, requires_grad=True),
+                    torch.randn(pshape, requires_grad=True)))
+
+
+@pytest.mark.skipif(not HAS_RMS, reason="torch < 2.4 has no rms_norm")
+def test_rms_norm_gradcheck():
+    gradchecks(lambda x, w: tbf.rms_norm(x, (4,), w, 1e-5),
+               (torch.randn(3, 4, requires_grad=True), torch.randn(4, requires_grad=True)))
+
+
+def test_misc_gradcheck():
+    idx = torch.tensor([[1, 3, 3], [0, 1, 4]])
+    # (padding_idx and scale_grad_by_freq are conventions, not derivatives: checked against native above)
+    gradchecks(lambda W: tbf.embedding(idx, W), (torch.randn(5, 3, requires_grad=True),))
+    gradchecks(lambda x: tbf.flatten(x, 1), (torch.randn(2, 3, 2, requires_grad=True),))
+    gradchecks(lambda x: tbf.unflatten(x, 1, (2, 3)), (torch.randn(2, 6, requires_grad=True),))
+
+
+# --- lower precision against the float64 oracle --------------------------------------------------
+
+LOW_CASES = [
+    ("batch_norm", tbf.batch_norm, F.batch_norm,
+     lambda: (torch.randn(16, 8, 6, requires_grad=True), None, None, torch.randn(8, requires_grad=True),
+              torch.randn(8, requires_grad=True), True)),
+    ("layer_norm", tbf.layer_norm, F.layer_norm,
+     lambda: (torch.randn(16, 64, requires_grad=True) + 2, (64,), torch.randn(64, requires_grad=True),
+              torch.randn(64, requires_grad=True))),
+    ("group_norm", tbf.group_norm, F.group_norm,
+     lambda: (torch.randn(4, 8, 32, requires_grad=True), 4, torch.randn(8, requires_grad=True),
+              torch.randn(8, requires_grad=True))),
+    ("embedding", tbf.embedding, F.embedding,
+     lambda: (torch.randint(0, 20, (64,)), torch.randn(20, 16, requires_grad=True))),
+] + ([("rms_norm", tbf.rms_norm, F.rms_norm,
+       lambda: (torch.randn(16, 64, requires_grad=True), (64,), torch.randn(64, requires_grad=True)))]
+     if HAS_RMS else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", LOW)
+@pytest.mark.parametrize("name,ours,native,make", LOW_CASES, ids=[c[0] for c in LOW_CASES])
+def test_low_precision(name, ours, native, make, dtype, device):
+    assert_matches_native(ours, native, make(), dtype=dtype, device=device)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_mixed_dtype_float32_params(dtype):
+    """A float16/bfloat16 input with float32 parameters, which native allows: same dtypes out."""
+    x = torch.randn(4, 6, 5).to(dtype)
+    w, b = torch.randn(6, requires_grad=True), torch.randn(6, requires_grad=True)
+    cases = [(tbf.batch_norm, F.batch_norm, (x, torch.zeros(6), torch.ones(6), w, b, True)),
+             (tbf.group_norm, F.group_norm, (x, 3, w, b)),
+             (tbf.layer_norm, F.layer_norm, (x.transpose(1, 2), (6,), w, b))]
+    for ours, native, args in cases:
+        xs, xn = args[0].clone().requires_grad_(), args[0].clone().requires_grad_()
+        ys, yn = ours(xs, *args[1:]), native(xn, *args[1:])
+        assert ys.dtype == yn.dtype == dtype
+        torch.testing.assert_close(ys, yn)
+        gs = torch.autograd.grad(ys.float().sum(), [xs, w, b])
+        gn = torch.autograd.grad(yn.float().sum(), [xn, w, b])
+        for a, c in zip(gs, gn):
+            assert a.dtype == c.dtype
+            torch.testing.assert_close(a, c, rtol=5e-2, atol=5e-2)
+
+
+def test_cpu_autocast_bf16_dtypes_follow_native():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 12), nn.LayerNorm(12), nn.Unflatten(1, (3, 4)), nn.GroupNorm(3, 3),
+                          nn.Flatten(), nn.BatchNorm1d(12), nn.Dropout(0.2), nn.Linear(12, 4))
+    twin = torchbp.swap(copy.deepcopy(model))
+    x = torch.randn(6, 8)
+    outs = []
+    for m in (model, twin):
+        torch.manual_seed(4)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = m(x)
+        outs.append((y, torch.autograd.grad(y.float().sum(), list(m.parameters()))))
+    (yn, gn), (ys, gs) = outs
+    assert ys.dtype == yn.dtype
+    torch.testing.assert_close(ys, yn, rtol=2e-2, atol=2e-2)
+    for a, b in zip(gs, gn):
+        assert a.dtype == b.dtype == torch.float32
+        torch.testing.assert_close(a, b, rtol=5e-2, atol=5e-2)
+    for a, b in zip(twin.buffers(), model.buffers()):
+        torch.testing.assert_close(a, b)
+
+
+# --- twins, routing, errors ----------------------------------------------------------------------
+
+def test_twins_keep_state_dict_and_isinstance():
+    mods = [nn.BatchNorm1d(4), nn.BatchNorm2d(4, affine=False), nn.LayerNorm((2, 3)), nn.GroupNorm(2, 4),
+            nn.Embedding(7, 3, padding_idx=1), nn.Dropout(0.1), nn.Flatten(), nn.Unflatten(1, (2, 2)),
+            nn.Identity()] + ([nn.RMSNorm(3)] if hasattr(nn, "RMSNorm") else [])
+    for m in mods:
+        sd = copy.deepcopy(m.state_dict())
+        twin = torchbp.swap(copy.deepcopy(m))
+        assert isinstance(twin, type(m)) and type(twin) is not type(m), type(m)
+        assert list(twin.state_dict()) == list(sd)
+        twin.load_state_dict(sd)
+        assert repr(twin).split("(")[1:] == repr(m).split("(")[1:]
+        assert type(torchbp.unswap(twin)) is type(m)
+
+
+def test_manual_backward_routes_native_modules_and_functions():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(10, 6), nn.LayerNorm(6), nn.Flatten(), nn.Linear(18, 12),
+                          nn.BatchNorm1d(12), nn.Dropout(0.1), nn.Unflatten(1, (3, 4)), nn.GroupNorm(3, 3)).double()
+    ref = copy.deepcopy(model)
+    idx = torch.tensor([[1, 2, 3], [4, 4, 0], [9, 1, 1]])
+    torch.manual_seed(2)
+    with torchbp.manual_backward():
+        y = model(idx)
+        extra = torch.flatten(y, 1).unflatten(1, (6, 2))
+        extra = F.layer_norm(extra, (2,)) + (F.rms_norm(extra, (2,)) if HAS_RMS else 0)
+    assert is_delta(y)
+    torch.manual_seed(2)
+    yn = ref(idx)
+    en = torch.flatten(yn, 1).unflatten(1, (6, 2))
+    en = F.layer_norm(en, (2,)) + (F.rms_norm(en, (2,)) if HAS_RMS else 0)
+    assert torch.equal(y, yn)
+    v1, v2 = torch.randn_like(y), torch.randn_like(extra)  # (sums of normalized outputs are constants)
+    gs = torch.autograd.grad((y * v1).sum() + (extra * v2).sum(), list(model.parameters()))
+    gn = torch.autograd.grad((yn * v1).sum() + (en * v2).sum(), list(ref.parameters()))
+    for a, b in zip(gs, gn):  # (LayerNorm's bias gradient is exactly 0 here: BatchNorm follows the Linear)
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    for a, b in zip(model.buffers(), ref.buffers()):
+        assert torch.equal(a, b)
+
+
+def test_bad_inputs_name_the_op():
+    x = torch.randn(4, 6, 5)
+    with pytest.raises(RuntimeError, match=r"layer_norm: normalized_shape=\[4\] must match"):
+        tbf.layer_norm(x, (4,))
+    with pytest.raises(RuntimeError, match=r"layer_norm: weight must have shape \[5\]"):
+        tbf.layer_norm(x, (5,), torch.randn(4))
+    with pytest.raises(RuntimeError, match="layer_norm: weight has dtype torch.float64"):
+        tbf.layer_norm(x, (5,), torch.randn(5, dtype=torch.float64))
+    with pytest.raises(RuntimeError, match="group_norm: the 6 channels .* divisible by num_groups=4"):
+        tbf.group_norm(x, 4)
+    with pytest.raises(RuntimeError, match=r"batch_norm: weight must have 6 elements"):
+        tbf.batch_norm(x, None, None, torch.randn(5), None, True)
+    with pytest.raises(RuntimeError, match="batch_norm: running_mean and running_var must be given"):
+        tbf.batch_norm(x, None, None, training=False)
+    with pytest.raises(ValueError, match="batch_norm: Expected more than 1 value per channel"):
+        tbf.batch_norm(torch.randn(1, 6), None, None, training=True)
+    with pytest.raises(ValueError, match="Expected more than 1 value per channel"):
+        nn.BatchNorm1d(6)(torch.randn(1, 6))  # native's type, for reference
+    with pytest.raises(RuntimeError, match="flatten: start_dim .* cannot come after end_dim"):
+        tbf.flatten(x, 2, 1)
+    with pytest.raises(ValueError, match="expected 2D or 3D input"):  # the module's own check
+        torchbp.swap(nn.BatchNorm1d(6))(torch.randn(2, 6, 2, 2))
