@@ -1,0 +1,203 @@
+"""Per-module-call capture of the δ arriving at a layer (grad_output) and what it sends back
+(grad_input), through forward hooks and tensor hooks.
+
+``register_full_backward_hook`` is avoided (DESIGN.md pitfalls): it breaks in-place ops on a hooked
+module's output and changes firing order when inputs need no grad. Instead:
+
+- grad_output: a hook on each output tensor, registered when the module returns.
+- grad_input: each input that needs grad is handed to the module as an alias (``x.view_as(x)``) and
+  the alias is hooked, so the hook sees this module's contribution only (not a residual branch's).
+  An input that is itself a view is hooked directly (its total gradient), since an alias of it could
+  inherit a view mode that forbids the module's in-place ops.
+- in-place: a hook on a *view* is lost when that view (or its base) is modified in place later, so
+  every hook on a view is doubled by one on its base (when the view spans the base), and after the
+  forward pass the pair is resolved by the base's version counter: unchanged -> keep the hook on the
+  view, changed -> keep the one on the base, which sees the value before the in-place op.
+
+Keys: the qualified name from ``named_modules`` ("" for the root); a module's n-th call gets
+``name#n`` (n >= 2). Parameter gradients are not captured here (the runner takes them from
+``torch.autograd.grad``, leaving ``.grad`` alone).
+"""
+from __future__ import annotations
+
+import dataclasses
+import weakref
+from collections import defaultdict
+
+import torch
+
+from .. import registry
+
+
+def leaves(obj, path=()):
+    """(path, tensor) for every tensor in nested tuples / lists / dicts / dataclasses."""
+    if isinstance(obj, torch.Tensor):
+        yield path, obj
+    elif isinstance(obj, (tuple, list)):
+        for i, o in enumerate(obj):
+            yield from leaves(o, path + (i,))
+    elif isinstance(obj, dict):
+        for k, o in obj.items():
+            yield from leaves(o, path + (k,))
+    elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        for f in dataclasses.fields(obj):
+            yield from leaves(getattr(obj, f.name), path + (f.name,))
+
+
+def remap(obj, fn):
+    """``obj`` with every tensor t in nested tuples / lists / dicts replaced by fn(t)."""
+    if isinstance(obj, torch.Tensor):
+        return fn(obj)
+    if isinstance(obj, tuple) and hasattr(obj, "_fields"):  # namedtuple
+        return type(obj)(*(remap(o, fn) for o in obj))
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(remap(o, fn) for o in obj)
+    if isinstance(obj, dict):
+        return type(obj)((k, remap(v, fn)) for k, v in obj.items())
+    return obj
+
+
+def differentiable(t) -> bool:
+    return isinstance(t, torch.Tensor) and t.requires_grad and (t.is_floating_point() or t.is_complex())
+
+
+def quantity(prefix: str, paths: list, path) -> str:
+    return prefix if len(paths) == 1 else f"{prefix}[{'.'.join(str(p) for p in path)}]"
+
+
+def kind(m: torch.nn.Module) -> str:
+    cls = registry.native_for(type(m)) or type(m)
+    return cls.__name__
+
+
+class Capture:
+    """Install with ``with Capture(model, sink):``; call ``resolve()`` once the forward pass is done.
+
+    ``sink(key, quantity, grad)`` is called from the backward pass. ``keep_inputs``: keys whose call
+    inputs (detached clones), buffers and RNG state are stored in ``self.inputs`` for the isolated check.
+    """
+
+    def __init__(self, model: torch.nn.Module, sink, keep_inputs=(), rng_device=None):
+        self.model, self.sink = model, sink
+        self.names = {}
+        for name, m in model.named_modules():
+            self.names.setdefault(m, name)
+        self.keep_inputs, self.rng_device = set(keep_inputs), rng_device
+        self.calls = defaultdict(int)
+        self.order: dict[str, int] = {}      # key -> call index (forward order)
+        self.kinds: dict[str, str] = {}
+        self.modules: dict[str, torch.nn.Module] = {}
+        self.outputs: dict[str, list] = {}   # key -> [(quantity, path)] of hooked outputs
+        self.inputs: dict[str, dict] = {}
+        self._stack = defaultdict(list)
+        self._pending = []                   # (base weakref, base version, view hook, base hook)
+        self._handles = []
+
+    # -- install / remove --------------------------------------------------------------------------
+    def __enter__(self):
+        for m in self.names:
+            self._handles.append(m.register_forward_pre_hook(self._pre, with_kwargs=True))
+            self._handles.append(m.register_forward_hook(self._post, with_kwargs=True))
+        return self
+
+    def __exit__(self, *exc):
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    def remove_tensor_hooks(self):
+        for _, _, a, b in self._pending:
+            for h in (a, b):
+                if h is not None:
+                    h.remove()
+        self._pending.clear()
+
+    # -- hooks ---------------------------------------------------------------------------------------
+    def _hook(self, t: torch.Tensor, key: str, qty: str):
+        def fire(g):
+            self.sink(key, qty, g)
+        base = t._base
+        if base is None:
+            self._pending.append((None, 0, t.register_hook(fire), None))
+            return
+        spans = (base.requires_grad and base.numel() == t.numel() and t.is_contiguous()
+                 and base.is_contiguous() and t.storage_offset() == base.storage_offset())
+        shape = t.shape
+        on_base = base.register_hook(lambda g: fire(g.reshape(shape))) if spans else None
+        self._pending.append((weakref.ref(base), base._version, t.register_hook(fire), on_base))
+
+    def resolve(self):
+        """Keep, of each view/base hook pair, the one that will fire (see the module docstring)."""
+        for ref, version, on_view, on_base in self._pending:
+            base = ref() if ref is not None else None
+            if on_base is None:
+                continue
+            if base is not None and base._version != version:
+                on_view.remove()
+            else:
+                on_base.remove()
+
+    def _pre(self, m, args, kwargs):
+        self.calls[m] += 1
+        n = self.calls[m]
+        key = self.names[m] + (f"#{n}" if n > 1 else "")
+        self._stack[m].append(key)
+        self.order.setdefault(key, len(self.order))
+        self.kinds[key] = kind(m)
+        self.modules[key] = m
+        if not torch.is_grad_enabled():
+            return None
+        if key in self.keep_inputs:
+            self.inputs[key] = {
+                "args": remap(args, _snapshot), "kwargs": remap(kwargs, _snapshot),
+                "buffers": {k: b.detach().clone() for k, b in m.named_buffers()},
+                "rng": _rng_state(self.rng_device),
+            }
+        paths = [p for p, t in leaves((args, kwargs)) if differentiable(t)]
+        if not paths:
+            return None
+        it = iter(paths)
+
+        def alias(t):
+            if not differentiable(t):
+                return t
+            q = quantity("grad_input", paths, next(it)[1:])
+            if t._is_view():
+                # a view of a view may inherit a creation mode that forbids in-place ops on it (made
+                # inside a custom Function, by a multi-output op): hook t itself (its total gradient)
+                self._hook(t, key, q)
+                return t
+            a = t.view_as(t)
+            self._hook(a, key, q)
+            return a
+        return remap(args, alias), remap(kwargs, alias)
+
+    def _post(self, m, args, kwargs, output):
+        key = self._stack[m].pop()
+        if not torch.is_grad_enabled():
+            return None
+        outs = [(p, t) for p, t in leaves(output) if differentiable(t)]
+        paths = [p for p, _ in outs]
+        self.outputs[key] = []
+        for p, t in outs:
+            q = quantity("grad_output", paths, p)
+            self.outputs[key].append((q, p))
+            self._hook(t, key, q)
+        return None
+
+
+def _snapshot(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().clone().requires_grad_(t.requires_grad)
+
+
+def _rng_state(device):
+    state = {"cpu": torch.get_rng_state()}
+    if device is not None and torch.device(device).type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state, device):
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)

@@ -1,0 +1,77 @@
+"""The comparison policy (DESIGN.md "Comparison policy"), in one place: metrics, floors, verdicts.
+
+Every metric is computed in float64. ``FLOOR`` is what a correct low-precision result may still be off
+by; tests/util.py reads it from here.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+F64_RTOL = 1e-10  # float64 subject vs float64 reference: rel_err <= this
+# floor(dtype) of the low-precision rule err(subject, oracle) <= 2 * err(native, oracle) + floor
+FLOOR = {torch.float64: F64_RTOL, torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 2e-3}
+
+OK, FAIL, NONFINITE, NATIVE = "ok", "fail", "nonfinite", "native"
+NAN = float("nan")
+
+
+def floor(dtype: torch.dtype) -> float:
+    return FLOOR.get(dtype, FLOOR[torch.float32])
+
+
+def finite(t: torch.Tensor) -> bool:
+    return bool(torch.isfinite(t).all()) if t.is_floating_point() or t.is_complex() else True
+
+
+def metrics(s: torch.Tensor, r: torch.Tensor) -> dict:
+    """``max_abs_err``, ``rel_err`` = ‖s − r‖/‖r‖ (‖s − r‖ when r is 0) and ``cosine``, in float64;
+    all NaN when either side holds a non-finite value or the shapes differ."""
+    if s.shape != r.shape or not (finite(s) and finite(r)):
+        return {"max_abs_err": NAN, "rel_err": NAN, "cosine": NAN}
+    s64 = s.detach().to(torch.float64).reshape(-1)
+    r64 = r.detach().to(device=s64.device, dtype=torch.float64).reshape(-1)
+    if s64.numel() == 0:
+        return {"max_abs_err": 0.0, "rel_err": 0.0, "cosine": 1.0}
+    d = s64 - r64
+    nd, ns, nr = (float(x) for x in torch.stack([d.norm(), s64.norm(), r64.norm()]).tolist())
+    max_abs = float(d.abs().max())
+    rel = nd / nr if nr > 0 else nd
+    cos = float(s64 @ r64) / (ns * nr) if ns > 0 and nr > 0 else (1.0 if ns == nr else 0.0)
+    return {"max_abs_err": max_abs, "rel_err": rel, "cosine": cos}
+
+
+def norm(t: torch.Tensor) -> float:
+    return float(t.detach().to(torch.float64).norm()) if t.numel() else 0.0
+
+
+def scale_factor(ref_norm: float, scale: float | None) -> float:
+    """How much to widen the floor for a gradient much smaller than the δ it was computed from.
+
+    A gradient that cancels to ~0 (a bias before BatchNorm, ∑ of δ over the batch) holds only rounding
+    noise, so its *relative* error is meaningless; its error is judged against ``scale`` (the norm of
+    the δ arriving at the same layer) instead: tolerance × max(1, scale / ‖r‖)."""
+    if not scale or not math.isfinite(scale):
+        return 1.0
+    return max(1.0, scale / ref_norm) if ref_norm > 0 else max(1.0, scale)
+
+
+def judge(rel_err: float, dtype: torch.dtype, native_rel_err: float | None = None,
+          factor: float = 1.0) -> tuple[float, str]:
+    """(tolerance, status) for one quantity. float64: rel_err <= 1e-10. Lower precision, where
+    ``rel_err`` and ``native_rel_err`` are both measured against the float64 oracle:
+    rel_err <= 2 * native_rel_err + floor(dtype). ``factor`` (see scale_factor) widens the floor."""
+    if dtype == torch.float64 or native_rel_err is None:
+        tol = (F64_RTOL if dtype == torch.float64 else floor(dtype)) * factor
+    else:
+        if math.isnan(native_rel_err):
+            return NAN, NONFINITE
+        tol = 2 * native_rel_err + floor(dtype) * factor
+    if math.isnan(rel_err):
+        return tol, NONFINITE
+    return tol, OK if rel_err <= tol else FAIL
+
+
+__all__ = ["F64_RTOL", "FLOOR", "floor", "scale_factor", "metrics", "norm", "judge", "finite",
+           "OK", "FAIL", "NONFINITE", "NATIVE"]
