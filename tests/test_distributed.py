@@ -158,6 +158,60 @@ def wrap_then_swap(rank):
     return dict(native=n, swapped=s, classes=classes, unswapped=[type(m) for m in ddp.module])
 
 
+class _WrongLinearFn(torchbp.functional.DeltaFunction):
+    """A planted bug: ∂J/∂W off by 1 %."""
+    @staticmethod
+    def forward(x, w, b):
+        return torch.nn.functional.linear(x, w, b)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[0], inputs[1])
+
+    @staticmethod
+    def backward(ctx, d):
+        x, w = ctx.saved_tensors
+        return d @ w, 1.01 * d.T @ x, d.sum(0)
+
+
+class WrongLinear(torch.nn.Linear):
+    def forward(self, x):
+        return _WrongLinearFn.apply(x, self.weight, self.bias)
+
+
+def audits(rank):
+    import torchbp.distributed as tbd
+    ddp, control = DDP(mlp()), DDP(mlp())
+    train(ddp, rank, steps=1)
+    train(control, rank, steps=1)
+    before = [(p.detach().clone(), p.grad.clone()) for p in ddp.parameters()]
+    x, y = batch(rank, 7)
+    out = {"clean": tbd.audit(ddp, x, y)}
+    out["untouched"] = (all(torch.equal(p, v) and torch.equal(p.grad, g)
+                            for p, (v, g) in zip(ddp.parameters(), before))
+                        and [type(m) for m in ddp.module] == [type(m) for m in control.module])
+    # a bug on rank 1 only, with determinism settings that differ between the ranks
+    if rank == 1:
+        torchbp.register(torch.nn.Linear, WrongLinear)
+        torch.use_deterministic_algorithms(True)
+        os.environ["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"
+    try:
+        out["bug"] = tbd.audit(ddp, x, y)
+    finally:
+        torchbp.register(torch.nn.Linear, torchbp.nn.Linear)
+        torch.use_deterministic_algorithms(False)
+    # an audit that raises on rank 1 only: both ranks raise, neither waits for the other
+    try:
+        tbd.audit(ddp, x[:, :3] if rank == 1 else x, y)
+        out["error"] = None
+    except Exception as e:
+        out["error"] = f"{type(e).__name__}: {e}"
+    # DDP still trains exactly as a model that was never audited
+    after, expected = train(ddp, rank, steps=2)[0], train(control, rank, steps=2)[0]
+    out["after"] = all(torch.equal(a, b) for sa, sb in zip(after, expected) for a, b in zip(sa, sb))
+    return {k: v.to_json() if isinstance(v, torchbp.AuditReport) else v for k, v in out.items()}
+
+
 # ---------------------------------------------------------------------------------------------------
 # the tests
 
@@ -198,3 +252,45 @@ def test_wrap_then_swap_grads_equal_native_ddp(tmp_path):
     for res in results:
         assert res["classes"][0] is torchbp.nn.Linear and res["classes"][3] is torchbp.nn.ReLU
         assert res["unswapped"][0] is torch.nn.Linear and res["unswapped"][1] is torch.nn.Tanh
+
+
+@pytest.fixture(scope="module")
+def audited(tmp_path_factory):
+    return launch(audits, tmp_path_factory.mktemp("audits"))
+
+
+def test_distributed_audit_merges_every_rank_on_rank0(audited):
+    assert audited[1]["clean"] is None  # only rank 0 gets the merged report
+    rep = torchbp.AuditReport.from_json(audited[0]["clean"])
+    assert rep.ok and rep.first_divergence is None, str(rep)
+    layers = {r.layer for r in rep.rows}
+    for rank in range(WORLD):
+        assert {f"rank{rank}/0", f"rank{rank}/2", f"rank{rank}/4"} <= layers
+    half = len(rep.rows) // 2
+    assert [r.layer.removeprefix("rank0/") for r in rep.rows[:half]] == \
+           [r.layer.removeprefix("rank1/") for r in rep.rows[half:]]
+    env = rep.environment
+    assert env["world_size"] == WORLD and env["backend"] == "gloo" and env["ranks"] == [0, 1]
+    assert env["per_rank"] == {}
+    assert env["deterministic_algorithms"] is False and "CUBLAS_WORKSPACE_CONFIG" in env
+
+
+def test_distributed_audit_names_the_rank_of_a_planted_bug(audited):
+    rep = torchbp.AuditReport.from_json(audited[0]["bug"])
+    assert not rep.ok
+    assert rep.first_divergence in ("rank1/0", "rank1/2", "rank1/4"), rep.first_divergence
+    failing = {(r.layer, r.quantity) for r in rep.failures}
+    assert ("rank1/4", "weight") in failing and not any(l.startswith("rank0/") for l, _ in failing)
+    assert rep.environment["per_rank"]["deterministic_algorithms"] == [False, True]
+    assert rep.environment["per_rank"]["CUBLAS_WORKSPACE_CONFIG"] == [None, ":4096:8"]
+    assert "rank1/" in rep.verdict()
+
+
+def test_distributed_audit_error_on_one_rank_raises_everywhere_without_hanging(audited):
+    assert audited[0]["error"].startswith("RuntimeError: torchbp.distributed.audit failed on rank 1:")
+    assert audited[1]["error"] and "rank" not in audited[1]["error"].split(":")[0]
+
+
+def test_distributed_audit_leaves_ddp_training_untouched(audited):
+    for res in audited:
+        assert res["untouched"] and res["after"]

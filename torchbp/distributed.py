@@ -1,0 +1,93 @@
+"""torchbp under torch.distributed: audit every rank's replica of a DistributedDataParallel model and
+merge the reports on one rank.
+
+Swapping needs nothing special: ``torchbp.swap`` changes module classes in place and keeps every
+parameter object, so DDP's gradient hooks (registered on the parameters when it was built) and its
+buckets stay valid whether the model is swapped before wrapping or afterwards (``torchbp.swap(ddp)``
+swaps ``ddp.module``'s submodules). DDP averages gradients only through ``.backward()``.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from .audit import AuditReport
+from .audit import audit as _audit
+
+__all__ = ["audit", "merge", "local_module"]
+
+_WRAPPERS = (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)
+
+
+def local_module(model: torch.nn.Module) -> torch.nn.Module:
+    """The rank's own replica: ``model.module`` for DistributedDataParallel / DataParallel, else ``model``."""
+    return model.module if isinstance(model, _WRAPPERS) else model
+
+
+def merge(reports, ranks=None, *, backend=None, full: bool = False) -> AuditReport:
+    """One report from per-rank reports: every row's layer prefixed ``rank<r>/`` (so ``"rank1/0"``
+    weight is the ``weight`` of module ``0`` on rank 1), ``ok`` when every rank is ok,
+    ``first_divergence`` that of the lowest failing rank (prefixed the same way), ``coverage`` the
+    lowest. The environment is rank ``ranks[0]``'s plus ``world_size``, ``backend``, ``ranks`` and
+    ``per_rank`` = {setting: [value on each rank]} for the settings that differ between ranks."""
+    ranks = list(range(len(reports))) if ranks is None else list(ranks)
+    rows, first = [], None
+    for r, rep in zip(ranks, reports):
+        for row in rep.rows:
+            rows.append(dataclasses.replace(row, layer=f"rank{r}/{row.layer}"))
+        if first is None and rep.first_divergence is not None:
+            first = f"rank{r}/{rep.first_divergence}"
+    envs = [rep.environment for rep in reports]
+    keys = dict.fromkeys(k for e in envs for k in e)
+    per_rank = {k: [e.get(k) for e in envs] for k in keys if any(e.get(k) != envs[0].get(k) for e in envs)}
+    env = {**envs[0], "world_size": len(reports), "backend": backend, "ranks": ranks, "per_rank": per_rank}
+    return AuditReport(ok=all(rep.ok for rep in reports), rows=rows, first_divergence=first,
+                       coverage=min((rep.coverage for rep in reports), default=0.0), environment=env, full=full)
+
+
+def _sync_batchnorm_training(model) -> bool:
+    return any(isinstance(m, torch.nn.SyncBatchNorm) and m.training for m in model.modules())
+
+
+def audit(model, inputs, target=None, *, dst: int = 0, group=None, **audit_kwargs) -> AuditReport | None:
+    """Collective ``torchbp.audit``: every rank of ``group`` (default: the whole world) calls it with
+    its own local batch; each audits its local replica (``model.module`` for DDP, so the audit's passes
+    neither run DDP's forward nor touch its reducer) and rank ``dst`` gets one merged report (see
+    :func:`merge`); the other ranks get None, as with ``torch.distributed.gather_object``.
+
+    Call it between training steps (not between a DDP forward and its backward). With NCCL, set each
+    rank's device first (``torch.cuda.set_device``): the gather travels through it. A rank whose audit
+    raises re-raises its error, and rank ``dst`` raises a RuntimeError naming it, instead of a hang.
+    ``**audit_kwargs`` are those of :func:`torchbp.audit` (``against`` may be DDP-wrapped too).
+    """
+    import torch.distributed as dist
+    if not (dist.is_available() and dist.is_initialized()):
+        raise RuntimeError("torchbp.distributed.audit: no default process group; call "
+                           "torch.distributed.init_process_group first (or use torchbp.audit)")
+    local = local_module(model)
+    if "against" in audit_kwargs and audit_kwargs["against"] is not None:
+        audit_kwargs["against"] = local_module(audit_kwargs["against"])
+    if audit_kwargs.get("localize", True) and _sync_batchnorm_training(local):
+        # SyncBatchNorm runs collectives in forward, and only failing ranks would run the localizing
+        # passes: the ranks would wait on each other forever.
+        raise ValueError("torchbp.distributed.audit: the model has SyncBatchNorm in training mode; pass "
+                         "localize=False (or audit it in eval mode)")
+    error = None
+    try:
+        payload = {"report": _audit(local, inputs, target, **audit_kwargs).to_json(indent=None)}
+    except Exception as e:  # still take part in the gather, so that no rank waits for this one
+        error, payload = e, {"error": f"{type(e).__name__}: {e}"}
+    me, world = dist.get_rank(), dist.get_world_size(group)
+    gathered = [None] * world if me == dst else None
+    dist.gather_object(payload, gathered, dst=dst, group=group)
+    if error is not None:
+        raise error
+    if me != dst:
+        return None
+    ranks = dist.get_process_group_ranks(group) if group is not None else list(range(world))
+    failed = [f"rank {r}: {p['error']}" for r, p in zip(ranks, gathered) if "error" in p]
+    if failed:
+        raise RuntimeError("torchbp.distributed.audit failed on " + "; ".join(failed))
+    return merge([AuditReport.from_json(p["report"]) for p in gathered], ranks,
+                 backend=str(dist.get_backend(group)), full=audit_kwargs.get("full", False))
