@@ -10,6 +10,7 @@ Every loss runs in float32 under autocast, as torch's autocast lists have it (po
 """
 from __future__ import annotations
 
+import contextlib
 import warnings
 
 import torch
@@ -31,12 +32,20 @@ def _spread(g, n, reduction):
 
 
 # --- elementwise losses: ℓ = f(h, y) per element ---------------------------------------------------
+# forward is torch's own forward kernel (allowed for δ Functions; it also gives torch's exact values and
+# input checks); backward is the formula.
+
+def _first_order():
+    """True in a first-order backward: no graph is recorded, so temporaries may be updated in place."""
+    return not torch.is_grad_enabled()
+
 
 class _Elementwise(DeltaFunction):
-    """J = reduce(ℓ(h, y)), with ``forward(h, y, reduction, w, p)``: w an optional per-element weight
-    tensor (broadcast against h) and p an option (beta, delta, pos_weight, or None).
+    """J = reduce(ℓ(h, y)), ``forward(h, y, reduction, w, p)``: w an optional weight tensor (broadcast
+    against h), p an option (beta, delta, pos_weight, or None).
 
-    δ_h = δ_ℓ ⊙ ∂ℓ/∂h  (``dh``);  δ_y = δ_ℓ ⊙ ∂ℓ/∂y (``dy``; None means ∂ℓ/∂y = −∂ℓ/∂h, the losses of h − y).
+    δ_h = δ_ℓ ⊙ ∂ℓ/∂h  (``dh(s, h, y, w, p)`` with s = δ_ℓ);
+    δ_y = δ_ℓ ⊙ ∂ℓ/∂y  (``dy``; None when ∂ℓ/∂y = −∂ℓ/∂h, the losses of h − y).
     """
 
     dy = None
@@ -44,9 +53,6 @@ class _Elementwise(DeltaFunction):
     def __init_subclass__(cls, **kwargs):
         # bound per class (as in activation._Pointwise): under vmap ctx._forward_cls is a wrapper
         super().__init_subclass__(**kwargs)
-
-        def forward(h, y, reduction, w, p):
-            return _reduce(cls.loss(h, y, w, p), reduction)
 
         def setup_context(ctx, inputs, output):
             h, y, ctx.reduction, w, p = inputs
@@ -61,76 +67,66 @@ class _Elementwise(DeltaFunction):
             s = _spread(g, ctx.n, ctx.reduction)
             gh = gy = None
             if cls.dy is None:
-                d = s * cls.dh(h, y, w, p) if need_h or need_y else None
+                d = cls.dh(s, h, y, w, p) if need_h or need_y else None
                 gh, gy = (d if need_h else None), (-d if need_y else None)
             else:
-                gh = s * cls.dh(h, y, w, p) if need_h else None
-                gy = s * cls.dy(h, y, w, p) if need_y else None
+                gh = cls.dh(s, h, y, w, p) if need_h else None
+                gy = cls.dy(s, h, y, w, p) if need_y else None
             return gh, gy, None, None, None
 
-        cls.forward, cls.setup_context = staticmethod(forward), staticmethod(setup_context)
-        cls.backward = staticmethod(backward)
+        cls.setup_context, cls.backward = staticmethod(setup_context), staticmethod(backward)
 
 
 class MSE(_Elementwise):
     """ℓ = (h − y)²;  ∂ℓ/∂h = 2(h − y) = −∂ℓ/∂y."""
 
     @staticmethod
-    def loss(h, y, w, p):
-        d = h - y
-        return d * d
+    def forward(h, y, reduction, w, p):
+        return F.mse_loss(h, y, reduction=reduction)
 
     @staticmethod
-    def dh(h, y, w, p):
-        return 2 * (h - y)
+    def dh(s, h, y, w, p):
+        return (h - y) * (2 * s)
 
 
 class L1(_Elementwise):
     """ℓ = |h − y|;  ∂ℓ/∂h = sign(h − y) (0 at h = y, as torch) = −∂ℓ/∂y."""
 
     @staticmethod
-    def loss(h, y, w, p):
-        return (h - y).abs()
+    def forward(h, y, reduction, w, p):
+        return F.l1_loss(h, y, reduction=reduction)
 
     @staticmethod
-    def dh(h, y, w, p):
-        return torch.sign(h - y)
+    def dh(s, h, y, w, p):
+        d = torch.sign(h - y)
+        return d.mul_(s) if _first_order() and s.dim() <= d.dim() else d * s
 
 
 class SmoothL1(_Elementwise):
     """d = h − y, β = p > 0:  ℓ = ½d²/β where |d| < β, |d| − ½β elsewhere;
-    ∂ℓ/∂h = d/β where |d| < β, sign(d) elsewhere (= −∂ℓ/∂y).  β = 0 is routed to L1."""
+    ∂ℓ/∂h = d/β where |d| < β, sign(d) elsewhere (= −∂ℓ/∂y), i.e. clamp(d/β, −1, 1).
+    β = 0 is routed to L1."""
 
     @staticmethod
-    def loss(h, y, w, beta):
-        d = h - y
-        a = d.abs()
-        return torch.where(a < beta, 0.5 * d * d / beta, a - 0.5 * beta)
+    def forward(h, y, reduction, w, beta):
+        return F.smooth_l1_loss(h, y, reduction=reduction, beta=beta)
 
     @staticmethod
-    def dh(h, y, w, beta):
-        d = h - y
-        return torch.where(d.abs() < beta, d / beta, torch.sign(d))
+    def dh(s, h, y, w, beta):
+        return ((h - y) / beta).clamp(-1, 1) * s
 
 
 class Huber(_Elementwise):
     """d = h − y, δ_H = p:  ℓ = ½d² where |d| < δ_H, δ_H(|d| − ½δ_H) elsewhere;
-    ∂ℓ/∂h = d clamped to [−δ_H, δ_H] (= −∂ℓ/∂y)."""
+    ∂ℓ/∂h = clamp(d, −δ_H, δ_H) (= −∂ℓ/∂y)."""
 
     @staticmethod
-    def loss(h, y, w, delta):
-        d = h - y
-        a = d.abs()
-        return torch.where(a < delta, 0.5 * d * d, delta * (a - 0.5 * delta))
+    def forward(h, y, reduction, w, delta):
+        return F.huber_loss(h, y, reduction=reduction, delta=delta)
 
     @staticmethod
-    def dh(h, y, w, delta):
-        return (h - y).clamp(-delta, delta)
-
-
-def _clamped_logs(h):
-    # torch clamps both logs at −100 so that h ∈ {0, 1} gives a finite loss
-    return torch.log(h).clamp_min(-100), torch.log1p(-h).clamp_min(-100)
+    def dh(s, h, y, w, delta):
+        return (h - y).clamp(-delta, delta) * s
 
 
 _BCE_EPS = float(torch.tensor(1e-12, dtype=torch.float32))  # torch's EPSILON, a float32 constant
@@ -142,19 +138,17 @@ class BCE(_Elementwise):
     ±inf at h ∈ {0, 1})."""
 
     @staticmethod
-    def loss(h, y, w, p):
-        log_h, log_1mh = _clamped_logs(h)
-        l = -(y * log_h + (1 - y) * log_1mh)
-        return l if w is None else l * w
+    def forward(h, y, reduction, w, p):
+        return F.binary_cross_entropy(h, y, w, reduction=reduction)
 
     @staticmethod
-    def dh(h, y, w, p):
-        d = (h - y) / (h * (1 - h)).clamp_min(_BCE_EPS)
+    def dh(s, h, y, w, p):
+        d = (h - y) / (h * (1 - h)).clamp_min(_BCE_EPS) * s
         return d if w is None else d * w
 
     @staticmethod
-    def dy(h, y, w, p):
-        d = torch.log1p(-h) - torch.log(h)
+    def dy(s, h, y, w, p):
+        d = (torch.log1p(-h) - torch.log(h)) * s
         return d if w is None else d * w
 
 
@@ -169,20 +163,18 @@ class BCEWithLogits(_Elementwise):
     ∂ℓ/∂y = w(−z + (p − 1)·log(1 + e^{−z}))."""
 
     @staticmethod
-    def loss(z, y, w, p):
-        sp = _softplus_neg(z)
-        l = (1 - y) * z + (sp if p is None else (1 + (p - 1) * y) * sp)
-        return l if w is None else l * w
+    def forward(z, y, reduction, w, p):
+        return F.binary_cross_entropy_with_logits(z, y, w, reduction=reduction, pos_weight=p)
 
     @staticmethod
-    def dh(z, y, w, p):
-        s = torch.sigmoid(z)
-        d = s - y if p is None else s * (1 + (p - 1) * y) - p * y
+    def dh(s, z, y, w, p):
+        sg = torch.sigmoid(z)
+        d = (sg - y if p is None else sg * (1 + (p - 1) * y) - p * y) * s
         return d if w is None else d * w
 
     @staticmethod
-    def dy(z, y, w, p):
-        d = -z if p is None else (p - 1) * _softplus_neg(z) - z
+    def dy(s, z, y, w, p):
+        d = (-z if p is None else (p - 1) * _softplus_neg(z) - z) * s
         return d if w is None else d * w
 
 
@@ -243,36 +235,22 @@ def _targets(y, w, ignore_index, dtype):
     return keep, y0, wy
 
 
-def _nll_terms(logp, y, w, reduction, ignore_index, eps):
-    """J from log-probabilities, class-index targets and label smoothing ε (torch's semantics):
-    ℓ_n = −(1 − ε)·w_{y_n}·logp[n, y_n] − (ε/C)·Σ_c w_c·logp[n, c], 0 where y_n is ignored;
-    "mean" divides Σ_n ℓ_n by Σ_n w_{y_n} over the non-ignored n."""
-    cd = _class_dim(logp)
-    keep, y0, wy = _targets(y, w, ignore_index, logp.dtype)
-    l = -wy * logp.gather(cd, y0.unsqueeze(cd)).squeeze(cd)
-    if eps:
-        smooth = (logp if w is None else logp * _class_view(w, logp)).sum(cd)
-        l = (1 - eps) * l - (eps / logp.shape[cd]) * torch.where(keep, smooth, 0)
-    if reduction == "mean":
-        return l.sum() / wy.sum()
-    return _reduce(l, reduction)
-
-
 def _class_spread(g, wy, reduction, z):
-    """δ_ℓ per target, shaped to broadcast along z's class dim."""
+    """δ_ℓ per target, shaped to broadcast along z's class dim ("mean" divides by Σ_n w_{y_n})."""
     s = g / wy.sum() if reduction == "mean" else g
     return s.unsqueeze(_class_dim(z)) if reduction == "none" else s
 
 
 class NLL(DeltaFunction):
-    """J = reduce(−w_{y_n}·x[n, y_n]) over log-probabilities x (N, C, d1, ...) or (C,).
+    """J = reduce(ℓ_n), ℓ_n = −w_{y_n}·x[n, y_n] over log-probabilities x (N, C, d1, ...) or (C,),
+    0 for ignored targets; "mean" divides Σ_n ℓ_n by Σ_n w_{y_n} over the non-ignored n.
 
-    δ_x[n, c] = −δ_ℓn·w_{y_n}·[c = y_n]  (0 for ignored targets).
+    δ_x[n, c] = −δ_ℓn·w_{y_n}·[c = y_n].
     """
 
     @staticmethod
     def forward(x, y, w, reduction, ignore_index):
-        return _nll_terms(x, y, w, reduction, ignore_index, 0.0)
+        return F.nll_loss(x, y, w, ignore_index=ignore_index, reduction=reduction)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -288,23 +266,26 @@ class NLL(DeltaFunction):
         x0 = g.new_zeros(ctx.shape)
         cd = _class_dim(x0)
         _, y0, wy = _targets(y, w, ctx.ignore_index, g.dtype)
-        s = _class_spread(g, wy, ctx.reduction, x0)
-        src = -(s * wy.unsqueeze(cd))
-        return x0.scatter(cd, y0.unsqueeze(cd), src.expand(y0.unsqueeze(cd).shape)), None, None, None, None
+        y0, wy = y0.unsqueeze(cd), wy.unsqueeze(cd)
+        src = (-(_class_spread(g, wy, ctx.reduction, x0) * wy)).expand(y0.shape)
+        return x0.scatter(cd, y0, src), None, None, None, None
 
 
 class CrossEntropy(DeltaFunction):
-    """J = NLL(log_softmax(z)) with class-index targets and label smoothing ε (see ``_nll_terms``).
+    """J = NLL(log_softmax(z)) with class-index targets and label smoothing ε, torch's semantics:
+    ℓ_n = −(1 − ε)·w_{y_n}·logp[n, y_n] − (ε/C)·Σ_c w_c·logp[n, c], 0 where y_n is ignored;
+    "mean" divides Σ_n ℓ_n by Σ_n w_{y_n} over the non-ignored n (by their count without weights).
 
-    With the per-target coefficients q[n, c] = (1 − ε)·w_{y_n}·[c = y_n] + (ε/C)·w_c (0 rows for
-    ignored targets), ℓ_n = −Σ_c q[n, c]·logp[n, c] and, since ∂logp_c/∂z_k = [c = k] − softmax_k,
+    With q[n, c] = (1 − ε)·w_{y_n}·[c = y_n] + (ε/C)·w_c (0 rows for ignored targets),
+    ℓ_n = −Σ_c q[n, c]·logp[n, c], and since ∂logp_c/∂z_k = [c = k] − softmax_k:
       δ_z[n, c] = δ_ℓn·(softmax(z)[n, c]·Σ_k q[n, k] − q[n, c]).
-    softmax is recomputed from the saved z (saving z, not log_softmax, keeps double backward exact).
+    softmax is recomputed from the saved z (as much memory as native's saved log_softmax, and it
+    keeps double backward exact).
     """
 
     @staticmethod
     def forward(z, y, w, reduction, ignore_index, eps):
-        return _nll_terms(torch.log_softmax(z, _class_dim(z)), y, w, reduction, ignore_index, eps)
+        return F.cross_entropy(z, y, w, ignore_index=ignore_index, reduction=reduction, label_smoothing=eps)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -316,13 +297,18 @@ class CrossEntropy(DeltaFunction):
         if not ctx.needs_input_grad[0]:
             return (None,) * 6
         z, y, w = ctx.saved_tensors
-        cd, eps, C = _class_dim(z), ctx.eps, z.shape[_class_dim(z)]
+        cd, eps = _class_dim(z), ctx.eps
+        C = z.shape[cd]
         keep, y0, wy = _targets(y, w, ctx.ignore_index, z.dtype)
         s = _class_spread(g, wy, ctx.reduction, z)
         wy, keep, y0 = wy.unsqueeze(cd), keep.unsqueeze(cd), y0.unsqueeze(cd)
-        sum_q = wy if not eps else (1 - eps) * wy + keep.to(z.dtype) * (eps / C * (C if w is None else w.sum()))
-        delta = torch.softmax(z, cd) * (s * sum_q)
-        delta = delta.scatter_add(cd, y0, (-(1 - eps) * s * wy).expand(y0.shape))
+        sum_q = (1 - eps) * wy + keep.to(z.dtype) * (eps / C * (C if w is None else w.sum())) if eps else wy
+        onehot_q = (-(1 - eps) * s * wy).expand(y0.shape)
+        delta = torch.softmax(z, cd)
+        if _first_order():  # no graph recorded: update the softmax buffer in place (no copies)
+            delta.mul_(s * sum_q).scatter_add_(cd, y0, onehot_q)
+        else:
+            delta = (delta * (s * sum_q)).scatter_add(cd, y0, onehot_q)
         if eps:
             s_keep = torch.where(keep, s, 0)
             delta = delta - (eps / C) * (s_keep if w is None else s_keep * _class_view(w, z))
@@ -340,11 +326,7 @@ class CrossEntropyProbs(DeltaFunction):
 
     @staticmethod
     def forward(z, y, w, reduction, eps):
-        cd = _class_dim(z)
-        q = y * (1 - eps) + eps / z.shape[cd] if eps else y
-        if w is not None:
-            q = q * _class_view(w, z)
-        return _reduce(-(torch.log_softmax(z, cd) * q).sum(cd), reduction)
+        return F.cross_entropy(z, y, w, reduction=reduction, label_smoothing=eps)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -470,10 +452,16 @@ def huber_loss(input, target, reduction="mean", delta=1.0, weight=None):
     return _pointwise("huber_loss", Huber, input, target, reduction, float(delta), weight, False)
 
 
-def _can_read_values(t):
-    """Value checks (range, bounds) need a host sync: done on the CPU, as torch's CPU kernels do, and
-    left to the device-side asserts of torch's CUDA kernels; impossible under vmap/grad transforms."""
-    return t.device.type == "cpu" and not torch._C._functorch.is_functorch_wrapped_tensor(t)
+@contextlib.contextmanager
+def _named(op):
+    """Value checks (input in [0, 1], class index in range) are torch's own forward kernels'
+    (in-kernel, no extra pass or host sync); their errors are re-raised naming the op."""
+    try:
+        yield
+    except (RuntimeError, IndexError, ValueError) as e:
+        if str(e).startswith("torchbp."):
+            raise
+        raise type(e)(f"torchbp.functional.{op}: {e}") from e
 
 
 def _check_weights_broadcast(op, input, **tensors):
@@ -494,9 +482,8 @@ def binary_cross_entropy(input, target, weight=None, size_average=None, reduce=N
     check(target.shape == input.shape, op,
           f"target of shape {list(target.shape)} must have input's shape {list(input.shape)}")
     _check_weights_broadcast(op, input, weight=weight)
-    if _can_read_values(input):
-        check(bool(((input >= 0) & (input <= 1)).all()), op, "all elements of input should be between 0 and 1")
-    return apply(BCE, FP32, input, target, reduction, weight, None)
+    with _named(op):
+        return apply(BCE, FP32, input, target, reduction, weight, None)
 
 
 def binary_cross_entropy_with_logits(input, target, weight=None, size_average=None, reduce=None,
@@ -531,11 +518,6 @@ def _check_index_target(op, input, target, ignore_index):
     else:
         want = [input.shape[0]] + list(input.shape[2:])
         check(list(target.shape) == want, op, f"expected target of shape {want}, got {list(target.shape)}")
-    if _can_read_values(target) and target.numel():
-        C = input.shape[_class_dim(input)]
-        bad = (target != ignore_index) & ((target < 0) | (target >= C))
-        if bool(bad.any()):
-            check(False, op, f"target {int(target[bad][0])} is out of bounds for {C} classes")
     return target.long()
 
 
@@ -546,7 +528,8 @@ def nll_loss(input, target, weight=None, size_average=None, ignore_index=-100, r
     check_compatible(op, input=input, weight=weight)
     target = _check_index_target(op, input, target, ignore_index)
     check(target.device == input.device, op, f"target is on {target.device} but input is on {input.device}")
-    return apply(NLL, FP32, input, target, weight, reduction, int(ignore_index))
+    with _named(op):
+        return apply(NLL, FP32, input, target, weight, reduction, int(ignore_index))
 
 
 def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-100, reduce=None,
@@ -561,11 +544,13 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
               f"a target with input's shape holds class probabilities and must be floating point, got {target.dtype}")
         check(ignore_index < 0, op, "ignore_index is not supported for class-probability targets")
         input, target, weight = _promote(op, input, target, weight)
-        return apply(CrossEntropyProbs, FP32, input, target, weight, reduction, eps)
+        with _named(op):
+            return apply(CrossEntropyProbs, FP32, input, target, weight, reduction, eps)
     check_compatible(op, input=input, weight=weight)
     target = _check_index_target(op, input, target, ignore_index)
     check(target.device == input.device, op, f"target is on {target.device} but input is on {input.device}")
-    return apply(CrossEntropy, FP32, input, target, weight, reduction, int(ignore_index), eps)
+    with _named(op):
+        return apply(CrossEntropy, FP32, input, target, weight, reduction, int(ignore_index), eps)
 
 
 ROUTES = {
