@@ -40,6 +40,11 @@ def _first_order():
     return not torch.is_grad_enabled()
 
 
+def _scaled(t, s):
+    """t ⊙ s for a fresh temporary t: in place when no graph is recorded (one allocation fewer)."""
+    return t.mul_(s) if _first_order() else t * s
+
+
 class _Elementwise(DeltaFunction):
     """J = reduce(ℓ(h, y)), ``forward(h, y, reduction, w, p)``: w an optional weight tensor (broadcast
     against h), p an option (beta, delta, pos_weight, or None).
@@ -86,7 +91,7 @@ class MSE(_Elementwise):
 
     @staticmethod
     def dh(s, h, y, w, p):
-        return (h - y) * (2 * s)
+        return _scaled(h - y, 2 * s)
 
 
 class L1(_Elementwise):
@@ -98,8 +103,7 @@ class L1(_Elementwise):
 
     @staticmethod
     def dh(s, h, y, w, p):
-        d = torch.sign(h - y)
-        return d.mul_(s) if _first_order() and s.dim() <= d.dim() else d * s
+        return _scaled(torch.sign(h - y), s)
 
 
 class SmoothL1(_Elementwise):
@@ -113,7 +117,7 @@ class SmoothL1(_Elementwise):
 
     @staticmethod
     def dh(s, h, y, w, beta):
-        return ((h - y) / beta).clamp(-1, 1) * s
+        return _scaled(((h - y) / beta).clamp(-1, 1), s)
 
 
 class Huber(_Elementwise):
@@ -126,7 +130,7 @@ class Huber(_Elementwise):
 
     @staticmethod
     def dh(s, h, y, w, delta):
-        return (h - y).clamp(-delta, delta) * s
+        return _scaled((h - y).clamp(-delta, delta), s)
 
 
 _BCE_EPS = float(torch.tensor(1e-12, dtype=torch.float32))  # torch's EPSILON, a float32 constant
@@ -211,7 +215,7 @@ class HalfSquaredError(DeltaFunction):
         s = _spread(g, ctx.n, ctx.reduction)
         if ctx.reduction == "none" and h.dim() >= 2:
             s = s.reshape(s.shape + (1,) * (h.dim() - 1))  # one δ_J per example, over its elements
-        d = s * -(y - h)
+        d = _scaled(h - y, s)  # −(y − h), the seed's output δ
         return (d if need_h else None), (-d if need_y else None), None
 
 
