@@ -32,7 +32,8 @@ Models whose layers have no δ twin yet are reported as "skipped (missing: …)"
 falls back to the native loss for both sides, and the row says so.
 
   python scripts/bench.py [--quick] [--models mlp,seed,cnn,transformer] [--device cpu|cuda|all]
-                          [--dtypes float32,bfloat16] [--pairs N] [--json bench.json]
+                          [--dtypes float32,bfloat16] [--pairs N] [--threads N] [--json bench.json]
+                          [--baseline old.json]
 """
 from __future__ import annotations
 
@@ -268,7 +269,7 @@ def bench_one(name, device, dtype_name, args):
     if hasattr(torchbp, "audit"):
         try:
             ts = []
-            for _ in range(2 if args.quick else 3):
+            for _ in range(1 if args.quick else 3):
                 sync(device)
                 t = time.perf_counter()
                 torchbp.audit(model, x, y, loss_fn=native_loss)
@@ -322,6 +323,23 @@ def table(rows) -> str:
     return text + ("\n\nnotes:\n  " + "\n  ".join(notes) if notes else "")
 
 
+def compare_runs(old_doc, rows) -> str:
+    """Old and new time and memory ratios side by side, matched by (model, device, dtype)."""
+    from tabulate import tabulate
+    old = {(r["model"], r["device"], r["dtype"]): r for r in old_doc.get("results", [])}
+
+    def f(r, k):
+        return "" if r is None or r.get(k) is None else f"{r[k]:.3f}"
+
+    out = []
+    for r in rows:
+        o = old.get((r["model"], r["device"], r["dtype"]))
+        out.append([r["model"], r["device"], r["dtype"], f(o, "time_ratio"), f(r, "time_ratio"),
+                    f(o, "mem_ratio"), f(r, "mem_ratio")])
+    return tabulate(out, headers=["model", "device", "dtype", "time × before", "time × now", "mem × before",
+                                  "mem × now"], disable_numparse=True)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, from {', '.join(MODELS)}")
@@ -333,6 +351,7 @@ def main(argv=None) -> int:
     p.add_argument("--sample-s", type=float, default=None, help="seconds per timed sample (default 0.05)")
     p.add_argument("--quick", action="store_true", help="tiny models, few pairs: a smoke test, not a measurement")
     p.add_argument("--json", default="bench.json", help="where to write the JSON (default bench.json)")
+    p.add_argument("--baseline", default=None, help="a previous --json file: print its ratios beside these")
     p.add_argument("--malloc", choices=("heap", "default"), default="heap",
                    help="glibc allocator setting (see the module doc; default heap)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
@@ -371,6 +390,9 @@ def main(argv=None) -> int:
                     + (f", ratio {rows[-1]['time_ratio']:.3f}" if "time_ratio" in rows[-1] else "")
                     + f" ({time.perf_counter() - t:.1f} s)")
     print(table(rows))
+    if args.baseline:
+        with open(args.baseline) as f:
+            print("\nagainst " + args.baseline + ":\n" + compare_runs(json.load(f), rows))
     doc = dict(schema=1, environment=environment(),
                settings=dict(quick=args.quick, pairs=args.pairs, warmup=args.warmup, sample_s=args.sample_s,
                              bf16="torch.autocast with float32 parameters", malloc=malloc,

@@ -170,3 +170,10 @@ def test_bench_quick_end_to_end(tmp_path):
     for key in [("mlp", "float32"), ("seed", "bfloat16")]:
         r = rows[key]
         assert r["status"] == "ok" and r["time_ratio"] > 0 and r["native_peak_mib"] > 0 and len(r["ratios"]) == 2
+    # a second run set beside the first
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench.py"), "--quick", "--threads", "1",
+                           "--pairs", "1", "--models", "seed", "--dtypes", "float32", "--json",
+                           str(tmp_path / "b2.json"), "--baseline", str(out)],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "time × before" in proc.stdout
