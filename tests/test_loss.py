@@ -433,6 +433,10 @@ def test_bad_input_names_op():
         tbf.cross_entropy(torch.randn(2, 3), torch.rand(2, 3), ignore_index=1)
     with pytest.raises(RuntimeError, match=r"cross_entropy: weight must have shape \[3\]"):
         tbf.cross_entropy(torch.randn(2, 3), torch.tensor([0, 1]), weight=torch.rand(4))
+    with pytest.raises(RuntimeError, match=r"mse_loss: target must be a Tensor"):
+        tbf.mse_loss(torch.randn(2), [1.0, 2.0])
+    with pytest.raises(RuntimeError, match=r"l1_loss: input must be floating point"):
+        tbf.l1_loss(torch.arange(3), torch.arange(3))
     with pytest.raises(RuntimeError, match=r"nll_loss: class-index target must be int64"):
         tbf.nll_loss(torch.randn(2, 3), torch.tensor([0.0, 1.0]))
     with pytest.raises(RuntimeError, match=r"nll_loss: weight has dtype torch.float64"):

@@ -196,9 +196,11 @@ class HalfSquaredError(DeltaFunction):
 
     @staticmethod
     def forward(h, y, reduction):
+        if reduction != "none":  # one fused pass: Σ_n J_n = ½ Σ (h − y)²
+            total = 0.5 * F.mse_loss(h, y, reduction="sum")
+            return total / (h.shape[0] if h.dim() >= 2 else 1) if reduction == "mean" else total
         d = h - y
-        per = 0.5 * (d * d).sum(_per_example_dims(h)) if h.dim() else 0.5 * d * d
-        return _reduce(per, reduction)
+        return 0.5 * (d * d).sum(_per_example_dims(h)) if h.dim() else 0.5 * d * d
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -373,18 +375,19 @@ def _reduction(op, reduction, size_average=None, reduce=None):
     return reduction
 
 
-def _promote(op, *tensors):
+def _promote(op, **tensors):
     """Type promotion as torch's losses do it (bf16 input, float32 target -> float32), then the
-    device / floating-point checks."""
-    ts = [t for t in tensors if t is not None]
-    for i, t in enumerate(ts):
-        check_tensor(op, f"argument {i}", t)
-    dtype = ts[0].dtype
-    for t in ts[1:]:
-        dtype = torch.promote_types(dtype, t.dtype)
-    out = tuple(None if t is None else t.to(dtype) for t in tensors)
-    check_compatible(op, **{f"tensor{i}": t for i, t in enumerate(out)})
-    return out
+    device / floating-point checks; returns the tensors in the order given."""
+    for name, t in tensors.items():
+        if t is not None:
+            check_tensor(op, name, t)
+    dtypes = [t.dtype for t in tensors.values() if t is not None]
+    dtype = dtypes[0]
+    for d in dtypes[1:]:
+        dtype = torch.promote_types(dtype, d)
+    out = {k: None if t is None else t.to(dtype) for k, t in tensors.items()}
+    check_compatible(op, **out)
+    return tuple(out.values())
 
 
 def _broadcast_pair(op, input, target):
@@ -414,7 +417,7 @@ def _weighted(op, l, weight, input, reduction, mean_by_weight):
 
 
 def _pointwise(op, fn, input, target, reduction, p=None, weight=None, mean_by_weight=True):
-    input, target = _promote(op, input, target)
+    input, target = _promote(op, input=input, target=target)
     input, target = _broadcast_pair(op, input, target)
     if weight is None:
         return apply(fn, FP32, input, target, reduction, None, p)
@@ -426,7 +429,7 @@ def half_squared_error(input, target, reduction="mean"):
     """The seed's cost J = ½‖y − h‖² per example (dim 0), mean over the batch by default."""
     op = "half_squared_error"
     reduction = _reduction(op, reduction)
-    input, target = _promote(op, input, target)
+    input, target = _promote(op, input=input, target=target)
     check(input.shape == target.shape, op,
           f"input of shape {list(input.shape)} and target of shape {list(target.shape)} must match")
     return apply(HalfSquaredError, FP32, input, target, reduction)
@@ -482,7 +485,7 @@ def _check_weights_broadcast(op, input, **tensors):
 def binary_cross_entropy(input, target, weight=None, size_average=None, reduce=None, reduction="mean"):
     op = "binary_cross_entropy"
     reduction = _reduction(op, reduction, size_average, reduce)
-    input, target, weight = _promote(op, input, target, weight)
+    input, target, weight = _promote(op, input=input, target=target, weight=weight)
     check(target.shape == input.shape, op,
           f"target of shape {list(target.shape)} must have input's shape {list(input.shape)}")
     _check_weights_broadcast(op, input, weight=weight)
@@ -494,7 +497,7 @@ def binary_cross_entropy_with_logits(input, target, weight=None, size_average=No
                                      reduction="mean", pos_weight=None):
     op = "binary_cross_entropy_with_logits"
     reduction = _reduction(op, reduction, size_average, reduce)
-    input, target, weight, pos_weight = _promote(op, input, target, weight, pos_weight)
+    input, target, weight, pos_weight = _promote(op, input=input, target=target, weight=weight, pos_weight=pos_weight)
     check(target.shape == input.shape, op,
           f"target of shape {list(target.shape)} must have input's shape {list(input.shape)}")
     _check_weights_broadcast(op, input, weight=weight, pos_weight=pos_weight)
@@ -547,7 +550,7 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
         check(target.is_floating_point(), op,
               f"a target with input's shape holds class probabilities and must be floating point, got {target.dtype}")
         check(ignore_index < 0, op, "ignore_index is not supported for class-probability targets")
-        input, target, weight = _promote(op, input, target, weight)
+        input, target, weight = _promote(op, input=input, target=target, weight=weight)
         with _named(op):
             return apply(CrossEntropyProbs, FP32, input, target, weight, reduction, eps)
     check_compatible(op, input=input, weight=weight)
