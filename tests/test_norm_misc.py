@@ -465,3 +465,15 @@ def test_bad_inputs_name_the_op():
         tbf.flatten(x, 2, 1)
     with pytest.raises(ValueError, match="expected 2D or 3D input"):  # the module's own check
         torchbp.swap(nn.BatchNorm1d(6))(torch.randn(2, 6, 2, 2))
+
+
+def test_noncontiguous_and_channels_last_inputs():
+    x = torch.randn(5, 4, 6, 3, dtype=torch.float64)
+    xt = x.transpose(0, 2).requires_grad_()  # (6, 4, 5, 3), non-contiguous
+    w, b = torch.randn(4, requires_grad=True), torch.randn(4, requires_grad=True)
+    assert_matches_native(tbf.batch_norm, F.batch_norm, (xt, None, None, w, b, True))
+    assert_matches_native(tbf.group_norm, F.group_norm, (xt, 2, w, b))
+    assert_matches_native(tbf.layer_norm, F.layer_norm, (xt, (5, 3)))
+    xc = x.contiguous(memory_format=torch.channels_last).requires_grad_()
+    assert_matches_native(tbf.batch_norm, F.batch_norm, (xc.transpose(0, 1), None, None, torch.randn(5), None, True))
+    compare_module(nn.BatchNorm2d(4), xc, steps=1)

@@ -33,12 +33,28 @@ def _opmath(*ts):
     return tuple(t.float() if t is not None and t.dtype in _LOW else t for t in ts)
 
 
-def _delta_x(g, xhat, r, dims, center=True):
-    """δ_x = r ⊙ (g − mean(g) − x̂ ⊙ mean(g ⊙ x̂)), means over ``dims`` (no mean(g) term when μ ≡ 0)."""
-    proj = xhat * (g * xhat).mean(dims, keepdim=True)
-    if center:
-        proj = proj + g.mean(dims, keepdim=True)
-    return r * (g - proj)
+def _xhat(x, mu, r):
+    """x̂ = (x − μ) ⊙ r, as x ⊙ r − μr in one pass (μ, r are statistic-sized)."""
+    return torch.addcmul(-mu * r, x, r)
+
+
+def _delta_x(g, k, xhat, a, b):
+    """δ_x = g ⊙ k + x̂ ⊙ a + b in two full-size passes.
+
+    Each op writes δ_x = r ⊙ (g − mean(g) − x̂ ⊙ mean(g ⊙ x̂)) this way, with the small factors folded
+    first: k = r (times γ where γ is constant over the averaged dims), a = −r·mean(g ⊙ x̂),
+    b = −r·mean(g); the means come from sums computed once and shared with ∂J/∂γ, ∂J/∂β.
+    """
+    return torch.addcmul(torch.addcmul(b, xhat, a), g, k)
+
+
+def _row_means(g, dxh, w, stat):
+    """mean(g) and mean(g ⊙ x̂) over the trailing (normalized) dims, g = δ ⊙ γ; the second as the
+    matrix-vector product (δ ⊙ x̂) γ, reusing δ ⊙ x̂ (needed for ∂J/∂γ anyway)."""
+    D = g.numel() // max(math.prod(stat), 1)
+    m1 = g.reshape(-1, D).mean(1).reshape(stat)
+    m2 = (dxh.reshape(-1, D) @ w.reshape(D)) / D if w is not None else dxh.reshape(-1, D).mean(1)
+    return m1, m2.reshape(stat)
 
 
 def _sum_lead(t, n_trailing):
@@ -112,13 +128,22 @@ class BatchNorm(DeltaFunction):
             r = (var + ctx.eps).rsqrt()
         else:
             mu, r = mean.reshape(stat).to(x.dtype), invstd.reshape(stat).to(x.dtype)
-        xhat = (x - mu) * r
+        xhat = _xhat(x, mu, r)
+        # γ is constant over the averaged dims: mean(g) = γ·Σδ/n and mean(g ⊙ x̂) = γ·Σδx̂/n, and
+        # those two sums are ∂J/∂β and ∂J/∂γ themselves
+        s2 = (delta * xhat).sum(dims) if need_w or (need_x and ctx.training) else None
+        s1 = delta.sum(dims) if need_b or (need_x and ctx.training) else None
         grad_x = None
         if need_x:
-            g = delta * w.reshape(stat) if w is not None else delta
-            grad_x = (_delta_x(g, xhat, r, dims) if ctx.training else g * r).to(x0.dtype)
-        gw = (delta * xhat).sum(dims).to(w0.dtype) if need_w else None
-        gb = delta.sum(dims).to(ctx.b_dtype) if need_b else None
+            k = r * w.reshape(stat) if w is not None else r
+            if ctx.training:
+                n = x.numel() // x.shape[1]
+                grad_x = _delta_x(delta, k, xhat, -k * s2.reshape(stat) / n, -k * s1.reshape(stat) / n)
+            else:
+                grad_x = delta * k
+            grad_x = grad_x.to(x0.dtype)
+        gw = s2.to(w0.dtype) if need_w else None
+        gb = s1.to(ctx.b_dtype) if need_b else None
         return grad_x, gw, gb, None, None, None, None, None
 
 
@@ -198,9 +223,14 @@ class LayerNorm(DeltaFunction):
             r = (var + ctx.eps).rsqrt()
         else:
             mu, r = mean.reshape(stat).to(x.dtype), rstd.reshape(stat).to(x.dtype)
-        xhat = (x - mu) * r
-        grad_x = _delta_x(delta * w if w is not None else delta, xhat, r, dims).to(x0.dtype) if need_x else None
-        gw = _sum_lead(delta * xhat, len(ctx.shape)).to(w0.dtype) if need_w else None
+        xhat = _xhat(x, mu, r)
+        dxh = delta * xhat if need_x or need_w else None
+        grad_x = None
+        if need_x:
+            g = delta * w if w is not None else delta
+            m1, m2 = _row_means(g, dxh, w, stat)
+            grad_x = _delta_x(g, r, xhat, -r * m2, -r * m1).to(x0.dtype)
+        gw = _sum_lead(dxh, len(ctx.shape)).to(w0.dtype) if need_w else None
         gb = _sum_lead(delta, len(ctx.shape)).to(ctx.b_dtype) if need_b else None
         return grad_x, None, gw, gb, None
 
@@ -250,10 +280,13 @@ class RMSNorm(DeltaFunction):
         else:
             r = rstd.to(x.dtype)
         xhat = x * r
+        dxh = delta * xhat
         grad_x = None
-        if need_x:
-            grad_x = _delta_x(delta * w if w is not None else delta, xhat, r, dims, center=False).to(x0.dtype)
-        gw = _sum_lead(delta * xhat, len(ctx.shape)).to(w0.dtype) if need_w else None
+        if need_x:  # μ ≡ 0: no mean(g) term
+            g = delta * w if w is not None else delta
+            m2 = _row_means(g, dxh, w, r.shape)[1]
+            grad_x = torch.addcmul(xhat * (-r * m2), g, r).to(x0.dtype)
+        gw = _sum_lead(dxh, len(ctx.shape)).to(w0.dtype) if need_w else None
         return grad_x, None, gw, None
 
 
@@ -285,6 +318,10 @@ class GroupNorm(DeltaFunction):
     @staticmethod
     def forward(x, G, w, b, eps):
         N, C = x.shape[:2]
+        # native_group_norm wants a dense input (torch.group_norm makes it contiguous first, likewise)
+        cl = {4: torch.channels_last, 5: torch.channels_last_3d}.get(x.dim())
+        if not x.is_contiguous() and not (cl and x.is_contiguous(memory_format=cl)):
+            x = x.contiguous()
         out, mean, rstd = torch.native_group_norm(x, w, b, N, C, x.numel() // max(N * C, 1), G, eps)
         return out, mean, rstd
 
@@ -303,20 +340,25 @@ class GroupNorm(DeltaFunction):
         need_x, _, need_w, need_b, _ = ctx.needs_input_grad
         x, w, delta = _opmath(x0, w0, delta)
         N, C, G = x.shape[0], x.shape[1], ctx.G
-        xg = x.reshape(N, G, -1)
+        xg = x.reshape(N, G, C // G, -1)  # (n, group, channel in the group, spatial)
         if torch.is_grad_enabled():  # double backward: statistics as functions of x
-            var, mu = torch.var_mean(xg, -1, correction=0, keepdim=True)
+            var, mu = torch.var_mean(xg, (2, 3), correction=0, keepdim=True)
             r = (var + ctx.eps).rsqrt()
         else:
-            mu, r = mean.reshape(N, G, 1).to(x.dtype), rstd.reshape(N, G, 1).to(x.dtype)
-        xhat = (xg - mu) * r
-        dc = delta.reshape(N, C, -1)  # channel view, for γ
+            mu, r = mean.reshape(N, G, 1, 1).to(x.dtype), rstd.reshape(N, G, 1, 1).to(x.dtype)
+        xhat = _xhat(xg, mu, r)
+        dg = delta.reshape(xg.shape)
+        # per-(n, channel) sums Σδ, Σδx̂ give ∂J/∂β, ∂J/∂γ and, weighted by γ, the group means
+        s1, s2 = dg.sum(3), (dg * xhat).sum(3)
         grad_x = None
         if need_x:
-            g = (dc * w.reshape(1, C, 1) if w is not None else dc).reshape(N, G, -1)
-            grad_x = _delta_x(g, xhat, r, -1).reshape(x.shape).to(x0.dtype)
-        gw = (dc * xhat.reshape(N, C, -1)).sum((0, 2)).to(w0.dtype) if need_w else None
-        gb = dc.sum((0, 2)).to(ctx.b_dtype) if need_b else None
+            wc = w.reshape(1, G, C // G) if w is not None else torch.ones_like(s1[:1])
+            M = xg.shape[2] * xg.shape[3]
+            m1 = (s1 * wc).sum(2).reshape(N, G, 1, 1) / M
+            m2 = (s2 * wc).sum(2).reshape(N, G, 1, 1) / M
+            grad_x = _delta_x(dg, r * wc.unsqueeze(3), xhat, -r * m2, -r * m1).reshape(x.shape).to(x0.dtype)
+        gw = s2.sum(0).reshape(C).to(w0.dtype) if need_w else None
+        gb = s1.sum(0).reshape(C).to(ctx.b_dtype) if need_b else None
         return grad_x, None, gw, gb, None
 
 
