@@ -9,13 +9,11 @@ swaps ``ddp.module``'s submodules). DDP averages gradients only through ``.backw
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import torch
 
-from .audit import AuditReport
-from .audit import audit as _audit
-
-__all__ = ["audit", "merge", "local_module"]
+__all__ = ["audit", "merge", "local_module", "main"]
 
 _WRAPPERS = (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)
 
@@ -25,12 +23,13 @@ def local_module(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if isinstance(model, _WRAPPERS) else model
 
 
-def merge(reports, ranks=None, *, backend=None, full: bool = False) -> AuditReport:
+def merge(reports, ranks=None, *, backend=None, full: bool = False) -> "AuditReport":
     """One report from per-rank reports: every row's layer prefixed ``rank<r>/`` (so ``"rank1/0"``
     weight is the ``weight`` of module ``0`` on rank 1), ``ok`` when every rank is ok,
     ``first_divergence`` that of the lowest failing rank (prefixed the same way), ``coverage`` the
     lowest. The environment is rank ``ranks[0]``'s plus ``world_size``, ``backend``, ``ranks`` and
     ``per_rank`` = {setting: [value on each rank]} for the settings that differ between ranks."""
+    from .audit import AuditReport
     ranks = list(range(len(reports))) if ranks is None else list(ranks)
     rows, first = [], None
     for r, rep in zip(ranks, reports):
@@ -50,7 +49,7 @@ def _sync_batchnorm_training(model) -> bool:
     return any(isinstance(m, torch.nn.SyncBatchNorm) and m.training for m in model.modules())
 
 
-def audit(model, inputs, target=None, *, dst: int = 0, group=None, **audit_kwargs) -> AuditReport | None:
+def audit(model, inputs, target=None, *, dst: int = 0, group=None, **audit_kwargs) -> "AuditReport | None":
     """Collective ``torchbp.audit``: every rank of ``group`` (default: the whole world) calls it with
     its own local batch; each audits its local replica (``model.module`` for DDP, so the audit's passes
     neither run DDP's forward nor touch its reducer) and rank ``dst`` gets one merged report (see
@@ -62,6 +61,9 @@ def audit(model, inputs, target=None, *, dst: int = 0, group=None, **audit_kwarg
     ``**audit_kwargs`` are those of :func:`torchbp.audit` (``against`` may be DDP-wrapped too).
     """
     import torch.distributed as dist
+
+    from .audit import AuditReport
+    from .audit import audit as _audit
     if not (dist.is_available() and dist.is_initialized()):
         raise RuntimeError("torchbp.distributed.audit: no default process group; call "
                            "torch.distributed.init_process_group first (or use torchbp.audit)")
@@ -91,3 +93,68 @@ def audit(model, inputs, target=None, *, dst: int = 0, group=None, **audit_kwarg
         raise RuntimeError("torchbp.distributed.audit failed on " + "; ".join(failed))
     return merge([AuditReport.from_json(p["report"]) for p in gathered], ranks,
                  backend=str(dist.get_backend(group)), full=audit_kwargs.get("full", False))
+
+
+def main(argv=None) -> int:
+    """``torchrun --nproc-per-node=N -m torchbp.distributed``: on every rank, train a swapped MLP in DDP
+    next to a native DDP copy and check their gradients agree, then audit every rank's replica and
+    print the merged report on rank 0. Exit status 0 when everything agrees, 1 otherwise."""
+    import argparse
+
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    from .swap import swap
+    p = argparse.ArgumentParser(prog="torchrun --nproc-per-node=N -m torchbp.distributed",
+                                description=main.__doc__.split("\n\n")[0])
+    p.add_argument("--backend", help="default: nccl when CUDA is available, else gloo")
+    p.add_argument("--steps", type=int, default=3, help="training steps compared (default 3)")
+    p.add_argument("--json", metavar="PATH", help="also write the merged report as JSON (rank 0)")
+    args = p.parse_args(argv)
+    backend = args.backend or ("nccl" if torch.cuda.is_available() else "gloo")
+    device = torch.device("cpu")
+    if backend == "nccl":  # one GPU per process; the gather of the reports travels through it too
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
+    own = not dist.is_initialized()
+    if own:
+        dist.init_process_group(backend)
+    try:
+        rank = dist.get_rank()
+
+        def make():
+            torch.manual_seed(0)  # DDP wants the same initial weights everywhere
+            return torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.Tanh(), torch.nn.Linear(32, 32),
+                                       torch.nn.ReLU(), torch.nn.Linear(32, 4)).to(device, torch.float64)
+
+        ids = [device.index] if device.type == "cuda" else None
+        native, ours = DDP(make(), device_ids=ids), DDP(swap(make()), device_ids=ids)
+        opts = [torch.optim.SGD(m.parameters(), lr=0.1) for m in (native, ours)]
+        worst = 0.0
+        for step in range(args.steps):
+            g = torch.Generator().manual_seed(1000 * rank + step)  # each rank its own batch
+            x = torch.randn(8, 16, generator=g, dtype=torch.float64).to(device)
+            y = torch.randn(8, 4, generator=g, dtype=torch.float64).to(device)
+            for m, opt in zip((native, ours), opts):
+                opt.zero_grad()
+                (0.5 * (y - m(x)).pow(2).sum() / len(x)).backward()  # DDP averages here
+            for a, b in zip(ours.parameters(), native.parameters()):
+                worst = max(worst, float((a.grad - b.grad).norm() / b.grad.norm()))
+            for opt in opts:
+                opt.step()
+        print(f"rank {rank}: swapped DDP vs native DDP, {args.steps} steps ({backend}, {device}): "
+              f"worst gradient rel err {worst:.2e}", flush=True)
+        report = audit(ours, x, y)
+        if report is None:
+            return 0 if worst <= 1e-10 else 1
+        print(report, flush=True)
+        if args.json:
+            report.to_json(args.json)
+        return 0 if report.ok and worst <= 1e-10 else 1
+    finally:
+        if own:
+            dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
