@@ -349,20 +349,16 @@ class _Judge:
         if r is None:
             r = torch.zeros(s.shape, dtype=torch.float64, device=s.device)
         m = C.metrics(s, r)
-        if m["rel_err"] != m["rel_err"] and not (C.finite(s) and C.finite(r)):
-            pass  # nonfinite: metrics are NaN, judge() says so
         nat = self.native_err.get(k, math.nan) if self.native_err is not None else None
-        rn = C.norm(r) if C.finite(r) else math.nan
         key, qty = k
         if qty.startswith("grad_output"):
-            self.scale[key] = math.hypot(self.scale.get(key, 0.0), rn)
+            self.scale[key] = math.hypot(self.scale.get(key, 0.0), m["ref_norm"])
             factor = 1.0
         else:
-            factor = C.scale_factor(rn, self.scale.get(key))
+            factor = C.scale_factor(m["ref_norm"], self.scale.get(key))
         tol, status = C.judge(m["rel_err"], self.dtype, nat, factor)
         self.results[k] = dict(m, shape=tuple(s.shape), tolerance=tol, status=status, native_rel_err=nat,
-                               norm=C.norm(s) if C.finite(s) else math.nan,
-                               ref_norm=rn, sha256=_digest(s))
+                               sha256=_digest(s))
         self.digests[k] = self.results[k]["sha256"]
 
     def finish(self):
