@@ -154,14 +154,18 @@ def swap_then_wrap(rank):
                 expected=expected, classes=[type(m) for m in swapped.module])
 
 
-def wrap_then_swap(rank):
-    native = DDP(mlp())
+def wrap_then_swap(rank, **ddp_kwargs):
+    native = DDP(mlp(), **ddp_kwargs)
     n = train(native, rank, steps=3)
-    ddp = DDP(mlp())
+    ddp = DDP(mlp(), **ddp_kwargs)
     s = train(ddp, rank, steps=3, swap_at=1)  # one native step first: DDP rebuilds its buckets after it
     classes = [type(m) for m in ddp.module]
     torchbp.unswap(ddp)
     return dict(native=n, swapped=s, classes=classes, unswapped=[type(m) for m in ddp.module])
+
+
+def wrap_then_swap_static_graph(rank):
+    return wrap_then_swap(rank, static_graph=True)  # DDP records the graph of the first (native) step
 
 
 class _WrongLinearFn(torchbp.functional.DeltaFunction):
@@ -221,7 +225,7 @@ def audits(rank):
 # ---------------------------------------------------------------------------------------------------
 # the tests
 
-CASES = [swap_then_wrap, wrap_then_swap, audits]
+CASES = [swap_then_wrap, wrap_then_swap, wrap_then_swap_static_graph, audits]
 
 
 def all_cases(rank):
@@ -279,12 +283,21 @@ def test_swap_then_wrap_grads_equal_native_ddp(ranks):
             assert torch.equal(got, want)
 
 
-def test_wrap_then_swap_grads_equal_native_ddp(ranks):
-    results = case(ranks, "wrap_then_swap")
+@pytest.mark.parametrize("name", ["wrap_then_swap", "wrap_then_swap_static_graph"])
+def test_wrap_then_swap_grads_equal_native_ddp(ranks, name):
+    results = case(ranks, name)
     check_same_training(results, swap_at=1)
     for res in results:
         assert res["classes"][0] is torchbp.nn.Linear and res["classes"][3] is torchbp.nn.ReLU
         assert res["unswapped"][0] is torch.nn.Linear and res["unswapped"][1] is torch.nn.Tanh
+
+
+def test_distributed_audit_needs_a_process_group():
+    import torchbp.distributed as tbd
+    with pytest.raises(RuntimeError, match="init_process_group"):
+        tbd.audit(torch.nn.Linear(2, 2), torch.randn(1, 2))
+    m = torch.nn.Linear(2, 2)
+    assert tbd.local_module(m) is m and tbd.local_module(torch.nn.DataParallel(m)) is m
 
 
 @pytest.fixture
