@@ -347,3 +347,13 @@ def test_floor_table_lives_in_compare():
     import util
     from torchbp.audit.compare import FLOOR
     assert util.FLOOR is FLOOR
+
+
+def test_numpy_reference_rows():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 6), torch.nn.Sigmoid(), torch.nn.Linear(6, 3), torch.nn.Tanh())
+    r = torchbp.audit(model, torch.randn(4, 5), torch.randn(4, 3), reference="numpy")
+    numpy_rows = [row for row in r.rows if row.quantity.endswith("(numpy)")]
+    assert r.ok and len(numpy_rows) == 6 and all(row.rel_err <= 1e-10 for row in numpy_rows)
+    with pytest.raises(ValueError, match="target"):
+        torchbp.audit(model, torch.randn(4, 5), reference="numpy")

@@ -456,8 +456,9 @@ def audit(model, inputs, target=None, *, loss_fn=None, against=None, dtype=None,
       under native autograd; layers matched by qualified name.
     - ``dtype`` / ``device``: audit a converted copy (the model itself is never converted).
       float64 passes at rel err <= 1e-10; lower precision against a float64 oracle.
-    - ``reference="numpy"``: also hold the model against torchbp.reference's independent float64
-      NumPy back-propagation (dense Linear + activation stacks only); its rows have layer "reference:…".
+    - ``reference="numpy"``: also hold a float64 copy of the subject against torchbp.reference's
+      independent NumPy back-propagation (an ``nn.Sequential`` of Linear + activation, with a target
+      and the default loss); those rows have quantities "grad_output (numpy)", "weight (numpy)", ….
     - ``repeat=N``: run the subject's backward N more times; rows whose gradient changed bitwise get
       ``reproducible=False`` (shown in the verdict; does not make the report fail).
     - ``full``: ``str(report)`` shows every row, not only failing ones, on big models.
@@ -531,7 +532,7 @@ def audit(model, inputs, target=None, *, loss_fn=None, against=None, dtype=None,
             covered, reached = sp.covered, sp.reached
             coverage = len(covered) / len(reached) if reached else 0.0
             if reference is not None:
-                rows += _numpy_rows(reference, model, x, y, loss_fn, target, dtype)
+                rows += _numpy_rows(reference, model, x, y, loss_fn, device)
             # 4. localization
             first = None
             if bad_keys:
@@ -625,8 +626,38 @@ def _localize(bad_keys, rows, sub_cap, R, S, x, y, loss, dtype, device, seed, ro
     return max(inner, key=lambda k: sub_cap.order.get(k, -1))
 
 
-def _numpy_rows(reference, model, x, y, loss_fn, target, dtype):
-    raise NotImplementedError("torchbp.audit(reference=...): not wired up yet")
+def _numpy_rows(reference, model, x, y, loss_fn, device):
+    """Rows holding a float64 copy of the subject (δ formulas) against torchbp.reference's NumPy
+    back-propagation: per Linear layer the δ arriving at it and ∂J/∂W, ∂J/∂b (quantity "… (numpy)")."""
+    if reference not in ("numpy", True):
+        raise ValueError(f"torchbp.audit: reference must be None or 'numpy', got {reference!r}")
+    if loss_fn is not None or not isinstance(y, torch.Tensor) or not isinstance(x, torch.Tensor) or x.dim() != 2:
+        raise ValueError("torchbp.audit(reference='numpy') needs a (batch, features) input tensor, a target "
+                         "tensor and the default loss (the seed's ½‖y − h‖², mean over the batch)")
+    from .. import reference as np_ref
+    weights, biases, acts = np_ref.from_torch(model)
+    x64, y64 = x.detach().double().cpu(), y.detach().double().cpu()
+    out = np_ref.backprop(weights, biases, acts, x64.numpy(), y64.numpy())
+    linears = [n for n, m in model.named_children() if isinstance(m, torch.nn.Linear)]
+    m64 = _copy(model, torch.float64, torch.device("cpu"))
+    keep = _Keep(set(linears))
+    with _routing(m64):
+        _, sub_loss = _losses(None, y64, 0, torch.float64)
+        _Pass(m64, x64, y64, sub_loss, keep, seed=0, device=torch.device("cpu"))
+    rows = []
+    for i, name in enumerate(linears):
+        pairs = [("grad_output", out["deltas"][i]), ("weight", out["grad_W"][i]), ("bias", out["grad_b"][i])]
+        for qty, want in pairs:
+            got = keep.store.get((name, qty))
+            if want is None or got is None:
+                continue
+            m = C.metrics(got, torch.from_numpy(want))
+            tol, status = C.judge(m["rel_err"], torch.float64)
+            rows.append(Row(layer=name, kind="Linear", quantity=f"{qty} (numpy)", shape=tuple(got.shape),
+                            max_abs_err=m["max_abs_err"], rel_err=m["rel_err"], cosine=m["cosine"],
+                            tolerance=tol, status=status, norm=m["norm"], ref_norm=m["ref_norm"],
+                            sha256=_digest(got)))
+    return rows
 
 
 def assert_gradients_match(model, inputs, target=None, **kwargs) -> AuditReport:
