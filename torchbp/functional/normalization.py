@@ -34,18 +34,22 @@ def _opmath(*ts):
 
 
 def _xhat(x, mu, r):
-    """x̂ = (x − μ) ⊙ r, as x ⊙ r − μr in one pass (μ, r are statistic-sized)."""
-    return torch.addcmul(-mu * r, x, r)
+    """x̂ = (x − μ) ⊙ r."""
+    return (x - mu).mul_(r)  # in place on our own temporary: one allocation, not two
 
 
 def _delta_x(g, k, xhat, a, b):
-    """δ_x = g ⊙ k + x̂ ⊙ a + b in two full-size passes.
+    """δ_x = g ⊙ k + x̂ ⊙ a + b (k, a, b small and broadcast; binary ops, which stay vectorised with a
+    broadcast operand on CPU where addcmul often does not; in place on our own temporaries).
 
     Each op writes δ_x = r ⊙ (g − mean(g) − x̂ ⊙ mean(g ⊙ x̂)) this way, with the small factors folded
     first: k = r (times γ where γ is constant over the averaged dims), a = −r·mean(g ⊙ x̂),
     b = −r·mean(g); the means come from sums computed once and shared with ∂J/∂γ, ∂J/∂β.
     """
-    return torch.addcmul(torch.addcmul(b, xhat, a), g, k)
+    t = xhat * a
+    t += b
+    t += g * k
+    return t
 
 
 def _row_means(g, dxh, w, stat):
@@ -128,7 +132,7 @@ class BatchNorm(DeltaFunction):
             r = (var + ctx.eps).rsqrt()
         else:
             mu, r = mean.reshape(stat).to(x.dtype), invstd.reshape(stat).to(x.dtype)
-        xhat = _xhat(x, mu, r)
+        xhat = _xhat(x, mu, r) if need_w or (need_x and ctx.training) else None
         # γ is constant over the averaged dims: mean(g) = γ·Σδ/n and mean(g ⊙ x̂) = γ·Σδx̂/n, and
         # those two sums are ∂J/∂β and ∂J/∂γ themselves
         s2 = (delta * xhat).sum(dims) if need_w or (need_x and ctx.training) else None
@@ -188,7 +192,8 @@ def _check_trailing(op, input, shape, **params):
           f"{list(input.shape)}")
     for k, v in params.items():
         check(v is None or tuple(v.shape) == shape, op,
-              f"{k} must have shape {list(shape)} (normalized_shape), got {list(v.shape) if v is not None else None}")
+              f"{k} must have shape {list(shape)} (normalized_shape), "
+              f"got {list(v.shape) if v is not None else None}")
 
 
 class LayerNorm(DeltaFunction):
@@ -285,7 +290,7 @@ class RMSNorm(DeltaFunction):
         if need_x:  # μ ≡ 0: no mean(g) term
             g = delta * w if w is not None else delta
             m2 = _row_means(g, dxh, w, r.shape)[1]
-            grad_x = torch.addcmul(xhat * (-r * m2), g, r).to(x0.dtype)
+            grad_x = (xhat * (-r * m2)).add_(g * r).to(x0.dtype)
         gw = _sum_lead(dxh, len(ctx.shape)).to(w0.dtype) if need_w else None
         return grad_x, None, gw, None
 
