@@ -1,0 +1,223 @@
+"""δ convolution and pooling against native autograd: module cases in the style of PyTorch's module test
+lists (float64 exact-ish), gradcheck/gradgradcheck, low precision vs a float64 oracle, twins, errors."""
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import torchbp
+import torchbp.functional as tbf
+from util import DEVICES, LOW, assert_matches_native, gradchecks
+
+# (native module class, constructor kwargs, input shape)
+CONV_CASES = [
+    (nn.Conv1d, dict(in_channels=4, out_channels=5, kernel_size=3), (2, 4, 10)),
+    (nn.Conv1d, dict(in_channels=4, out_channels=5, kernel_size=3, padding=1, bias=False), (2, 4, 10)),
+    (nn.Conv1d, dict(in_channels=4, out_channels=6, kernel_size=4, stride=2, padding=1), (2, 4, 11)),
+    (nn.Conv1d, dict(in_channels=4, out_channels=6, kernel_size=3, dilation=2, groups=2), (2, 4, 12)),
+    (nn.Conv1d, dict(in_channels=4, out_channels=4, kernel_size=4, padding="same", dilation=3), (2, 4, 13)),
+    (nn.Conv1d, dict(in_channels=3, out_channels=4, kernel_size=3, padding="valid"), (3, 7)),  # unbatched
+    (nn.Conv2d, dict(in_channels=3, out_channels=5, kernel_size=3), (2, 3, 7, 6)),
+    (nn.Conv2d, dict(in_channels=3, out_channels=5, kernel_size=(3, 2), padding=(1, 2), bias=False), (2, 3, 7, 6)),
+    (nn.Conv2d, dict(in_channels=3, out_channels=4, kernel_size=3, stride=2, padding=1), (2, 3, 9, 8)),
+    (nn.Conv2d, dict(in_channels=3, out_channels=4, kernel_size=3, stride=(2, 3), padding=1), (2, 3, 11, 10)),
+    (nn.Conv2d, dict(in_channels=4, out_channels=6, kernel_size=3, dilation=(2, 1), padding=2), (2, 4, 9, 8)),
+    (nn.Conv2d, dict(in_channels=4, out_channels=6, kernel_size=3, groups=2, padding=1), (2, 4, 6, 6)),
+    (nn.Conv2d, dict(in_channels=4, out_channels=8, kernel_size=3, groups=4, stride=2, bias=False), (2, 4, 9, 7)),
+    (nn.Conv2d, dict(in_channels=3, out_channels=4, kernel_size=3, padding="same"), (2, 3, 6, 7)),
+    (nn.Conv2d, dict(in_channels=3, out_channels=4, kernel_size=(2, 4), padding="same", dilation=(1, 3)),
+     (2, 3, 6, 9)),
+    (nn.Conv2d, dict(in_channels=3, out_channels=4, kernel_size=3, padding="valid"), (2, 3, 6, 7)),
+    (nn.Conv2d, dict(in_channels=3, out_channels=4, kernel_size=3, stride=2, padding=2, dilation=2), (3, 9, 10)),
+] + [
+    (cls, dict(in_channels=3, out_channels=4, kernel_size=3, padding=p, padding_mode=mode), shape)
+    for mode in ("zeros", "reflect", "replicate", "circular")
+    for cls, p, shape in ((nn.Conv1d, 2, (2, 3, 8)), (nn.Conv2d, (1, 2), (2, 3, 6, 7)))
+]
+
+POOL_CASES = [
+    (nn.MaxPool1d, dict(kernel_size=3), (2, 3, 10)),
+    (nn.MaxPool1d, dict(kernel_size=3, stride=2, padding=1, ceil_mode=True), (2, 3, 10)),
+    (nn.MaxPool1d, dict(kernel_size=2, stride=1, dilation=2), (3, 9)),
+    (nn.MaxPool2d, dict(kernel_size=2), (2, 3, 8, 8)),
+    (nn.MaxPool2d, dict(kernel_size=3, stride=2, padding=1), (2, 3, 9, 7)),
+    (nn.MaxPool2d, dict(kernel_size=(3, 2), stride=(2, 1), ceil_mode=True), (2, 3, 10, 7)),
+    (nn.MaxPool2d, dict(kernel_size=3, stride=1, dilation=2, padding=1), (3, 8, 8)),
+    (nn.AvgPool1d, dict(kernel_size=3), (2, 3, 10)),
+    (nn.AvgPool1d, dict(kernel_size=3, stride=2, padding=1, ceil_mode=True), (2, 3, 10)),
+    (nn.AvgPool1d, dict(kernel_size=4, stride=3, padding=2, count_include_pad=False, ceil_mode=True), (3, 11)),
+    (nn.AvgPool2d, dict(kernel_size=2), (2, 3, 8, 8)),
+    (nn.AvgPool2d, dict(kernel_size=3, stride=2, padding=1), (2, 3, 9, 7)),
+    (nn.AvgPool2d, dict(kernel_size=3, stride=2, padding=1, count_include_pad=False), (2, 3, 9, 7)),
+    (nn.AvgPool2d, dict(kernel_size=(3, 2), stride=2, padding=1, ceil_mode=True), (2, 3, 10, 7)),
+    (nn.AvgPool2d, dict(kernel_size=3, stride=2, padding=1, ceil_mode=True, count_include_pad=False), (3, 10, 9)),
+    (nn.AvgPool2d, dict(kernel_size=3, stride=2, divisor_override=4), (2, 3, 9, 9)),
+    (nn.AdaptiveAvgPool1d, dict(output_size=4), (2, 3, 10)),
+    (nn.AdaptiveAvgPool1d, dict(output_size=7), (3, 5)),  # upsampling windows overlap
+    (nn.AdaptiveAvgPool2d, dict(output_size=1), (2, 3, 7, 6)),
+    (nn.AdaptiveAvgPool2d, dict(output_size=(3, 4)), (2, 3, 7, 10)),
+    (nn.AdaptiveAvgPool2d, dict(output_size=(None, 2)), (3, 7, 5)),
+    (nn.AdaptiveAvgPool2d, dict(output_size=5), (2, 3, 3, 4)),
+]
+
+CASES = CONV_CASES + POOL_CASES
+
+
+def _ids(case):
+    cls, kw, shape = case
+    return f"{cls.__name__}-{'-'.join(f'{k}={v}' for k, v in kw.items())}-{'x'.join(map(str, shape))}"
+
+
+def _pair(cls, kw, dtype=torch.float64):
+    torch.manual_seed(0)
+    native = cls(**kw).to(dtype)
+    twin = torchbp.swap(cls(**kw).to(dtype))
+    twin.load_state_dict(native.state_dict())
+    return native, twin
+
+
+def _module_fn(module):
+    """module(x) as a function of (x, *parameters), so the helpers see and compare the parameters' grads."""
+    names = [n for n, _ in module.named_parameters()]
+    return (lambda x, *ps: torch.func.functional_call(module, dict(zip(names, ps)), (x,))), \
+        list(module.parameters())
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("case", CASES, ids=[_ids(c) for c in CASES])
+def test_module_float64(case, device):
+    cls, kw, shape = case
+    native, twin = _pair(cls, kw)
+    assert type(twin) is not cls and isinstance(twin, cls)
+    native.to(device), twin.to(device)
+    fs, ps = _module_fn(twin)
+    fn, pn = _module_fn(native)
+    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    assert_matches_native(fs, fn, (x, *ps), device=device)
+
+
+GRADCHECK = [c for c in CASES if c[1].get("kernel_size") != 4 and c[2][0] <= 3][::2]
+
+
+@pytest.mark.parametrize("case", GRADCHECK, ids=[_ids(c) for c in GRADCHECK])
+def test_module_gradcheck(case):
+    cls, kw, shape = case
+    _, twin = _pair(cls, kw)
+    fs, ps = _module_fn(twin)
+    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    if cls in (nn.MaxPool1d, nn.MaxPool2d):  # distinct, well-separated values: no ties within a finite step
+        x = (torch.randperm(x.numel(), dtype=torch.float64).view(shape) / 10).requires_grad_()
+    gradchecks(fs, (x, *ps))
+
+
+LOW_CASES = [CONV_CASES[2], CONV_CASES[11], CONV_CASES[13], CONV_CASES[-3], POOL_CASES[4], POOL_CASES[12],
+             POOL_CASES[-3]]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", LOW)
+@pytest.mark.parametrize("case", LOW_CASES, ids=[_ids(c) for c in LOW_CASES])
+def test_module_low_precision(case, dtype, device):
+    cls, kw, shape = case
+    native, twin = _pair(cls, kw)
+    fs, ps = _module_fn(twin.to(device))
+    fn, pn = _module_fn(native.to(device))
+    x = torch.randn(shape, requires_grad=True)
+    assert_matches_native(fs, fn, (x, *[p.detach().float().requires_grad_() for p in ps]), dtype=dtype,
+                          device=device)
+
+
+def test_functional_forms_and_routes():
+    x = torch.randn(2, 4, 8, 8, dtype=torch.float64, requires_grad=True)
+    W = torch.randn(6, 2, 3, 3, dtype=torch.float64, requires_grad=True)
+    assert_matches_native(tbf.conv2d, F.conv2d, (x, W, None, 2, "valid", 1, 2))
+    assert_matches_native(tbf.conv1d, F.conv1d, (x[:, :, 0], W[..., 0], None), dict(padding="same", groups=2))
+    assert_matches_native(tbf.max_pool2d, F.max_pool2d, (x, 3, 2, 1), dict(return_indices=True))
+    assert_matches_native(tbf.max_pool2d_with_indices, F.max_pool2d_with_indices, (x, 2))
+    assert_matches_native(tbf.max_pool1d_with_indices, F.max_pool1d_with_indices, (x[:, 0], 3, 1))
+    assert_matches_native(tbf.avg_pool2d, F.avg_pool2d, (x, 3, 2, 1, True, False, None))
+    from torchbp.functional.pooling import ROUTES
+    for native in (torch.max_pool1d, torch.max_pool2d, torch.max_pool1d_with_indices, torch.avg_pool1d):
+        assert_matches_native(ROUTES[native], native, (x[:, 0] if "1d" in native.__name__ else x, 3, 2))
+    for name in ("conv1d", "conv2d", "max_pool1d", "max_pool2d", "avg_pool1d", "avg_pool2d",
+                 "adaptive_avg_pool1d", "adaptive_avg_pool2d"):
+        assert torchbp.registry.function_for(getattr(F, name)) is getattr(tbf, name), name
+
+
+def test_manual_backward_routes_to_delta_functions():
+    x = torch.randn(2, 3, 8, 8, requires_grad=True)
+    W = torch.randn(4, 3, 3, 3, requires_grad=True)
+    with torchbp.manual_backward():
+        y = F.adaptive_avg_pool2d(F.avg_pool2d(F.max_pool2d(F.conv2d(x, W, padding=1), 2), 2, 1), 1)
+    names = []
+    fn = y.grad_fn
+    while fn is not None:
+        names.append(type(fn).__name__)
+        fn = fn.next_functions[0][0] if fn.next_functions else None
+    assert names[:4] == ["AvgPoolBackward", "AvgPoolBackward", "MaxPoolBackward", "ConvBackward"], names
+
+
+def test_max_pool_ties_follow_native():
+    x = torch.zeros(1, 2, 6, 6, dtype=torch.float64, requires_grad=True)  # every window is one big tie
+    for kw in (dict(kernel_size=2), dict(kernel_size=3, stride=1, padding=1), dict(kernel_size=3, stride=2,
+                                                                                       ceil_mode=True)):
+        assert_matches_native(tbf.max_pool2d, F.max_pool2d, (x,), kw)
+        assert_matches_native(tbf.max_pool1d, F.max_pool1d, (x[0],), kw)
+    y = torch.tensor([[[1.0, 3.0, 3.0, 2.0, 3.0]]], dtype=torch.float64, requires_grad=True)
+    assert_matches_native(tbf.max_pool1d, F.max_pool1d, (y, 3, 1, 1))
+
+
+def test_conv_noncontiguous_and_partial_grads():
+    x = torch.randn(2, 7, 3, 6, dtype=torch.float64).permute(0, 2, 3, 1)  # non-contiguous, no grad
+    W = torch.randn(4, 3, 3, 3, dtype=torch.float64, requires_grad=True)
+    assert_matches_native(tbf.conv2d, F.conv2d, (x, W, torch.randn(4, dtype=torch.float64)), dict(stride=2))
+    W = torch.randn(4, 3, 3, 3, dtype=torch.float64)  # only the input needs its δ
+    assert_matches_native(tbf.conv2d, F.conv2d, (x.clone().requires_grad_(), W), dict(padding=1))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_conv_autocast(device):
+    dtype = torch.bfloat16 if device == "cpu" else torch.float16
+    native, twin = _pair(nn.Conv2d, dict(in_channels=3, out_channels=4, kernel_size=3), torch.float32)
+    native.to(device), twin.to(device)
+    x = torch.randn(2, 3, 8, 8, device=device, requires_grad=True)
+    with torch.autocast(device, dtype=dtype):
+        yn, ys = native(x), twin(x)
+        pn, ps = F.max_pool2d(yn, 2), tbf.max_pool2d(ys, 2)
+    assert yn.dtype == ys.dtype == pn.dtype == ps.dtype == dtype
+    torch.testing.assert_close(ys, yn, rtol=0, atol=0)
+    gn = torch.autograd.grad(pn.float().sum(), [x, *native.parameters()])
+    gs = torch.autograd.grad(ps.float().sum(), [x, *twin.parameters()])
+    for a, b in zip(gs, gn):
+        assert a.dtype == b.dtype
+        torch.testing.assert_close(a, b, rtol=2e-2, atol=2e-2)
+
+
+def test_twins_state_dict_and_isinstance():
+    for cls, kw, _ in CASES:
+        native = cls(**kw)
+        twin = torchbp.swap(cls(**kw))
+        assert isinstance(twin, cls) and type(twin).forward is not cls.forward
+        assert list(twin.state_dict()) == list(native.state_dict())
+        assert repr(twin) == repr(native)
+        twin.load_state_dict(native.state_dict())
+        assert type(torchbp.unswap(twin)) is cls
+
+
+def test_bad_input_names_op():
+    with pytest.raises(RuntimeError, match=r"torchbp.functional.conv2d: input has 4 channels"):
+        tbf.conv2d(torch.randn(2, 4, 5, 5), torch.randn(3, 3, 3, 3))
+    with pytest.raises(RuntimeError, match=r"conv2d: expected 3-D \(unbatched\) or 4-D \(batched\) input"):
+        tbf.conv2d(torch.randn(4, 5), torch.randn(3, 4, 3, 3))
+    with pytest.raises(RuntimeError, match=r"conv1d: weight must be 3-D"):
+        tbf.conv1d(torch.randn(2, 4, 5), torch.randn(3, 4, 3, 3))
+    with pytest.raises(RuntimeError, match=r"conv2d: padding='same' is not supported for strided"):
+        tbf.conv2d(torch.randn(2, 4, 5, 5), torch.randn(3, 4, 3, 3), stride=2, padding="same")
+    with pytest.raises(RuntimeError, match=r"conv2d: bias must have shape \[3\]"):
+        tbf.conv2d(torch.randn(2, 4, 5, 5), torch.randn(3, 4, 3, 3), torch.randn(4))
+    with pytest.raises(RuntimeError, match=r"max_pool2d: expected 3-D \(unbatched\) or 4-D"):
+        tbf.max_pool2d(torch.randn(5, 5), 2)
+    with pytest.raises(RuntimeError, match=r"adaptive_avg_pool2d: output_size must be an int or a tuple of 2"):
+        tbf.adaptive_avg_pool2d(torch.randn(1, 5, 5), (1, 2, 3))
+    with pytest.raises(RuntimeError, match=r"avg_pool1d: kernel_size must be an int or a tuple of 1"):
+        tbf.avg_pool1d(torch.randn(1, 5, 5), (2, 2))
