@@ -357,3 +357,21 @@ def test_numpy_reference_rows():
     assert r.ok and len(numpy_rows) == 6 and all(row.rel_err <= 1e-10 for row in numpy_rows)
     with pytest.raises(ValueError, match="target"):
         torchbp.audit(model, torch.randn(4, 5), reference="numpy")
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_small_cnn_inplace_after_custom_function_outputs(dtype):
+    """In-place ReLU on the output of δ Functions (conv, batch norm), then pooling and flatten: every
+    δ is captured in both passes (no row is lost to the in-place op), and the zero-by-cancellation
+    gradient of a bias before BatchNorm is judged against the δ it came from."""
+    torch.manual_seed(0)
+    cnn = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(inplace=True),
+                              torch.nn.MaxPool2d(2), torch.nn.Conv2d(8, 8, 3), torch.nn.ReLU(inplace=True),
+                              torch.nn.Flatten(), torch.nn.Linear(8 * 2 * 2, 10)).to(dtype)
+    x = torch.randn(2, 3, 8, 8, dtype=dtype)
+    before = state(cnn)
+    r = torchbp.audit(cnn, x)
+    assert r.ok, str(r)
+    assert_same_state(before, state(cnn))
+    qs = {(row.layer, row.quantity) for row in r.rows}
+    assert {("2", "grad_input"), ("2", "grad_output"), ("5", "grad_input"), ("1", "grad_output")} <= qs

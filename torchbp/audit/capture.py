@@ -10,9 +10,9 @@ module's output and changes firing order when inputs need no grad. Instead:
   An input that is itself a view is hooked directly (its total gradient), since an alias of it could
   inherit a view mode that forbids the module's in-place ops.
 - in-place: a hook on a *view* is lost when that view (or its base) is modified in place later, so
-  every hook on a view is doubled by one on its base (when the view spans the base), and after the
-  forward pass the pair is resolved by the base's version counter: unchanged -> keep the hook on the
-  view, changed -> keep the one on the base, which sees the value before the in-place op.
+  every hook on a view is doubled by one on its base (when the view spans the base) or on the node
+  that made it, and after the forward pass the pair is resolved by the version counter: unchanged ->
+  keep the hook on the view, changed -> keep the fallback, which sees the value before the in-place op.
 
 Keys: the qualified name from ``named_modules`` ("" for the root); a module's n-th call gets
 ``name#n`` (n >= 2). Parameter gradients are not captured here (the runner takes them from
@@ -21,7 +21,6 @@ Keys: the qualified name from ``named_modules`` ("" for the root); a module's n-
 from __future__ import annotations
 
 import dataclasses
-import weakref
 from collections import defaultdict
 
 import torch
@@ -90,7 +89,7 @@ class Capture:
         self.outputs: dict[str, list] = {}   # key -> [(quantity, path)] of hooked outputs
         self.inputs: dict[str, dict] = {}
         self._stack = defaultdict(list)
-        self._pending = []                   # (base weakref, base version, view hook, base hook)
+        self._pending = []  # (base kept until resolve(), its version, hook on the view, fallback, switch)
         self._handles = []
 
     # -- install / remove --------------------------------------------------------------------------
@@ -106,7 +105,7 @@ class Capture:
         self._handles.clear()
 
     def remove_tensor_hooks(self):
-        for _, _, a, b in self._pending:
+        for _, _, a, b, _ in self._pending:
             for h in (a, b):
                 if h is not None:
                     h.remove()
@@ -114,28 +113,41 @@ class Capture:
 
     # -- hooks ---------------------------------------------------------------------------------------
     def _hook(self, t: torch.Tensor, key: str, qty: str):
-        def fire(g):
-            self.sink(key, qty, g)
         base = t._base
         if base is None:
-            self._pending.append((None, 0, t.register_hook(fire), None))
+            self._pending.append((None, 0, t.register_hook(lambda g: self.sink(key, qty, g)), None, None))
             return
-        spans = (base.requires_grad and base.numel() == t.numel() and t.is_contiguous()
-                 and base.is_contiguous() and t.storage_offset() == base.storage_offset())
-        shape = t.shape
-        on_base = base.register_hook(lambda g: fire(g.reshape(shape))) if spans else None
-        self._pending.append((weakref.ref(base), base._version, t.register_hook(fire), on_base))
+        use = [None]  # set by resolve(): which of the pair fires ("view" or "fallback")
+
+        def fire(which, g):
+            if use[0] == which and g is not None:
+                self.sink(key, qty, g)
+        # fallback for when the view is modified in place later: a pre-hook on the autograd node that
+        # made its base (when the view spans the base, a native reshape) or the view itself (a view
+        # made inside a custom Function); that node stays in the graph, the view's own hook does not
+        spans = (base.numel() == t.numel() and t.is_contiguous() and base.is_contiguous()
+                 and t.storage_offset() == base.storage_offset())
+        src, shape = (base, t.shape) if spans and base.requires_grad else (t, None)
+        if src.grad_fn is not None:
+            node, nr = src.grad_fn, src.output_nr
+            fallback = node.register_prehook(
+                lambda gs: fire("fallback", gs[nr] if shape is None or gs[nr] is None else gs[nr].reshape(shape)))
+        elif src.requires_grad and src is base:
+            fallback = base.register_hook(lambda g: fire("fallback", g.reshape(shape)))
+        else:
+            fallback = None
+        self._pending.append((base, base._version, t.register_hook(lambda g: fire("view", g)),
+                              fallback, use))
 
     def resolve(self):
-        """Keep, of each view/base hook pair, the one that will fire (see the module docstring)."""
-        for ref, version, on_view, on_base in self._pending:
-            base = ref() if ref is not None else None
-            if on_base is None:
+        """Choose, of each view/fallback pair, the hook that will see this tensor's gradient (see the
+        module docstring). Hooks are switched off by a flag, not removed: removing one of several
+        hooks on a tensor modified in place can silence the others."""
+        for i, (base, version, on_view, fallback, use) in enumerate(self._pending):
+            if use is None:
                 continue
-            if base is not None and base._version != version:
-                on_view.remove()
-            else:
-                on_base.remove()
+            use[0] = "fallback" if fallback is not None and base._version != version else "view"
+            self._pending[i] = (None, version, on_view, fallback, use)  # let the base go
 
     def _pre(self, m, args, kwargs):
         self.calls[m] += 1

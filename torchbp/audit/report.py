@@ -76,9 +76,16 @@ class AuditReport:
         return [r for r in self.rows if r.status in BAD]
 
     @property
+    def worst(self) -> Row | None:
+        """The compared row closest to (or furthest past) its tolerance: max rel_err / tolerance."""
+        rows = [r for r in self.rows if r.status != "native" and not math.isnan(r.rel_err)
+                and not math.isnan(r.tolerance)]
+        return max(rows, key=lambda r: r.rel_err / r.tolerance if r.tolerance > 0 else math.inf, default=None)
+
+    @property
     def worst_rel_err(self) -> float:
-        errs = [r.rel_err for r in self.rows if r.status != "native" and not math.isnan(r.rel_err)]
-        return max(errs, default=0.0)
+        w = self.worst
+        return w.rel_err if w is not None else 0.0
 
     @property
     def not_reproducible(self) -> list:
@@ -95,7 +102,9 @@ class AuditReport:
             if nonfinite:
                 parts.append(f"{nonfinite} nonfinite")
         parts.append(f"coverage {self.coverage:.0%}")
-        parts.append(f"worst rel err {self.worst_rel_err:.2e}")
+        w = self.worst
+        if w is not None:
+            parts.append(f"worst rel err {w.rel_err:.2e} (tol {w.tolerance:.1e}, {w.layer or '<root>'} {w.quantity})")
         parts.append(f"{len(self.rows)} rows, {env.get('dtype')} on {env.get('device')}")
         if env.get("tf32"):
             parts.append("TF32 on")
