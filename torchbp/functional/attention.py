@@ -1,3 +1,223 @@
-"""δ Functions of this family (to be filled in)."""
-ROUTES = {}
-__all__ = []
+"""Attention: scaled dot-product attention as one δ Function, and multi-head attention built from the
+δ Functions (linear, matmul, softmax, scaled_dot_product_attention).
+
+In the seed's terms attention is two "layers" without weights of their own, S = s Q Kᵀ + M and
+O = softmax(S) V, between the linear layers that project Q, K, V and the output.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from ._common import LOWER, DeltaFunction, apply, check, check_compatible, check_tensor
+from .activation import softmax
+from .linear import linear, matmul
+
+_OP = "scaled_dot_product_attention"
+_HAS_GQA = "enable_gqa" in (F.scaled_dot_product_attention.__doc__ or "")  # torch >= 2.5
+
+
+def _probs(S, mask, is_causal):
+    """P = softmax(S + M) over the keys; rows whose every key is masked give P = 0 (native's
+    behaviour since torch 2.5, its `_safe_softmax`), not NaN."""
+    if is_causal:  # top-left aligned, as native: query i sees keys j <= i
+        mask = torch.ones(S.shape[-2:], dtype=torch.bool, device=S.device).tril()
+    if mask is None:
+        return torch.softmax(S, -1)
+    if mask.dtype == torch.bool:
+        dead = ~mask.any(-1, keepdim=True)  # mask-sized, cheap
+        S = S.masked_fill(~mask, float("-inf"))
+    else:
+        dead = (mask == float("-inf")).all(-1, keepdim=True)
+        S = S + mask
+    return torch.softmax(S, -1).masked_fill(dead, 0.0)
+
+
+class ScaledDotProductAttention(DeltaFunction):
+    """O = P V,  P = softmax(S),  S = s Q Kᵀ + M  (M: additive mask, or -inf where a bool mask is False).
+
+    backward, with δ_O = ∂J/∂O:
+      δ_V = Pᵀ δ_O
+      δ_P = δ_O Vᵀ
+      δ_S = P ⊙ (δ_P − Σ_j δ_P ⊙ P)       (softmax's f'; Σ_j δ_P ⊙ P = Σ_d δ_O ⊙ O, the cheaper form)
+      δ_Q = s δ_S K,   δ_K = s δ_Sᵀ Q,   δ_M = δ_S
+    each summed over the dims its operand was broadcast along (for K, V: the query heads of a GQA group).
+
+    Forward runs native SDPA for O and saves Q, K, V, M and O; backward recomputes P (one matmul and a
+    softmax). Measured on this CPU at a transformer block's size (batch 8, 4 heads, seq 128, head dim 64,
+    float32, forward+backward, best of 60): native 2.8 ms, this 3.4 ms, an explicit forward that saves P
+    2.8 ms -- but saving P costs Lq·Lk per head where native saves O and its logsumexp (Lq·(E+1)): twice
+    native's memory at that size and growing with the sequence, so P is recomputed.
+    """
+
+    @staticmethod
+    def forward(q, k, v, mask, is_causal, scale, gqa):
+        kw = {"enable_gqa": True} if gqa else {}
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, scale=scale, **kw)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        q, k, v, mask, is_causal, scale, gqa = inputs
+        ctx.save_for_backward(q, k, v, mask, output)
+        ctx.is_causal, ctx.gqa = is_causal, gqa
+        ctx.scale = scale if scale is not None else q.shape[-1] ** -0.5
+
+    @staticmethod
+    def backward(ctx, delta):
+        q, k, v, mask, out = ctx.saved_tensors
+        need_q, need_k, need_v, need_m = ctx.needs_input_grad[:4]
+        s = ctx.scale
+        g = q.shape[-3] // k.shape[-3] if ctx.gqa else 1
+        ke, ve = (k.repeat_interleave(g, -3), v.repeat_interleave(g, -3)) if g > 1 else (k, v)
+        qs = q * s
+        P = _probs(qs @ ke.mT, mask, ctx.is_causal)
+        grad_q = grad_k = grad_v = grad_m = None
+        if need_v:
+            grad_v = P.mT @ delta
+        if need_q or need_k or need_m:
+            dP = delta @ ve.mT
+            D = (delta * out).sum(-1, keepdim=True)
+            # in place unless a graph is being built (double backward needs the pieces)
+            dS = P * (dP - D) if torch.is_grad_enabled() else dP.sub_(D).mul_(P)
+            if need_q:
+                grad_q = (dS @ ke) * s
+            if need_k:
+                grad_k = dS.mT @ qs
+            if need_m:
+                grad_m = dS.sum_to_size(mask.shape)
+        if g > 1:  # K, V served g query heads each: sum the group's contributions
+            grad_k = grad_k.unflatten(-3, (-1, g)).sum(-3) if grad_k is not None else None
+            grad_v = grad_v.unflatten(-3, (-1, g)).sum(-3) if grad_v is not None else None
+        grad_q = grad_q.sum_to_size(q.shape) if grad_q is not None else None
+        grad_k = grad_k.sum_to_size(k.shape) if grad_k is not None else None
+        grad_v = grad_v.sum_to_size(v.shape) if grad_v is not None else None
+        return grad_q, grad_k, grad_v, grad_m, None, None, None
+
+
+def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
+                                 scale=None, enable_gqa=False):
+    """δ twin of ``torch.nn.functional.scaled_dot_product_attention`` (dropout_p must be 0)."""
+    check_compatible(_OP, query=query, key=key, value=value)
+    check(dropout_p == 0.0, _OP, f"dropout_p={dropout_p} is not supported (its δ would need native's "
+          "dropout mask); use dropout_p=0.0, e.g. in eval mode or with the module's dropout=0")
+    check(not enable_gqa or _HAS_GQA, _OP, "enable_gqa needs torch >= 2.5")
+    check(query.dim() >= 2 and key.dim() >= 2 and value.dim() >= 2, _OP,
+          f"query, key and value need at least 2 dims, got shapes {list(query.shape)}, {list(key.shape)}, "
+          f"{list(value.shape)}")
+    check(query.shape[-1] == key.shape[-1] and key.shape[-2] == value.shape[-2], _OP,
+          f"query and key must share the last dim and key and value the sequence dim, got shapes "
+          f"{list(query.shape)}, {list(key.shape)}, {list(value.shape)}")
+    if attn_mask is not None:
+        check_tensor(_OP, "attn_mask", attn_mask)
+        check(not is_causal, _OP, "pass either attn_mask or is_causal=True, not both (torch refuses it too)")
+        check(attn_mask.dtype == torch.bool or attn_mask.dtype == query.dtype, _OP,
+              f"attn_mask must be bool or have query's dtype {query.dtype}, got {attn_mask.dtype}")
+        check(attn_mask.device == query.device, _OP,
+              f"attn_mask is on {attn_mask.device} but query is on {query.device}")
+    gqa = bool(enable_gqa) and query.dim() >= 3 and query.shape[-3] != key.shape[-3]
+    if gqa:
+        check(query.shape[-3] % key.shape[-3] == 0 and key.shape[-3] == value.shape[-3], _OP,
+              f"enable_gqa: query's {query.shape[-3]} heads must be a multiple of key's and value's "
+              f"({key.shape[-3]}, {value.shape[-3]})")
+    return apply(ScaledDotProductAttention, LOWER, query, key, value, attn_mask, bool(is_causal), scale, gqa)
+
+
+def multi_head_attention_forward(query, key, value, embed_dim_to_check, num_heads, in_proj_weight, in_proj_bias,
+                                 bias_k, bias_v, add_zero_attn, dropout_p, out_proj_weight, out_proj_bias,
+                                 training=True, key_padding_mask=None, need_weights=True, attn_mask=None,
+                                 use_separate_proj_weight=False, q_proj_weight=None, k_proj_weight=None,
+                                 v_proj_weight=None, static_k=None, static_v=None, average_attn_weights=True,
+                                 is_causal=False):
+    """δ twin of ``torch.nn.functional.multi_head_attention_forward``: the same steps as native, each one
+    a δ Function (linear projections, SDPA; with ``need_weights`` the explicit matmul, softmax, matmul
+    that native runs there, so the returned weights carry δ gradients too). Sequence-first layout."""
+    op = "multi_head_attention_forward"
+    is_batched = F._mha_shape_check(query, key, value, key_padding_mask, attn_mask, num_heads)
+    if not is_batched:
+        query, key, value = query.unsqueeze(1), key.unsqueeze(1), value.unsqueeze(1)
+        key_padding_mask = key_padding_mask.unsqueeze(0) if key_padding_mask is not None else None
+    L, N, E = query.shape
+    H, hd = num_heads, E // num_heads
+    check(E == embed_dim_to_check, op, f"was expecting embedding dimension of {embed_dim_to_check}, but got {E}")
+    check(hd * H == E, op, f"embed_dim {E} not divisible by num_heads {H}")
+    check(not (is_causal and attn_mask is None), op, "is_causal=True is a hint and needs attn_mask too "
+          "(e.g. torch.nn.Transformer.generate_square_subsequent_mask)")
+    check(not (dropout_p > 0 and training), op, f"dropout={dropout_p} in training mode is not supported "
+          "(its δ would need native's dropout mask); use eval() or dropout=0")
+    # masks exactly as native canonicalises them (bool -> additive float -inf)
+    key_padding_mask = F._canonical_mask(mask=key_padding_mask, mask_name="key_padding_mask",
+                                         other_type=F._none_or_dtype(attn_mask), other_name="attn_mask",
+                                         target_type=query.dtype)
+    if is_causal and key_padding_mask is None and not need_weights:
+        attn_mask = None  # native then lets SDPA build the causal mask
+    else:
+        attn_mask = F._canonical_mask(mask=attn_mask, mask_name="attn_mask", other_type=None, other_name="",
+                                      target_type=query.dtype, check_other=False)
+        is_causal = False  # the mask itself is used from here on
+
+    # projections: q (L, N, E), k and v (S, N, E)
+    if not use_separate_proj_weight:
+        check(in_proj_weight is not None, op, "use_separate_proj_weight is False but in_proj_weight is None")
+        check(key.shape == value.shape, op, f"key shape {key.shape} does not match value shape {value.shape}")
+        if query is key and key is value:  # self-attention: one matmul for all three
+            q, k, v = linear(query, in_proj_weight, in_proj_bias).unflatten(-1, (3, E)).unbind(-2)
+        else:
+            wq, wk, wv = in_proj_weight.chunk(3)
+            bq, bk, bv = in_proj_bias.chunk(3) if in_proj_bias is not None else (None,) * 3
+            q, k, v = linear(query, wq, bq), linear(key, wk, bk), linear(value, wv, bv)
+    else:
+        check(key.shape[:2] == value.shape[:2], op,
+              f"key's sequence and batch dims {key.shape[:2]} do not match value's {value.shape[:2]}")
+        bq, bk, bv = in_proj_bias.chunk(3) if in_proj_bias is not None else (None,) * 3
+        q, k, v = linear(query, q_proj_weight, bq), linear(key, k_proj_weight, bk), linear(value, v_proj_weight, bv)
+
+    if attn_mask is not None:  # to (1 or N, 1 or H, L, S)
+        want = (L, key.shape[0]) if attn_mask.dim() == 2 else (N * H, L, key.shape[0])
+        check(attn_mask.dim() in (2, 3) and tuple(attn_mask.shape) == want, op,
+              f"attn_mask must have shape {list(want)}, got {list(attn_mask.shape)}")
+        attn_mask = attn_mask.view(1, 1, L, -1) if attn_mask.dim() == 2 else attn_mask.view(N, H, L, -1)
+    if bias_k is not None or bias_v is not None:
+        check(bias_k is not None and bias_v is not None, op, "bias_k and bias_v must be set together")
+        check(static_k is None and static_v is None, op, "bias cannot be added to static key/value")
+        k, v = torch.cat([k, bias_k.expand(1, N, E)]), torch.cat([v, bias_v.expand(1, N, E)])
+        attn_mask = F.pad(attn_mask, (0, 1)) if attn_mask is not None else None
+        key_padding_mask = F.pad(key_padding_mask, (0, 1)) if key_padding_mask is not None else None
+
+    # heads: (N, H, L, hd); static_k / static_v come as (N*H, S, hd)
+    q = q.view(L, N, H, hd).permute(1, 2, 0, 3)
+    k = k.view(-1, N, H, hd).permute(1, 2, 0, 3) if static_k is None else static_k.view(N, H, -1, hd)
+    v = v.view(-1, N, H, hd).permute(1, 2, 0, 3) if static_v is None else static_v.view(N, H, -1, hd)
+    if add_zero_attn:
+        k = torch.cat([k, k.new_zeros(N, H, 1, hd)], dim=2)
+        v = torch.cat([v, v.new_zeros(N, H, 1, hd)], dim=2)
+        attn_mask = F.pad(attn_mask, (0, 1)) if attn_mask is not None else None
+        key_padding_mask = F.pad(key_padding_mask, (0, 1)) if key_padding_mask is not None else None
+    S = k.shape[2]
+    if key_padding_mask is not None:
+        check(tuple(key_padding_mask.shape) == (N, S), op,
+              f"key_padding_mask must have shape {[N, S]}, got {list(key_padding_mask.shape)}")
+        kpm = key_padding_mask.view(N, 1, 1, S)
+        attn_mask = kpm if attn_mask is None else attn_mask + kpm
+
+    if need_weights:  # native's explicit path: P = softmax(s Q Kᵀ + M), O = P V
+        logits = matmul(q * math.sqrt(1.0 / hd), k.mT)  # native's scaling, to the bit
+        P = softmax(logits + attn_mask if attn_mask is not None else logits, dim=-1)
+        o = matmul(P, v)
+        weights = P.mean(dim=1) if average_attn_weights else P
+    else:
+        o = scaled_dot_product_attention(q, k, v, attn_mask, is_causal=is_causal)
+        weights = None
+    o = linear(o.permute(2, 0, 1, 3).reshape(L * N, E), out_proj_weight, out_proj_bias).view(L, N, -1)
+    if not is_batched:
+        o = o.squeeze(1)
+        weights = weights.squeeze(0) if weights is not None else None
+    return o, weights
+
+
+# native callable -> δ twin with the same signature; read by torchbp.registry
+ROUTES = {F.scaled_dot_product_attention: scaled_dot_product_attention,
+          F.multi_head_attention_forward: multi_head_attention_forward}
+
+__all__ = ["scaled_dot_product_attention", "multi_head_attention_forward"]

@@ -1,0 +1,426 @@
+"""δ matmul family, scaled dot-product attention and MultiheadAttention against native autograd."""
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import torchbp
+import torchbp.functional as tbf
+from torchbp import registry
+from util import DEVICES, LOW, assert_matches_native, gradchecks, rel_err
+
+# --- the linear family as torch ops ------------------------------------------------------------------
+
+MATMUL_SHAPES = [  # every broadcasting case of torch.matmul
+    ((4,), (4,)), ((4,), (4, 5)), ((4,), (2, 3, 4, 5)), ((3, 4), (4,)), ((2, 3, 4), (4,)),
+    ((3, 4), (4, 5)), ((2, 3, 4), (4, 5)), ((3, 4), (2, 4, 5)), ((2, 1, 3, 4), (5, 4, 2)),
+    ((1, 3, 4), (2, 4, 5)), ((2, 3, 4), (2, 4, 5)), ((2, 2, 3, 4), (4,)),
+]
+
+
+def _leaves(*shapes):
+    return tuple(torch.randn(s, requires_grad=True) for s in shapes)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("a,b", MATMUL_SHAPES, ids=str)
+def test_matmul_float64(a, b, device):
+    assert_matches_native(tbf.matmul, torch.matmul, _leaves(a, b), device=device)
+
+
+@pytest.mark.parametrize("a,b", MATMUL_SHAPES, ids=str)
+def test_matmul_gradcheck(a, b):
+    gradchecks(tbf.matmul, _leaves(a, b))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", LOW)
+@pytest.mark.parametrize("a,b", [((4,), (4, 5)), ((2, 8, 16), (16, 8)), ((8, 16), (3, 16, 8))], ids=str)
+def test_matmul_low_precision(a, b, dtype, device):
+    assert_matches_native(tbf.matmul, torch.matmul, _leaves(a, b), dtype=dtype, device=device)
+
+
+def test_matmul_noncontiguous_and_one_side_grad():
+    A = torch.randn(2, 5, 3).transpose(1, 2).requires_grad_()  # (2, 3, 5), non-contiguous
+    B = torch.randn(4, 5).t()  # (5, 4), non-contiguous, no grad
+    assert_matches_native(tbf.matmul, torch.matmul, (A, B))
+    assert_matches_native(tbf.matmul, torch.matmul, (A.detach(), torch.randn(5, 4, requires_grad=True)))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_mm_bmm(device):
+    assert_matches_native(tbf.mm, torch.mm, _leaves((3, 4), (4, 5)), device=device)
+    assert_matches_native(tbf.bmm, torch.bmm, _leaves((2, 3, 4), (2, 4, 5)), device=device)
+    gradchecks(tbf.bmm, _leaves((2, 3, 4), (2, 4, 5)))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("M", [(3, 5), (5,), (1, 5), (3, 1), ()], ids=str)
+@pytest.mark.parametrize("beta,alpha", [(1, 1), (0.5, -2.0), (0, 1)])
+def test_addmm(M, beta, alpha, device):
+    args = _leaves(M, (3, 4), (4, 5))
+    kw = {"beta": beta, "alpha": alpha}
+    assert_matches_native(tbf.addmm, torch.addmm, args, kw, device=device)
+    assert_matches_native(tbf.addmm, torch.addmm, args, kw, dtype=torch.bfloat16, device=device)
+
+
+def test_addmm_gradcheck():
+    gradchecks(tbf.addmm, _leaves((5,), (3, 4), (4, 5)), {"beta": 0.5, "alpha": 2.0})
+
+
+def test_linear_family_bad_input_names_op():
+    with pytest.raises(RuntimeError, match=r"torchbp.functional.matmul: cannot multiply shapes \[3, 4\] and \[5, 2\]"):
+        tbf.matmul(torch.randn(3, 4), torch.randn(5, 2))
+    with pytest.raises(RuntimeError, match=r"matmul: .*batch dims do not broadcast"):
+        tbf.matmul(torch.randn(2, 3, 4), torch.randn(3, 4, 5))
+    with pytest.raises(RuntimeError, match=r"matmul: both arguments need at least 1 dimension"):
+        tbf.matmul(torch.tensor(2.0), torch.randn(3))
+    with pytest.raises(RuntimeError, match=r"torchbp.functional.mm: both arguments must be 2-D"):
+        tbf.mm(torch.randn(2, 3, 4), torch.randn(4, 5))
+    with pytest.raises(RuntimeError, match=r"torchbp.functional.bmm: .*equal batch sizes"):
+        tbf.bmm(torch.randn(2, 3, 4), torch.randn(1, 4, 5))
+    with pytest.raises(RuntimeError, match=r"torchbp.functional.addmm: input of shape \[4\] does not broadcast"):
+        tbf.addmm(torch.randn(4), torch.randn(3, 4), torch.randn(4, 5))
+    with pytest.raises(RuntimeError, match=r"matmul: other has dtype torch.float64"):
+        tbf.matmul(torch.randn(3, 4), torch.randn(4, 5, dtype=torch.float64))
+
+
+def _is_delta(t):
+    return registry.is_delta_function(getattr(type(t.grad_fn), "_forward_cls", None))
+
+
+def test_manual_backward_routes_matmul_family():
+    a = torch.randn(3, 4, requires_grad=True)
+    b = torch.randn(4, 5)
+    with torchbp.manual_backward():
+        outs = {"a @ b": a @ b, "b.T.__rmatmul__": torch.Tensor.__rmatmul__(b, a), "Tensor.matmul": a.matmul(b),
+                "torch.matmul": torch.matmul(a, b), "torch.mm": torch.mm(a, b), "Tensor.mm": a.mm(b),
+                "torch.bmm": torch.bmm(a[None], b[None]), "Tensor.bmm": a[None].bmm(b[None]),
+                "torch.addmm": torch.addmm(torch.zeros(5), a, b), "Tensor.addmm": torch.zeros(3, 5).addmm(a, b),
+                "sdpa": F.scaled_dot_product_attention(a[None], a[None], a[None])}
+        no_grad_needed = a.detach() @ b
+    for name, y in outs.items():
+        assert _is_delta(y), (name, type(y.grad_fn).__name__)
+        assert type(y.grad_fn)._forward_cls.__module__.startswith("torchbp."), name
+    assert no_grad_needed.grad_fn is None
+    (gs,) = torch.autograd.grad(sum(y.sum() for y in outs.values()), a)
+    with torch.no_grad():
+        pass
+    native = [a @ b, a @ b, a @ b, a @ b, a @ b, a @ b, torch.bmm(a[None], b[None]), a[None].bmm(b[None]),
+              torch.addmm(torch.zeros(5), a, b), torch.zeros(3, 5).addmm(a, b),
+              F.scaled_dot_product_attention(a[None], a[None], a[None])]
+    (gn,) = torch.autograd.grad(sum(y.sum() for y in native), a)
+    torch.testing.assert_close(gs, gn)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_matmul_autocast(device):
+    dtype = torch.bfloat16 if device == "cpu" else torch.float16
+    a = torch.randn(4, 8, device=device, requires_grad=True)
+    b = torch.randn(2, 8, 3, device=device, requires_grad=True)
+    with torch.autocast(device, dtype=dtype):
+        ys, yn = tbf.matmul(a, b), torch.matmul(a, b)
+        zs, zn = tbf.addmm(a[:, :3], a, b[0]), torch.addmm(a[:, :3], a, b[0])
+    assert ys.dtype == yn.dtype == zs.dtype == zn.dtype == dtype
+    assert torch.equal(ys, yn) and torch.equal(zs, zn)
+    gs = torch.autograd.grad(ys.float().sum() + zs.float().sum(), (a, b))
+    gn = torch.autograd.grad(yn.float().sum() + zn.float().sum(), (a, b))
+    for s, n in zip(gs, gn):
+        assert s.dtype == n.dtype
+        torch.testing.assert_close(s, n, rtol=2e-2, atol=2e-2)
+
+
+# --- scaled dot-product attention -----------------------------------------------------------------------
+
+def _mask(kind, shape):
+    if kind == "bool":
+        m = torch.rand(shape) > 0.3
+        m[..., 0] = True  # no fully masked row here; those have their own test
+        return m
+    if kind == "additive":
+        return torch.randn(shape)
+    if kind == "additive_grad":
+        return torch.randn(shape, requires_grad=True)
+    return None
+
+
+SDPA_CASES = [  # (q, k, v shapes, mask kind, mask shape, kwargs)
+    ((2, 3, 4, 8), (2, 3, 4, 8), (2, 3, 4, 8), None, None, {}),
+    ((2, 3, 4, 8), (2, 3, 6, 8), (2, 3, 6, 5), None, None, {}),  # Lq != Lk, Ev != E
+    ((2, 3, 4, 8), (2, 3, 6, 8), (2, 3, 6, 8), "bool", (4, 6), {}),
+    ((2, 3, 4, 8), (2, 3, 6, 8), (2, 3, 6, 8), "bool", (2, 1, 1, 6), {}),  # key padding style
+    ((2, 3, 4, 8), (2, 3, 6, 8), (2, 3, 6, 8), "additive", (3, 4, 6), {}),
+    ((2, 3, 4, 8), (2, 3, 6, 8), (2, 3, 6, 8), "additive_grad", (2, 3, 4, 6), {}),
+    ((2, 3, 5, 8), (2, 3, 5, 8), (2, 3, 5, 8), None, None, {"is_causal": True}),
+    ((2, 3, 6, 8), (2, 3, 4, 8), (2, 3, 4, 8), None, None, {"is_causal": True}),  # Lq > Lk
+    ((2, 3, 4, 8), (2, 3, 4, 8), (2, 3, 4, 8), None, None, {"scale": 0.3}),
+    ((2, 3, 4, 16), (2, 3, 6, 16), (2, 3, 6, 4), "bool", (4, 6), {"scale": 1.5}),
+    ((4, 8), (6, 8), (6, 3), None, None, {}),  # no batch dims
+    ((5, 4, 8), (5, 6, 8), (5, 6, 8), "additive", (4, 6), {}),
+    ((2, 3, 4, 8), (1, 3, 6, 8), (1, 3, 6, 8), None, None, {}),  # broadcast batch
+    ((2, 4, 5, 8), (2, 2, 6, 8), (2, 2, 6, 8), None, None, {"enable_gqa": True}),
+    ((2, 4, 5, 8), (2, 1, 5, 8), (2, 1, 5, 8), "bool", (5, 5), {"enable_gqa": True}),
+    ((2, 4, 5, 8), (2, 2, 5, 8), (2, 2, 5, 8), None, None, {"enable_gqa": True, "is_causal": True}),
+]
+GQA = "enable_gqa" in (F.scaled_dot_product_attention.__doc__ or "")
+
+
+def _sdpa_args(case):
+    qs, ks, vs, kind, mshape, kw = case
+    if kw.get("enable_gqa") and not GQA:
+        pytest.skip("enable_gqa needs torch >= 2.5")
+    args = _leaves(qs, ks, vs)
+    return (args + (_mask(kind, mshape),)) if kind else args, kw
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("case", SDPA_CASES, ids=str)
+def test_sdpa_float64(case, device):
+    args, kw = _sdpa_args(case)
+    assert_matches_native(tbf.scaled_dot_product_attention, F.scaled_dot_product_attention, args, kw, device=device)
+
+
+SDPA_SMALL = [  # gradgradcheck perturbs every element: keep these tiny
+    ((1, 2, 3, 4), (1, 2, 5, 4), (1, 2, 5, 3), None, None, {}),
+    ((1, 2, 3, 4), (1, 2, 5, 4), (1, 2, 5, 4), "bool", (3, 5), {"scale": 1.5}),
+    ((1, 2, 3, 4), (1, 2, 5, 4), (1, 2, 5, 4), "additive_grad", (2, 3, 5), {}),
+    ((2, 3, 4), (1, 3, 4), (1, 3, 4), None, None, {"is_causal": True}),
+    ((1, 4, 3, 4), (1, 2, 3, 4), (1, 2, 3, 4), None, None, {"enable_gqa": True, "is_causal": True}),
+]
+
+
+@pytest.mark.parametrize("case", SDPA_SMALL, ids=str)
+def test_sdpa_gradcheck(case):
+    args, kw = _sdpa_args(case)
+    gradchecks(tbf.scaled_dot_product_attention, args, kw)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", LOW)
+@pytest.mark.parametrize("case", [SDPA_CASES[2], SDPA_CASES[4], SDPA_CASES[6], SDPA_CASES[13]], ids=str)
+def test_sdpa_low_precision(case, dtype, device):
+    args, kw = _sdpa_args(case)
+    assert_matches_native(tbf.scaled_dot_product_attention, F.scaled_dot_product_attention, args, kw,
+                          dtype=dtype, device=device)
+
+
+def test_sdpa_transformer_size_low_precision():
+    args = _leaves((8, 4, 128, 64), (8, 4, 128, 64), (8, 4, 128, 64))
+    for dtype in (torch.float32, torch.bfloat16):
+        assert_matches_native(tbf.scaled_dot_product_attention, F.scaled_dot_product_attention, args,
+                              {"is_causal": True}, dtype=dtype)
+
+
+@pytest.mark.parametrize("kind", ["bool", "additive"])
+def test_sdpa_fully_masked_rows_match_native(kind):
+    m = torch.rand(2, 4, 6) > 0.5
+    m[:, :, 0] = True
+    m[0, 1] = False  # row 1 of batch 0 sees no key
+    mask = m if kind == "bool" else torch.zeros(m.shape).masked_fill(~m, float("-inf"))
+    args = _leaves((2, 3, 4, 8), (2, 3, 6, 8), (2, 3, 6, 8)) + (mask[:, None],)
+    assert_matches_native(tbf.scaled_dot_product_attention, F.scaled_dot_product_attention, args)
+
+
+def test_sdpa_noncontiguous():
+    q = torch.randn(2, 4, 3, 8).transpose(1, 2).requires_grad_()
+    k = torch.randn(2, 6, 3, 8).transpose(1, 2).requires_grad_()
+    v = torch.randn(2, 3, 8, 6).transpose(-1, -2).requires_grad_()
+    assert_matches_native(tbf.scaled_dot_product_attention, F.scaled_dot_product_attention, (q, k, v))
+
+
+def test_sdpa_bad_input_names_op():
+    q = torch.randn(2, 3, 4, 8)
+    with pytest.raises(RuntimeError, match=r"torchbp.functional.scaled_dot_product_attention: dropout_p=0.1 is not supported"):
+        tbf.scaled_dot_product_attention(q, q, q, dropout_p=0.1)
+    with pytest.raises(RuntimeError, match=r"scaled_dot_product_attention: pass either attn_mask or is_causal"):
+        tbf.scaled_dot_product_attention(q, q, q, torch.ones(4, 4, dtype=torch.bool), is_causal=True)
+    with pytest.raises(RuntimeError, match=r"scaled_dot_product_attention: query and key must share the last dim"):
+        tbf.scaled_dot_product_attention(q, torch.randn(2, 3, 4, 7), q)
+    with pytest.raises(RuntimeError, match=r"scaled_dot_product_attention: attn_mask must be bool or have"):
+        tbf.scaled_dot_product_attention(q, q, q, torch.zeros(4, 4, dtype=torch.float64))
+    if GQA:
+        with pytest.raises(RuntimeError, match=r"enable_gqa: query's 3 heads must be a multiple"):
+            tbf.scaled_dot_product_attention(q, torch.randn(2, 2, 4, 8), torch.randn(2, 2, 4, 8), enable_gqa=True)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_sdpa_autocast(device):
+    dtype = torch.bfloat16 if device == "cpu" else torch.float16
+    q, k, v = (t.to(device) for t in _leaves((2, 2, 4, 8), (2, 2, 5, 8), (2, 2, 5, 8)))
+    mask = torch.randn(4, 5, device=device)
+    with torch.autocast(device, dtype=dtype):
+        ys = tbf.scaled_dot_product_attention(q, k, v, mask)
+        yn = F.scaled_dot_product_attention(q, k, v, mask)
+    assert ys.dtype == yn.dtype == dtype
+    assert torch.equal(ys, yn)
+    gs = torch.autograd.grad(ys.float().sum(), (q, k, v))
+    gn = torch.autograd.grad(yn.float().sum(), (q, k, v))
+    for s, n in zip(gs, gn):
+        assert s.dtype == n.dtype
+        torch.testing.assert_close(s, n, rtol=5e-2, atol=5e-2)
+
+
+# --- MultiheadAttention and the transformer encoder layer ------------------------------------------------
+
+def _delta_params(model, out):
+    """Names of the parameters whose AccumulateGrad is fed by a δ Function (directly or through views)."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    found, seen, stack = set(), set(), [(out.grad_fn, False)]
+    while stack:
+        node, via_delta = stack.pop()
+        if node is None or (node, via_delta) in seen:
+            continue
+        seen.add((node, via_delta))
+        here = registry.is_delta_function(getattr(type(node), "_forward_cls", None))
+        if hasattr(node, "variable") and via_delta:
+            found.add(names.get(id(node.variable)))
+        # views, splits and concatenations of a parameter (chunk, view, expand, cat for bias_k) route δ unchanged
+        passes = here or (via_delta and type(node).__name__.startswith(("Split", "View", "Expand", "Unsafe", "Cat", "Permute", "Transpose")))
+        stack.extend((n, passes) for n, _ in node.next_functions)
+    return found - {None}
+
+
+def _mha_run(module, args, kw):
+    fresh = {id(a): a.detach().requires_grad_() for a in args}  # keeps `query is key is value`
+    args = [fresh[id(a)] for a in args]
+    out, w = module(*args, **kw)
+    cost = (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)).sum()
+    if w is not None:
+        cost = cost + (w * w).sum()
+    grads = torch.autograd.grad(cost, list(fresh.values()) + list(module.parameters()))
+    return [out, w, *grads], out
+
+
+MHA_CASES = [  # (constructor kwargs, call kwargs, key/value differ from query)
+    ({}, {}, False),
+    ({}, {"need_weights": False}, False),
+    ({}, {"key_padding_mask": "kpm"}, False),
+    ({}, {"key_padding_mask": "kpm", "need_weights": False}, False),
+    ({}, {"key_padding_mask": "kpm_float", "average_attn_weights": False}, False),
+    ({}, {"attn_mask": "causal", "is_causal": True, "need_weights": False}, False),
+    ({}, {"attn_mask": "bool", "need_weights": True}, False),
+    ({}, {"attn_mask": "mask3d", "need_weights": False}, False),
+    ({"batch_first": True}, {"key_padding_mask": "kpm"}, False),
+    ({"batch_first": True}, {"need_weights": False}, True),
+    ({"bias": False, "add_bias_kv": True, "add_zero_attn": True}, {}, True),
+    ({"kdim": 3, "vdim": 5}, {"need_weights": False}, True),
+    ({"kdim": 3, "vdim": 5, "batch_first": True}, {"key_padding_mask": "kpm"}, True),
+]
+
+
+def _mha_inputs(ctor, call, cross):
+    L, S, N, E, H = 4, 6 if cross else 4, 2, 8, 2
+    bf = ctor.get("batch_first", False)
+    shape = (lambda n, e: (N, n, e) if bf else (n, N, e))
+    q = torch.randn(shape(L, E), dtype=torch.float64)
+    if cross:
+        k, v = torch.randn(shape(S, ctor.get("kdim", E)), dtype=torch.float64), torch.randn(shape(S, ctor.get("vdim", E)), dtype=torch.float64)
+        args = [q, k, v]
+    else:
+        args = [q]
+    kpm = torch.zeros(N, S, dtype=torch.bool)
+    kpm[1, -2:] = True
+    masks = {"kpm": kpm, "kpm_float": torch.zeros(N, S, dtype=torch.float64).masked_fill(kpm, float("-inf")),
+             "causal": torch.nn.Transformer.generate_square_subsequent_mask(L, dtype=torch.float64),
+             "bool": torch.rand(L, S) > 0.7, "mask3d": torch.randn(N * H, L, S, dtype=torch.float64)}
+    return args, {k: masks.get(v, v) if isinstance(v, str) else v for k, v in call.items()}
+
+
+@pytest.mark.parametrize("ctor,call,cross", MHA_CASES, ids=str)
+def test_multihead_attention_twin_float64(ctor, call, cross):
+    native = torch.nn.MultiheadAttention(8, 2, **ctor).double()
+    twin = torchbp.swap(copy.deepcopy(native), strict=True)
+    assert isinstance(twin, torchbp.nn.MultiheadAttention)
+    args, kw = _mha_inputs(ctor, call, cross)
+    if not cross:
+        args = args * 3  # self-attention: query is key is value, as in native's packed path
+    res_n, _ = _mha_run(native, args, kw)
+    res_s, out = _mha_run(twin, args, kw)
+    for i, (s, n) in enumerate(zip(res_s, res_n)):
+        assert (s is None) == (n is None), i
+        if n is not None:
+            assert s.shape == n.shape and rel_err(s, n) <= 1e-10, (i, rel_err(s, n))
+    assert _delta_params(twin, out) == {n for n, _ in twin.named_parameters()}
+
+
+def test_multihead_attention_twin_gradcheck():
+    twin = torchbp.swap(torch.nn.MultiheadAttention(4, 2, batch_first=True)).double()
+    x = torch.randn(2, 3, 4, dtype=torch.float64, requires_grad=True)
+    kpm = torch.tensor([[False, False, True], [False, False, False]])
+    for need_weights in (True, False):
+        f = lambda x: twin(x, x, x, key_padding_mask=kpm, need_weights=need_weights)[0]  # noqa: E731
+        assert torch.autograd.gradcheck(f, (x,)) and torch.autograd.gradgradcheck(f, (x,))
+
+
+def test_multihead_attention_fast_path_only_without_graph():
+    native = torch.nn.MultiheadAttention(8, 2, batch_first=True).eval()
+    twin = torchbp.swap(copy.deepcopy(native))
+    x = torch.randn(2, 5, 8)
+    with torch.no_grad():  # inference: native's fast path, identical results, no graph
+        torch.testing.assert_close(twin(x, x, x)[0], native(x, x, x)[0])
+    out = twin(x, x, x, need_weights=False)[0]  # eval but parameters need grad: δ path, never the fast path
+    assert _delta_params(twin, out) == {n for n, _ in twin.named_parameters()}
+    torch.testing.assert_close(out, native(x, x, x, need_weights=False)[0])
+
+
+def test_multihead_attention_dropout_in_training_refused():
+    twin = torchbp.swap(torch.nn.MultiheadAttention(8, 2, dropout=0.1))
+    x = torch.randn(3, 2, 8)
+    with pytest.raises(RuntimeError, match=r"torchbp.functional.multi_head_attention_forward: dropout=0.1 in training"):
+        twin(x, x, x)
+    twin.eval()
+    twin(x, x, x)  # eval: dropout is off, fine
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_multihead_attention_low_precision(dtype):
+    native = torch.nn.MultiheadAttention(16, 4, batch_first=True)
+    twin = torchbp.swap(copy.deepcopy(native))
+    oracle = copy.deepcopy(native).double()
+    x = torch.randn(2, 6, 16)
+    kpm = torch.zeros(2, 6, dtype=torch.bool)
+    kpm[0, -2:] = True
+    for need_weights in (True, False):
+        res = {}
+        for name, m, dt in (("s", twin.to(dtype), dtype), ("n", native.to(dtype), dtype), ("o", oracle, torch.float64)):
+            xx = x.to(dt)
+            res[name], _ = _mha_run(m, [xx, xx, xx], {"key_padding_mask": kpm, "need_weights": need_weights})
+        for s, n, o in zip(res["s"], res["n"], res["o"]):
+            if o is not None:
+                assert rel_err(s, o) <= 2 * rel_err(n, o) + {torch.float32: 1e-5, torch.bfloat16: 2e-2}[dtype]
+
+
+def test_manual_backward_routes_unswapped_multihead_attention():
+    mha = torch.nn.MultiheadAttention(8, 2).double()
+    x = torch.randn(4, 2, 8, dtype=torch.float64)
+    with torchbp.manual_backward():
+        res_s, out = _mha_run(mha, [x, x, x], {"need_weights": False})
+    res_n, _ = _mha_run(mha, [x, x, x], {"need_weights": False})
+    assert _delta_params(mha, out) == {n for n, _ in mha.named_parameters()}
+    for s, n in zip(res_s, res_n):
+        if n is not None:
+            assert rel_err(s, n) <= 1e-10
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+@pytest.mark.parametrize("batch_first", [False, True])
+@pytest.mark.parametrize("train", [True, False])
+def test_transformer_encoder_layer_swapped(norm_first, batch_first, train):
+    native = torch.nn.TransformerEncoderLayer(16, 4, 32, dropout=0.0, batch_first=batch_first,
+                                              norm_first=norm_first).double().train(train)
+    twin = torchbp.swap(copy.deepcopy(native))
+    x = torch.randn(2, 5, 16, dtype=torch.float64)
+    kpm = torch.zeros(2 if batch_first else 5, 5, dtype=torch.bool)
+    kpm[-1, -1] = True
+    kpm = kpm if batch_first else None  # padding mask shape is (N, S); keep it simple for seq-first
+    results = []
+    for m in (native, twin):
+        xx = x.clone().requires_grad_()
+        out = m(xx, src_key_padding_mask=kpm)
+        results.append(torch.autograd.grad((out * out.detach().sin()).sum(), [xx, *m.parameters()]))
+    for s, n in zip(*results[::-1]):
+        assert rel_err(s, n) <= 1e-10
+    out = twin(x.clone().requires_grad_(), src_key_padding_mask=kpm)
+    # every parameter's gradient from δ formulas: fast path not taken while grads are needed
+    assert _delta_params(twin, out) == {n for n, _ in twin.named_parameters()}
