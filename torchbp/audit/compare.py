@@ -28,27 +28,29 @@ def finite(t: torch.Tensor) -> bool:
     return bool(torch.isfinite(t.detach().abs().amax()))
 
 
-def metrics(s: torch.Tensor, r: torch.Tensor) -> dict:
+def metrics(s: torch.Tensor, r: torch.Tensor, ref_norm: float | None = None) -> dict:
     """``max_abs_err``, ``rel_err`` = ‖s − r‖/‖r‖ (‖s − r‖ when r is 0), ``cosine``, and the norms
-    ``norm`` (‖s‖) and ``ref_norm`` (‖r‖), all in float64; the errors are NaN when either side holds
-    a non-finite value or the shapes differ. Few passes over the data: this runs on every gradient."""
-    s64 = s.detach().reshape(-1).to(torch.float64)
-    r64 = r.detach().reshape(-1).to(device=s64.device, dtype=torch.float64)
-    ns, nr = (float(x) for x in torch.stack([s64.norm(), r64.norm()]).tolist())
-    if not math.isfinite(ns) and finite(s64):
-        ns = math.inf  # overflow of the sum of squares only (|values| > 1e154)
-    if not math.isfinite(nr) and finite(r64):
-        nr = math.inf
+    ``norm`` (‖s‖) and ``ref_norm`` (‖r‖; pass it when known), all in float64; the errors are NaN
+    when either side holds a non-finite value or the shapes differ. It runs on every gradient, so it
+    makes few passes over the data: s − r is formed in float64 by type promotion, norms reduce in
+    float64 without a converted copy."""
+    s, r = s.detach().reshape(-1), r.detach().reshape(-1).to(s.device)
+    f64 = torch.float64
+    ns = float(torch.linalg.vector_norm(s, dtype=f64)) if s.numel() else 0.0
+    nr = ref_norm if ref_norm is not None else (float(torch.linalg.vector_norm(r, dtype=f64)) if r.numel() else 0.0)
     bad = {"max_abs_err": NAN, "rel_err": NAN, "cosine": NAN, "norm": ns, "ref_norm": nr}
-    if s.shape != r.shape or math.isnan(ns) or math.isnan(nr) or (math.isinf(ns) and not finite(s64)) \
-            or (math.isinf(nr) and not finite(r64)):
-        return bad
-    if s64.numel() == 0:
+    if s.shape != r.shape or not (math.isfinite(ns) or finite(s)) or not (math.isfinite(nr) or finite(r)) \
+            or math.isnan(ns) or math.isnan(nr):
+        return bad  # (an infinite norm of finite values is overflow of |values| > 1e154 only)
+    if s.numel() == 0:
         return {"max_abs_err": 0.0, "rel_err": 0.0, "cosine": 1.0, "norm": 0.0, "ref_norm": 0.0}
-    d = s64 - r64
-    nd, max_abs = (float(x) for x in torch.stack([d.norm(), torch.linalg.vector_norm(d, math.inf)]).tolist())
+    d = torch.sub(s.to(f64) if s.dtype != f64 and r.dtype != f64 else s, r)
+    if d.dtype != f64:
+        d = d.to(f64)
+    nd, max_abs = (float(x) for x in torch.stack([torch.linalg.vector_norm(d),
+                                                   torch.linalg.vector_norm(d, math.inf)]).tolist())
     rel = nd / nr if nr > 0 else nd
-    if ns > 0 and nr > 0:  # cos = s·r/(‖s‖‖r‖) from ‖s − r‖² without cancellation near 1
+    if ns > 0 and nr > 0:  # cos = s·r/(‖s‖‖r‖) from ‖s − r‖², without cancellation near 1
         cos = 1.0 - (nd - (ns - nr)) * (nd + (ns - nr)) / (2 * ns * nr)
     else:
         cos = 1.0 if ns == nr else 0.0

@@ -316,19 +316,21 @@ class _ErrVsOracle:
     """Reduces each native grad at once to its relative error against the oracle's."""
 
     def __init__(self, oracle):
-        self.oracle, self.err = oracle, {}
+        self.oracle, self.err, self.norms = oracle, {}, {}  # norms: the oracle's, reused by the subject
 
     def __call__(self, key, qty, g):
-        o = self.oracle.get((key, qty))
-        if o is not None and (key, qty) not in self.err:
-            self.err[(key, qty)] = C.metrics(g, o)["rel_err"]
+        k = (key, qty)
+        o = self.oracle.get(k)
+        if o is not None and k not in self.err:
+            m = C.metrics(g, o)
+            self.err[k], self.norms[k] = m["rel_err"], m["ref_norm"]
 
 
 class _Judge:
     """The subject's sink: compares each grad the moment it arrives and drops the kept one."""
 
-    def __init__(self, kept, dtype, native_err=None):
-        self.kept, self.dtype, self.native_err = kept, dtype, native_err
+    def __init__(self, kept, dtype, native_err=None, ref_norms=None):
+        self.kept, self.dtype, self.native_err, self.ref_norms = kept, dtype, native_err, ref_norms or {}
         self.results, self.digests, self.unstable, self.repeating = {}, {}, set(), False
         self.scale = {}  # key -> norm of the reference δ arriving at that layer
 
@@ -348,7 +350,7 @@ class _Judge:
             s = torch.zeros_like(r)
         if r is None:
             r = torch.zeros(s.shape, dtype=torch.float64, device=s.device)
-        m = C.metrics(s, r)
+        m = C.metrics(s, r, self.ref_norms.get(k))
         nat = self.native_err.get(k, math.nan) if self.native_err is not None else None
         key, qty = k
         if qty.startswith("grad_output"):
@@ -499,7 +501,7 @@ def audit(model, inputs, target=None, *, loss_fn=None, against=None, dtype=None,
         R = ref_model if _fits(ref_model, dtype, device) else _copy(ref_model, dtype, device)
         try:
             # 1. oracle
-            native_err = None
+            native_err = ref_norms = None
             if low:
                 say("float64 oracle pass")
                 O = _copy(R, torch.float64, device) if R is ref_model else R.double()
@@ -513,7 +515,7 @@ def audit(model, inputs, target=None, *, loss_fn=None, against=None, dtype=None,
                 say("reference pass (native autograd)")
                 errs = _ErrVsOracle(keep.store)
                 _Pass(R, x, y, ref_loss, errs, seed=seed, device=device)
-                kept, native_err = keep.store, errs.err
+                kept, native_err, ref_norms = keep.store, errs.err, errs.norms
             else:
                 say("reference pass (native autograd)")
                 keep = _Keep()
@@ -521,7 +523,7 @@ def audit(model, inputs, target=None, *, loss_fn=None, against=None, dtype=None,
                 kept = keep.store
             # 3. subject
             S = R if against is None else model if _fits(model, dtype, device) else _copy(model, dtype, device)
-            judge = _Judge(kept, dtype, native_err)
+            judge = _Judge(kept, dtype, native_err, ref_norms)
             ctx = _routing(S) if against is None else None
             say("subject pass (δ formulas)" if against is None else "subject pass")
             sp = _Pass(S, x, y, sub_loss if against is None else ref_loss, judge, seed=seed, device=device,
