@@ -375,3 +375,48 @@ def test_small_cnn_inplace_after_custom_function_outputs(dtype):
     assert_same_state(before, state(cnn))
     qs = {(row.layer, row.quantity) for row in r.rows}
     assert {("2", "grad_input"), ("2", "grad_output"), ("5", "grad_input"), ("1", "grad_output")} <= qs
+
+
+class _NoisyTanh(DeltaFunction):
+    """A δ whose last bits change from one backward to the next (like atomics on a GPU)."""
+
+    @staticmethod
+    def forward(z):
+        return torch.tanh(z)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(output)
+
+    @staticmethod
+    def backward(ctx, delta):
+        (a,) = ctx.saved_tensors
+        g = delta * (1 - a * a)
+        return g * (1 + 1e-15 * torch.rand((), dtype=g.dtype))
+
+
+class NoisyTanh(torch.nn.Tanh):
+    pass
+
+
+@torchbp.register(NoisyTanh)
+class _NoisyTwin(NoisyTanh):
+    def forward(self, input):
+        return _NoisyTanh.apply(input)
+
+
+def test_repeat_names_layers_not_bitwise_reproducible():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 6), NoisyTanh(), torch.nn.Linear(6, 2)).double()
+    r = torchbp.audit(model, torch.randn(3, 6, dtype=torch.float64), repeat=3)
+    assert r.ok  # within tolerance, only not bitwise stable
+    assert "1" in r.not_reproducible and "not bitwise reproducible" in r.verdict()
+    assert [row.reproducible for row in r.rows if row.layer == "2"] == [True] * 4
+
+
+def test_progress_goes_to_stderr(capsys):
+    torchbp.audit(deep(1), torch.randn(2, 16, dtype=torch.float64), progress=True)
+    out, err = capsys.readouterr()
+    assert out == "" and "subject pass" in err
+    torchbp.audit(deep(1), torch.randn(2, 16, dtype=torch.float64))
+    assert capsys.readouterr().err == ""

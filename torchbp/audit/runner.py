@@ -494,7 +494,7 @@ def audit(model, inputs, target=None, *, loss_fn=None, against=None, dtype=None,
     env = environment(dtype, device, seed)
     ref_loss, sub_loss = _losses(loss_fn, target, seed, dtype)
     x = _convert(inputs, dtype, device)
-    y = _convert(target, dtype, device) if isinstance(target, torch.Tensor) else target
+    y = _convert(target, dtype, device)
     fork = [device.index] if device.type == "cuda" else []
 
     with torch.random.fork_rng(devices=fork):
@@ -506,8 +506,8 @@ def audit(model, inputs, target=None, *, loss_fn=None, against=None, dtype=None,
                 say("float64 oracle pass")
                 O = _copy(R, torch.float64, device) if R is ref_model else R.double()
                 keep = _Keep()
-                _Pass(O, _convert(x, torch.float64, device), _convert(y, torch.float64, device)
-                      if isinstance(y, torch.Tensor) else y, ref_loss, keep, seed=seed, device=device)
+                _Pass(O, _convert(x, torch.float64, device), _convert(y, torch.float64, device), ref_loss, keep,
+                      seed=seed, device=device)
                 if O is R:
                     R.to(dtype)
                 del O
