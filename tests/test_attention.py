@@ -231,8 +231,10 @@ def test_sdpa_noncontiguous():
 
 def test_sdpa_bad_input_names_op():
     q = torch.randn(2, 3, 4, 8)
-    with pytest.raises(RuntimeError, match=r"torchbp.functional.scaled_dot_product_attention: dropout_p=0.1 is not supported"):
-        tbf.scaled_dot_product_attention(q, q, q, dropout_p=0.1)
+    if torch.cuda.is_available():
+        qc = q.cuda()
+        with pytest.raises(RuntimeError, match=r"scaled_dot_product_attention: dropout_p=0.1 is supported on the CPU only"):
+            tbf.scaled_dot_product_attention(qc, qc, qc, dropout_p=0.1)
     with pytest.raises(RuntimeError, match=r"scaled_dot_product_attention: pass either attn_mask or is_causal"):
         tbf.scaled_dot_product_attention(q, q, q, torch.ones(4, 4, dtype=torch.bool), is_causal=True)
     with pytest.raises(RuntimeError, match=r"scaled_dot_product_attention: query and key must share the last dim"):
@@ -364,13 +366,35 @@ def test_multihead_attention_fast_path_only_without_graph():
     torch.testing.assert_close(out, native(x, x, x, need_weights=False)[0])
 
 
-def test_multihead_attention_dropout_in_training_refused():
-    twin = torchbp.swap(torch.nn.MultiheadAttention(8, 2, dropout=0.1))
-    x = torch.randn(3, 2, 8)
-    with pytest.raises(RuntimeError, match=r"torchbp.functional.multi_head_attention_forward: dropout=0.1 in training"):
-        twin(x, x, x)
-    twin.eval()
-    twin(x, x, x)  # eval: dropout is off, fine
+@pytest.mark.parametrize("need_weights", [True, False])
+def test_multihead_attention_dropout_same_mask_as_native(need_weights):
+    native = torch.nn.MultiheadAttention(8, 2, dropout=0.3).double()
+    twin = torchbp.swap(copy.deepcopy(native))
+    x = torch.randn(5, 2, 8, dtype=torch.float64)
+    results = []
+    for m in (native, twin):
+        torch.manual_seed(7)
+        results.append(_mha_run(m, [x, x, x], {"need_weights": need_weights})[0])
+    for s, n in zip(*results[::-1]):
+        if n is not None:
+            assert rel_err(s, n) <= 1e-10
+
+
+def test_sdpa_dropout_same_mask_as_native():
+    for kw in ({}, {"is_causal": True}, {"attn_mask": torch.rand(4, 4) > 0.3}):
+        args = _leaves((2, 3, 4, 8), (2, 3, 4, 8), (2, 3, 4, 5))
+        res = []
+        for fn in (F.scaled_dot_product_attention, tbf.scaled_dot_product_attention):
+            torch.manual_seed(3)
+            res.append(assert_run(fn, args, dict(kw, dropout_p=0.4)))
+        for s, n in zip(*res[::-1]):
+            assert rel_err(s, n) <= 1e-10
+
+
+def assert_run(fn, args, kw):
+    args = [a.detach().double().requires_grad_() for a in args]
+    out = fn(*args, **kw)
+    return [out, *torch.autograd.grad(out.sin().sum(), args)]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -407,7 +431,7 @@ def test_manual_backward_routes_unswapped_multihead_attention():
 @pytest.mark.parametrize("batch_first", [False, True])
 @pytest.mark.parametrize("train", [True, False])
 def test_transformer_encoder_layer_swapped(norm_first, batch_first, train):
-    native = torch.nn.TransformerEncoderLayer(16, 4, 32, dropout=0.0, batch_first=batch_first,
+    native = torch.nn.TransformerEncoderLayer(16, 4, 32, dropout=0.1, batch_first=batch_first,
                                               norm_first=norm_first).double().train(train)
     twin = torchbp.swap(copy.deepcopy(native))
     x = torch.randn(2, 5, 16, dtype=torch.float64)
@@ -417,6 +441,7 @@ def test_transformer_encoder_layer_swapped(norm_first, batch_first, train):
     results = []
     for m in (native, twin):
         xx = x.clone().requires_grad_()
+        torch.manual_seed(1)  # the same dropout masks in both
         out = m(xx, src_key_padding_mask=kpm)
         results.append(torch.autograd.grad((out * out.detach().sin()).sum(), [xx, *m.parameters()]))
     for s, n in zip(*results[::-1]):

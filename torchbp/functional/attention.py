@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from ._common import LOWER, DeltaFunction, apply, check, check_compatible, check_tensor
 from .activation import softmax
+from .dropout import dropout
 from .linear import linear, matmul
 
 _OP = "scaled_dot_product_attention"
@@ -100,8 +101,9 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
                                  scale=None, enable_gqa=False):
     """δ twin of ``torch.nn.functional.scaled_dot_product_attention`` (dropout_p must be 0)."""
     check_compatible(_OP, query=query, key=key, value=value)
-    check(dropout_p == 0.0, _OP, f"dropout_p={dropout_p} is not supported (its δ would need native's "
-          "dropout mask); use dropout_p=0.0, e.g. in eval mode or with the module's dropout=0")
+    check(dropout_p == 0.0 or query.device.type == "cpu", _OP, f"dropout_p={dropout_p} is supported on the CPU "
+          f"only, not {query.device.type}: there native's fused kernels draw their own dropout mask, which "
+          "torchbp cannot reproduce; use dropout_p=0.0 (e.g. eval mode or the module's dropout=0)")
     check(not enable_gqa or _HAS_GQA, _OP, "enable_gqa needs torch >= 2.5")
     check(query.dim() >= 2 and key.dim() >= 2 and value.dim() >= 2, _OP,
           f"query, key and value need at least 2 dims, got shapes {list(query.shape)}, {list(key.shape)}, "
@@ -121,7 +123,26 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
         check(query.shape[-3] % key.shape[-3] == 0 and key.shape[-3] == value.shape[-3], _OP,
               f"enable_gqa: query's {query.shape[-3]} heads must be a multiple of key's and value's "
               f"({key.shape[-3]}, {value.shape[-3]})")
+    if dropout_p > 0:
+        return _sdpa_dropout(query, key, value, attn_mask, dropout_p, is_causal, scale, gqa)
     return apply(ScaledDotProductAttention, LOWER, query, key, value, attn_mask, bool(is_causal), scale, gqa)
+
+
+def _sdpa_dropout(q, k, v, mask, p, is_causal, scale, gqa):
+    """With dropout, native's CPU SDPA is its math path: P = softmax(s Q Kᵀ + M), then at::dropout(P),
+    then P V. Composed here from δ Functions in the same order, so the same RNG state draws the same mask."""
+    if gqa:
+        g = q.shape[-3] // k.shape[-3]
+        k, v = k.repeat_interleave(g, -3), v.repeat_interleave(g, -3)
+    logits = matmul(q, k.mT) * (scale if scale is not None else q.shape[-1] ** -0.5)
+    if is_causal:
+        mask = torch.ones(logits.shape[-2:], dtype=torch.bool, device=q.device).tril()
+    if mask is not None and mask.dtype == torch.bool:
+        mask = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill(~mask, float("-inf"))
+    P = softmax(logits + mask if mask is not None else logits, dim=-1)
+    if mask is not None:  # native's safe softmax: rows with every key masked give 0, not NaN
+        P = P.masked_fill((mask == float("-inf")).all(-1, keepdim=True), 0.0)
+    return matmul(dropout(P, p), v)
 
 
 def multi_head_attention_forward(query, key, value, embed_dim_to_check, num_heads, in_proj_weight, in_proj_bias,
@@ -144,8 +165,7 @@ def multi_head_attention_forward(query, key, value, embed_dim_to_check, num_head
     check(hd * H == E, op, f"embed_dim {E} not divisible by num_heads {H}")
     check(not (is_causal and attn_mask is None), op, "is_causal=True is a hint and needs attn_mask too "
           "(e.g. torch.nn.Transformer.generate_square_subsequent_mask)")
-    check(not (dropout_p > 0 and training), op, f"dropout={dropout_p} in training mode is not supported "
-          "(its δ would need native's dropout mask); use eval() or dropout=0")
+    dropout_p = dropout_p if training else 0.0
     # masks exactly as native canonicalises them (bool -> additive float -inf)
     key_padding_mask = F._canonical_mask(mask=key_padding_mask, mask_name="key_padding_mask",
                                          other_type=F._none_or_dtype(attn_mask), other_name="attn_mask",
@@ -204,10 +224,11 @@ def multi_head_attention_forward(query, key, value, embed_dim_to_check, num_head
     if need_weights:  # native's explicit path: P = softmax(s Q Kᵀ + M), O = P V
         logits = matmul(q * math.sqrt(1.0 / hd), k.mT)  # native's scaling, to the bit
         P = softmax(logits + attn_mask if attn_mask is not None else logits, dim=-1)
+        P = dropout(P, dropout_p) if dropout_p > 0 else P  # native returns the weights after dropout
         o = matmul(P, v)
         weights = P.mean(dim=1) if average_attn_weights else P
     else:
-        o = scaled_dot_product_attention(q, k, v, attn_mask, is_causal=is_causal)
+        o = scaled_dot_product_attention(q, k, v, attn_mask, dropout_p, is_causal=is_causal)
         weights = None
     o = linear(o.permute(2, 0, 1, 3).reshape(L * N, E), out_proj_weight, out_proj_bias).view(L, N, -1)
     if not is_batched:
