@@ -21,19 +21,23 @@ _HAS_GQA = "enable_gqa" in (F.scaled_dot_product_attention.__doc__ or "")  # tor
 
 
 def _probs(S, mask, is_causal):
-    """P = softmax(S + M) over the keys; rows whose every key is masked give P = 0 (native's
-    behaviour since torch 2.5, its `_safe_softmax`), not NaN."""
-    if is_causal:  # top-left aligned, as native: query i sees keys j <= i
-        mask = torch.ones(S.shape[-2:], dtype=torch.bool, device=S.device).tril()
+    """P = softmax(S + M) over the keys, S a fresh tensor (changed in place where that is safe); rows whose
+    every key is masked give P = 0 (native's behaviour since torch 2.5, its `_safe_softmax`), not NaN."""
+    if is_causal:  # top-left aligned, as native: query i sees keys j <= i, so no row is fully masked
+        causal = torch.ones(S.shape[-2:], dtype=torch.bool, device=S.device).tril()
+        return torch.softmax(S.masked_fill_(~causal, float("-inf")), -1)
     if mask is None:
         return torch.softmax(S, -1)
+    fits = torch.broadcast_shapes(mask.shape, S.shape) == S.shape  # else the mask enlarges S: no in place
     if mask.dtype == torch.bool:
         dead = ~mask.any(-1, keepdim=True)  # mask-sized, cheap
-        S = S.masked_fill(~mask, float("-inf"))
+        S = S.masked_fill_(~mask, float("-inf")) if fits else S.masked_fill(~mask, float("-inf"))
     else:
         dead = (mask == float("-inf")).all(-1, keepdim=True)
-        S = S + mask
-    return torch.softmax(S, -1).masked_fill(dead, 0.0)
+        S = S.add_(mask) if fits else S + mask
+    P = torch.softmax(S, -1)
+    # softmax saves its output when a graph is built (double backward): in place only without one
+    return P.masked_fill(dead, 0.0) if torch.is_grad_enabled() else P.masked_fill_(dead, 0.0)
 
 
 class ScaledDotProductAttention(DeltaFunction):
