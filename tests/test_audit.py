@@ -420,3 +420,15 @@ def test_progress_goes_to_stderr(capsys):
     assert out == "" and "subject pass" in err
     torchbp.audit(deep(1), torch.randn(2, 16, dtype=torch.float64))
     assert capsys.readouterr().err == ""
+
+
+def test_oracle_auto_skips_oracle_when_close_and_runs_it_on_failure():
+    torch.manual_seed(0)
+    x = torch.randn(8, 16)
+    r = torchbp.audit(deep(3, dtype=torch.float32), x, oracle="auto")
+    assert r.ok and r.environment["oracle"].startswith("skipped")
+    assert all(row.native_rel_err is None and row.tolerance >= 1e-5 for row in r.rows)
+    bad = torchbp.audit(deep(3, bug_at=1, dtype=torch.float32), x, oracle="auto")
+    assert not bad.ok and bad.first_divergence == "3" and bad.environment["oracle"] == "float64"
+    assert all(row.native_rel_err is not None for row in bad.rows)
+    assert torchbp.audit(deep(2), torch.randn(2, 16, dtype=torch.float64), oracle="auto").environment["oracle"] is None

@@ -28,27 +28,33 @@ def finite(t: torch.Tensor) -> bool:
     return bool(torch.isfinite(t.detach().abs().amax()))
 
 
+_CHUNK = 1 << 15  # elements per step: float64 temporaries stay small (large fresh buffers page-fault)
+
+
 def metrics(s: torch.Tensor, r: torch.Tensor, ref_norm: float | None = None) -> dict:
     """``max_abs_err``, ``rel_err`` = ‖s − r‖/‖r‖ (‖s − r‖ when r is 0), ``cosine``, and the norms
     ``norm`` (‖s‖) and ``ref_norm`` (‖r‖; pass it when known), all in float64; the errors are NaN
     when either side holds a non-finite value or the shapes differ. It runs on every gradient, so it
-    makes few passes over the data: s − r is formed in float64 by type promotion, norms reduce in
-    float64 without a converted copy."""
-    s, r = s.detach().reshape(-1), r.detach().reshape(-1).to(s.device)
-    f64 = torch.float64
-    ns = float(torch.linalg.vector_norm(s, dtype=f64)) if s.numel() else 0.0
-    nr = ref_norm if ref_norm is not None else (float(torch.linalg.vector_norm(r, dtype=f64)) if r.numel() else 0.0)
-    bad = {"max_abs_err": NAN, "rel_err": NAN, "cosine": NAN, "norm": ns, "ref_norm": nr}
-    if s.shape != r.shape or not (math.isfinite(ns) or finite(s)) or not (math.isfinite(nr) or finite(r)) \
-            or math.isnan(ns) or math.isnan(nr):
-        return bad  # (an infinite norm of finite values is overflow of |values| > 1e154 only)
+    works through the data in chunks, in float64, without full-size temporaries."""
+    if s.shape != r.shape:
+        return {"max_abs_err": NAN, "rel_err": NAN, "cosine": NAN, "norm": NAN, "ref_norm": NAN}
     if s.numel() == 0:
         return {"max_abs_err": 0.0, "rel_err": 0.0, "cosine": 1.0, "norm": 0.0, "ref_norm": 0.0}
-    d = torch.sub(s.to(f64) if s.dtype != f64 and r.dtype != f64 else s, r)
-    if d.dtype != f64:
-        d = d.to(f64)
-    nd, max_abs = (float(x) for x in torch.stack([torch.linalg.vector_norm(d),
-                                                   torch.linalg.vector_norm(d, math.inf)]).tolist())
+    f64 = torch.float64
+    s, r = s.detach().reshape(-1), r.detach().reshape(-1).to(s.device)
+    parts = []  # per chunk: ‖s‖, ‖r‖, ‖s − r‖, max|s − r|
+    for a, b in zip(s.split(_CHUNK), r.split(_CHUNK)):
+        a, b = a.to(f64), b.to(f64)
+        d = a - b
+        parts.append(torch.stack([torch.linalg.vector_norm(a), torch.linalg.vector_norm(b),
+                                  torch.linalg.vector_norm(d), torch.linalg.vector_norm(d, math.inf)]))
+    p = torch.stack(parts)
+    ns, nr_, nd = (float(v) for v in torch.linalg.vector_norm(p[:, :3], dim=0).tolist())
+    max_abs = float(p[:, 3].max())
+    nr = ref_norm if ref_norm is not None else nr_
+    if math.isnan(ns) or math.isnan(nr_) or not (math.isfinite(ns) or finite(s)) or not (math.isfinite(nr_) or finite(r)):
+        return {"max_abs_err": NAN, "rel_err": NAN, "cosine": NAN, "norm": ns, "ref_norm": nr}
+    # (an infinite norm of finite values is overflow of |values| > 1e154 only)
     rel = nd / nr if nr > 0 else nd
     if ns > 0 and nr > 0:  # cos = s·r/(‖s‖‖r‖) from ‖s − r‖², without cancellation near 1
         cos = 1.0 - (nd - (ns - nr)) * (nd + (ns - nr)) / (2 * ns * nr)

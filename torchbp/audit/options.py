@@ -38,6 +38,9 @@ OPTIONS = (
            default=0, type=int, metavar="N"),
     Option("repeat", "run the subject's backward N more times and mark gradients that are not bitwise "
                      "reproducible", default=0, type=int, metavar="N"),
+    Option("oracle", "below float64: always run the float64 oracle (default), or auto: only when the "
+                     "subject differs from native by more than floor(dtype)", default="always",
+           choices=("always", "auto")),
     Option("full", "show every row, not only failing ones, on big models", flag=True),
     Option("json", "write the report as JSON to PATH", metavar="PATH"),
     Option("markdown", "write the report as Markdown to PATH (e.g. $GITHUB_STEP_SUMMARY)", metavar="PATH"),
@@ -63,7 +66,7 @@ def audit_kwargs(values: dict) -> dict:
     out = {}
     if values.get("dtype"):
         out["dtype"] = getattr(torch, values["dtype"])
-    for k in ("device", "seed", "repeat", "full"):
+    for k in ("device", "seed", "repeat", "full", "oracle"):
         if values.get(k) is not None:
             out[k] = values[k]
     return out

@@ -447,7 +447,7 @@ def _depth(key):
 
 def audit(model, inputs, target=None, *, loss_fn=None, against=None, dtype=None, device=None,
           reference=None, seed: int = 0, repeat: int = 0, full: bool = False, localize: bool = True,
-          progress: bool | None = None) -> AuditReport:
+          oracle: str = "always", progress: bool | None = None) -> AuditReport:
     """Compare ``model``'s gradients, layer by layer, through torchbp's δ formulas (the subject) and
     native autograd (the reference). See DESIGN.md "Public API" and "Comparison policy".
 
@@ -465,6 +465,10 @@ def audit(model, inputs, target=None, *, loss_fn=None, against=None, dtype=None,
       ``reproducible=False`` (shown in the verdict; does not make the report fail).
     - ``full``: ``str(report)`` shows every row, not only failing ones, on big models.
     - ``localize``: on a failure, run the isolated per-layer check that names ``first_divergence``.
+    - ``oracle`` (below float64): "always" runs the float64 oracle and reports both errors; "auto"
+      first compares subject and native directly and runs the oracle only if some gradient differs
+      by more than floor(dtype) (a pass there implies the oracle rule; rows then hold the error vs
+      native and ``native_rel_err`` None; ``environment["oracle"]`` says which). About 2x faster.
     - ``progress``: phase messages on stderr (default: when stderr is a terminal).
 
     The model is left exactly as found: parameters, buffers, ``.grad``, training flags, RNG states.
@@ -497,42 +501,52 @@ def audit(model, inputs, target=None, *, loss_fn=None, against=None, dtype=None,
     y = _convert(target, dtype, device)
     fork = [device.index] if device.type == "cuda" else []
 
+    if oracle not in ("always", "auto"):
+        raise ValueError(f"torchbp.audit: oracle must be 'always' or 'auto', got {oracle!r}")
+    # oracle="auto": first hold the subject against native autograd directly; ‖s − n‖ ≤ floor·‖n‖
+    # implies the oracle rule (err(s, o) ≤ err(n, o) + floor), so the float64 oracle runs only when
+    # some row misses that
+    plans = [True] if not low else [True] if oracle == "always" else [False, True]
+
     with torch.random.fork_rng(devices=fork):
         R = ref_model if _fits(ref_model, dtype, device) else _copy(ref_model, dtype, device)
+        S = None
         try:
-            # 1. oracle
-            native_err = ref_norms = None
-            if low:
-                say("float64 oracle pass")
-                O = _copy(R, torch.float64, device) if R is ref_model else R.double()
+            for use_oracle in plans:
+                # 1. oracle, 2. reference (reduced at once to its error vs the oracle)
+                native_err = ref_norms = None
                 keep = _Keep()
-                _Pass(O, _convert(x, torch.float64, device), _convert(y, torch.float64, device), ref_loss, keep,
-                      seed=seed, device=device)
-                if O is R:
-                    R.to(dtype)
-                del O
-                # 2. reference, reduced to its error vs the oracle
-                say("reference pass (native autograd)")
-                errs = _ErrVsOracle(keep.store)
-                _Pass(R, x, y, ref_loss, errs, seed=seed, device=device)
-                kept, native_err, ref_norms = keep.store, errs.err, errs.norms
-            else:
-                say("reference pass (native autograd)")
-                keep = _Keep()
-                _Pass(R, x, y, ref_loss, keep, seed=seed, device=device)
-                kept = keep.store
-            # 3. subject
-            S = R if against is None else model if _fits(model, dtype, device) else _copy(model, dtype, device)
-            judge = _Judge(kept, dtype, native_err, ref_norms)
-            ctx = _routing(S) if against is None else None
-            say("subject pass (δ formulas)" if against is None else "subject pass")
-            sp = _Pass(S, x, y, sub_loss if against is None else ref_loss, judge, seed=seed, device=device,
-                       ctx=ctx, walk=True, repeat=repeat, on_repeat=lambda: setattr(judge, "repeating", True))
-            judge.finish()
-            del kept
-            rows, bad_keys = _rows(judge, sp, S, against is None)
-            covered, reached = sp.covered, sp.reached
-            coverage = len(covered) / len(reached) if reached else 0.0
+                if low and use_oracle:
+                    say("float64 oracle pass")
+                    O = _copy(R, torch.float64, device) if R is ref_model else R.double()
+                    _Pass(O, _convert(x, torch.float64, device), _convert(y, torch.float64, device), ref_loss,
+                          keep, seed=seed, device=device)
+                    if O is R:
+                        R.to(dtype)
+                    del O
+                    say("reference pass (native autograd)")
+                    errs = _ErrVsOracle(keep.store)
+                    _Pass(R, x, y, ref_loss, errs, seed=seed, device=device)
+                    native_err, ref_norms = errs.err, errs.norms
+                else:
+                    say("reference pass (native autograd)")
+                    _Pass(R, x, y, ref_loss, keep, seed=seed, device=device)
+                # 3. subject
+                if S is None:
+                    S = R if against is None else model if _fits(model, dtype, device) else _copy(model, dtype, device)
+                judge = _Judge(keep.store, dtype, native_err, ref_norms)
+                say("subject pass (δ formulas)" if against is None else "subject pass")
+                sp = _Pass(S, x, y, sub_loss if against is None else ref_loss, judge, seed=seed, device=device,
+                           ctx=_routing(S) if against is None else None, walk=True, repeat=repeat,
+                           on_repeat=lambda: setattr(judge, "repeating", True))
+                judge.finish()
+                del keep
+                rows, bad_keys = _rows(judge, sp, S, against is None)
+                if not bad_keys:
+                    break
+            env["oracle"] = "float64" if (low and use_oracle) else ("skipped: subject within floor of native"
+                                                                    if low else None)
+            coverage = len(sp.covered) / len(sp.reached) if sp.reached else 0.0
             if reference is not None:
                 rows += _numpy_rows(reference, model, x, y, loss_fn, device)
             # 4. localization
