@@ -28,13 +28,12 @@ def _probs(S, mask, is_causal):
         return torch.softmax(S.masked_fill_(~causal, float("-inf")), -1)
     if mask is None:
         return torch.softmax(S, -1)
-    fits = torch.broadcast_shapes(mask.shape, S.shape) == S.shape  # else the mask enlarges S: no in place
     if mask.dtype == torch.bool:
         dead = ~mask.any(-1, keepdim=True)  # mask-sized, cheap
-        S = S.masked_fill_(~mask, float("-inf")) if fits else S.masked_fill(~mask, float("-inf"))
+        S = S.masked_fill_(~mask, float("-inf"))  # native refuses masks that would enlarge S
     else:
         dead = (mask == float("-inf")).all(-1, keepdim=True)
-        S = S.add_(mask) if fits else S + mask
+        S = S.add_(mask)
     P = torch.softmax(S, -1)
     # softmax saves its output when a graph is built (double backward): in place only without one
     return P.masked_fill(dead, 0.0) if torch.is_grad_enabled() else P.masked_fill_(dead, 0.0)

@@ -142,7 +142,8 @@ def matmul(input, other, *, out=None):
           f"both arguments need at least 1 dimension, got {input.dim()}-D and {other.dim()}-D")
     k_other = other.shape[-2] if other.dim() >= 2 else other.shape[0]
     check(input.shape[-1] == k_other, "matmul", _shape_error(input, other) +
-          f" (input's last dim {input.shape[-1]} != other's {'second-to-last' if other.dim() >= 2 else 'only'} dim {k_other})")
+          f" (input's last dim {input.shape[-1]} != other's "
+          f"{'second-to-last' if other.dim() >= 2 else 'only'} dim {k_other})")
     try:
         torch.broadcast_shapes(input.shape[:-2], other.shape[:-2])
     except RuntimeError:
