@@ -1,8 +1,9 @@
 """pytest plugin: gradient audits in any project's test suite.
 
-Loaded through the ``pytest11`` entry point ``torchbp``.  Nothing here imports torch at start-up: torch
-and ``torchbp.audit`` are imported on the first audit (or when ``--torchbp-device=all`` must ask which
-devices exist), so a suite that never audits pays nothing.
+Loaded through the ``pytest11`` entry point ``torchbp``.  This module and the option table it shares
+with the CLI (torchbp/audit/options.py) import no torch: torch and the audit runner are imported on the
+first audit (or when ``--torchbp-device=all`` must ask which devices exist), so a suite that never
+audits pays nothing for them -- provided the package ``__init__`` files are lazy too.
 
     def test_mlp_gradients(torchbp_audit):
         model = torch.nn.Sequential(torch.nn.Linear(10, 32), torch.nn.Tanh(), torch.nn.Linear(32, 3))
@@ -20,14 +21,18 @@ import os
 
 import pytest
 
-DEVICES = ("cpu", "cuda", "all")  # or any torch device string, e.g. "cuda:1"
-DTYPES = ("float64", "float32", "bfloat16", "float16")
+from .audit.options import BY_NAME, DTYPES, add_options, audit_kwargs
+
+# the audit options the plugin takes from the shared table (defined once for the CLI and the plugin),
+# with the plugin's own defaults and help where they differ from the CLI's
+NAMES = ("device", "dtype", "seed", "repeat")
 DEFAULTS = {"device": "cpu", "dtype": "float64", "report": None}
 HELP = {
-    "device": "device of the gradient audits: cpu (default), cuda (skipped without a GPU), or all "
-              "(each test once per available device)",
-    "dtype": "dtype of the gradient audits: float64 (default), float32, bfloat16, float16",
-    "report": "write every gradient audit of the session to one JSON file (merged across xdist workers)",
+    "device": "device of the gradient audits: cpu (default), cuda or cuda:N (skipped without a GPU), or "
+              "all (each test once per available device)",
+    "dtype": f"dtype of the gradient audits: {', '.join(DTYPES)} (default float64); below float64 each "
+             "gradient is held against a float64 oracle",
+    "report": "write every gradient audit of the session to one JSON file at PATH (merged across xdist workers)",
 }
 SCHEMA = "torchbp-pytest/1"
 
@@ -36,15 +41,36 @@ _KEY = pytest.StashKey["_Session"]()
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("torchbp", "torchbp gradient audits")
-    for name, help in HELP.items():
-        group.addoption(f"--torchbp-{name}", dest=f"torchbp_{name}", default=None, metavar=name.upper(),
-                        help=help)
-        parser.addini(f"torchbp_{name}", help, default=DEFAULTS[name])
+
+    def add(flag, **kw):
+        name = kw["dest"].removeprefix("torchbp_")
+        kw["help"] = HELP.get(name, kw["help"])
+        if "choices" not in kw:
+            kw.setdefault("metavar", name.upper())
+        group.addoption(flag, **dict(kw, default=None))  # unset: the ini, then DEFAULTS, decide
+        parser.addini(kw["dest"], kw["help"], default=None)
+
+    add_options(add, prefix="--torchbp-", names=NAMES)
+    add("--torchbp-report", dest="torchbp_report", metavar="PATH", help=HELP["report"])
 
 
 def _setting(config: pytest.Config, name: str):
+    """Command line, then ini, then the plugin's default; ini strings converted and checked like the flag."""
     value = config.getoption(f"torchbp_{name}")
-    return value if value is not None else config.getini(f"torchbp_{name}") or DEFAULTS[name]
+    if value is not None:
+        return value
+    value = config.getini(f"torchbp_{name}")
+    if not value:
+        return DEFAULTS.get(name)
+    option = BY_NAME.get(name)
+    if option is not None:
+        if option.choices and value not in option.choices:
+            raise pytest.UsageError(f"torchbp: ini torchbp_{name} = {value!r}; choose one of {', '.join(option.choices)}")
+        try:
+            value = option.type(value)
+        except ValueError:
+            raise pytest.UsageError(f"torchbp: ini torchbp_{name} = {value!r} is not a valid {option.type.__name__}") from None
+    return value
 
 
 def _check_dtype(dtype) -> None:
@@ -56,7 +82,8 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "torchbp(device=None, dtype=None, **audit_kwargs): settings of the torchbp_audit "
                    "fixture for this test (override --torchbp-device / --torchbp-dtype and the ini)")
-    _check_dtype(_setting(config, "dtype"))
+    for name in NAMES:
+        _setting(config, name)  # a bad ini value is a usage error now, not in every test
     report = config.getoption("torchbp_report")
     if report is not None:
         report = os.path.join(config.invocation_params.dir, report)
@@ -120,13 +147,13 @@ def torchbp_audit(request: pytest.FixtureRequest, torchbp_device: str):
 
     def audit(model, inputs, target=None, **audit_kwargs):
         import torch
-        import torchbp
-        kwargs = {"dtype": _setting(request.config, "dtype"), "progress": False, **marker,
-                  "device": torchbp_device, **audit_kwargs}
+        from torchbp.audit import audit as run_audit
+        kwargs = {**audit_kwargs_from(request.config), "progress": False, **marker, "device": torchbp_device,
+                  **audit_kwargs}
         _check_dtype(kwargs["dtype"])
         if isinstance(kwargs["dtype"], str):
             kwargs["dtype"] = getattr(torch, kwargs["dtype"].removeprefix("torch."))
-        report = torchbp.audit(model, inputs, target, **kwargs)
+        report = run_audit(model, inputs, target, **kwargs)
         session.record(request.node.nodeid, str(kwargs["device"]), str(kwargs["dtype"]).removeprefix("torch."),
                        report)
         if not report.ok:
@@ -134,6 +161,11 @@ def torchbp_audit(request: pytest.FixtureRequest, torchbp_device: str):
         return report
 
     return audit
+
+
+def audit_kwargs_from(config: pytest.Config) -> dict:
+    """The torchbp.audit keywords of this session's options (ini and command line)."""
+    return audit_kwargs({name: _setting(config, name) for name in NAMES})
 
 
 def _worst(rows):
