@@ -75,7 +75,7 @@ def _setting(config: pytest.Config, name: str):
 
 def _check_dtype(dtype) -> None:
     if isinstance(dtype, str) and dtype.removeprefix("torch.") not in DTYPES:
-        raise pytest.UsageError(f"torchbp: unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+        raise ValueError(f"torchbp_audit: unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
 
 
 def pytest_configure(config: pytest.Config) -> None:
