@@ -183,3 +183,15 @@ def test_vmap_and_double_backward_through_mlp():
                                torch.autograd.grad(gxn.pow(2).sum(), next(native.parameters()))[0])
     per_example = torch.func.vmap(torch.func.grad(lambda xi: tbf.tanh(xi).sum()))(x.detach())
     torch.testing.assert_close(per_example, 1 - torch.tanh(x.detach()) ** 2)
+
+
+@pytest.mark.parametrize("shape", [(5,), (2, 3, 5)])
+def test_linear_output_allows_inplace_activation(shape):
+    # F.linear returns a view for ranks other than 2; an in-place ReLU on a view made inside a
+    # custom Function would raise, so the δ linear must hand back something modifiable
+    model = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.ReLU(inplace=True)).double()
+    x = torch.randn(shape, dtype=torch.float64)
+    (native,) = torch.autograd.grad(model(x).pow(2).sum(), [model[0].weight])
+    with torchbp.swapped(model):
+        (ours,) = torch.autograd.grad(model(x).pow(2).sum(), [model[0].weight])
+    torch.testing.assert_close(ours, native, rtol=1e-12, atol=0)

@@ -47,7 +47,12 @@ def linear(input, weight, bias=None):
           f"but weight expects {weight.shape[1]} (shape {list(weight.shape)})")
     check(bias is None or tuple(bias.shape) == (weight.shape[0],), "linear",
           f"bias must have shape [{weight.shape[0]}], got {list(bias.shape) if bias is not None else None}")
-    return apply(Linear, LOWER, input, weight, bias)
+    if input.dim() == 2:
+        return apply(Linear, LOWER, input, weight, bias)
+    # F.linear returns a view for other ranks; a view made inside a custom Function may not be modified
+    # in place (an inplace ReLU after it would raise), so fold the leading dims outside the Function
+    out = apply(Linear, LOWER, input.reshape(-1, input.shape[-1]), weight, bias)
+    return out.reshape(*input.shape[:-1], weight.shape[0])
 
 
 # native callable -> δ twin with the same signature; read by torchbp.registry
