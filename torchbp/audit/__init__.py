@@ -3,7 +3,21 @@
 capture.py (hooks), compare.py (metrics, comparison policy), report.py (AuditReport), runner.py (the
 passes), options.py (the audit options, shared by the CLI and the pytest plugin).
 """
-from .report import AuditReport, Row, compare_reports
-from .runner import assert_gradients_match, audit, environment
+import importlib
 
-__all__ = ["audit", "assert_gradients_match", "AuditReport", "Row", "compare_reports", "environment"]
+# loaded on first use: the pytest plugin imports .options at pytest start-up, without torch
+_FROM = {"AuditReport": "report", "Row": "report", "compare_reports": "report",
+         "assert_gradients_match": "runner", "audit": "runner", "environment": "runner"}
+__all__ = list(_FROM)
+
+
+def __getattr__(name):
+    if name in _FROM:
+        value = getattr(importlib.import_module(f".{_FROM[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(__all__)
