@@ -28,20 +28,12 @@ class Flatten(DeltaFunction):
         return delta.reshape(ctx.shape), None, None
 
 
-class Unflatten(DeltaFunction):
-    """z = a.unflatten(dim, sizes);  δ_a = δ.reshape(a.shape)."""
+class Unflatten(Flatten):
+    """z = a.unflatten(dim, sizes);  δ_a = δ.reshape(a.shape) (setup_context and backward: Flatten's)."""
 
     @staticmethod
     def forward(a, dim, sizes):
         return a.unflatten(dim, sizes)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        ctx.shape = inputs[0].shape
-
-    @staticmethod
-    def backward(ctx, delta):
-        return delta.reshape(ctx.shape), None, None
 
 
 def _dim(op, input, d, name):
