@@ -31,6 +31,10 @@ Audit overhead: ``torchbp.audit`` wall time / native step time, when torchbp.aud
 Models whose layers have no δ twin yet are reported as "skipped (missing: …)"; a loss without a twin
 falls back to the native loss for both sides, and the row says so.
 
+Models: mlp (784-1024-1024-1024-10, batch 256), mlp-small (784-256-256-10, batch 64), mlp-wide
+(4096-wide, 4 layers, batch 8192; run by default on CUDA only), seed (the seed's 4-layer sigmoid net),
+cnn, transformer (one pre-norm block).
+
   python scripts/bench.py [--quick] [--models mlp,seed,cnn,transformer] [--device cpu|cuda|all]
                           [--dtypes float32,bfloat16] [--pairs N] [--threads N] [--json bench.json]
                           [--baseline old.json]
@@ -92,14 +96,17 @@ def _ce(out, y):
 def build(name, quick):
     """(model, input, target, native loss, twin loss class name). ``quick`` shrinks every model."""
     g = torch.Generator().manual_seed(0)
-    if name == "mlp":
-        sizes, batch = ((784, 64, 64, 10), 16) if quick else ((784, 1024, 1024, 1024, 10), 256)
+    if name in ("mlp", "mlp-small", "mlp-wide"):
+        sizes, batch = {"mlp": ((784, 1024, 1024, 1024, 10), 256), "mlp-small": ((784, 256, 256, 10), 64),
+                        "mlp-wide": ((4096, 4096, 4096, 4096, 4096), 8192)}[name]
+        if quick:
+            sizes, batch = (sizes[0], 64, 64, sizes[-1]), 16
         layers = []
         for a, b in zip(sizes[:-1], sizes[1:]):
             layers += [nn.Linear(a, b), nn.ReLU()]
         model = nn.Sequential(*layers[:-1])
-        return model, torch.randn(batch, sizes[0], generator=g), torch.randint(0, 10, (batch,), generator=g), \
-            _ce, "CrossEntropyLoss"
+        return model, torch.randn(batch, sizes[0], generator=g), \
+            torch.randint(0, sizes[-1], (batch,), generator=g), _ce, "CrossEntropyLoss"
     if name == "seed":
         from torchbp.demo import seed_network
         batch = 8 if quick else 64
@@ -119,7 +126,8 @@ def build(name, quick):
     raise ValueError(f"unknown model {name!r}")
 
 
-MODELS = ("mlp", "seed", "cnn", "transformer")
+MODELS = ("mlp", "mlp-small", "mlp-wide", "seed", "cnn", "transformer")
+DEFAULT_MODELS = ("mlp", "mlp-small", "seed", "cnn", "transformer")  # mlp-wide: 3 x 4096², batch 8192 (GPU)
 CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict, TransformerBlock)
 
 
@@ -342,7 +350,9 @@ def compare_runs(old_doc, rows) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, from {', '.join(MODELS)}")
+    p.add_argument("--models", default=None,
+                   help=f"comma-separated, from {', '.join(MODELS)} (default: {', '.join(DEFAULT_MODELS)}, "
+                        "and mlp-wide on CUDA)")
     p.add_argument("--device", default="all", choices=("cpu", "cuda", "all"),
                    help="all = cpu, and cuda when available (default)")
     p.add_argument("--dtypes", default="float32,bfloat16", help="comma-separated: float32, bfloat16 (autocast)")
@@ -359,9 +369,9 @@ def main(argv=None) -> int:
     args.pairs = args.pairs or (3 if args.quick else 20)
     args.warmup = args.warmup if args.warmup is not None else (1 if args.quick else 5)
     args.sample_s = args.sample_s or (0.002 if args.quick else 0.05)
-    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
     dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
-    for m in models:
+    for m in models or ():
         if m not in MODELS:
             p.error(f"unknown model {m!r}; choose from {', '.join(MODELS)}")
     for d in dtypes:
@@ -381,7 +391,7 @@ def main(argv=None) -> int:
 
     rows = []
     for device in devices:
-        for name in models:
+        for name in models or DEFAULT_MODELS + (("mlp-wide",) if device == "cuda" else ()):
             for dtype in dtypes:
                 log(f"bench: {name} on {device}, {dtype} ...")
                 t = time.perf_counter()

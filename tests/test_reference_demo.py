@@ -164,7 +164,8 @@ def test_bench_quick_end_to_end(tmp_path):
     doc = json.loads(out.read_text())
     assert doc["schema"] == 1 and "torch" in doc["environment"]
     rows = {(r["model"], r["dtype"]): r for r in doc["results"]}
-    assert set(rows) == {(m, d) for m in ("mlp", "seed", "cnn", "transformer") for d in ("float32", "bfloat16")}
+    assert set(rows) == {(m, d) for m in ("mlp", "mlp-small", "seed", "cnn", "transformer")
+                         for d in ("float32", "bfloat16")}
     for r in rows.values():
         assert r["status"] == "ok" or r["status"].startswith("skipped (missing: ")
     for key in [("mlp", "float32"), ("seed", "bfloat16")]:

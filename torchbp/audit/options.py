@@ -41,6 +41,8 @@ OPTIONS = (
     Option("oracle", "below float64: always run the float64 oracle (default), or auto: only when the "
                      "subject differs from native by more than floor(dtype)", default="always",
            choices=("always", "auto")),
+    Option("oracle-device", "where the float64 oracle runs, e.g. cpu to judge a GPU against a computation "
+                            "sharing none of its kernels (default: the audit's device)", metavar="DEVICE"),
     Option("full", "show every row, not only failing ones, on big models", flag=True),
     Option("json", "write the report as JSON to PATH", metavar="PATH"),
     Option("markdown", "write the report as Markdown to PATH (e.g. $GITHUB_STEP_SUMMARY)", metavar="PATH"),
@@ -66,7 +68,7 @@ def audit_kwargs(values: dict) -> dict:
     out = {}
     if values.get("dtype"):
         out["dtype"] = getattr(torch, values["dtype"])
-    for k in ("device", "seed", "repeat", "full", "oracle"):
+    for k in ("device", "seed", "repeat", "full", "oracle", "oracle_device"):
         if values.get(k) is not None:
             out[k] = values[k]
     return out

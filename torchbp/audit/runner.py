@@ -447,7 +447,7 @@ def _depth(key):
 
 def audit(model, inputs, target=None, *, loss_fn=None, against=None, dtype=None, device=None,
           reference=None, seed: int = 0, repeat: int = 0, full: bool = False, localize: bool = True,
-          oracle: str = "always", progress: bool | None = None) -> AuditReport:
+          oracle: str = "always", oracle_device=None, progress: bool | None = None) -> AuditReport:
     """Compare ``model``'s gradients, layer by layer, through torchbp's δ formulas (the subject) and
     native autograd (the reference). See DESIGN.md "Public API" and "Comparison policy".
 
@@ -469,6 +469,10 @@ def audit(model, inputs, target=None, *, loss_fn=None, against=None, dtype=None,
       first compares subject and native directly and runs the oracle only if some gradient differs
       by more than floor(dtype) (a pass there implies the oracle rule; rows then hold the error vs
       native and ``native_rel_err`` None; ``environment["oracle"]`` says which). About 2x faster.
+    - ``oracle_device``: where the float64 oracle runs (default: ``device``). ``"cpu"`` judges a GPU's
+      float32/TF32/bf16 gradients against a float64 computation that shares none of the GPU's kernels.
+      Random layers (dropout) draw their masks from that device's generator, so a model that samples
+      in train mode needs the oracle on its own device.
     - ``progress``: phase messages on stderr (default: when stderr is a terminal).
 
     The model is left exactly as found: parameters, buffers, ``.grad``, training flags, RNG states.
@@ -495,11 +499,16 @@ def audit(model, inputs, target=None, *, loss_fn=None, against=None, dtype=None,
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
     low = dtype != torch.float64
+    oracle_device = device if oracle_device is None else torch.device(oracle_device)
+    if oracle_device.type == "cuda" and oracle_device.index is None:
+        oracle_device = torch.device("cuda", torch.cuda.current_device())
     env = environment(dtype, device, seed)
+    if low:
+        env["oracle_device"] = str(oracle_device)
     ref_loss, sub_loss = _losses(loss_fn, target, seed, dtype)
     x = _convert(inputs, dtype, device)
     y = _convert(target, dtype, device)
-    fork = [device.index] if device.type == "cuda" else []
+    fork = sorted({d.index for d in (device, oracle_device) if d.type == "cuda"})
 
     if oracle not in ("always", "auto"):
         raise ValueError(f"torchbp.audit: oracle must be 'always' or 'auto', got {oracle!r}")
@@ -518,9 +527,10 @@ def audit(model, inputs, target=None, *, loss_fn=None, against=None, dtype=None,
                 keep = _Keep()
                 if low and use_oracle:
                     say("float64 oracle pass")
-                    O = _copy(R, torch.float64, device) if R is ref_model else R.double()
-                    _Pass(O, _convert(x, torch.float64, device), _convert(y, torch.float64, device), ref_loss,
-                          keep, seed=seed, device=device)
+                    O = _copy(R, torch.float64, oracle_device) if R is ref_model or oracle_device != device \
+                        else R.double()
+                    _Pass(O, _convert(x, torch.float64, oracle_device), _convert(y, torch.float64, oracle_device),
+                          ref_loss, keep, seed=seed, device=oracle_device)
                     if O is R:
                         R.to(dtype)
                     del O

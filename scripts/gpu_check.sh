@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The GPU check of issue 6, in one run of a few minutes on a machine with a CUDA device:
+#   1. the whole test suite, CUDA variants included (pytest -n WORKERS when pytest-xdist is there);
+#   2. scripts/bench.py on CUDA (float32 and bfloat16 autocast; the default models plus mlp-wide).
+# Logs, JUnit XML and the bench JSON go to OUTDIR; the last lines printed are the failures (if any),
+# the test summary and the bench table.
+#
+#   scripts/gpu_check.sh [OUTDIR]          (default: $OUT, else ./gpu_check_out)
+#   TESTS_S=300 BENCH_S=240 WORKERS=8 BENCH_ARGS="--pairs 10" scripts/gpu_check.sh
+set -u
+out=${1:-${OUT:-gpu_check_out}}
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1
+py=${PYTHON:-python3}
+
+# torchbp from this checkout (an editable install registers the pytest plugin's entry point)
+$py -m pip install -q --no-deps --no-build-isolation -e . >"$out/install.log" 2>&1 \
+    || export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+
+{
+    $py -c 'import torch, sys; print("python", sys.version.split()[0], "| torch", torch.__version__,
+"| cuda", torch.version.cuda, "| device", torch.cuda.get_device_name() if torch.cuda.is_available() else None)'
+    nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader 2>/dev/null
+} | tee "$out/env.txt"
+
+xdist=()
+if $py -c 'import xdist' 2>/dev/null; then xdist=(-n "${WORKERS:-8}"); fi
+timeout "${TESTS_S:-300}" $py -m pytest -q -p no:cacheprovider "${xdist[@]}" -rfE \
+    --junitxml="$out/tests.xml" ${PYTEST_ARGS:-} >"$out/tests.log" 2>&1
+tests_rc=$?
+
+timeout "${BENCH_S:-240}" $py scripts/bench.py --device cuda --json "$out/bench-cuda.json" ${BENCH_ARGS:-} \
+    >"$out/bench.txt" 2>"$out/bench.log"
+bench_rc=$?
+
+echo "== tests (rc $tests_rc; 124 = timed out)"
+grep -E "^(FAILED|ERROR) " "$out/tests.log" | cut -c1-300 | head -60
+tail -n 3 "$out/tests.log"
+echo "== bench (rc $bench_rc)"
+cat "$out/bench.txt"
+[ "$bench_rc" = 0 ] || tail -n 20 "$out/bench.log"
+[ "$tests_rc" = 0 ] && [ "$bench_rc" = 0 ]
