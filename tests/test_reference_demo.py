@@ -163,12 +163,14 @@ def test_bench_quick_end_to_end(tmp_path):
     assert "time ×" in proc.stdout and "mlp" in proc.stdout
     doc = json.loads(out.read_text())
     assert doc["schema"] == 1 and "torch" in doc["environment"]
-    rows = {(r["model"], r["dtype"]): r for r in doc["results"]}
-    assert set(rows) == {(m, d) for m in ("mlp", "mlp-small", "seed", "cnn", "transformer")
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])  # --device all, the default
+    rows = {(r["model"], r["device"], r["dtype"]): r for r in doc["results"]}
+    assert set(rows) == {(m, dev, d) for dev in devices
+                         for m in ("mlp", "mlp-small", "seed", "cnn", "transformer") + (("mlp-wide",) if dev == "cuda" else ())
                          for d in ("float32", "bfloat16")}
     for r in rows.values():
         assert r["status"] == "ok" or r["status"].startswith("skipped (missing: ")
-    for key in [("mlp", "float32"), ("seed", "bfloat16")]:
+    for key in [("mlp", "cpu", "float32"), ("seed", "cpu", "bfloat16")]:
         r = rows[key]
         assert r["status"] == "ok" and r["time_ratio"] > 0 and r["native_peak_mib"] > 0 and len(r["ratios"]) == 2
     # a second run set beside the first

@@ -107,11 +107,13 @@ def main(argv=None) -> int:
     from .swap import swap
     p = argparse.ArgumentParser(prog="torchrun --nproc-per-node=N -m torchbp.distributed",
                                 description=main.__doc__.split("\n\n")[0])
-    p.add_argument("--backend", help="default: nccl when CUDA is available, else gloo")
+    p.add_argument("--backend", help="default: nccl when there is a GPU per process, else gloo")
     p.add_argument("--steps", type=int, default=3, help="training steps compared (default 3)")
     p.add_argument("--json", metavar="PATH", help="also write the merged report as JSON (rank 0)")
     args = p.parse_args(argv)
-    backend = args.backend or ("nccl" if torch.cuda.is_available() else "gloo")
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    # nccl needs a GPU per process: with fewer GPUs than processes the demo runs on the CPU with gloo
+    backend = args.backend or ("nccl" if torch.cuda.device_count() >= world else "gloo")
     device = torch.device("cpu")
     if backend == "nccl":  # one GPU per process; the gather of the reports travels through it too
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
