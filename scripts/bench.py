@@ -8,6 +8,10 @@ Timing: after a warm-up, N pairs of samples in one process, alternating which si
 pair (so drift, turbo and neighbours' load hit both sides alike); each sample times enough steps to
 last ~50 ms. Reported: the median of the per-pair ratios manual/native and their IQR.
 
+On CUDA each model is also timed in "graph" mode (``--graphs no`` to skip): both training steps
+captured in a CUDA graph and replayed, so the ratio is the GPU work of the δ formulas against native
+autograd's, without the per-op Python/launch cost that dominates small models in "eager" mode.
+
 bfloat16 means mixed precision through ``torch.autocast(device, torch.bfloat16)`` with float32
 parameters, on CPU and CUDA alike: how bf16 training is run in practice, and the path through
 torchbp's autocast handling.
@@ -187,6 +191,37 @@ def make_step(model, loss_fn, x, y, amp):
     return step
 
 
+def make_graphed_step(model, loss_fn, x, y, amp):
+    """The same training step captured once in a CUDA graph and replayed (PyTorch's whole-network
+    capture recipe): what remains is the GPU's work, without the per-op Python and launch cost that
+    dominates small models. Static inputs; gradients live in fixed buffers (no set_to_none)."""
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+
+    def body():
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp, cache_enabled=False):
+            loss = loss_fn(model(x), y)
+        loss.backward()
+        opt.step()
+
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(3):
+            opt.zero_grad(set_to_none=True)
+            body()
+    torch.cuda.current_stream().wait_stream(s)
+    opt.zero_grad(set_to_none=False)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        body()
+
+    def step():
+        graph.replay()
+
+    step.opt = opt
+    return step
+
+
 def sync(device):
     if device == "cuda":
         torch.cuda.synchronize()
@@ -236,8 +271,8 @@ def peak_memory(step, device) -> int:
     return peak
 
 
-def bench_one(name, device, dtype_name, args):
-    row = dict(model=name, device=device, dtype=dtype_name, status="ok", note="")
+def bench_one(name, device, dtype_name, args, mode="eager"):
+    row = dict(model=name, device=device, dtype=dtype_name, mode=mode, status="ok", note="")
     model, x, y, native_loss, loss_twin_name = build(name, args.quick)
     missing = missing_twins(model)
     if missing:
@@ -253,7 +288,15 @@ def bench_one(name, device, dtype_name, args):
         warnings.simplefilter("ignore")
         torchbp.swap(manual)
     amp = dtype_name == "bfloat16"
-    steps = {"native": make_step(model, native_loss, x, y, amp), "manual": make_step(manual, manual_loss, x, y, amp)}
+    if mode == "graph":
+        try:
+            steps = {"native": make_graphed_step(model, native_loss, x, y, amp),
+                     "manual": make_graphed_step(manual, manual_loss, x, y, amp)}
+        except Exception as e:  # a side that cannot be captured is reported, not debugged
+            row["status"] = f"capture failed: {type(e).__name__}: {str(e).splitlines()[0][:120]}"
+            return row
+    else:
+        steps = {"native": make_step(model, native_loss, x, y, amp), "manual": make_step(manual, manual_loss, x, y, amp)}
 
     for _ in range(args.warmup):
         for s in steps.values():
@@ -270,6 +313,9 @@ def bench_one(name, device, dtype_name, args):
     row.update(native_ms=1e3 * statistics.median(times["native"]), manual_ms=1e3 * statistics.median(times["manual"]),
                time_ratio=med, ratio_iqr=[q1, q3], ratios=ratios, reps_per_sample=reps, pairs=args.pairs)
 
+    if mode == "graph":  # memory and audit overhead: see the eager rows
+        row.update(native_peak_mib=None, manual_peak_mib=None, mem_ratio=None, audit_overhead=None)
+        return row
     mem = {side: peak_memory(s, device) for side, s in steps.items()}
     row.update(native_peak_mib=mem["native"] / 2**20, manual_peak_mib=mem["manual"] / 2**20,
                mem_ratio=mem["manual"] / mem["native"] if mem["native"] else float("nan"))
@@ -318,33 +364,36 @@ def table(rows) -> str:
     out = []
     for r in rows:
         if r["status"] != "ok":
-            out.append([r["model"], r["device"], r["dtype"], "", "", r["status"], "", "", "", "", ""])
+            out.append([r["model"], r["device"], r["dtype"], r.get("mode", "eager"), "", "", r["status"], "", "", "",
+                        "", ""])
             continue
         q1, q3 = r["ratio_iqr"]
-        out.append([r["model"], r["device"], r["dtype"], f(r["native_ms"], ".2f"), f(r["manual_ms"], ".2f"),
+        out.append([r["model"], r["device"], r["dtype"], r.get("mode", "eager"), f(r["native_ms"], ".2f"),
+                    f(r["manual_ms"], ".2f"),
                     f(r["time_ratio"], ".3f"), f"{q1:.3f}–{q3:.3f}", f(r["native_peak_mib"], ".1f"),
                     f(r["manual_peak_mib"], ".1f"), f(r["mem_ratio"], ".3f"), f(r.get("audit_overhead"), ".1f")])
-    text = tabulate(out, headers=["model", "device", "dtype", "native ms", "δ ms", "time ×", "IQR", "native MiB",
-                                  "δ MiB", "mem ×", "audit ×"], disable_numparse=True,
-                    colalign=("left", "left", "left") + ("right",) * 8)
-    notes = [f"{r['model']} {r['device']} {r['dtype']}: {r['note']}" for r in rows if r.get("note")]
+    text = tabulate(out, headers=["model", "device", "dtype", "mode", "native ms", "δ ms", "time ×", "IQR",
+                                  "native MiB", "δ MiB", "mem ×", "audit ×"], disable_numparse=True,
+                    colalign=("left", "left", "left", "left") + ("right",) * 8)
+    notes = [f"{r['model']} {r['device']} {r['dtype']} {r.get('mode', 'eager')}: {r['note']}"
+             for r in rows if r.get("note")]
     return text + ("\n\nnotes:\n  " + "\n  ".join(notes) if notes else "")
 
 
 def compare_runs(old_doc, rows) -> str:
     """Old and new time and memory ratios side by side, matched by (model, device, dtype)."""
     from tabulate import tabulate
-    old = {(r["model"], r["device"], r["dtype"]): r for r in old_doc.get("results", [])}
+    old = {(r["model"], r["device"], r["dtype"], r.get("mode", "eager")): r for r in old_doc.get("results", [])}
 
     def f(r, k):
         return "" if r is None or r.get(k) is None else f"{r[k]:.3f}"
 
     out = []
     for r in rows:
-        o = old.get((r["model"], r["device"], r["dtype"]))
-        out.append([r["model"], r["device"], r["dtype"], f(o, "time_ratio"), f(r, "time_ratio"),
+        o = old.get((r["model"], r["device"], r["dtype"], r.get("mode", "eager")))
+        out.append([r["model"], r["device"], r["dtype"], r.get("mode", "eager"), f(o, "time_ratio"), f(r, "time_ratio"),
                     f(o, "mem_ratio"), f(r, "mem_ratio")])
-    return tabulate(out, headers=["model", "device", "dtype", "time × before", "time × now", "mem × before",
+    return tabulate(out, headers=["model", "device", "dtype", "mode", "time × before", "time × now", "mem × before",
                                   "mem × now"], disable_numparse=True)
 
 
@@ -365,6 +414,8 @@ def main(argv=None) -> int:
     p.add_argument("--malloc", choices=("heap", "default"), default="heap",
                    help="glibc allocator setting (see the module doc; default heap)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    p.add_argument("--graphs", choices=("yes", "no"), default="yes",
+                   help="on CUDA, also time both steps captured in a CUDA graph (default yes)")
     args = p.parse_args(argv)
     args.pairs = args.pairs or (3 if args.quick else 20)
     args.warmup = args.warmup if args.warmup is not None else (1 if args.quick else 5)
@@ -393,12 +444,13 @@ def main(argv=None) -> int:
     for device in devices:
         for name in models or DEFAULT_MODELS + (("mlp-wide",) if device == "cuda" else ()):
             for dtype in dtypes:
-                log(f"bench: {name} on {device}, {dtype} ...")
-                t = time.perf_counter()
-                rows.append(bench_one(name, device, dtype, args))
-                log(f"bench:   {rows[-1]['status']}"
-                    + (f", ratio {rows[-1]['time_ratio']:.3f}" if "time_ratio" in rows[-1] else "")
-                    + f" ({time.perf_counter() - t:.1f} s)")
+                for mode in ("eager", "graph") if device == "cuda" and args.graphs == "yes" else ("eager",):
+                    log(f"bench: {name} on {device}, {dtype}, {mode} ...")
+                    t = time.perf_counter()
+                    rows.append(bench_one(name, device, dtype, args, mode))
+                    log(f"bench:   {rows[-1]['status']}"
+                        + (f", ratio {rows[-1]['time_ratio']:.3f}" if "time_ratio" in rows[-1] else "")
+                        + f" ({time.perf_counter() - t:.1f} s)")
     print(table(rows))
     if args.baseline:
         with open(args.baseline) as f:
