@@ -177,6 +177,34 @@ def test_max_pool_ties_follow_native():
     assert_matches_native(tbf.max_pool1d, F.max_pool1d, (y, 3, 1, 1))
 
 
+def test_max_pool_many_channels_matches_native():
+    """C >= 8 on CPU takes the channels-last forward: same output, indices and δ routing as native,
+    ties and NaN included; unbatched, channels-last and vmapped inputs keep their own paths."""
+    x = torch.randint(0, 3, (2, 9, 7, 8), dtype=torch.float64)  # small integers: many ties
+    x[0, 0, 0, :3] = float("nan")
+    x[1, 8, 2:5, 3] = float("nan")
+    x.requires_grad_()
+    for kw in (dict(kernel_size=2), dict(kernel_size=3, stride=2, padding=1, ceil_mode=True),
+               dict(kernel_size=(3, 2), stride=1, dilation=(1, 2))):
+        out, idx = tbf.max_pool2d(x, return_indices=True, **kw)
+        ref, ridx = F.max_pool2d(x, return_indices=True, **kw)
+        assert torch.equal(idx, ridx) and out.is_contiguous() and idx.is_contiguous()
+        torch.testing.assert_close(out, ref, rtol=0, atol=0, equal_nan=True)
+        g = torch.randn_like(out)
+        torch.testing.assert_close(torch.autograd.grad(out, x, g)[0], torch.autograd.grad(ref, x, g)[0],
+                                   rtol=0, atol=0)
+    x = torch.randn(2, 16, 6, 6, dtype=torch.float64, requires_grad=True)
+    assert_matches_native(tbf.max_pool2d, F.max_pool2d, (x, 2))
+    assert_matches_native(tbf.max_pool2d, F.max_pool2d, (x[0], 2))
+    xc = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
+    assert tbf.max_pool2d(xc, 2).stride() == F.max_pool2d(xc, 2).stride()
+    assert_matches_native(tbf.max_pool2d, F.max_pool2d, (xc, 3, 2, 1))
+    xs = torch.randn(3, 2, 16, 6, 6, dtype=torch.float64)  # vmapped: a 4-D batch per call
+    per = [torch.func.vmap(torch.func.grad(lambda xi, fn=fn: fn(xi, 2).pow(2).sum()))(xs)
+           for fn in (tbf.max_pool2d, F.max_pool2d)]
+    assert torch.equal(*per)
+
+
 def test_conv_noncontiguous_and_partial_grads():
     x = torch.randn(2, 7, 3, 6, dtype=torch.float64).permute(0, 2, 3, 1)  # non-contiguous, no grad
     W = torch.randn(4, 3, 3, 3, dtype=torch.float64, requires_grad=True)

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from ._common import DeltaFunction, check, check_tensor
 
 _MAX = {1: torch.max_pool1d_with_indices, 2: torch._C._nn.max_pool2d_with_indices}
+_is_batched = getattr(torch._C._functorch, "is_batchedtensor", lambda x: False)
 
 
 class MaxPool(DeltaFunction):
@@ -21,6 +22,13 @@ class MaxPool(DeltaFunction):
 
     @staticmethod
     def forward(x, n, kernel_size, stride, padding, dilation, ceil_mode):
+        if n == 2 and x.device.type == "cpu" and x.dim() == 4 and x.shape[1] >= 8 and x.is_contiguous() \
+                and not _is_batched(x):  # vmap cannot query memory formats
+            # CPU's NCHW kernel is scalar; its channels-last one vectorises over channels and picks the same
+            # elements (ties, NaN): 2-5x faster even with the two layout copies (measured C >= 8)
+            out, idx = _MAX[2](x.contiguous(memory_format=torch.channels_last), kernel_size, stride, padding,
+                               dilation, ceil_mode)
+            return out.contiguous(), idx.contiguous()
         return _MAX[n](x, kernel_size, stride, padding, dilation, ceil_mode)
 
     @staticmethod
@@ -110,14 +118,21 @@ def _check_input(op, n, x):
           f"got shape {list(x.shape)}")
     check(all(s > 0 for s in x.shape[-n - 1:]), op, f"input has a zero-size channel or spatial dim, "
           f"shape {list(x.shape)}")
+    check(x.is_floating_point(), op, f"input must be floating point, got {x.dtype}")
 
 
-def _max_pool(op, n, input, kernel_size, stride, padding, dilation, ceil_mode, return_indices):
+def _window(op, n, input, kernel_size, stride):
+    """(kernel_size, stride) as n-tuples after the input checks; stride defaults to the kernel size (None or
+    (), as torch spells it)."""
     _check_input(op, n, input)
-    check(input.is_floating_point(), op, f"input must be floating point, got {input.dtype}")
     k = _tuple(kernel_size, n, op, "kernel_size")
     s = k if stride is None or (isinstance(stride, (tuple, list)) and len(stride) == 0) \
         else _tuple(stride, n, op, "stride")
+    return k, s
+
+
+def _max_pool(op, n, input, kernel_size, stride, padding, dilation, ceil_mode, return_indices):
+    k, s = _window(op, n, input, kernel_size, stride)
     out, idx = MaxPool.apply(input, n, k, s, _tuple(padding, n, op, "padding"),
                              _tuple(dilation, n, op, "dilation"), bool(ceil_mode))
     return (out, idx) if return_indices else out
@@ -152,11 +167,7 @@ def _torch_max_pool(n):  # torch.max_poolNd(input, kernel_size, stride=(), ...):
 
 
 def _avg_pool(op, n, input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override):
-    _check_input(op, n, input)
-    check(input.is_floating_point(), op, f"input must be floating point, got {input.dtype}")
-    k = _tuple(kernel_size, n, op, "kernel_size")
-    s = k if stride is None or (isinstance(stride, (tuple, list)) and len(stride) == 0) \
-        else _tuple(stride, n, op, "stride")
+    k, s = _window(op, n, input, kernel_size, stride)
     check(divisor_override is None or (isinstance(divisor_override, int) and divisor_override != 0), op,
           f"divisor_override must be a non-zero int or None, got {divisor_override!r}")
     return AvgPool.apply(input, n, k, s, _tuple(padding, n, op, "padding"), bool(ceil_mode),
@@ -177,7 +188,6 @@ def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, coun
 
 def _adaptive(op, n, input, output_size):
     _check_input(op, n, input)
-    check(input.is_floating_point(), op, f"input must be floating point, got {input.dtype}")
     size = tuple(output_size) if isinstance(output_size, (tuple, list)) else (output_size,) * n
     check(len(size) == n, op, f"output_size must be an int or a tuple of {n}, got {output_size}")
     size = tuple(L if o is None else o for o, L in zip(size, input.shape[-n:]))
