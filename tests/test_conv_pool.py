@@ -103,6 +103,8 @@ GRADCHECK = [  # small: gradgradcheck costs O(numel²)
     (nn.Conv2d, dict(in_channels=2, out_channels=4, kernel_size=2, groups=2, padding=(1, 0),
                      padding_mode="circular", bias=False), (1, 2, 3, 4)),
     (nn.MaxPool2d, dict(kernel_size=3, stride=2, padding=1, ceil_mode=True), (1, 2, 5, 4)),
+    (nn.MaxPool2d, dict(kernel_size=2, ceil_mode=True), (1, 2, 5, 4)),  # disjoint windows: plain scatter
+    (nn.MaxPool1d, dict(kernel_size=2, stride=3, dilation=2), (2, 7)),
     (nn.AvgPool2d, dict(kernel_size=3, stride=2, padding=1, ceil_mode=True, count_include_pad=False), (1, 2, 5, 4)),
     (nn.AvgPool1d, dict(kernel_size=2, padding=1), (2, 5)),
     (nn.AdaptiveAvgPool2d, dict(output_size=(2, 3)), (1, 2, 5, 4)),

@@ -17,7 +17,8 @@ _is_batched = getattr(torch._C._functorch, "is_batchedtensor", lambda x: False)
 class MaxPool(DeltaFunction):
     """a[y] = max over window(y) of a_prev = a_prev[idx[y]] (idx: the native op's choice, ties included).
 
-    backward: δ_prev[j] = Σ_{y : idx[y] = j} δ[y]  (scatter-add; overlapping windows may pick one j twice).
+    backward: δ_prev[j] = Σ_{y : idx[y] = j} δ[y]  (a scatter: only overlapping windows can pick one j twice
+    and need the add, which for bfloat16/half also costs a float32 buffer of the input's size).
     """
 
     @staticmethod
@@ -33,17 +34,29 @@ class MaxPool(DeltaFunction):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        x, n = inputs[:2]
+        x, n, k, s, _, d = inputs[:6]
         ctx.mark_non_differentiable(output[1])
+        ctx.set_materialize_grads(False)  # else autograd allocates a zero δ for the int64 indices
         ctx.save_for_backward(output[1])
         ctx.x_shape, ctx.n = x.shape, n
+        ctx.overlap = any(di * (ki - 1) + 1 > si for ki, si, di in zip(k, s, d))
 
     @staticmethod
     def backward(ctx, delta, _):
+        if delta is None:
+            return (None,) * 7
         (idx,) = ctx.saved_tensors
         n, shape = ctx.n, ctx.x_shape
         g = delta.new_zeros(*shape[:-n], shape[-n:].numel())
-        g = g.scatter_add_(-1, idx.flatten(-n), delta.flatten(-n))
+        if ctx.overlap:
+            g = g.scatter_add_(-1, idx.flatten(-n), delta.flatten(-n))
+        elif delta.dtype in (torch.bfloat16, torch.float16):  # CPU's scatter_ stages these through float32:
+            # a put_ at global positions costs an int64 index half that size instead
+            L = g.shape[-1]
+            plane = torch.arange(0, g.numel(), L, device=g.device).view(*g.shape[:-1], *[1] * n)
+            g = g.view(-1).put_((idx + plane).view(-1), delta.reshape(-1)).view(g.shape)
+        else:
+            g = g.scatter_(-1, idx.flatten(-n), delta.flatten(-n))
         return g.view(shape), None, None, None, None, None, None
 
 
