@@ -227,6 +227,21 @@ def test_sdpa_noncontiguous():
     assert_matches_native(tbf.scaled_dot_product_attention, F.scaled_dot_product_attention, (q, k, v))
 
 
+def _mha_split(x, H=3):
+    """q, k, v as MultiheadAttention slices them from one projection (L, N, 3E): batch dims that matmul
+    cannot fold into one."""
+    L, N, E = x.shape[0], x.shape[1], x.shape[2] // 3
+    return [t.view(L, N, H, E // H).permute(1, 2, 0, 3) for t in x.unflatten(-1, (3, E)).unbind(-2)]
+
+
+@pytest.mark.parametrize("kw", [{}, {"is_causal": True}], ids=str)
+def test_sdpa_mha_strided_views(kw):
+    x = torch.randn(5, 2, 3 * 12, requires_grad=True)
+    assert_matches_native(lambda x: tbf.scaled_dot_product_attention(*_mha_split(x), **kw),
+                          lambda x: F.scaled_dot_product_attention(*_mha_split(x), **kw), (x,))
+    gradchecks(lambda x: tbf.scaled_dot_product_attention(*_mha_split(x), **kw), (torch.randn(3, 1, 3 * 6, requires_grad=True),))
+
+
 def test_sdpa_bad_input_names_op():
     q = torch.randn(2, 3, 4, 8)
     if torch.cuda.is_available():
