@@ -56,7 +56,8 @@ class ScaledDotProductAttention(DeltaFunction):
     native's memory at that size and growing with the sequence, so P is recomputed. Recomputing it as
     exp(S − lse) from the logsumexp native's CPU flash kernel returns was tried: no memory saved (neither
     saves P) and slower here, torch.exp_ alone (0.33 ms) costing more than the whole softmax (0.25 ms) at
-    that size.
+    that size. Backward's transient memory is two Lq×Lk pieces per head at most (P and δ_P, then δ_S):
+    at that size its peak equals native's flash backward (7.0 MiB, MHA's projection slices as inputs).
     """
 
     @staticmethod
@@ -75,27 +76,38 @@ class ScaledDotProductAttention(DeltaFunction):
     def backward(ctx, delta):
         q, k, v, mask, out = ctx.saved_tensors
         need_q, need_k, need_v, need_m = ctx.needs_input_grad[:4]
-        s = ctx.scale
+        s, graph = ctx.scale, torch.is_grad_enabled()  # graph: double backward, every piece is kept
         g = q.shape[-3] // k.shape[-3] if ctx.gqa else 1
-        # K and V each feed two matmuls: copied once here (cheap) rather than inside every matmul, which
-        # copies (transposing) a K or V whose batch dims do not fold, e.g. MHA's slices of one projection
-        ke, ve = (k.repeat_interleave(g, -3), v.repeat_interleave(g, -3)) if g > 1 else (k.contiguous(), v.contiguous())
-        qs = q * s
-        P = _probs(qs @ ke.mT, mask, ctx.is_causal)
-        grad_q = grad_k = grad_v = grad_m = None
+        need_dS = need_q or need_k or need_m
+
+        def heads(t):  # K or V with one head per query head (GQA: each repeated g times)
+            return t.repeat_interleave(g, -3) if g > 1 else t
+
+        # D first, so that its product is freed before the Lq×Lk pieces exist; every piece is freed as soon
+        # as it has been used, which keeps backward's transient memory low
+        D = (delta * out).sum(-1, keepdim=True) if need_dS else None
+        # Kᵀ and Vᵀ from a contiguous copy: matmul would copy them anyway where their batch dims do not
+        # fold (MHA's slices of one projection), and its transposing copy is several times slower
+        S = q @ heads(k).contiguous().mT
+        P = _probs(S * s if graph else S.mul_(s), mask, ctx.is_causal)
+        del S
+        grad_q = grad_k = grad_v = grad_m = dS = None
+        if need_dS:
+            dP = delta @ heads(v).contiguous().mT
+            dS = P * (dP - D) if graph else dP.sub_(D).mul_(P)
+            del dP
         if need_v:
             grad_v = P.mT @ delta
-        if need_q or need_k or need_m:
-            dP = delta @ ve.mT
-            D = (delta * out).sum(-1, keepdim=True)
-            # in place unless a graph is being built (double backward needs the pieces)
-            dS = P * (dP - D) if torch.is_grad_enabled() else dP.sub_(D).mul_(P)
-            if need_q:
-                grad_q = (dS @ ke) * s
-            if need_k:
-                grad_k = dS.mT @ qs
-            if need_m:
-                grad_m = dS.sum_to_size(mask.shape)
+        del P
+        if need_q:
+            grad_q = dS @ heads(k)
+            grad_q = grad_q * s if graph else grad_q.mul_(s)
+        if need_k:
+            grad_k = dS.mT @ q
+            grad_k = grad_k * s if graph else grad_k.mul_(s)
+        if need_m:
+            grad_m = dS.sum_to_size(mask.shape)
+        del dS
         if g > 1:  # K, V served g query heads each: sum the group's contributions
             grad_k = grad_k.unflatten(-3, (-1, g)).sum(-3) if grad_k is not None else None
             grad_v = grad_v.unflatten(-3, (-1, g)).sum(-3) if grad_v is not None else None
