@@ -8,6 +8,7 @@ import torch.nn.functional as F
 import torchbp
 import torchbp.functional as tbf
 from torchbp import registry
+from torchbp.functional import attention
 from util import DEVICES, LOW, assert_matches_native, gradchecks, rel_err
 
 # --- the linear family as torch ops ------------------------------------------------------------------
@@ -240,6 +241,21 @@ def test_sdpa_mha_strided_views(kw):
     assert_matches_native(lambda x: tbf.scaled_dot_product_attention(*_mha_split(x), **kw),
                           lambda x: F.scaled_dot_product_attention(*_mha_split(x), **kw), (x,))
     gradchecks(lambda x: tbf.scaled_dot_product_attention(*_mha_split(x), **kw), (torch.randn(3, 1, 3 * 6, requires_grad=True),))
+
+
+@pytest.mark.parametrize("case", [c for c in SDPA_CASES if c[0][-2] > 1], ids=str)
+def test_sdpa_backward_in_query_blocks(case, monkeypatch):
+    """Long sequences: backward takes the queries in blocks (one row each here) to bound its memory."""
+    monkeypatch.setattr(attention, "_PIECE_BYTES", {None: 1})
+    args, kw = _sdpa_args(case)
+    assert_matches_native(tbf.scaled_dot_product_attention, F.scaled_dot_product_attention, args, kw)
+
+
+@pytest.mark.parametrize("case", SDPA_SMALL, ids=str)
+def test_sdpa_backward_in_query_blocks_gradcheck(case, monkeypatch):
+    monkeypatch.setattr(attention, "_PIECE_BYTES", {None: 1})
+    args, kw = _sdpa_args(case)
+    gradchecks(tbf.scaled_dot_product_attention, args, kw)
 
 
 def test_sdpa_bad_input_names_op():
