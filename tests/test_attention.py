@@ -258,6 +258,12 @@ def test_sdpa_backward_in_query_blocks_gradcheck(case, monkeypatch):
     gradchecks(tbf.scaled_dot_product_attention, args, kw)
 
 
+@pytest.mark.parametrize("lq,lk", [(0, 5), (4, 0)])
+def test_sdpa_empty_sequences(lq, lk):
+    args = _leaves((2, 3, lq, 8), (2, 3, lk, 8), (2, 3, lk, 8))
+    assert_matches_native(tbf.scaled_dot_product_attention, F.scaled_dot_product_attention, args)
+
+
 def test_sdpa_bad_input_names_op():
     q = torch.randn(2, 3, 4, 8)
     if torch.cuda.is_available():

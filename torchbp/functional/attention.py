@@ -134,7 +134,7 @@ class ScaledDotProductAttention(DeltaFunction):
         rows = max(1, piece // max(1, out.shape[:-2].numel() * Lk * q.element_size()))
         per_row_mask = mask is not None and mask.dim() >= 2 and mask.shape[-2] != 1
         grad_qs, grad_ms, grad_k, grad_v, grad_m = [], [], None, None, None
-        for r in range(0, Lq, rows):
+        for r in range(0, max(Lq, 1), rows):  # (one empty block for an empty query sequence)
             gq, gk, gv, gm = block(q[..., r:r + rows, :], delta[..., r:r + rows, :], out[..., r:r + rows, :],
                                    mask[..., r:r + rows, :] if per_row_mask else mask, r)
             grad_qs.append(gq)
