@@ -301,6 +301,88 @@ def test_identity_twin_returns_input():
     assert torch.equal(x.grad, (x > 0).to(x.dtype))
 
 
+# --- backward's two paths: in place on its own temporaries, and plain (double backward, vmap) ----------
+
+NORMS = [  # (name, ours, native, float64 arguments, positions of x, weight, bias)
+    ("layer_norm", tbf.layer_norm, F.layer_norm,
+     lambda: (torch.randn(3, 4, 6) * 2 + 1, (6,), torch.randn(6), torch.randn(6)), (0, 2, 3)),
+    ("layer_norm_2d", tbf.layer_norm, F.layer_norm,
+     lambda: (torch.randn(3, 4, 6) * 2 + 1, (4, 6), torch.randn(4, 6), torch.randn(4, 6)), (0, 2, 3)),
+    ("batch_norm", tbf.batch_norm, F.batch_norm,
+     lambda: (torch.randn(5, 4, 3) * 2 + 1, None, None, torch.randn(4), torch.randn(4), True), (0, 3, 4)),
+    ("batch_norm_eval", tbf.batch_norm, F.batch_norm,
+     lambda: (torch.randn(5, 4, 3) * 2 + 1, torch.randn(4), torch.rand(4) + 0.5, torch.randn(4), torch.randn(4),
+              False), (0, 3, 4)),
+    ("group_norm", tbf.group_norm, F.group_norm,
+     lambda: (torch.randn(3, 4, 5) * 2 + 1, 2, torch.randn(4), torch.randn(4)), (0, 2, 3)),
+] + ([("rms_norm", tbf.rms_norm, F.rms_norm, lambda: (torch.randn(3, 4, 6) + 1, (6,), torch.randn(6)), (0, 2))]
+     if HAS_RMS else [])
+
+
+def _norm_args(make, pos, which):
+    args = list(_float64(make()))
+    for i, p in enumerate(pos):
+        args[p].requires_grad_("xwb"[i] in which)
+    return args
+
+
+def _float64(args):
+    return [a.double() if isinstance(a, torch.Tensor) else a for a in args]
+
+
+@pytest.mark.parametrize("which", ["x", "w", "b", "xb", "wb", "xwb"])
+@pytest.mark.parametrize("name,ours,native,make,pos", NORMS, ids=[c[0] for c in NORMS])
+def test_norm_gradients_for_any_subset_of_inputs(name, ours, native, make, pos, which):
+    if "b" in which and len(pos) < 3:
+        pytest.skip("rms_norm has no bias")
+    assert_matches_native(ours, native, _norm_args(make, pos, which))
+
+
+@pytest.mark.parametrize("name,ours,native,make,pos", NORMS, ids=[c[0] for c in NORMS])
+def test_norm_plain_path_and_odd_grad_outputs(name, ours, native, make, pos):
+    """create_graph takes the plain path, a sum over the batch gives an expanded (stride 0) δ, a
+    transposed v a non-contiguous one: every one agrees with native."""
+    args = _norm_args(make, pos, "xwb")
+    leaves = [args[p] for p in pos]
+    ys, yn = ours(*args), native(*args)
+    v = torch.randn(yn.shape[::-1], dtype=yn.dtype).transpose(0, -1)
+    u = torch.randn(yn.shape[1:], dtype=yn.dtype)
+    for cost, create_graph in ((lambda y: (y * v).sum(), True), (lambda y: (y.sum(0) * u).sum(), False),
+                               (lambda y: (y * v).sum(), False)):
+        gs = torch.autograd.grad(cost(ys), leaves, retain_graph=True, create_graph=create_graph)
+        gn = torch.autograd.grad(cost(yn), leaves, retain_graph=True, create_graph=create_graph)
+        for a, b in zip(gs, gn):
+            assert rel_err(a, b) <= 1e-10, rel_err(a, b)
+
+
+@pytest.mark.parametrize("name,ours,native,make,pos", NORMS, ids=[c[0] for c in NORMS])
+def test_norm_batched_grad_outputs(name, ours, native, make, pos):
+    """autograd.grad(is_grads_batched=True) vmaps backward over δ alone (the plain path)."""
+    args = _norm_args(make, pos, "xwb")
+    leaves = [args[p] for p in pos]
+    ys, yn = ours(*args), native(*args)
+    vs = torch.randn((3,) + tuple(yn.shape), dtype=yn.dtype)
+    gs = torch.autograd.grad(ys, leaves, vs, is_grads_batched=True)
+    gn = torch.autograd.grad(yn, leaves, vs, is_grads_batched=True)
+    for a, b in zip(gs, gn):
+        assert rel_err(a, b) <= 1e-10, rel_err(a, b)
+
+
+def test_norm_per_example_gradients_under_vmap():
+    x = torch.randn(4, 3, 6, dtype=torch.float64) * 2 + 1
+    x4 = torch.randn(4, 6, 5, dtype=torch.float64) * 2 + 1
+    w, b = torch.randn(6, dtype=torch.float64), torch.randn(6, dtype=torch.float64)
+    cases = [(lambda m: lambda xi, w, b: m.layer_norm(xi, (6,), w, b).pow(2).sum(), x),
+             (lambda m: lambda xi, w, b: m.group_norm(xi[None], 3, w, b).pow(2).sum(), x4)]
+    if HAS_RMS:
+        cases.append((lambda m: lambda xi, w, b: m.rms_norm(xi, (6,), w).pow(2).sum() + b.sum(), x))
+    for cost, inp in cases:
+        per = [torch.func.vmap(torch.func.grad(cost(m), argnums=(0, 1, 2)), in_dims=(0, None, None))(inp, w, b)
+               for m in (tbf, F)]
+        for a, c in zip(*per):
+            assert rel_err(a, c) <= 1e-10, rel_err(a, c)
+
+
 # --- gradcheck / gradgradcheck -------------------------------------------------------------------
 
 GRADCHECK = [

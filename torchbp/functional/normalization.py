@@ -14,6 +14,12 @@ output, the saved μ, r and BatchNorm's running-stats update, so both are native
 formula above in plain ops, in float32 for float16 / bfloat16 tensors (as the native kernels
 accumulate). The saved μ, r are constants to autograd, so under ``create_graph`` backward recomputes
 them from x with differentiable ops: double backward then differentiates through the statistics too.
+
+Backward takes one of two paths. The plain one (``_plain``) writes the formula as it stands, out of
+place: it runs under create_graph and vmap. Otherwise (ordinary training) the same formula is expanded
+so that every small factor is folded first and the full-size work is one temporary P = δ ⊙ (x − μ),
+a few sums over P and δ, and δ_x built in P's buffer by in-place ops (``_rows``, ``_cells``): the
+passes over the data and the allocations that make the plain form slower than native's fused kernel.
 """
 from __future__ import annotations
 
@@ -33,55 +39,127 @@ def _opmath(*ts):
     return tuple(t.float() if t is not None and t.dtype in _LOW else t for t in ts)
 
 
-def _xhat(x, mu, r):
-    """x̂ = (x − μ) ⊙ r."""
-    return (x - mu).mul_(r)  # in place on our own temporary: one allocation, not two
+def _stats(x, red, mean, rstd, eps, fixed=False):
+    """μ and r broadcastable against ``x`` (reduced over the dims ``red``): the saved ones, constants to
+    autograd; but when backward is itself differentiated (create_graph turns grad mode on) and they are
+    functions of x (not ``fixed`` running statistics), recomputed from x so that double backward sees
+    that dependence. ``mean`` None: rms_norm (μ ≡ 0, σ² = mean(x²))."""
+    if torch.is_grad_enabled() and not fixed:
+        if mean is None:
+            return None, x.pow(2).mean(red, keepdim=True).add(eps).rsqrt()
+        var, mu = torch.var_mean(x, red, correction=0, keepdim=True)
+        return mu, (var + eps).rsqrt()
+    stat = [1 if d in red else n for d, n in enumerate(x.shape)]
+    return (mean.reshape(stat).to(x.dtype) if mean is not None else None), rstd.reshape(stat).to(x.dtype)
 
 
-def _delta_x(g, k, xhat, a, b):
-    """δ_x = g ⊙ k + x̂ ⊙ a + b (k, a, b small and broadcast; binary ops, which stay vectorised with a
-    broadcast operand on CPU where addcmul often does not; in place on our own temporaries).
-
-    Each op writes δ_x = r ⊙ (g − mean(g) − x̂ ⊙ mean(g ⊙ x̂)) this way, with the small factors folded
-    first: k = r (times γ where γ is constant over the averaged dims), a = −r·mean(g ⊙ x̂),
-    b = −r·mean(g); the means come from sums computed once and shared with ∂J/∂γ, ∂J/∂β.
-    """
-    t = xhat * a
-    t += b
-    t += g * k
-    return t
+def _in_place_ok(delta):
+    """Whether backward may reuse its own temporaries in place (fewer full-size passes and allocations):
+    not when backward is itself recorded (create_graph), nor under vmap (torch.func, or autograd.grad's
+    is_grads_batched), where an in-place op fails on a tensor batched less than its operand."""
+    return not (torch.is_grad_enabled() or torch._C._are_functorch_transforms_active() or _legacy_batched(delta))
 
 
-def _row_means(g, dxh, w, stat):
-    """mean(g) and mean(g ⊙ x̂) over the trailing (normalized) dims, g = δ ⊙ γ; the second as the
-    matrix-vector product (δ ⊙ x̂) γ, reusing δ ⊙ x̂ (needed for ∂J/∂γ anyway)."""
-    D = g.numel() // max(math.prod(stat), 1)
-    m1 = g.reshape(-1, D).mean(1).reshape(stat)
-    m2 = (dxh.reshape(-1, D) @ w.reshape(D)) / D if w is not None else dxh.reshape(-1, D).mean(1)
-    return m1, m2.reshape(stat)
+_legacy_batched = getattr(torch._C._functorch, "is_legacy_batchedtensor", lambda t: False)
 
 
-def _sum_lead(t, n_trailing):
-    """Sum ``t`` over its leading dims, keeping the last ``n_trailing`` (a parameter's shape)."""
-    lead = t.dim() - n_trailing
-    return t.sum(tuple(range(lead))) if lead else t
+def _plain(delta, x, mu, r, w, red, pdims, training, need_x, need_w, need_b):
+    """The module docstring's formula as written, out of place, so it is differentiable (double backward)
+    and vmappable. x, δ, μ, r and γ broadcast together; μ, r reduced over ``red``, γ broadcast along ``pdims``."""
+    xhat = x * r if mu is None else (x - mu) * r
+    grad_x = None
+    if need_x:
+        g = delta if w is None else delta * w
+        if not training:  # fixed statistics
+            grad_x = r * g
+        else:
+            t = g if mu is None else g - g.mean(red, keepdim=True)
+            grad_x = r * (t - xhat * (g * xhat).mean(red, keepdim=True))
+    gw = (delta * xhat).sum(pdims) if need_w else None
+    gb = delta.sum(pdims) if need_b else None
+    return grad_x, gw, gb
+
+
+def _rows(delta, x, mu, r, w, need_x, need_w, need_b):
+    """layer_norm / rms_norm, in place: x, δ as (R, D) rows, μ, r as (R, 1), γ as (D,) or None, μ None
+    for rms_norm. One full-size temporary, P = δ ⊙ (x − μ), whose buffer then becomes δ_x (native
+    allocates δ_x too); the sums over P are matrix-vector products, with no temporaries:
+    ∂J/∂γ = Pᵀ r,  ∂J/∂β = Σ_rows δ,  mean(g ⊙ x̂) = r·(P γ)/D,  mean(g) = Σ_cols g/D, so
+    δ_x = r ⊙ g + a ⊙ x + b,  a = −r³·(P γ)/D,  b = −r·mean(g) − μ·a."""
+    R, D = x.shape
+    gb = delta.sum(0) if need_b else None
+    if not (need_x or need_w):
+        return None, None, gb
+    P = x * delta if mu is None else torch.sub(x, mu).mul_(delta)
+    gw = torch.mv(P.t(), r.reshape(R)) if need_w else None
+    grad_x = None
+    if need_x:
+        c = r / -D
+        a = (torch.mv(P, w) if w is not None else P.sum(1)).reshape(R, 1).mul_(r * r).mul_(c)
+        if w is not None:  # g = δ ⊙ γ, then r ⊙ g
+            grad_x = torch.mul(delta, w, out=P)
+            m1 = grad_x.sum(1, keepdim=True) if mu is not None else None
+            grad_x.mul_(r)
+        else:
+            m1 = delta.sum(1, keepdim=True) if mu is not None else None
+            grad_x = torch.mul(delta, r, out=P)
+        grad_x.addcmul_(x, a)
+        if mu is not None:
+            grad_x.add_(m1.mul_(c).sub_(mu * a))
+    return grad_x, gw, gb
+
+
+def _cells(delta, x, mu, r, w, red, pdims, cell, training, need_x, need_w, need_b):
+    """batch_norm / group_norm, in place: x, δ viewed so that μ, r (reduced over ``red``) and γ (broadcast
+    along ``pdims``) are all constant along the ``cell`` dims. Every factor of δ_x is then one number per
+    cell: δ_x = k ⊙ δ + a ⊙ x + b with k = r·γ, three passes. The sums Σδ, Σ δ ⊙ (x − μ) are taken per
+    cell once and give ∂J/∂β, ∂J/∂γ and the means. One full-size temporary, P = δ ⊙ (x − μ), whose
+    buffer then becomes δ_x (native allocates δ_x too)."""
+    stats = need_x and training
+    P = torch.sub(x, mu).mul_(delta) if need_w or stats else None
+    c1 = delta.sum(cell, keepdim=True) if need_b or stats else None
+    c2 = P.sum(cell, keepdim=True) if P is not None else None
+    gw = (c2 * r).sum(pdims) if need_w else None
+    gb = c1.sum(pdims) if need_b else None
+    grad_x = None
+    if need_x:
+        k = r if w is None else r * w
+        grad_x = torch.mul(delta, k, out=P) if P is not None else delta * k
+        if training:
+            M = math.prod(x.shape[d] for d in red)
+            if w is not None:
+                c1, c2 = c1 * w, c2 * w
+            a = c2.sum(red, keepdim=True).mul_(r.pow(3)).div_(-M)
+            b = c1.sum(red, keepdim=True).mul_(r).div_(-M).sub_(mu * a)
+            grad_x.addcmul_(x, a).add_(b)
+    return grad_x, gw, gb
+
+
+def _check(cond, op, message):
+    """``check`` with the message (a callable) built only on failure: these run on every call."""
+    if not cond:
+        check(False, op, message())
+
+
+def _check_2d(op, input):
+    _check(input.dim() >= 2, op, lambda: f"input must have at least 2 dims (N, C, *), got shape {list(input.shape)}")
 
 
 def _check_params(op, input, **params):
     """Tensors, one device, and the dtype mixes native allows: equal dtypes, or float32 parameters with
     a float16 / bfloat16 input (native's mixed-type kernels), or anything autocast will cast."""
     check_tensor(op, "input", input)
-    check(input.is_floating_point(), op, f"input must be floating point, got {input.dtype}")
+    _check(input.is_floating_point(), op, lambda: f"input must be floating point, got {input.dtype}")
     autocast = _autocast_state(input.device.type) is not None
     for k, v in params.items():
         if v is None:
             continue
         check_tensor(op, k, v)
-        check(v.device == input.device, op, f"{k} is on {v.device} but input is on {input.device}; "
-              "move them to one device")
-        check(v.dtype == input.dtype or autocast or (input.dtype in _LOW and v.dtype == torch.float32), op,
-              f"{k} has dtype {v.dtype} but input has dtype {input.dtype}; cast one of them "
-              "(parameters may be float32 with a float16/bfloat16 input)")
+        _check(v.device == input.device, op,
+               lambda: f"{k} is on {v.device} but input is on {input.device}; move them to one device")
+        _check(v.dtype == input.dtype or autocast or (input.dtype in _LOW and v.dtype == torch.float32), op,
+               lambda: f"{k} has dtype {v.dtype} but input has dtype {input.dtype}; cast one of them "
+                       "(parameters may be float32 with a float16/bfloat16 input)")
 
 
 # --- batch_norm ----------------------------------------------------------------------------------
@@ -125,35 +203,22 @@ class BatchNorm(DeltaFunction):
         x0, w0, mean, invstd = ctx.saved_tensors
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         x, w, delta = _opmath(x0, w0, delta)
-        dims = (0,) + tuple(range(2, x.dim()))
-        stat = (1, -1) + (1,) * (x.dim() - 2)
-        if ctx.training and torch.is_grad_enabled():  # double backward: statistics as functions of x
-            var, mu = torch.var_mean(x, dims, correction=0, keepdim=True)
-            r = (var + ctx.eps).rsqrt()
+        N, C = x.shape[:2]
+        x, delta = x.reshape(N, C, -1), delta.reshape(N, C, -1)  # (n, channel, spatial)
+        w = w.reshape(1, C, 1) if w is not None else None
+        mu, r = _stats(x, (0, 2), mean, invstd, ctx.eps, fixed=not ctx.training)
+        if _in_place_ok(delta):
+            grad_x, gw, gb = _cells(delta, x, mu, r, w, (0, 2), (0, 2), (0, 2), ctx.training, need_x, need_w, need_b)
         else:
-            mu, r = mean.reshape(stat).to(x.dtype), invstd.reshape(stat).to(x.dtype)
-        xhat = _xhat(x, mu, r) if need_w or (need_x and ctx.training) else None
-        # γ is constant over the averaged dims: mean(g) = γ·Σδ/n and mean(g ⊙ x̂) = γ·Σδx̂/n, and
-        # those two sums are ∂J/∂β and ∂J/∂γ themselves
-        s2 = (delta * xhat).sum(dims) if need_w or (need_x and ctx.training) else None
-        s1 = delta.sum(dims) if need_b or (need_x and ctx.training) else None
-        grad_x = None
-        if need_x:
-            k = r * w.reshape(stat) if w is not None else r
-            if ctx.training:
-                n = x.numel() // x.shape[1]
-                grad_x = _delta_x(delta, k, xhat, -k * s2.reshape(stat) / n, -k * s1.reshape(stat) / n)
-            else:
-                grad_x = delta * k
-            grad_x = grad_x.to(x0.dtype)
-        gw = s2.to(w0.dtype) if need_w else None
-        gb = s1.to(ctx.b_dtype) if need_b else None
-        return grad_x, gw, gb, None, None, None, None, None
+            grad_x, gw, gb = _plain(delta, x, mu, r, w, (0, 2), (0, 2), ctx.training, need_x, need_w, need_b)
+        return (grad_x.reshape(x0.shape).to(x0.dtype) if need_x else None,
+                gw.reshape(C).to(w0.dtype) if need_w else None,
+                gb.reshape(C).to(ctx.b_dtype) if need_b else None, None, None, None, None, None)
 
 
 def _raise_value(op, cond, message):
     if not cond:  # where native raises ValueError, so do we (callers catch by type)
-        raise ValueError(f"torchbp.functional.{op}: {message}")
+        raise ValueError(f"torchbp.functional.{op}: {message()}")
 
 
 def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1,
@@ -161,18 +226,18 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     """δ twin of ``torch.nn.functional.batch_norm`` (running statistics updated in place as native)."""
     op = "batch_norm"
     _check_params(op, input, weight=weight, bias=bias, running_mean=running_mean, running_var=running_var)
-    check(input.dim() >= 2, op, f"input must have at least 2 dims (N, C, *), got shape {list(input.shape)}")
+    _check_2d(op, input)
     C = input.shape[1]
     for k, v in (("weight", weight), ("bias", bias), ("running_mean", running_mean), ("running_var", running_var)):
-        check(v is None or v.numel() == C, op, f"{k} must have {C} elements (the channels, input.shape[1]), "
-              f"got shape {list(v.shape) if v is not None else None}")
+        _check(v is None or v.numel() == C, op, lambda: f"{k} must have {C} elements (the channels, "
+                                                        f"input.shape[1]), got shape {list(v.shape)}")
     check(training or (running_mean is not None and running_var is not None), op,
           "running_mean and running_var must be given in evaluation mode (training=False)")
     if training:
-        _raise_value(op, input.numel() // C != 1,
-                     f"Expected more than 1 value per channel when training, got input size {list(input.shape)}")
+        _raise_value(op, input.numel() // C != 1, lambda: "Expected more than 1 value per channel when training, "
+                                                          f"got input size {list(input.shape)}")
     _raise_value(op, eps > 0 if training else eps >= 0,
-                 f"eps must be {'positive during training' if training else 'non-negative'}, got {eps}")
+                 lambda: f"eps must be {'positive during training' if training else 'non-negative'}, got {eps}")
     out, _, _ = BatchNorm.apply(input, weight, bias, running_mean, running_var, bool(training),
                                 float(momentum) if momentum is not None else 0.0, float(eps))
     return out
@@ -187,13 +252,13 @@ def _shape(normalized_shape):
 
 
 def _check_trailing(op, input, shape, **params):
-    check(len(shape) >= 1 and input.dim() >= len(shape) and tuple(input.shape[input.dim() - len(shape):]) == shape,
-          op, f"normalized_shape={list(shape)} must match the trailing dims of input, got input of shape "
-          f"{list(input.shape)}")
+    n = len(shape)
+    _check(n >= 1 and input.dim() >= n and tuple(input.shape[input.dim() - n:]) == shape, op,
+           lambda: f"normalized_shape={list(shape)} must match the trailing dims of input, got input of shape "
+                   f"{list(input.shape)}")
     for k, v in params.items():
-        check(v is None or tuple(v.shape) == shape, op,
-              f"{k} must have shape {list(shape)} (normalized_shape), "
-              f"got {list(v.shape) if v is not None else None}")
+        _check(v is None or tuple(v.shape) == shape, op,
+               lambda: f"{k} must have shape {list(shape)} (normalized_shape), got {list(v.shape)}")
 
 
 class LayerNorm(DeltaFunction):
@@ -220,24 +285,24 @@ class LayerNorm(DeltaFunction):
     def backward(ctx, delta, _dmean, _drstd):
         x0, w0, mean, rstd = ctx.saved_tensors
         need_x, _, need_w, need_b, _ = ctx.needs_input_grad
-        x, w, delta = _opmath(x0, w0, delta)
-        dims = tuple(range(-len(ctx.shape), 0))
-        stat = x.shape[:x.dim() - len(ctx.shape)] + (1,) * len(ctx.shape)
-        if torch.is_grad_enabled():  # double backward: statistics as functions of x
-            var, mu = torch.var_mean(x, dims, correction=0, keepdim=True)
-            r = (var + ctx.eps).rsqrt()
-        else:
-            mu, r = mean.reshape(stat).to(x.dtype), rstd.reshape(stat).to(x.dtype)
-        xhat = _xhat(x, mu, r)
-        dxh = delta * xhat if need_x or need_w else None
-        grad_x = None
-        if need_x:
-            g = delta * w if w is not None else delta
-            m1, m2 = _row_means(g, dxh, w, stat)
-            grad_x = _delta_x(g, r, xhat, -r * m2, -r * m1).to(x0.dtype)
-        gw = _sum_lead(dxh, len(ctx.shape)).to(w0.dtype) if need_w else None
-        gb = _sum_lead(delta, len(ctx.shape)).to(ctx.b_dtype) if need_b else None
-        return grad_x, None, gw, gb, None
+        return _rows_backward(ctx, delta, x0, w0, mean, rstd, need_x, need_w, need_b) + (None,)
+
+
+def _rows_backward(ctx, delta, x0, w0, mean, rstd, need_x, need_w, need_b):
+    """layer_norm's and rms_norm's backward (``mean`` None): x as (rows, normalized values)."""
+    x, w, delta = _opmath(x0, w0, delta)
+    D = math.prod(ctx.shape)
+    R = math.prod(x.shape[:x.dim() - len(ctx.shape)])
+    x, delta = x.reshape(R, D), delta.reshape(R, D)
+    w = w.reshape(D) if w is not None else None
+    mu, r = _stats(x, (1,), mean, rstd, ctx.eps)
+    if _in_place_ok(delta):
+        grad_x, gw, gb = _rows(delta, x, mu, r, w, need_x, need_w, need_b)
+    else:
+        grad_x, gw, gb = _plain(delta, x, mu, r, w, (1,), (0,), True, need_x, need_w, need_b)
+    return (grad_x.reshape(x0.shape).to(x0.dtype) if need_x else None, None,
+            gw.reshape(ctx.shape).to(w0.dtype) if need_w else None,
+            gb.reshape(ctx.shape).to(ctx.b_dtype) if need_b else None)
 
 
 def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
@@ -278,21 +343,7 @@ class RMSNorm(DeltaFunction):
     def backward(ctx, delta, _drstd):
         x0, w0, rstd = ctx.saved_tensors
         need_x, _, need_w, _ = ctx.needs_input_grad
-        x, w, delta = _opmath(x0, w0, delta)
-        dims = tuple(range(-len(ctx.shape), 0))
-        if torch.is_grad_enabled():  # double backward: r as a function of x
-            r = x.pow(2).mean(dims, keepdim=True).add(ctx.eps).rsqrt()
-        else:
-            r = rstd.to(x.dtype)
-        xhat = x * r
-        dxh = delta * xhat
-        grad_x = None
-        if need_x:  # μ ≡ 0: no mean(g) term
-            g = delta * w if w is not None else delta
-            m2 = _row_means(g, dxh, w, r.shape)[1]
-            grad_x = (xhat * (-r * m2)).add_(g * r).to(x0.dtype)
-        gw = _sum_lead(dxh, len(ctx.shape)).to(w0.dtype) if need_w else None
-        return grad_x, None, gw, None
+        return _rows_backward(ctx, delta, x0, w0, None, rstd, need_x, need_w, False)[:3] + (None,)
 
 
 def rms_norm(input, normalized_shape, weight=None, eps=None):
@@ -300,7 +351,7 @@ def rms_norm(input, normalized_shape, weight=None, eps=None):
     dtype (float32 for float16/bfloat16 inputs), as torch has it."""
     op = "rms_norm"
     check_tensor(op, "input", input)
-    check(input.is_floating_point(), op, f"input must be floating point, got {input.dtype}")
+    _check(input.is_floating_point(), op, lambda: f"input must be floating point, got {input.dtype}")
     check(weight is None or (isinstance(weight, torch.Tensor) and weight.device == input.device), op,
           "weight must be a Tensor on input's device")
     shape = _shape(normalized_shape)
@@ -345,42 +396,33 @@ class GroupNorm(DeltaFunction):
         need_x, _, need_w, need_b, _ = ctx.needs_input_grad
         x, w, delta = _opmath(x0, w0, delta)
         N, C, G = x.shape[0], x.shape[1], ctx.G
-        xg = x.reshape(N, G, C // G, -1)  # (n, group, channel in the group, spatial)
-        if torch.is_grad_enabled():  # double backward: statistics as functions of x
-            var, mu = torch.var_mean(xg, (2, 3), correction=0, keepdim=True)
-            r = (var + ctx.eps).rsqrt()
+        shape = (N, G, C // G, -1)  # (n, group, channel in the group, spatial)
+        x, delta = x.reshape(shape), delta.reshape(shape)
+        w = w.reshape(1, G, C // G, 1) if w is not None else None
+        mu, r = _stats(x, (2, 3), mean, rstd, ctx.eps)
+        if _in_place_ok(delta):
+            grad_x, gw, gb = _cells(delta, x, mu, r, w, (2, 3), (0, 3), (3,), True, need_x, need_w, need_b)
         else:
-            mu, r = mean.reshape(N, G, 1, 1).to(x.dtype), rstd.reshape(N, G, 1, 1).to(x.dtype)
-        xhat = _xhat(xg, mu, r)
-        dg = delta.reshape(xg.shape)
-        # per-(n, channel) sums Σδ, Σδx̂ give ∂J/∂β, ∂J/∂γ and, weighted by γ, the group means
-        s1, s2 = dg.sum(3), (dg * xhat).sum(3)
-        grad_x = None
-        if need_x:
-            wc = w.reshape(1, G, C // G) if w is not None else torch.ones_like(s1[:1])
-            M = xg.shape[2] * xg.shape[3]
-            m1 = (s1 * wc).sum(2).reshape(N, G, 1, 1) / M
-            m2 = (s2 * wc).sum(2).reshape(N, G, 1, 1) / M
-            grad_x = _delta_x(dg, r * wc.unsqueeze(3), xhat, -r * m2, -r * m1).reshape(x.shape).to(x0.dtype)
-        gw = s2.sum(0).reshape(C).to(w0.dtype) if need_w else None
-        gb = s1.sum(0).reshape(C).to(ctx.b_dtype) if need_b else None
-        return grad_x, None, gw, gb, None
+            grad_x, gw, gb = _plain(delta, x, mu, r, w, (2, 3), (0, 3), True, need_x, need_w, need_b)
+        return (grad_x.reshape(x0.shape).to(x0.dtype) if need_x else None, None,
+                gw.reshape(C).to(w0.dtype) if need_w else None,
+                gb.reshape(C).to(ctx.b_dtype) if need_b else None, None)
 
 
 def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5):
     """δ twin of ``torch.nn.functional.group_norm``."""
     op = "group_norm"
     _check_params(op, input, weight=weight, bias=bias)
-    check(input.dim() >= 2, op, f"input must have at least 2 dims (N, C, *), got shape {list(input.shape)}")
+    _check_2d(op, input)
     C = input.shape[1]
-    check(isinstance(num_groups, numbers.Integral) and num_groups > 0 and C % num_groups == 0, op,
-          f"the {C} channels (input.shape[1]) must be divisible by num_groups={num_groups}")
+    _check(isinstance(num_groups, numbers.Integral) and num_groups > 0 and C % num_groups == 0, op,
+           lambda: f"the {C} channels (input.shape[1]) must be divisible by num_groups={num_groups}")
     for k, v in (("weight", weight), ("bias", bias)):
-        check(v is None or tuple(v.shape) == (C,), op,
-              f"{k} must have shape [{C}] (the channels), got {list(v.shape) if v is not None else None}")
+        _check(v is None or tuple(v.shape) == (C,), op,
+               lambda: f"{k} must have shape [{C}] (the channels), got {list(v.shape)}")
     _raise_value(op, input.shape[0] * C // num_groups * math.prod(input.shape[2:]) != 1,
-                 f"Expected more than 1 value per group, got input size {list(input.shape)} "
-                 f"and num_groups={num_groups}")
+                 lambda: f"Expected more than 1 value per group, got input size {list(input.shape)} "
+                         f"and num_groups={num_groups}")
     out, _, _ = apply(GroupNorm, FP32_CUDA, input, int(num_groups), weight, bias, float(eps))
     return out
 
