@@ -441,6 +441,15 @@ def test_low_precision(name, ours, native, make, dtype, device):
     assert_matches_native(ours, native, make(), dtype=dtype, device=device)
 
 
+@pytest.mark.parametrize("name,ours,native,make,pos", NORMS, ids=[c[0] for c in NORMS])
+def test_float32_inputs_with_a_large_mean(name, ours, native, make, pos):
+    """|μ| = 100 σ: the sums behind ∂J/∂γ are taken over δ ⊙ (x − μ), not δ ⊙ x − μ·Σδ, whose
+    cancellation would put ∂J/∂γ 10x further from float64 than native's (outside the policy)."""
+    args = _norm_args(make, pos, "xwb")
+    args[0] = (torch.randn((64,) + args[0].shape[1:], dtype=torch.float64) + 100).requires_grad_()
+    assert_matches_native(ours, native, args, dtype=torch.float32)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_mixed_dtype_float32_params(dtype):
     """A float16/bfloat16 input with float32 parameters, which native allows: same dtypes out."""
