@@ -356,6 +356,17 @@ def test_norm_plain_path_and_odd_grad_outputs(name, ours, native, make, pos):
 
 
 @pytest.mark.parametrize("name,ours,native,make,pos", NORMS, ids=[c[0] for c in NORMS])
+def test_norm_empty_batch(name, ours, native, make, pos):
+    if name == "batch_norm":
+        pytest.skip("training batch_norm refuses an empty batch (native too)")
+    args = _norm_args(make, pos, "xwb")
+    args[0] = args[0].detach()[:0].requires_grad_()
+    leaves = [args[p] for p in pos]
+    for a, b in zip(torch.autograd.grad(ours(*args).sum(), leaves), torch.autograd.grad(native(*args).sum(), leaves)):
+        assert a.shape == b.shape and torch.equal(a, b)
+
+
+@pytest.mark.parametrize("name,ours,native,make,pos", NORMS, ids=[c[0] for c in NORMS])
 def test_norm_batched_grad_outputs(name, ours, native, make, pos):
     """autograd.grad(is_grads_batched=True) vmaps backward over δ alone (the plain path)."""
     args = _norm_args(make, pos, "xwb")

@@ -204,7 +204,8 @@ class BatchNorm(DeltaFunction):
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         x, w, delta = _opmath(x0, w0, delta)
         N, C = x.shape[:2]
-        x, delta = x.reshape(N, C, -1), delta.reshape(N, C, -1)  # (n, channel, spatial)
+        shape = (N, C, math.prod(x.shape[2:]))  # (n, channel, spatial); no -1: N may be 0
+        x, delta = x.reshape(shape), delta.reshape(shape)
         w = w.reshape(1, C, 1) if w is not None else None
         mu, r = _stats(x, (0, 2), mean, invstd, ctx.eps, fixed=not ctx.training)
         if _in_place_ok(delta):
@@ -396,7 +397,7 @@ class GroupNorm(DeltaFunction):
         need_x, _, need_w, need_b, _ = ctx.needs_input_grad
         x, w, delta = _opmath(x0, w0, delta)
         N, C, G = x.shape[0], x.shape[1], ctx.G
-        shape = (N, G, C // G, -1)  # (n, group, channel in the group, spatial)
+        shape = (N, G, C // G, math.prod(x.shape[2:]))  # (n, group, channel in the group, spatial)
         x, delta = x.reshape(shape), delta.reshape(shape)
         w = w.reshape(1, G, C // G, 1) if w is not None else None
         mu, r = _stats(x, (2, 3), mean, rstd, ctx.eps)
