@@ -39,6 +39,16 @@ def _opmath(*ts):
     return tuple(t.float() if t is not None and t.dtype in _LOW else t for t in ts)
 
 
+def _inputs(x0, w0, delta):
+    """x, γ, δ for backward, and whether it may work in place (``_in_place_ok``). The plain path takes
+    them in float32 for float16 / bfloat16; the in-place path only γ: its first ops promote x and δ
+    to float32 as they read them (a float32 P, float32 sums), without full-size float32 copies."""
+    fast = _in_place_ok(delta)
+    if fast:
+        return x0, _opmath(w0)[0], delta, True
+    return (*_opmath(x0, w0, delta), False)
+
+
 def _stats(x, red, mean, rstd, eps, fixed=False):
     """μ and r broadcastable against ``x`` (reduced over the dims ``red``): the saved ones, constants to
     autograd; but when backward is itself differentiated (create_graph turns grad mode on) and they are
@@ -50,7 +60,8 @@ def _stats(x, red, mean, rstd, eps, fixed=False):
         var, mu = torch.var_mean(x, red, correction=0, keepdim=True)
         return mu, (var + eps).rsqrt()
     stat = [1 if d in red else n for d, n in enumerate(x.shape)]
-    return (mean.reshape(stat).to(x.dtype) if mean is not None else None), rstd.reshape(stat).to(x.dtype)
+    dt = torch.float32 if x.dtype in _LOW else x.dtype
+    return (mean.reshape(stat).to(dt) if mean is not None else None), rstd.reshape(stat).to(dt)
 
 
 def _in_place_ok(delta):
@@ -87,10 +98,10 @@ def _rows(delta, x, mu, r, w, need_x, need_w, need_b):
     ∂J/∂γ = Pᵀ r,  ∂J/∂β = Σ_rows δ,  mean(g ⊙ x̂) = r·(P γ)/D,  mean(g) = Σ_cols g/D, so
     δ_x = r ⊙ g + a ⊙ x + b,  a = −r³·(P γ)/D,  b = −r·mean(g) − μ·a."""
     R, D = x.shape
-    gb = delta.sum(0) if need_b else None
+    gb = delta.sum(0, dtype=r.dtype) if need_b else None
     if not (need_x or need_w):
         return None, None, gb
-    P = x * delta if mu is None else torch.sub(x, mu).mul_(delta)
+    P = x.to(r.dtype) * delta if mu is None else torch.sub(x, mu).mul_(delta)
     gw = torch.mv(P.t(), r.reshape(R)) if need_w else None
     grad_x = None
     if need_x:
@@ -101,7 +112,7 @@ def _rows(delta, x, mu, r, w, need_x, need_w, need_b):
             m1 = grad_x.sum(1, keepdim=True) if mu is not None else None
             grad_x.mul_(r)
         else:
-            m1 = delta.sum(1, keepdim=True) if mu is not None else None
+            m1 = delta.sum(1, keepdim=True, dtype=r.dtype) if mu is not None else None
             grad_x = torch.mul(delta, r, out=P)
         grad_x.addcmul_(x, a)
         if mu is not None:
@@ -117,7 +128,7 @@ def _cells(delta, x, mu, r, w, red, pdims, cell, training, need_x, need_w, need_
     buffer then becomes δ_x (native allocates δ_x too)."""
     stats = need_x and training
     P = torch.sub(x, mu).mul_(delta) if need_w or stats else None
-    c1 = delta.sum(cell, keepdim=True) if need_b or stats else None
+    c1 = delta.sum(cell, keepdim=True, dtype=r.dtype) if need_b or stats else None
     c2 = P.sum(cell, keepdim=True) if P is not None else None
     gw = (c2 * r).sum(pdims) if need_w else None
     gb = c1.sum(pdims) if need_b else None
@@ -202,13 +213,13 @@ class BatchNorm(DeltaFunction):
     def backward(ctx, delta, _dmean, _dinvstd):
         x0, w0, mean, invstd = ctx.saved_tensors
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        x, w, delta = _opmath(x0, w0, delta)
+        x, w, delta, fast = _inputs(x0, w0, delta)
         N, C = x.shape[:2]
         shape = (N, C, math.prod(x.shape[2:]))  # (n, channel, spatial); no -1: N may be 0
         x, delta = x.reshape(shape), delta.reshape(shape)
         w = w.reshape(1, C, 1) if w is not None else None
         mu, r = _stats(x, (0, 2), mean, invstd, ctx.eps, fixed=not ctx.training)
-        if _in_place_ok(delta):
+        if fast:
             grad_x, gw, gb = _cells(delta, x, mu, r, w, (0, 2), (0, 2), (0, 2), ctx.training, need_x, need_w, need_b)
         else:
             grad_x, gw, gb = _plain(delta, x, mu, r, w, (0, 2), (0, 2), ctx.training, need_x, need_w, need_b)
@@ -291,13 +302,13 @@ class LayerNorm(DeltaFunction):
 
 def _rows_backward(ctx, delta, x0, w0, mean, rstd, need_x, need_w, need_b):
     """layer_norm's and rms_norm's backward (``mean`` None): x as (rows, normalized values)."""
-    x, w, delta = _opmath(x0, w0, delta)
+    x, w, delta, fast = _inputs(x0, w0, delta)
     D = math.prod(ctx.shape)
     R = math.prod(x.shape[:x.dim() - len(ctx.shape)])
     x, delta = x.reshape(R, D), delta.reshape(R, D)
     w = w.reshape(D) if w is not None else None
     mu, r = _stats(x, (1,), mean, rstd, ctx.eps)
-    if _in_place_ok(delta):
+    if fast:
         grad_x, gw, gb = _rows(delta, x, mu, r, w, need_x, need_w, need_b)
     else:
         grad_x, gw, gb = _plain(delta, x, mu, r, w, (1,), (0,), True, need_x, need_w, need_b)
@@ -395,13 +406,13 @@ class GroupNorm(DeltaFunction):
     def backward(ctx, delta, _dmean, _drstd):
         x0, w0, mean, rstd = ctx.saved_tensors
         need_x, _, need_w, need_b, _ = ctx.needs_input_grad
-        x, w, delta = _opmath(x0, w0, delta)
+        x, w, delta, fast = _inputs(x0, w0, delta)
         N, C, G = x.shape[0], x.shape[1], ctx.G
         shape = (N, G, C // G, math.prod(x.shape[2:]))  # (n, group, channel in the group, spatial)
         x, delta = x.reshape(shape), delta.reshape(shape)
         w = w.reshape(1, G, C // G, 1) if w is not None else None
         mu, r = _stats(x, (2, 3), mean, rstd, ctx.eps)
-        if _in_place_ok(delta):
+        if fast:
             grad_x, gw, gb = _cells(delta, x, mu, r, w, (2, 3), (0, 3), (3,), True, need_x, need_w, need_b)
         else:
             grad_x, gw, gb = _plain(delta, x, mu, r, w, (2, 3), (0, 3), True, need_x, need_w, need_b)
