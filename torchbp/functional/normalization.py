@@ -68,7 +68,8 @@ def _in_place_ok(delta):
     """Whether backward may reuse its own temporaries in place (fewer full-size passes and allocations):
     not when backward is itself recorded (create_graph), nor under vmap (torch.func, or autograd.grad's
     is_grads_batched), where an in-place op fails on a tensor batched less than its operand."""
-    return not (torch.is_grad_enabled() or torch._C._are_functorch_transforms_active() or _legacy_batched(delta))
+    return not (torch.is_grad_enabled() or torch._C._are_functorch_transforms_active()
+                or _legacy_batched(delta))
 
 
 _legacy_batched = getattr(torch._C._functorch, "is_legacy_batchedtensor", lambda t: False)
@@ -96,7 +97,9 @@ def _rows(delta, x, mu, r, w, need_x, need_w, need_b):
     for rms_norm. One full-size temporary, P = δ ⊙ (x − μ), whose buffer then becomes δ_x (native
     allocates δ_x too); the sums over P are matrix-vector products, with no temporaries:
     ∂J/∂γ = Pᵀ r,  ∂J/∂β = Σ_rows δ,  mean(g ⊙ x̂) = r·(P γ)/D,  mean(g) = Σ_cols g/D, so
-    δ_x = r ⊙ g + a ⊙ x + b,  a = −r³·(P γ)/D,  b = −r·mean(g) − μ·a."""
+    δ_x = r ⊙ g + a ⊙ x + b,  a = −r³·(P γ)/D,  b = −r·mean(g) − μ·a.
+    P holds x − μ, not x: the one pass it would save costs, through δ ⊙ x − μ·δ, a cancellation when
+    |μ| ≫ σ that native's ∂J/∂γ does not have (test_float32_inputs_with_a_large_mean)."""
     R, D = x.shape
     gb = delta.sum(0, dtype=r.dtype) if need_b else None
     if not (need_x or need_w):
@@ -124,8 +127,8 @@ def _cells(delta, x, mu, r, w, red, pdims, cell, training, need_x, need_w, need_
     """batch_norm / group_norm, in place: x, δ viewed so that μ, r (reduced over ``red``) and γ (broadcast
     along ``pdims``) are all constant along the ``cell`` dims. Every factor of δ_x is then one number per
     cell: δ_x = k ⊙ δ + a ⊙ x + b with k = r·γ, three passes. The sums Σδ, Σ δ ⊙ (x − μ) are taken per
-    cell once and give ∂J/∂β, ∂J/∂γ and the means. One full-size temporary, P = δ ⊙ (x − μ), whose
-    buffer then becomes δ_x (native allocates δ_x too)."""
+    cell once and give ∂J/∂β, ∂J/∂γ and the means. One full-size temporary, P = δ ⊙ (x − μ) (x − μ,
+    not x: see ``_rows``), whose buffer then becomes δ_x (native allocates δ_x too)."""
     stats = need_x and training
     P = torch.sub(x, mu).mul_(delta) if need_w or stats else None
     c1 = delta.sum(cell, keepdim=True, dtype=r.dtype) if need_b or stats else None
