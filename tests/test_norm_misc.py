@@ -453,6 +453,27 @@ def test_low_precision(name, ours, native, make, dtype, device):
 
 
 @pytest.mark.parametrize("name,ours,native,make,pos", NORMS, ids=[c[0] for c in NORMS])
+def test_norm_compiles_in_one_graph(name, ours, native, make, pos):
+    """torch.compile traces forward and backward without a graph break, and its gradients are native's."""
+    dynamo = pytest.importorskip("torch._dynamo")
+    args = _norm_args(make, pos, "xwb")
+    leaves = [args[p] for p in pos]
+
+    def cost(*leaves_):
+        a = list(args)
+        for p, t in zip(pos, leaves_):
+            a[p] = t
+        return ours(*a).square().sum()
+
+    dynamo.reset()
+    assert dynamo.explain(cost)(*leaves).graph_break_count == 0
+    gs = torch.autograd.grad(torch.compile(cost, backend="aot_eager")(*leaves), leaves)
+    gn = torch.autograd.grad(native(*args).square().sum(), leaves)
+    for a, b in zip(gs, gn):
+        assert rel_err(a, b) <= 1e-10, rel_err(a, b)
+
+
+@pytest.mark.parametrize("name,ours,native,make,pos", NORMS, ids=[c[0] for c in NORMS])
 def test_float32_inputs_with_a_large_mean(name, ours, native, make, pos):
     """|μ| = 100 σ: the sums behind ∂J/∂γ are taken over δ ⊙ (x − μ), not δ ⊙ x − μ·Σδ, whose
     cancellation would put ∂J/∂γ 10x further from float64 than native's (outside the policy)."""

@@ -68,11 +68,13 @@ def _in_place_ok(delta):
     """Whether backward may reuse its own temporaries in place (fewer full-size passes and allocations):
     not when backward is itself recorded (create_graph), nor under vmap (torch.func, or autograd.grad's
     is_grads_batched), where an in-place op fails on a tensor batched less than its operand."""
-    return not (torch.is_grad_enabled() or torch._C._are_functorch_transforms_active()
-                or _legacy_batched(delta))
+    if torch.is_grad_enabled() or torch._C._are_functorch_transforms_active():
+        return False
+    return _compiling() or not _legacy_batched(delta)  # (dynamo cannot trace the latter: a graph break)
 
 
 _legacy_batched = getattr(torch._C._functorch, "is_legacy_batchedtensor", lambda t: False)
+_compiling = getattr(torch.compiler, "is_compiling", lambda: False)
 
 
 def _plain(delta, x, mu, r, w, red, pdims, training, need_x, need_w, need_b):
@@ -140,7 +142,7 @@ def _cells(delta, x, mu, r, w, red, pdims, cell, training, need_x, need_w, need_
         k = r if w is None else r * w
         grad_x = torch.mul(delta, k, out=P) if P is not None else delta * k
         if training:
-            M = math.prod(x.shape[d] for d in red)
+            M = math.prod([x.shape[d] for d in red])
             if w is not None:
                 c1, c2 = c1 * w, c2 * w
             a = c2.sum(red, keepdim=True).mul_(r.pow(3)).div_(-M)
