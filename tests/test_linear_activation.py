@@ -195,3 +195,124 @@ def test_linear_output_allows_inplace_activation(shape):
     with torchbp.swapped(model):
         (ours,) = torch.autograd.grad(model(x).pow(2).sum(), [model[0].weight])
     torch.testing.assert_close(ours, native, rtol=1e-12, atol=0)
+
+
+def _around(*points):
+    """float64 points, their neighbours one ulp away on both sides, ±0, subnormals and large values."""
+    p = torch.tensor(points, dtype=torch.float64)
+    inf = torch.tensor(float("inf"), dtype=torch.float64)
+    return torch.cat([p, torch.nextafter(p, inf), torch.nextafter(p, -inf),
+                      torch.tensor([0.0, -0.0, 1e-300, -1e-300, 5e-324, -5e-324, 3.0, -3.0, 1e300, -1e300],
+                                   dtype=torch.float64)])
+
+
+KINKS = [  # (ours, native, kwargs, points where f' jumps); the CPU δ of these avoids torch.where
+    (tbf.relu, F.relu, {}, (0.0,)),
+    (tbf.leaky_relu, F.leaky_relu, {}, (0.0,)),
+    (tbf.leaky_relu, F.leaky_relu, {"negative_slope": 0.0}, (0.0,)),
+    (tbf.leaky_relu, F.leaky_relu, {"negative_slope": 1.0}, (0.0,)),
+    (tbf.leaky_relu, F.leaky_relu, {"negative_slope": 1.5}, (0.0,)),
+    (tbf.leaky_relu, F.leaky_relu, {"negative_slope": -0.3}, (0.0,)),
+    (tbf.elu, F.elu, {}, (0.0,)),
+    (tbf.elu, F.elu, {"alpha": 0.5}, (0.0,)),
+    (tbf.elu, F.elu, {"alpha": 0.0}, (0.0,)),
+    (tbf.elu, F.elu, {"alpha": 2.0}, (0.0,)),
+    (tbf.hardtanh, F.hardtanh, {}, (-1.0, 1.0)),
+    (tbf.hardtanh, F.hardtanh, {"min_val": -0.3, "max_val": 0.7}, (-0.3, 0.7)),
+    (tbf.relu6, F.relu6, {}, (0.0, 6.0)),
+    (tbf.softplus, F.softplus, {}, (20.0,)),
+    (tbf.softplus, F.softplus, {"beta": 2.0, "threshold": 1.0}, (0.5,)),
+    (tbf.softplus, F.softplus, {"beta": 0.5, "threshold": -1.0}, (-2.0,)),
+]
+
+
+@pytest.mark.parametrize("ours,native,kw,points", KINKS, ids=[f"{o.__name__}{k or ''}" for o, _, k, _ in KINKS])
+def test_activation_kinks_equal_native_float64(ours, native, kw, points):
+    # at a kink f' takes exactly native's branch (0 at hardtanh's bounds, s at leaky_relu's 0, ...), and
+    # wherever f' is piecewise constant δ equals native's bitwise; elsewhere (exp, σ) to rounding
+    z = _around(*points)
+    g = torch.randn_like(z)
+    zs, zn = z.clone().requires_grad_(), z.clone().requires_grad_()
+    (gs,) = torch.autograd.grad(ours(zs, **kw), zs, g)
+    (gn,) = torch.autograd.grad(native(zn, **kw), zn, g)
+    if ours in (tbf.relu, tbf.leaky_relu, tbf.hardtanh, tbf.relu6):
+        assert torch.equal(gs, gn), (z, gs, gn)
+    else:
+        flat = (gn == g) | (gn == 0)  # the branches with a constant f' are exact
+        assert torch.equal(gs[flat], gn[flat]), (z[flat], gs[flat], gn[flat])
+        torch.testing.assert_close(gs, gn, rtol=1e-13, atol=0)
+
+
+# --- DeltaFunction.apply's fast path (torch's Function.apply without its per-call signature binding) ---
+
+def test_fast_apply_matches_torch_apply():
+    from torchbp.functional._common import DeltaFunction
+    from torchbp.functional.linear import Linear
+
+    assert Linear._bind_free
+    x, W, b = (torch.randn(4, 5, dtype=torch.float64, requires_grad=True), torch.randn(3, 5, dtype=torch.float64,
+               requires_grad=True), torch.randn(3, dtype=torch.float64, requires_grad=True))
+    fast = Linear.apply(x, W, b)
+    slow = torch.autograd.Function.apply.__func__(Linear, x, W, b)  # torch's own apply
+    assert type(fast.grad_fn) is type(slow.grad_fn) and type(fast.grad_fn)._forward_cls is Linear
+    assert torch.equal(fast, slow)
+    assert all(torch.equal(p, q) for p, q in zip(torch.autograd.grad(fast.sum(), (x, W, b)),
+                                                 torch.autograd.grad(slow.sum(), (x, W, b))))
+
+    class WithDefault(DeltaFunction):  # binding is not the identity here: torch's path fills the default
+        @staticmethod
+        def forward(z, k=3.0):
+            return z * k
+
+        @staticmethod
+        def setup_context(ctx, inputs, output):
+            ctx.k = inputs[1]
+
+        @staticmethod
+        def backward(ctx, g):
+            return g * ctx.k, None
+
+    assert not WithDefault._bind_free
+    z = torch.ones(2, requires_grad=True)
+    (gz,) = torch.autograd.grad(WithDefault.apply(z).sum(), z)
+    assert torch.equal(gz, torch.full((2,), 3.0))
+    (gz,) = torch.autograd.grad(WithDefault.apply(z, k=2.0).sum(), z)  # keyword args: torch's path
+    assert torch.equal(gz, torch.full((2,), 2.0))
+
+
+def test_linear_under_vmap_grad_and_dead_wrappers():
+    W = torch.randn(3, 5, dtype=torch.float64)
+    x = torch.randn(4, 5, dtype=torch.float64)
+    per_example = torch.func.vmap(torch.func.grad(lambda w, xi: tbf.sigmoid(tbf.linear(xi, w)).sum()),
+                                  in_dims=(None, 0))(W, x)
+    native = torch.func.vmap(torch.func.grad(lambda w, xi: torch.sigmoid(F.linear(xi, w)).sum()),
+                             in_dims=(None, 0))(W, x)
+    torch.testing.assert_close(per_example, native, rtol=1e-12, atol=0)
+    # a tensor that escapes a functorch transform (a dead wrapper) is unwrapped as torch's apply does
+    escaped = []
+    torch.func.grad(lambda w: escaped.append(w) or (w * 2).sum())(W)
+    y = tbf.linear(x, escaped[0])
+    torch.testing.assert_close(y, F.linear(x, W), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("backend", ["eager", "aot_eager"])
+def test_swapped_mlp_under_torch_compile(backend):
+    try:
+        dynamo = __import__("importlib").import_module("torch._dynamo")
+        supported = hasattr(torch, "compile") and dynamo.is_dynamo_supported()
+    except Exception:  # noqa: BLE001 - any failure to import means no torch.compile here
+        supported = False
+    if not supported:
+        pytest.skip("torch.compile unavailable")
+    model = torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.Sigmoid(), torch.nn.Linear(8, 8),
+                                torch.nn.LeakyReLU(0.1), torch.nn.Linear(8, 3)).double()
+    twin = torchbp.swap(__import__("copy").deepcopy(model))
+    x = torch.randn(4, 5, dtype=torch.float64)
+    ref = torch.autograd.grad(twin(x).pow(2).sum(), list(twin.parameters()))
+    dynamo.reset()
+    try:
+        got = torch.autograd.grad(torch.compile(twin, backend=backend)(x).pow(2).sum(), list(twin.parameters()))
+    finally:
+        dynamo.reset()
+    for a, b in zip(got, ref):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=0)

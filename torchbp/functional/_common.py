@@ -4,7 +4,19 @@ Nothing here computes a gradient; the formulas live in the family files beside t
 """
 from __future__ import annotations
 
+import inspect
+
 import torch
+
+
+try:  # private APIs (torch >= 2.1); without them every call takes torch's own apply
+    _functorch_active = torch._C._are_functorch_transforms_active
+    from torch._C._functorch import unwrap_if_dead as _unwrap_if_dead
+except (AttributeError, ImportError):
+    _functorch_active = None
+
+_POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD,
+               inspect.Parameter.VAR_POSITIONAL)
 
 
 class DeltaFunction(torch.autograd.Function):
@@ -15,6 +27,24 @@ class DeltaFunction(torch.autograd.Function):
     """
 
     generate_vmap_rule = True
+    _bind_free = False
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        # forward without defaults or keyword-only parameters: binding positional args is the identity
+        params = inspect.signature(cls.forward).parameters.values()
+        cls._bind_free = all(p.kind in _POSITIONAL and p.default is p.empty for p in params)
+
+    @classmethod
+    def apply(cls, *args, **kwargs):
+        # torch's Function.apply binds the args to forward's signature with inspect.signature on every
+        # call (~8 µs: a third of a small layer's step). Where that binding is the identity and no
+        # functorch transform (vmap, grad, ...) is active, do what it does next: unwrap dead functorch
+        # wrappers, then the C++ apply. Anything else takes torch's path (vmap, torch.compile's tracing).
+        if kwargs or not cls._bind_free or _functorch_active is None or _functorch_active():
+            return super().apply(*args, **kwargs)
+        return super(torch.autograd.Function, cls).apply(  # torch._C._FunctionBase.apply
+            *[_unwrap_if_dead(a) if isinstance(a, torch.Tensor) else a for a in args])
 
 
 # --- checks: errors at least as clear as torch's own, naming the op -------------------------------
@@ -25,23 +55,31 @@ def check(cond: bool, op: str, message: str) -> None:
 
 
 def check_tensor(op: str, name: str, t) -> None:
-    check(isinstance(t, torch.Tensor), op, f"{name} must be a Tensor, got {type(t).__name__}")
+    if not isinstance(t, torch.Tensor):
+        check(False, op, f"{name} must be a Tensor, got {type(t).__name__}")
 
 
 def check_compatible(op: str, **tensors) -> None:
-    """Same device and same floating dtype for every non-None tensor (torch refuses mixing too)."""
+    """Same device and same floating dtype for every non-None tensor (torch refuses mixing too).
+
+    Runs on every call of an op: the messages are built only when a check fails.
+    """
     items = [(k, v) for k, v in tensors.items() if v is not None]
     for k, v in items:
         check_tensor(op, k, v)
     name0, t0 = items[0]
-    check(t0.is_floating_point(), op, f"{name0} must be floating point, got {t0.dtype}")
-    mixed_ok = _autocast_state(t0.device.type) is not None  # autocast casts them to one dtype first
+    if not t0.is_floating_point():
+        check(False, op, f"{name0} must be floating point, got {t0.dtype}")
+    device, dtype, mixed_ok = t0.device, t0.dtype, None
     for k, v in items[1:]:
-        check(v.device == t0.device, op,
-              f"{k} is on {v.device} but {name0} is on {t0.device}; move them to one device")
-        check(mixed_ok or v.dtype == t0.dtype, op,
-              f"{k} has dtype {v.dtype} but {name0} has dtype {t0.dtype}; cast one of them "
-              "(or run under torch.autocast)")
+        if v.device != device:
+            check(False, op, f"{k} is on {v.device} but {name0} is on {device}; move them to one device")
+        if v.dtype != dtype:
+            if mixed_ok is None:  # autocast casts them to one dtype first
+                mixed_ok = _autocast_state(device.type) is not None
+            if not mixed_ok:
+                check(False, op, f"{k} has dtype {v.dtype} but {name0} has dtype {dtype}; cast one of them "
+                                 "(or run under torch.autocast)")
 
 
 # --- autocast ---------------------------------------------------------------------------------------
@@ -65,6 +103,8 @@ except TypeError:  # torch 2.2 / 2.3
         return None
 
 
+_any_autocast = getattr(torch._C, "_is_any_autocast_enabled", lambda: True)
+
 # Autocast policies, as torch's autocast op lists have them (they differ between CPU and CUDA).
 LOWER = "lower"          # run in the autocast dtype: linear, matmul, conv, attention
 FP32 = "fp32"            # run in float32 on every device: most losses
@@ -80,6 +120,8 @@ def _cast(dtype, args):
 
 def apply(fn: type[torch.autograd.Function], policy: str, *args):
     """``fn.apply(*args)``, with autocast's casts for ``policy`` applied first when autocast is on."""
+    if not _any_autocast():  # one C call instead of a device lookup and a per-device query
+        return fn.apply(*args)
     x = args[0]
     dtype = _autocast_state(x.device.type) if isinstance(x, torch.Tensor) else None
     if dtype is None:

@@ -8,11 +8,11 @@ from ._common import LOWER, DeltaFunction, apply, check, check_compatible
 
 
 class Linear(DeltaFunction):
-    """z = a Wᵀ + b over any leading dims of ``a``.
+    """z = a Wᵀ + b, ``a`` of shape (N, in) (``linear`` folds any leading dims into N).
 
     backward, with δ = ∂J/∂z arriving from the layer above:
       δ_a  = δ W          (the seed's Σ_q W_{q←k} δ_q, before the activation's f')
-      ∂J/∂W = δᵀ a        (the seed's δ(l+1) a(l)ᵀ, summed over the batch and leading dims)
+      ∂J/∂W = δᵀ a        (the seed's δ(l+1) a(l)ᵀ, summed over the batch)
       ∂J/∂b = Σ_batch δ   (the seed's δ(l+1))
     """
 
@@ -25,34 +25,38 @@ class Linear(DeltaFunction):
         a, W, b = inputs
         need_a, need_W, need_b = ctx.needs_input_grad
         ctx.save_for_backward(a if need_W else None, W if need_a else None)
-        ctx.has_bias = b is not None
 
     @staticmethod
     def backward(ctx, delta):
         a, W = ctx.saved_tensors
-        need_a, need_W, need_b = ctx.needs_input_grad
-        d2 = delta.reshape(-1, delta.shape[-1]) if (need_W or need_b) else None
+        need_a, need_W, need_b = ctx.needs_input_grad  # need_b is False when b is None
         grad_a = delta @ W if need_a else None
-        grad_W = d2.t() @ a.reshape(-1, a.shape[-1]) if need_W else None
-        grad_b = d2.sum(0) if need_b and ctx.has_bias else None
+        grad_W = delta.t() @ a if need_W else None
+        grad_b = delta.sum(0) if need_b else None
         return grad_a, grad_W, grad_b
 
 
 def linear(input, weight, bias=None):
     """δ twin of ``torch.nn.functional.linear``."""
     check_compatible("linear", input=input, weight=weight, bias=bias)
-    check(weight.dim() == 2, "linear", f"weight must be 2-D (out_features, in_features), got shape {list(weight.shape)}")
-    check(input.dim() >= 1 and input.shape[-1] == weight.shape[1], "linear",
-          f"input has {input.shape[-1] if input.dim() else 0} features in its last dim (shape {list(input.shape)}) "
-          f"but weight expects {weight.shape[1]} (shape {list(weight.shape)})")
-    check(bias is None or tuple(bias.shape) == (weight.shape[0],), "linear",
-          f"bias must have shape [{weight.shape[0]}], got {list(bias.shape) if bias is not None else None}")
+    if not (weight.dim() == 2 and input.dim() >= 1 and input.shape[-1] == weight.shape[1]
+            and (bias is None or bias.shape == weight.shape[:1])):
+        _linear_error(input, weight, bias)
     if input.dim() == 2:
         return apply(Linear, LOWER, input, weight, bias)
     # F.linear returns a view for other ranks; a view made inside a custom Function may not be modified
     # in place (an inplace ReLU after it would raise), so fold the leading dims outside the Function
     out = apply(Linear, LOWER, input.reshape(-1, input.shape[-1]), weight, bias)
     return out.reshape(*input.shape[:-1], weight.shape[0])
+
+
+def _linear_error(input, weight, bias):  # the messages are built only when a check fails
+    check(weight.dim() == 2, "linear", f"weight must be 2-D (out_features, in_features), got shape {list(weight.shape)}")
+    check(input.dim() >= 1 and input.shape[-1] == weight.shape[1], "linear",
+          f"input has {input.shape[-1] if input.dim() else 0} features in its last dim (shape {list(input.shape)}) "
+          f"but weight expects {weight.shape[1]} (shape {list(weight.shape)})")
+    check(bias is None or tuple(bias.shape) == (weight.shape[0],), "linear",
+          f"bias must have shape [{weight.shape[0]}], got {list(bias.shape) if bias is not None else None}")
 
 
 # native callable -> δ twin with the same signature; read by torchbp.registry

@@ -385,7 +385,7 @@ def _promote(op, **tensors):
     dtype = dtypes[0]
     for d in dtypes[1:]:
         dtype = torch.promote_types(dtype, d)
-    out = {k: None if t is None else t.to(dtype) for k, t in tensors.items()}
+    out = {k: t if t is None or t.dtype == dtype else t.to(dtype) for k, t in tensors.items()}
     check_compatible(op, **out)
     return tuple(out.values())
 
@@ -430,8 +430,8 @@ def half_squared_error(input, target, reduction="mean"):
     op = "half_squared_error"
     reduction = _reduction(op, reduction)
     input, target = _promote(op, input=input, target=target)
-    check(input.shape == target.shape, op,
-          f"input of shape {list(input.shape)} and target of shape {list(target.shape)} must match")
+    if input.shape != target.shape:
+        check(False, op, f"input of shape {list(input.shape)} and target of shape {list(target.shape)} must match")
     return apply(HalfSquaredError, FP32, input, target, reduction)
 
 
