@@ -104,6 +104,7 @@ class LeakyReLU(_Pointwise):
     """a = z for z > 0, s·z otherwise;  f'(z) = 1 for z > 0, s otherwise.
 
     f' reads [t > 0], the same for t = z and, when s ≥ 0, for t = a (the in-place case).
+    On CPU, for 0 ≤ s ≤ 1, f' = max(sign t, s): the same values (s at t = 0) without torch.where.
     """
 
     save_output = False
@@ -118,13 +119,18 @@ class LeakyReLU(_Pointwise):
 
     @staticmethod
     def delta(g, t, s):
+        if t.device.type == "cpu" and 0 <= s <= 1:  # CPU torch.where is slow (see ReLU)
+            return g * t.sign().clamp_(min=s)
         return torch.where(t > 0, g, g * s)
 
     delta_out = delta
 
 
 class ELU(_Pointwise):
-    """a = z for z > 0, α(eᶻ − 1) otherwise;  f'(z) = 1 for z > 0, α·eᶻ (= a + α) otherwise."""
+    """a = z for z > 0, α(eᶻ − 1) otherwise;  f'(z) = 1 for z > 0, α·eᶻ (= a + α) otherwise.
+
+    On CPU, for 0 ≤ α ≤ 1, f' = max(sign z, α)·e^min(z, 0): the same values without torch.where.
+    """
 
     save_output = False
 
@@ -138,6 +144,9 @@ class ELU(_Pointwise):
 
     @staticmethod
     def delta(g, z, alpha):
+        if z.device.type == "cpu" and 0 <= alpha <= 1:  # CPU torch.where is slow (see ReLU)
+            e = torch.exp(z.clamp(max=0))
+            return g * e if alpha == 1 else g * z.sign().clamp_(min=alpha) * e
         return torch.where(z > 0, g, g * alpha * torch.exp(z))
 
     @staticmethod
@@ -189,7 +198,10 @@ class SiLU(_Pointwise):
 
 
 class Softplus(_Pointwise):
-    """a = (1/β)·log(1 + e^{βz}), or z where βz > threshold;  f'(z) = σ(βz), or 1 there."""
+    """a = (1/β)·log(1 + e^{βz}), or z where βz > threshold;  f'(z) = σ(βz), or 1 there.
+
+    On CPU f' = max(σ(βz), [βz > threshold]), with [βz > threshold] = max(sign(βz − threshold), 0).
+    """
 
     save_output = False
 
@@ -199,12 +211,17 @@ class Softplus(_Pointwise):
 
     @staticmethod
     def delta(g, z, beta, threshold):
-        bz = z * beta
+        bz = z if beta == 1 else z * beta  # z·1 = z exactly: skip the pass
+        if z.device.type == "cpu":  # CPU torch.where is slow (see ReLU)
+            return g * torch.sigmoid(bz).maximum((bz - threshold).sign_().clamp_(min=0))
         return torch.where(bz > threshold, g, g * torch.sigmoid(bz))
 
 
 class Hardtanh(_Pointwise):
-    """a = clamp(z, lo, hi);  f'(z) = [lo < z < hi] = [lo < a < hi]."""
+    """a = clamp(z, lo, hi);  f'(z) = [lo < z < hi] = [lo < a < hi].
+
+    On CPU [lo < a < hi] = max(sign(min(a − lo, hi − a)), 0), without torch.where.
+    """
 
     @staticmethod
     def forward(z, lo, hi):
@@ -216,6 +233,8 @@ class Hardtanh(_Pointwise):
 
     @staticmethod
     def delta(g, a, lo, hi):
+        if a.device.type == "cpu":  # CPU torch.where is slow (see ReLU)
+            return g * torch.minimum(a - lo, hi - a).sign_().clamp_(min=0)
         return torch.where((a > lo) & (a < hi), g, 0)
 
     delta_out = delta
@@ -249,7 +268,8 @@ class LogSoftmax(_Pointwise):
 
 def _unary(op, fn, input, *args, inplace=False, policy=None):
     check_tensor(op, "input", input)
-    check(input.is_floating_point(), op, f"input must be floating point, got {input.dtype}")
+    if not input.is_floating_point():
+        check(False, op, f"input must be floating point, got {input.dtype}")
     if inplace:
         check(hasattr(fn, "delta_out"), op, "inplace=True is not supported for this op")
         return _Inplace.apply(fn, input, *args)
