@@ -440,3 +440,33 @@ def test_bad_input_names_op():
         tbf.nll_loss(torch.randn(2, 3), torch.tensor([0.0, 1.0]))
     with pytest.raises(RuntimeError, match=r"nll_loss: weight has dtype torch.float64"):
         tbf.nll_loss(torch.randn(2, 3), torch.tensor([0, 1]), weight=torch.rand(3, dtype=torch.float64))
+
+
+# --- batched δ (autograd.grad(is_grads_batched=True): legacy vmap over backward) and torch.func ----------
+
+BATCHED = [
+    (lambda h, y: tbf.mse_loss(h, y, reduction="none"), lambda h, y: F.mse_loss(h, y, reduction="none")),
+    (lambda h, y: tbf.l1_loss(h, y, reduction="none"), lambda h, y: F.l1_loss(h, y, reduction="none")),
+    (lambda h, y: tbf.huber_loss(h, y, reduction="none"), lambda h, y: F.huber_loss(h, y, reduction="none")),
+    (lambda h, y: tbf.half_squared_error(h, y, reduction="none"),
+     lambda h, y: half_squared_error_native(h, y, reduction="none")),
+    (lambda h, y: tbf.cross_entropy(h, y.argmax(1), reduction="none"),
+     lambda h, y: F.cross_entropy(h, y.argmax(1), reduction="none")),
+    (lambda h, y: tbf.cross_entropy(h, y.argmax(1), reduction="none", label_smoothing=0.1),
+     lambda h, y: F.cross_entropy(h, y.argmax(1), reduction="none", label_smoothing=0.1)),
+]
+
+
+@pytest.mark.parametrize("i", range(len(BATCHED)))
+def test_losses_with_batched_grads(i):
+    # the δ arrives batched while the saved tensors are not: no in-place update of an unbatched temporary
+    ours, native = BATCHED[i]
+    h, y = torch.randn(4, 3, dtype=torch.float64, requires_grad=True), torch.randn(4, 3, dtype=torch.float64)
+    out = ours(h, y)
+    G = torch.randn(5, *out.shape, dtype=torch.float64)
+    (gs,) = torch.autograd.grad(out, h, G, is_grads_batched=True)
+    (gn,) = torch.autograd.grad(native(h, y), h, G, is_grads_batched=True)
+    torch.testing.assert_close(gs, gn, rtol=1e-10, atol=1e-12)
+    js = torch.func.jacrev(lambda t: ours(t, y))(h.detach())
+    jn = torch.func.jacrev(lambda t: native(t, y))(h.detach())
+    torch.testing.assert_close(js, jn, rtol=1e-10, atol=1e-12)

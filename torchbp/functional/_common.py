@@ -47,6 +47,22 @@ class DeltaFunction(torch.autograd.Function):
             *[_unwrap_if_dead(a) if isinstance(a, torch.Tensor) else a for a in args])
 
 
+def inplace_ok() -> bool:
+    """True where a backward may update its own temporaries in place: no graph is being recorded
+    (a first-order backward, not create_graph) and no torch.func transform is active."""
+    return not torch.is_grad_enabled() and _functorch_active is not None and not _functorch_active()
+
+
+def scale_(t, s):
+    """t ⊙ s for a fresh temporary ``t``, written into ``t`` where ``inplace_ok`` (one allocation fewer)."""
+    if inplace_ok():
+        try:
+            return t.mul_(s)
+        except RuntimeError:  # legacy vmap (autograd.grad(is_grads_batched=True)): s is batched, t is not
+            pass
+    return t * s
+
+
 # --- checks: errors at least as clear as torch's own, naming the op -------------------------------
 
 def check(cond: bool, op: str, message: str) -> None:

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn import _reduction as _Reduction
 
-from ._common import FP32, DeltaFunction, apply, check, check_compatible, check_tensor
+from ._common import FP32, DeltaFunction, apply, check, check_compatible, check_tensor, inplace_ok, scale_
 
 _REDUCTIONS = ("none", "mean", "sum")
 
@@ -34,16 +34,6 @@ def _spread(g, n, reduction):
 # --- elementwise losses: ℓ = f(h, y) per element ---------------------------------------------------
 # forward is torch's own forward kernel (allowed for δ Functions; it also gives torch's exact values and
 # input checks); backward is the formula.
-
-def _first_order():
-    """True in a first-order backward: no graph is recorded, so temporaries may be updated in place."""
-    return not torch.is_grad_enabled()
-
-
-def _scaled(t, s):
-    """t ⊙ s for a fresh temporary t: in place when no graph is recorded (one allocation fewer)."""
-    return t.mul_(s) if _first_order() else t * s
-
 
 class _Elementwise(DeltaFunction):
     """J = reduce(ℓ(h, y)), ``forward(h, y, reduction, w, p)``: w an optional weight tensor (broadcast
@@ -91,7 +81,7 @@ class MSE(_Elementwise):
 
     @staticmethod
     def dh(s, h, y, w, p):
-        return _scaled(h - y, 2 * s)
+        return scale_(h - y, 2 * s)
 
 
 class L1(_Elementwise):
@@ -103,7 +93,7 @@ class L1(_Elementwise):
 
     @staticmethod
     def dh(s, h, y, w, p):
-        return _scaled(torch.sign(h - y), s)
+        return scale_(torch.sign(h - y), s)
 
 
 class SmoothL1(_Elementwise):
@@ -117,7 +107,7 @@ class SmoothL1(_Elementwise):
 
     @staticmethod
     def dh(s, h, y, w, beta):
-        return _scaled(((h - y) / beta).clamp(-1, 1), s)
+        return scale_(((h - y) / beta).clamp(-1, 1), s)
 
 
 class Huber(_Elementwise):
@@ -130,7 +120,7 @@ class Huber(_Elementwise):
 
     @staticmethod
     def dh(s, h, y, w, delta):
-        return _scaled((h - y).clamp(-delta, delta), s)
+        return scale_((h - y).clamp(-delta, delta), s)
 
 
 _BCE_EPS = float(torch.tensor(1e-12, dtype=torch.float32))  # torch's EPSILON, a float32 constant
@@ -217,7 +207,7 @@ class HalfSquaredError(DeltaFunction):
         s = _spread(g, ctx.n, ctx.reduction)
         if ctx.reduction == "none" and h.dim() >= 2:
             s = s.reshape(s.shape + (1,) * (h.dim() - 1))  # one δ_J per example, over its elements
-        d = _scaled(h - y, s)  # −(y − h), the seed's output δ
+        d = scale_(h - y, s)  # −(y − h), the seed's output δ
         return (d if need_h else None), (-d if need_y else None), None
 
 
@@ -310,11 +300,8 @@ class CrossEntropy(DeltaFunction):
         wy, keep, y0 = wy.unsqueeze(cd), keep.unsqueeze(cd), y0.unsqueeze(cd)
         sum_q = (1 - eps) * wy + keep.to(z.dtype) * (eps / C * (C if w is None else w.sum())) if eps else wy
         onehot_q = (-(1 - eps) * s * wy).expand(y0.shape)
-        delta = torch.softmax(z, cd)
-        if _first_order():  # no graph recorded: update the softmax buffer in place (no copies)
-            delta.mul_(s * sum_q).scatter_add_(cd, y0, onehot_q)
-        else:
-            delta = (delta * (s * sum_q)).scatter_add(cd, y0, onehot_q)
+        delta = scale_(torch.softmax(z, cd), s * sum_q)  # the softmax buffer, updated in place when safe
+        delta = delta.scatter_add_(cd, y0, onehot_q) if inplace_ok() else delta.scatter_add(cd, y0, onehot_q)
         if eps:
             s_keep = torch.where(keep, s, 0)
             delta = delta - (eps / C) * (s_keep if w is None else s_keep * _class_view(w, z))
