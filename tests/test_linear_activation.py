@@ -316,3 +316,16 @@ def test_swapped_mlp_under_torch_compile(backend):
         dynamo.reset()
     for a, b in zip(got, ref):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("ours,native,kw", ACTIVATIONS, ids=IDS)
+def test_activation_batched_grads_and_jacrev(ours, native, kw):
+    # batched δ into the δ formulas' temporaries (scale_ must not write it into an unbatched one)
+    z = _input((3, 5)).detach().double().requires_grad_()
+    out = ours(z, **kw)
+    G = torch.randn(4, *out.shape, dtype=torch.float64)
+    (gs,) = torch.autograd.grad(out, z, G, is_grads_batched=True)
+    (gn,) = torch.autograd.grad(native(z, **kw), z, G, is_grads_batched=True)
+    torch.testing.assert_close(gs, gn, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(torch.func.jacrev(lambda t: ours(t, **kw))(z.detach()),
+                               torch.func.jacrev(lambda t: native(t, **kw))(z.detach()), rtol=1e-10, atol=1e-12)

@@ -10,7 +10,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ._common import FP32_CUDA, DeltaFunction, apply, check, check_tensor
+from ._common import FP32_CUDA, DeltaFunction, apply, check, check_tensor, scale_
 
 
 class _Pointwise(DeltaFunction):
@@ -63,7 +63,7 @@ class Sigmoid(_Pointwise):
 
     @staticmethod
     def delta(g, a):
-        return g * a * (1 - a)
+        return scale_(scale_(1 - a, g), a)  # (δ_a (1 − a)) a, native's order; scale_: in place when safe
 
 
 class Tanh(_Pointwise):
@@ -75,7 +75,7 @@ class Tanh(_Pointwise):
 
     @staticmethod
     def delta(g, a):
-        return g * (1 - a * a)
+        return scale_(1 - a * a, g)
 
 
 class ReLU(_Pointwise):
@@ -94,7 +94,7 @@ class ReLU(_Pointwise):
         # Only where g or a is inf/NaN do they differ (0·inf = NaN where select gives 0).
         # On CUDA the select is one fast pass with a 1-byte mask: keep it.
         if a.device.type == "cpu":
-            return g * a.sign()
+            return scale_(a.sign(), g)
         return torch.where(a > 0, g, 0)
 
     delta_out = delta
@@ -120,7 +120,7 @@ class LeakyReLU(_Pointwise):
     @staticmethod
     def delta(g, t, s):
         if t.device.type == "cpu" and 0 <= s <= 1:  # CPU torch.where is slow (see ReLU)
-            return g * t.sign().clamp_(min=s)
+            return scale_(t.sign().clamp_(min=s), g)
         return torch.where(t > 0, g, g * s)
 
     delta_out = delta
@@ -146,7 +146,7 @@ class ELU(_Pointwise):
     def delta(g, z, alpha):
         if z.device.type == "cpu" and 0 <= alpha <= 1:  # CPU torch.where is slow (see ReLU)
             e = torch.exp(z.clamp(max=0))
-            return g * e if alpha == 1 else g * z.sign().clamp_(min=alpha) * e
+            return scale_(e, g) if alpha == 1 else scale_(scale_(z.sign().clamp_(min=alpha), g), e)
         return torch.where(z > 0, g, g * alpha * torch.exp(z))
 
     @staticmethod
@@ -177,9 +177,10 @@ class GELU(_Pointwise):
         if approximate == "tanh":
             t = torch.tanh(_SQRT_2_OVER_PI * (z + 0.044715 * z ** 3))
             df = 0.5 * (1 + t) + 0.5 * z * (1 - t * t) * _SQRT_2_OVER_PI * (1 + 3 * 0.044715 * z * z)
-        else:
-            df = 0.5 * (1 + torch.erf(z / _SQRT_2)) + z * _INV_SQRT_2PI * torch.exp(-0.5 * z * z)
-        return g * df
+        else:  # Φ(z) + z·φ(z), on as few temporaries as double backward allows
+            df = torch.erf(z * (1 / _SQRT_2)).add_(1).mul_(0.5).addcmul_(z, torch.exp(z.square().mul_(-0.5)),
+                                                                       value=_INV_SQRT_2PI)
+        return scale_(df, g)
 
 
 class SiLU(_Pointwise):
@@ -213,7 +214,7 @@ class Softplus(_Pointwise):
     def delta(g, z, beta, threshold):
         bz = z if beta == 1 else z * beta  # z·1 = z exactly: skip the pass
         if z.device.type == "cpu":  # CPU torch.where is slow (see ReLU)
-            return g * torch.sigmoid(bz).maximum((bz - threshold).sign_().clamp_(min=0))
+            return scale_(torch.sigmoid(bz).maximum((bz - threshold).sign_().clamp_(min=0)), g)
         return torch.where(bz > threshold, g, g * torch.sigmoid(bz))
 
 
@@ -234,7 +235,7 @@ class Hardtanh(_Pointwise):
     @staticmethod
     def delta(g, a, lo, hi):
         if a.device.type == "cpu":  # CPU torch.where is slow (see ReLU)
-            return g * torch.minimum(a - lo, hi - a).sign_().clamp_(min=0)
+            return scale_(torch.minimum(a - lo, hi - a).sign_().clamp_(min=0), g)
         return torch.where((a > lo) & (a < hi), g, 0)
 
     delta_out = delta
