@@ -329,3 +329,55 @@ def test_activation_batched_grads_and_jacrev(ours, native, kw):
     torch.testing.assert_close(gs, gn, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(torch.func.jacrev(lambda t: ours(t, **kw))(z.detach()),
                                torch.func.jacrev(lambda t: native(t, **kw))(z.detach()), rtol=1e-10, atol=1e-12)
+
+
+def test_autocast_switch_restored_after_an_error():
+    from torchbp.functional._common import LOWER, DeltaFunction, _autocast_state, apply
+
+    class Boom(DeltaFunction):
+        @staticmethod
+        def forward(z):
+            assert _autocast_state("cpu") is None  # the Function runs with autocast off
+            raise ValueError("boom")
+
+        @staticmethod
+        def setup_context(ctx, inputs, output):
+            pass
+
+        @staticmethod
+        def backward(ctx, g):
+            return g
+
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with pytest.raises(ValueError, match="boom"):
+            apply(Boom, LOWER, torch.randn(2, requires_grad=True))
+        assert _autocast_state("cpu") == torch.bfloat16
+    assert _autocast_state("cpu") is None
+
+
+@pytest.mark.parametrize("backend", ["eager", "aot_eager"])
+def test_swapped_mlp_under_torch_compile_and_autocast(backend):
+    try:
+        dynamo = __import__("importlib").import_module("torch._dynamo")
+        supported = hasattr(torch, "compile") and dynamo.is_dynamo_supported()
+    except Exception:  # noqa: BLE001
+        supported = False
+    if not supported:
+        pytest.skip("torch.compile unavailable")
+    model = torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    twin = torchbp.swap(__import__("copy").deepcopy(model))
+    x = torch.randn(4, 5)
+
+    def grads(m):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = m(x)
+        return torch.autograd.grad(out.float().pow(2).sum(), list(twin.parameters()))
+
+    ref = grads(twin)
+    dynamo.reset()
+    try:
+        got = grads(torch.compile(twin, backend=backend))
+    finally:
+        dynamo.reset()
+    for a, b in zip(got, ref):
+        torch.testing.assert_close(a, b, rtol=1e-2, atol=1e-2)
