@@ -2,6 +2,10 @@
 
 Each op states ``forward`` and ``delta(δ_a, t, *args) = δ_a ⊙ f'`` a few lines apart; ``t`` is the
 output ``a`` when f' is cheaper from it (``save_output = True``), otherwise the input ``z``.
+
+On CPU, torch.where is a slow scalar loop, so the piecewise f' (relu, leaky_relu, elu, softplus, hardtanh)
+is built from sign / clamp / maximum there, with native's values at every kink; only where z (or δ) is
+inf/NaN can the result differ (NaN · 0 where a select would pick a branch).
 """
 from __future__ import annotations
 
