@@ -48,6 +48,7 @@ from __future__ import annotations
 import argparse
 import copy
 import ctypes
+import gc
 import json
 import math
 import platform
@@ -246,6 +247,7 @@ def quartiles(v):
 def peak_memory(step, device) -> int:
     """Bytes of the step's peak live memory above what was live when it started (see module doc)."""
     step.opt.zero_grad(set_to_none=True)  # the previous gradients are freed before the measurement
+    gc.collect()  # a collection of earlier runs' leftovers inside the profiled step would read as frees
     if device == "cuda":
         torch.cuda.synchronize()
         base = torch.cuda.memory_allocated()
