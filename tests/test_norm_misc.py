@@ -292,6 +292,27 @@ def test_unflatten(dim, sizes):
         tbf.unflatten(x, 1, (4, 2))
 
 
+@pytest.mark.parametrize("act", [nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.Hardtanh])
+def test_inplace_activation_after_flatten(act):
+    """A δ flatten's output is a view made inside a custom Function, which autograd will not let an
+    in-place op modify; torchbp's in-place activations take the out-of-place δ there and write the
+    values back, so Flatten -> ReLU(inplace=True) models swap and still mutate like native."""
+    native = nn.Sequential(nn.Conv2d(2, 3, 3), nn.Flatten(), act(inplace=True), nn.Linear(12, 2)).double()
+    twin = torchbp.swap(copy.deepcopy(native))
+    x = torch.randn(2, 2, 4, 4, dtype=torch.float64)
+    grads = []
+    for m in (native, twin):
+        m(x).square().sum().backward()
+        grads.append([p.grad for p in m.parameters()])
+    for a, b in zip(*grads):
+        assert rel_err(a, b) <= 1e-10
+    r = torchbp.audit(native, x)
+    assert r.ok and r.coverage == 1.0, str(r)
+    h = tbf.flatten(torch.randn(2, 3, 2, requires_grad=True) * 1, 1)
+    out = tbf.relu(h, inplace=True)
+    assert torch.equal(h, out) and (h >= 0).all()  # the caller's tensor was modified too
+
+
 def test_identity_twin_returns_input():
     twin = torchbp.swap(nn.Sequential(nn.Identity(), nn.ReLU(inplace=True)))
     x = torch.randn(3, requires_grad=True)

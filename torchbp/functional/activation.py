@@ -277,6 +277,14 @@ def _unary(op, fn, input, *args, inplace=False, policy=None):
         check(False, op, f"input must be floating point, got {input.dtype}")
     if inplace:
         check(hasattr(fn, "delta_out"), op, "inplace=True is not supported for this op")
+        if input._is_view() and isinstance(input.grad_fn, torch.autograd.function.BackwardCFunction):
+            # a view returned by a custom Function (a δ flatten) may not be modified in place under
+            # autograd: take the out-of-place δ path and write the values back outside the graph, so
+            # the caller's tensor still changes (its version bumps, as an in-place op's would)
+            out = fn.apply(input.clone(), *args)  # (a clone: what the δ saves must not change below)
+            with torch.no_grad():
+                input.copy_(out)
+            return out
         return _Inplace.apply(fn, input, *args)
     return apply(fn, policy, input, *args) if policy else fn.apply(input, *args)
 

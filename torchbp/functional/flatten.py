@@ -1,9 +1,10 @@
 """Reshapes: flatten and unflatten move no value, so δ_a is δ read back in a's shape.
 
-Like native, the outputs are views of the input where torch returns views. One difference: autograd
-forbids in-place ops on a view returned by a custom Function ("This view was created inside a custom
-Function ..."), so an in-place op directly on a flatten/unflatten output raises where native would
-rebase the view; clone the output (or use an out-of-place op) there.
+Like native, the outputs are views of the input where torch returns views. Autograd forbids in-place
+ops on a view returned by a custom Function ("This view was created inside a custom Function ..."):
+torchbp's own in-place activations handle that case (out-of-place δ, values written back), so
+``Flatten -> ReLU(inplace=True)`` swaps; a native in-place op (``y.add_``) straight on a flatten
+output still raises where native would rebase the view: clone the output there.
 """
 from __future__ import annotations
 
