@@ -449,7 +449,11 @@ def main(argv=None) -> int:
                 for mode in ("eager", "graph") if device == "cuda" and args.graphs == "yes" else ("eager",):
                     log(f"bench: {name} on {device}, {dtype}, {mode} ...")
                     t = time.perf_counter()
-                    rows.append(bench_one(name, device, dtype, args, mode))
+                    try:
+                        rows.append(bench_one(name, device, dtype, args, mode))
+                    except Exception as e:  # one broken row must not cost the rest of the table
+                        rows.append(dict(model=name, device=device, dtype=dtype, mode=mode, note="",
+                                         status=f"error: {type(e).__name__}: {str(e).splitlines()[0][:100]}"))
                     log(f"bench:   {rows[-1]['status']}"
                         + (f", ratio {rows[-1]['time_ratio']:.3f}" if "time_ratio" in rows[-1] else "")
                         + f" ({time.perf_counter() - t:.1f} s)")
