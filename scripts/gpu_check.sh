@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU check of issue 6, in one run of a few minutes on a machine with a CUDA device:
 #   1. the whole test suite, CUDA variants included (pytest -n WORKERS when pytest-xdist is there);
-#   2. scripts/bench.py on CUDA (float32 and bfloat16 autocast; the default models plus mlp-wide).
+#   2. scripts/bench.py on CUDA (float32 and bfloat16 autocast; the default models plus mlp-wide);
+#   3. scripts/profile_step.py on the wide MLP (bf16) and the CNN: top operators by GPU time.
 # Logs, JUnit XML and the bench JSON go to OUTDIR; the last lines printed are the failures (if any),
 # the test summary and the bench table.
 #
@@ -32,6 +33,11 @@ tests_rc=$?
 timeout "${BENCH_S:-240}" $py scripts/bench.py --device cuda --json "$out/bench-cuda.json" ${BENCH_ARGS:-} \
     >"$out/bench.txt" 2>"$out/bench.log"
 bench_rc=$?
+
+# where the time goes in the two rows furthest from native: the wide MLP under bf16 and the CNN
+{ timeout "${PROFILE_S:-90}" $py scripts/profile_step.py --model mlp-wide --dtype bfloat16 --steps 5
+  timeout "${PROFILE_S:-90}" $py scripts/profile_step.py --model cnn --dtype float32 --steps 10; } \
+    >"$out/profile.txt" 2>&1
 
 echo "== tests (rc $tests_rc; 124 = timed out)"
 grep -E "^(FAILED|ERROR) " "$out/tests.log" | cut -c1-300 | head -60
