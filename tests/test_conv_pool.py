@@ -122,40 +122,6 @@ def test_module_gradcheck(case):
     gradchecks(fs, (x, *ps))
 
 
-@pytest.fixture(params=[1 << 30, 1], ids=["one-chunk", "chunk-per-sample"])
-def gemm_wgrad(request, monkeypatch):
-    """∂J/∂W through the im2col + GEMM form (CUDA's) on the CPU too, in one chunk or one per sample."""
-    from torchbp.functional import conv
-    monkeypatch.setattr(conv, "WGRAD_GEMM_DEVICES", {"cpu", "cuda"})
-    monkeypatch.setattr(conv, "WGRAD_CHUNK_BYTES", request.param)
-
-
-@pytest.mark.parametrize("case", CONV_CASES, ids=[_ids(c) for c in CONV_CASES])
-def test_conv_gemm_weight_grad_float64(case, gemm_wgrad):
-    cls, kw, shape = case
-    native, twin = _pair(cls, kw)
-    fs, ps = _module_fn(twin)
-    fn, _ = _module_fn(native)
-    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
-    assert_matches_native(fs, fn, (x, *ps))
-
-
-@pytest.mark.parametrize("case", GRADCHECK[:4], ids=[_ids(c) for c in GRADCHECK[:4]])
-def test_conv_gemm_weight_grad_gradcheck(case, gemm_wgrad):
-    _, twin = _pair(*case[:2])
-    fs, ps = _module_fn(twin)
-    gradchecks(fs, (torch.randn(case[2], dtype=torch.float64, requires_grad=True), *ps))
-
-
-@pytest.mark.parametrize("dtype", LOW)
-def test_conv_gemm_weight_grad_low_precision(dtype, gemm_wgrad):
-    native, twin = _pair(*CONV_CASES[11][:2])
-    fs, ps = _module_fn(twin)
-    fn, _ = _module_fn(native)
-    x = torch.randn(CONV_CASES[11][2], requires_grad=True)
-    assert_matches_native(fs, fn, (x, *[p.detach().float().requires_grad_() for p in ps]), dtype=dtype)
-
-
 LOW_CASES = [CONV_CASES[2], CONV_CASES[11], CONV_CASES[13], CONV_CASES[-3], POOL_CASES[4], POOL_CASES[12],
              POOL_CASES[-3]]
 

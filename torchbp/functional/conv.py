@@ -52,55 +52,18 @@ class Conv(DeltaFunction):
             out_pad = [L[i] - ((O[i] - 1) * s[i] - 2 * p[i] + d[i] * (K[i] - 1) + 1) for i in range(n)]
             grad_a = _CONV_T[n](delta, W, None, s, p, out_pad, g, d)
         if need_W:
-            grad_W = (_grad_W_gemm if a.device.type in WGRAD_GEMM_DEVICES else _grad_W_conv)(
-                a, delta, ctx.W_shape, s, p, d, g)
+            N, C = ctx.a_shape[:2]
+            # a as (C/g, g·N, *L): the C/g channels of a group become the batch, (group, sample) the channels;
+            # δ as (O, N, *O): each group's δ is the kernel over its N samples.
+            x = a.reshape(N, g, C // g, *L).transpose(0, 2).reshape(C // g, g * N, *L) if g > 1 \
+                else a.transpose(0, 1)
+            gw = _CONV[n](x, delta.transpose(0, 1), None, d, p, s, g)  # (C/g, O, ≥K)
+            for i in range(n):  # the correlation may reach past the kernel's extent: keep K
+                gw = gw.narrow(2 + i, 0, K[i])
+            grad_W = gw.transpose(0, 1)
         if need_b and ctx.has_bias:
             grad_b = delta.sum([0, *range(2, 2 + n)])
         return grad_a, grad_W, grad_b, None, None, None, None
-
-
-# Where ∂J/∂W = a ⋆ δ runs as im2col + matrix products instead of a convolution with δ as the kernel.
-# cuDNN runs that convolution (a kernel the size of the feature map, a K-sized output) with forward
-# kernels ~30x slower than its weight-gradient kernel (H100, bench CNN: 1.0 ms vs 34 µs), while a
-# GEMM over unfolded patches is what GPUs do best; on CPU the convolution form was measured faster.
-WGRAD_GEMM_DEVICES = {"cuda"}
-WGRAD_CHUNK_BYTES = 256 << 20  # bound on the unfolded patches held at once (batch chunks beyond it)
-
-
-def _grad_W_conv(a, delta, W_shape, s, p, d, g):
-    """∂J/∂W as one convolution: a with batch and channels swapped, δ as the kernel."""
-    n = len(W_shape) - 2
-    N, C, *L = a.shape
-    K = W_shape[2:]
-    # a as (C/g, g·N, *L): the C/g channels of a group become the batch, (group, sample) the channels;
-    # δ as (O, N, *O): each group's δ is the kernel over its N samples.
-    x = a.reshape(N, g, C // g, *L).transpose(0, 2).reshape(C // g, g * N, *L) if g > 1 else a.transpose(0, 1)
-    gw = _CONV[n](x, delta.transpose(0, 1), None, d, p, s, g)  # (C/g, O, ≥K)
-    for i in range(n):  # the correlation may reach past the kernel's extent: keep K
-        gw = gw.narrow(2 + i, 0, K[i])
-    return gw.transpose(0, 1)
-
-
-def _grad_W_gemm(a, delta, W_shape, s, p, d, g):
-    """∂J/∂W[o, c, i] = Σ_{batch, y} δ[o, y] · patch_y[c, i]: the patches of a (im2col, ``F.unfold``) times
-    δ, one batched matrix product per group, over batch chunks that bound the patches' memory."""
-    n = len(W_shape) - 2
-    O, Cg, *K = W_shape
-    if n == 1:  # unfold is 2-D: a 1-D convolution is a 2-D one of height 1
-        a, delta, K, s, p, d = a.unsqueeze(2), delta.unsqueeze(2), [1, *K], (1, *s), (0, *p), (1, *d)
-    N = a.shape[0]
-    Lout = delta.shape[2] * delta.shape[3]
-    per_sample = Cg * g * K[0] * K[1] * Lout * a.element_size()
-    B = max(1, min(N, WGRAD_CHUNK_BYTES // max(per_sample, 1)))
-    grad = None
-    for i in range(0, N, B):
-        cols = F.unfold(a[i:i + B], K, d, p, s).unflatten(1, (g, Cg * K[0] * K[1]))  # (b, g, Cg·k, L)
-        dl = delta[i:i + B].reshape(-1, g, O // g, Lout)                                # (b, g, O/g, L)
-        part = torch.einsum("bgol,bgkl->gok", dl, cols)
-        if B < N and part.dtype in (torch.float16, torch.bfloat16):
-            part = part.float()  # sums over chunks in float32, as the GEMM sums within one
-        grad = part if grad is None else grad + part
-    return grad.reshape(W_shape).to(a.dtype)
 
 
 class Pad(DeltaFunction):
