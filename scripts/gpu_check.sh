@@ -7,7 +7,7 @@
 # the test summary and the bench table.
 #
 #   scripts/gpu_check.sh [OUTDIR]          (default: $OUT, else ./gpu_check_out)
-#   TESTS_S=300 BENCH_S=240 WORKERS=8 BENCH_ARGS="--pairs 10" scripts/gpu_check.sh
+#   TESTS_S=420 BENCH_S=240 WORKERS=8 BENCH_ARGS="--pairs 10" scripts/gpu_check.sh
 set -u
 out=${1:-${OUT:-gpu_check_out}}
 mkdir -p "$out"
@@ -26,7 +26,8 @@ $py -m pip install -q --no-deps --no-build-isolation -e . >"$out/install.log" 2>
 
 xdist=()
 if $py -c 'import xdist' 2>/dev/null; then xdist=(-n "${WORKERS:-8}"); fi
-timeout "${TESTS_S:-300}" $py -m pytest -q -p no:cacheprovider "${xdist[@]}" -rfE \
+# -v: one line per test as it ends, so a run cut off by the timeout still names its failures
+timeout "${TESTS_S:-420}" $py -m pytest -v -p no:cacheprovider "${xdist[@]}" -rfE \
     --junitxml="$out/tests.xml" ${PYTEST_ARGS:-} >"$out/tests.log" 2>&1
 tests_rc=$?
 
@@ -40,8 +41,8 @@ bench_rc=$?
     >"$out/profile.txt" 2>&1
 
 echo "== tests (rc $tests_rc; 124 = timed out)"
-grep -E "^(FAILED|ERROR) " "$out/tests.log" | cut -c1-300 | head -60
-tail -n 3 "$out/tests.log"
+grep -E "(FAILED|ERROR) " "$out/tests.log" | grep -v " PASSED" | cut -c1-300 | sort -u | head -60
+tail -n 1 "$out/tests.log"
 echo "== bench (rc $bench_rc)"
 cat "$out/bench.txt"
 [ "$bench_rc" = 0 ] || tail -n 20 "$out/bench.log"

@@ -25,6 +25,11 @@ class Conv(DeltaFunction):
               dilation exchanged
       ∂J/∂b = Σ_{batch, y} δ
     ``padding`` here is symmetric ints; the functional forms lower "same"/"valid" to that.
+
+    Speed: on CUDA, cuDNN runs the ∂J/∂W convolution (a kernel the size of the feature map, an output the
+    size of W) with forward kernels, ~30x slower than its own weight-gradient kernel (H100, bench CNN:
+    1.0 ms vs 34 µs). An im2col + GEMM form was measured and dropped: mixed (fp32 better, bf16 and
+    memory worse). On CPU the gap is ~2x (oneDNN's forward on this shape).
     """
 
     @staticmethod
