@@ -142,11 +142,11 @@ def missing_twins(model) -> list[str]:
     out = []
 
     def walk(m):
-        if registry.twin_for(type(m)) is not None or registry.native_for(type(m)) is not None:
-            return
-        if isinstance(m, CONTAINERS):
+        if isinstance(m, CONTAINERS):  # (nn.Sequential has a twin too, but its children decide)
             for c in m.children():
                 walk(c)
+        elif registry.twin_for(type(m)) is not None or registry.native_for(type(m)) is not None:
+            return
         elif type(m).__name__ not in out:
             out.append(type(m).__name__)
 

@@ -125,7 +125,7 @@ def train(ddp, rank, steps, swap_at=None):
         x, y = batch(rank, step)
         opt.zero_grad()
         loss = cost(ddp(x), y)
-        routed.append("LinearBackward" in grad_fn_names(loss))
+        routed.append(bool({"LinearBackward", "DenseStackBackward"} & grad_fn_names(loss)))  # δ Linear, or a fused run
         loss.backward()  # DDP averages over the ranks here (not under torch.autograd.grad)
         grads.append([p.grad.clone() for p in ddp.parameters()])
         opt.step()

@@ -381,3 +381,14 @@ def test_swapped_mlp_under_torch_compile_and_autocast(backend):
         dynamo.reset()
     for a, b in zip(got, ref):
         torch.testing.assert_close(a, b, rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize("name", ["relu", "leaky_relu", "elu", "hardtanh"])
+def test_inplace_activation_under_vmap_grad(name):
+    """torch.func cannot save an input that a Function returns as its output (mark_dirty): in-place δ
+    activations take the out-of-place δ there, still writing into the caller's tensor."""
+    fn, native = getattr(tbf, name), getattr(F, name)
+    xs = torch.randn(3, 4, dtype=torch.float64)
+    ours = torch.func.vmap(torch.func.grad(lambda x: fn(x * 1, inplace=True).square().sum()))(xs)
+    ref = torch.func.vmap(torch.func.grad(lambda x: native(x * 1, inplace=True).square().sum()))(xs)
+    torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-15)

@@ -60,7 +60,8 @@ def test_swapped_gradients_equal_native_and_come_from_delta_functions():
         out = model(x).pow(2).sum()
         names = grad_fn_names(out)
         ours = torch.autograd.grad(out, list(model.parameters()))
-    assert "LinearBackward" in names and "TanhBackward" in names and "AddmmBackward0" not in names
+    # an nn.Sequential of Linear/activation runs through one fused δ Function (tests/test_stack.py)
+    assert "DenseStackBackward" in names and not {"AddmmBackward0", "TanhBackward0"} & set(names)
     for a, b in zip(ours, native):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=0)
     assert type(model[0]) is torch.nn.Linear

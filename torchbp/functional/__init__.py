@@ -3,11 +3,11 @@
 Each family module exports functional forms with ``torch.nn.functional``'s signatures and a ``ROUTES``
 table (native callable -> δ twin) that :mod:`torchbp.registry` reads.
 """
-from . import activation, attention, conv, dropout, flatten, linear, loss, normalization, pooling, sparse
+from . import activation, attention, conv, dropout, flatten, linear, loss, normalization, pooling, sparse, stack
 from ._common import DeltaFunction
 
 # Bound before the star imports below, which rebind names such as `linear` to the functions.
-FAMILIES = (linear, activation, loss, conv, pooling, normalization, sparse, dropout, flatten, attention)
+FAMILIES = (linear, activation, loss, conv, pooling, normalization, sparse, dropout, flatten, attention, stack)
 
 from .activation import *  # noqa: F401,F403
 from .attention import *  # noqa: F401,F403
@@ -19,4 +19,5 @@ from .loss import *  # noqa: F401,F403
 from .normalization import *  # noqa: F401,F403
 from .pooling import *  # noqa: F401,F403
 from .sparse import *  # noqa: F401,F403
+from .stack import *  # noqa: F401,F403
 

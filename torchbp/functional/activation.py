@@ -14,7 +14,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ._common import FP32_CUDA, DeltaFunction, apply, check, check_tensor, scale_
+from ._common import FP32_CUDA, DeltaFunction, _functorch_active, apply, check, check_tensor, scale_
 
 
 class _Pointwise(DeltaFunction):
@@ -277,10 +277,12 @@ def _unary(op, fn, input, *args, inplace=False, policy=None):
         check(False, op, f"input must be floating point, got {input.dtype}")
     if inplace:
         check(hasattr(fn, "delta_out"), op, "inplace=True is not supported for this op")
-        if input._is_view() and isinstance(input.grad_fn, torch.autograd.function.BackwardCFunction):
+        if (input._is_view() and isinstance(input.grad_fn, torch.autograd.function.BackwardCFunction)) \
+                or _functorch_active is None or _functorch_active():
             # a view returned by a custom Function (a δ flatten) may not be modified in place under
-            # autograd: take the out-of-place δ path and write the values back outside the graph, so
-            # the caller's tensor still changes (its version bumps, as an in-place op's would)
+            # autograd, and torch.func cannot save an input a Function returns as its output: take the
+            # out-of-place δ path and write the values back outside the graph, so the caller's tensor
+            # still changes (its version bumps, as an in-place op's would)
             out = fn.apply(input.clone(), *args)  # (a clone: what the δ saves must not change below)
             with torch.no_grad():
                 input.copy_(out)

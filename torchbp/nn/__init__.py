@@ -3,12 +3,13 @@ Functions, so constructor arguments, parameters, state_dict and ``isinstance`` a
 
 Each family module exports a ``TWINS`` table (native class -> twin) that :mod:`torchbp.registry` reads.
 """
-from . import activation, attention, conv, dropout, flatten, linear, loss, normalization, pooling, sparse
+from . import activation, attention, container, conv, dropout, flatten, linear, loss, normalization, pooling, sparse
 # Bound before the star imports below, which rebind names such as `linear` to the functions.
-FAMILIES = (linear, activation, loss, conv, pooling, normalization, sparse, dropout, flatten, attention)
+FAMILIES = (linear, activation, loss, conv, pooling, normalization, sparse, dropout, flatten, attention, container)
 
 from .activation import *  # noqa: F401,F403
 from .attention import *  # noqa: F401,F403
+from .container import *  # noqa: F401,F403
 from .conv import *  # noqa: F401,F403
 from .dropout import *  # noqa: F401,F403
 from .flatten import *  # noqa: F401,F403

@@ -1,0 +1,104 @@
+"""A run of dense layers as one δ Function: the seed's back-propagation over the whole run.
+
+forward, for l = 0 … L−1:  z(l+1) = W(l) a(l) + b(l),  a(l+1) = f_l(z(l+1))  (f_l optional)
+backward, from the top of the run down (the seed's recursion, written once):
+  δ(l+1)  = δ_a(l+1) ⊙ f_l'(z(l+1))     (each activation's own ``delta``)
+  ∂J/∂W(l) = δ(l+1)ᵀ a(l),   ∂J/∂b(l) = Σ_batch δ(l+1),   δ_a(l) = δ(l+1) W(l)
+
+The formulas are exactly Linear's and the activations'; what changes is that Python's per-Function
+cost (apply, context, saved tensors, one autograd node) is paid once per run instead of once per
+layer, which is what a small network's step is made of. It saves what the per-layer Functions save
+(each layer's input, each activation's output or input) and nothing more.
+
+``torchbp.nn.Sequential`` calls it for runs of Linear (+ activation) children when nothing watches
+the layers in between (no hooks), so the audit, which hooks every module, still sees each layer.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ._common import DeltaFunction
+
+
+class DenseStack(DeltaFunction):
+    """``acts[l]``: None or (activation Function class, its extra args); ``params``: W0, b0, W1, b1, …
+    (a b may be None). ``x`` is 2-D (``dense_stack`` folds leading dims)."""
+
+    generate_vmap_rule = False  # saves intermediates (ctx-style forward): callers fall back under vmap
+
+    @staticmethod
+    def forward(ctx, x, acts, *params):
+        a, inputs, kept = x, [], []
+        for l, act in enumerate(acts):
+            inputs.append(a)
+            z = F.linear(a, params[2 * l], params[2 * l + 1])
+            if act is None:
+                a = z
+                kept.append(None)
+            else:
+                cls, args = act
+                a = cls.forward(z, *args)
+                kept.append(a if cls.save_output else z)
+        ctx.acts, ctx.L = acts, len(acts)
+        ctx.save_for_backward(*inputs, *kept, *params)
+        return a
+
+    @staticmethod
+    def backward(ctx, delta):
+        saved, L = ctx.saved_tensors, ctx.L
+        inputs, kept, params = saved[:L], saved[L:2 * L], saved[2 * L:]
+        Ws = params[0::2]
+        if torch.is_grad_enabled():
+            # create_graph: the intermediates were made inside forward and carry no graph to x and the
+            # W, b; replay the run through the per-layer δ Functions so second derivatives are right
+            inputs, kept = _replay(inputs[0], ctx.acts, params)
+        need = ctx.needs_input_grad
+        grads = [None] * (2 * L)
+        for l in reversed(range(L)):
+            act = ctx.acts[l]
+            if act is not None:
+                cls, args = act
+                delta = cls.delta(delta, kept[l], *args)
+            if need[2 + 2 * l]:
+                grads[2 * l] = delta.t() @ inputs[l]
+            if need[3 + 2 * l]:
+                grads[2 * l + 1] = delta.sum(0)
+            if l == 0 and not need[0]:
+                delta = None
+                break
+            delta = delta @ Ws[l]
+        return (delta, None, *grads)
+
+
+def _replay(x, acts, params):
+    """Each layer's input and each activation's saved tensor, recomputed through Linear.apply and the
+    activations' own δ Functions (connected to x and the parameters)."""
+    from .linear import Linear
+    a, inputs, kept = x, [], []
+    for l, act in enumerate(acts):
+        inputs.append(a)
+        z = Linear.apply(a, params[2 * l], params[2 * l + 1])
+        if act is None:
+            a = z
+            kept.append(None)
+        else:
+            cls, args = act
+            a = cls.apply(z, *args)
+            kept.append(a if cls.save_output else z)
+    return inputs, kept
+
+
+def dense_stack(input, layers):
+    """Linear (+ activation) layers in one δ Function. ``layers``: a sequence of
+    ``(weight, bias, activation)`` with activation None or (Function class, args), e.g.
+    ``(W, b, (activation.ReLU, ()))``. The caller has checked shapes, dtypes and devices."""
+    acts = tuple(act for _, _, act in layers)
+    params = [t for W, b, _ in layers for t in (W, b)]
+    x = input if input.dim() == 2 else input.reshape(-1, input.shape[-1])
+    out = DenseStack.apply(x, acts, *params)
+    return out if input.dim() == 2 else out.reshape(*input.shape[:-1], out.shape[-1])
+
+
+ROUTES: dict = {}  # no native op to route: torchbp.nn.Sequential calls it
+__all__ = ["dense_stack"]
