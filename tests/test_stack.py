@@ -116,14 +116,17 @@ def test_audit_still_sees_every_layer():
     assert r.ok and r.coverage == 1.0
 
 
-def test_no_grad_autocast_and_bad_inputs_fall_back():
+def test_no_grad_and_bad_inputs_fall_back_autocast_fuses():
     native, twin = _pair("relu", torch.float32)
     x = torch.randn(5, 6)
     with torch.no_grad():
         assert torch.equal(twin(x), native(x))
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = twin(x)
-    assert out.dtype == torch.bfloat16 and "DenseStackBackward" not in names(out)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # fused under autocast too, cast as for linear
+        out, ref = twin(x), native(x)
+    assert out.dtype == torch.bfloat16 and "DenseStackBackward" in names(out) and torch.equal(out, ref)
+    gs = torch.autograd.grad(out.float().square().sum(), list(twin.parameters()))
+    gn = torch.autograd.grad(ref.float().square().sum(), list(native.parameters()))
+    assert all(g.dtype == torch.float32 and rel_err(a, g) <= 2e-2 for a, g in zip(gs, gn))
     with pytest.raises(RuntimeError, match="torchbp.functional.linear"):
         twin(torch.randn(5, 6, dtype=torch.float64))  # the per-layer path names the problem
     with pytest.raises(RuntimeError, match="torchbp.functional.linear"):
@@ -146,3 +149,16 @@ def test_unswap_restores_sequential():
     assert type(twin) is torchbp.nn.Sequential and isinstance(twin, nn.Sequential)
     torchbp.unswap(twin)
     assert type(twin) is nn.Sequential and type(twin[0]) is nn.Linear
+
+
+def test_retain_graph_backward_twice_and_inplace_change_of_output_is_caught():
+    native, twin = _pair("seed")  # its last activation's output is the run's output, saved for backward
+    x = torch.randn(5, 6, dtype=torch.float64)
+    out = twin(x).square().sum()
+    g1 = torch.autograd.grad(out, list(twin.parameters()), retain_graph=True)
+    g2 = torch.autograd.grad(out, list(twin.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(g1, g2))
+    y = twin(x)
+    y.mul_(2)  # native raises too: sigmoid's backward needs its output
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.sum().backward()

@@ -18,7 +18,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._common import DeltaFunction
+from ._common import LOWER, DeltaFunction, apply
+
+# whether the running backward keeps the graph (retain_graph): then ctx must keep the run's tensors
+_keep_graph = getattr(getattr(torch._C, "_autograd", None), "_get_current_graph_task_keep_graph", None)
 
 
 class DenseStack(DeltaFunction):
@@ -41,18 +44,27 @@ class DenseStack(DeltaFunction):
                 a = cls.forward(z, *args)
                 kept.append(a if cls.save_output else z)
         ctx.acts, ctx.L = acts, len(acts)
-        ctx.save_for_backward(*inputs, *kept, *params)
+        # What the caller can reach (x, the output, the parameters) is saved the checked way (an in-place
+        # change before backward raises); the run's inner tensors nobody else holds are kept on ctx, so
+        # backward can drop each layer's as soon as it is done (per-layer Functions free theirs likewise)
+        last = kept[-1] is a
+        ctx.save_for_backward(x, a if last else None, *params)
+        ctx.inner = ([None] + inputs[1:], kept[:-1] + [None] if last else kept)
         return a
 
     @staticmethod
     def backward(ctx, delta):
-        saved, L = ctx.saved_tensors, ctx.L
-        inputs, kept, params = saved[:L], saved[L:2 * L], saved[2 * L:]
+        x, out, *params = ctx.saved_tensors
+        L, (inputs, kept) = ctx.L, ctx.inner
+        inputs, kept = [x] + inputs[1:], kept[:-1] + [out if out is not None else kept[-1]]
         Ws = params[0::2]
+        free = not torch.is_grad_enabled() and _keep_graph is not None and not _keep_graph()
+        if free:  # drop ctx's references: each layer's tensors go once its step below is done
+            ctx.inner = None
         if torch.is_grad_enabled():
             # create_graph: the intermediates were made inside forward and carry no graph to x and the
             # W, b; replay the run through the per-layer δ Functions so second derivatives are right
-            inputs, kept = _replay(inputs[0], ctx.acts, params)
+            inputs, kept = _replay(x, ctx.acts, params)
         need = ctx.needs_input_grad
         grads = [None] * (2 * L)
         for l in reversed(range(L)):
@@ -60,8 +72,10 @@ class DenseStack(DeltaFunction):
             if act is not None:
                 cls, args = act
                 delta = cls.delta(delta, kept[l], *args)
+            kept[l] = None
             if need[2 + 2 * l]:
                 grads[2 * l] = delta.t() @ inputs[l]
+            inputs[l] = None
             if need[3 + 2 * l]:
                 grads[2 * l + 1] = delta.sum(0)
             if l == 0 and not need[0]:
@@ -92,11 +106,13 @@ def _replay(x, acts, params):
 def dense_stack(input, layers):
     """Linear (+ activation) layers in one δ Function. ``layers``: a sequence of
     ``(weight, bias, activation)`` with activation None or (Function class, args), e.g.
-    ``(W, b, (activation.ReLU, ()))``. The caller has checked shapes, dtypes and devices."""
+    ``(W, b, (activation.ReLU, ()))``. Under autocast, input and parameters are cast as for linear
+    (the activations of a run are not on autocast's lists). The caller has checked shapes, dtypes and
+    devices."""
     acts = tuple(act for _, _, act in layers)
     params = [t for W, b, _ in layers for t in (W, b)]
     x = input if input.dim() == 2 else input.reshape(-1, input.shape[-1])
-    out = DenseStack.apply(x, acts, *params)
+    out = apply(DenseStack, LOWER, x, acts, *params)  # autocast: x, W, b cast as for linear
     return out if input.dim() == 2 else out.reshape(*input.shape[:-1], out.shape[-1])
 
 

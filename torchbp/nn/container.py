@@ -4,14 +4,14 @@ A small network's step is mostly Python's per-Function cost; ``torchbp.functiona
 once per run of dense layers instead of once per layer, with the same δ formulas. Anything that
 watches or changes a layer in between makes that child run on its own, as the plain container would:
 hooks (the audit hooks every module, so it still sees each layer), a patched ``forward``, grad mode
-off, autocast, torch.func transforms, torch.compile tracing, or inputs the layers would refuse
+off, torch.func transforms, torch.compile tracing, or inputs the layers would refuse
 (whose per-layer errors name the problem).
 """
 import torch
 from torch.nn.modules import module as _module
 
 from ..functional import activation as A
-from ..functional._common import _autocast_state
+from ..functional._common import _CASTABLE, _autocast_state
 from ..functional.stack import dense_stack
 from . import activation as act
 from .linear import Linear
@@ -50,8 +50,7 @@ class Sequential(torch.nn.Sequential):
     def forward(self, input):
         mods = list(self._modules.values())
         if (len(mods) < 3 or not isinstance(input, torch.Tensor) or not torch.is_grad_enabled()
-                or any(_GLOBAL_HOOKS) or _autocast_state(input.device.type) is not None or _functorch_active()
-                or _compiling()):
+                or any(_GLOBAL_HOOKS) or _functorch_active() or _compiling()):
             return super().forward(input)
         i = 0
         while i < len(mods):
@@ -63,7 +62,7 @@ class Sequential(torch.nn.Sequential):
                 make = _ACTS.get(type(nxt)) if nxt is not None and _plain(nxt) else None
                 layers.append((W, b, make(nxt) if make else None))
                 j += 2 if make else 1
-            if len(layers) >= 2 and self._fits(input, layers):
+            if len(layers) >= 2 and self._fits(input, layers, _autocast_state(input.device.type) is not None):
                 input = dense_stack(input, layers)
                 i = j
             else:
@@ -72,14 +71,16 @@ class Sequential(torch.nn.Sequential):
         return input
 
     @staticmethod
-    def _fits(x, layers) -> bool:
-        """Shapes chain, one floating dtype and one device: otherwise the per-layer path (and its errors)."""
+    def _fits(x, layers, autocast) -> bool:
+        """Shapes chain, one device, one floating dtype (any castable ones under autocast): otherwise the
+        per-layer path (and its errors)."""
         if not x.is_floating_point() or x.dim() < 1:
             return False
-        width, dt, dev = x.shape[-1], x.dtype, x.device
+        width, dev = x.shape[-1], x.device
+        same = (lambda t: t.dtype in _CASTABLE) if autocast and x.dtype in _CASTABLE else (lambda t: t.dtype == x.dtype)
         for W, b, _ in layers:
-            if (W.dim() != 2 or W.shape[1] != width or W.dtype != dt or W.device != dev
-                    or (b is not None and (b.shape != W.shape[:1] or b.dtype != dt or b.device != dev))):
+            if (W.dim() != 2 or W.shape[1] != width or not same(W) or W.device != dev
+                    or (b is not None and (b.shape != W.shape[:1] or not same(b) or b.device != dev))):
                 return False
             width = W.shape[0]
         return True
