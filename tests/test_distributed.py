@@ -24,6 +24,7 @@ import pytest
 import torch
 
 import torchbp
+from util import grad_fn_names
 
 dist = pytest.importorskip("torch.distributed")
 if not (dist.is_available() and dist.is_gloo_available()):
@@ -102,18 +103,6 @@ def cost(h, y):
     return 0.5 * (y - h).pow(2).sum() / h.shape[0]  # the seed's ½‖y − h‖², mean over the batch
 
 
-def grad_fn_names(t):
-    seen, stack, names = set(), [t.grad_fn], set()
-    while stack:
-        f = stack.pop()
-        if f is None or f in seen:
-            continue
-        seen.add(f)
-        names.add(type(f).__name__)
-        stack.extend(n for n, _ in f.next_functions)
-    return names
-
-
 def train(ddp, rank, steps, swap_at=None):
     """SGD steps through DDP: (gradients of every step, final parameters, whether each step's graph
     went through the δ Linear)."""
@@ -125,7 +114,7 @@ def train(ddp, rank, steps, swap_at=None):
         x, y = batch(rank, step)
         opt.zero_grad()
         loss = cost(ddp(x), y)
-        routed.append(bool({"LinearBackward", "DenseStackBackward"} & grad_fn_names(loss)))  # δ Linear, or a fused run
+        routed.append(bool({"LinearBackward", "DenseStackBackward"} & set(grad_fn_names(loss))))  # δ Linear, or a fused run
         loss.backward()  # DDP averages over the ranks here (not under torch.autograd.grad)
         grads.append([p.grad.clone() for p in ddp.parameters()])
         opt.step()

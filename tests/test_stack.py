@@ -11,18 +11,7 @@ import torchbp
 from torchbp.functional import activation as A
 from torchbp.functional.stack import dense_stack
 from util import DEVICES, LOW, assert_matches_native, gradchecks, rel_err
-
-
-def names(t):
-    seen, stack, out = set(), [t.grad_fn], set()
-    while stack:
-        f = stack.pop()
-        if f is None or f in seen:
-            continue
-        seen.add(f)
-        out.add(type(f).__name__)
-        stack.extend(n for n, _ in f.next_functions)
-    return out
+from util import grad_fn_names as names
 
 
 MODELS = {

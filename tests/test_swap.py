@@ -10,24 +10,13 @@ import torch.nn.functional as F
 import torchbp
 import torchbp.functional as tbf
 from torchbp import registry
+from util import grad_fn_names
 
 
 def mlp():
     torch.manual_seed(0)
     return torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 8),
                                torch.nn.ReLU(inplace=True), torch.nn.Linear(8, 3)).double()
-
-
-def grad_fn_names(t):
-    seen, stack, names = set(), [t.grad_fn], []
-    while stack:
-        f = stack.pop()
-        if f is None or f in seen:
-            continue
-        seen.add(f)
-        names.append(type(f).__name__)
-        stack.extend(n for n, _ in f.next_functions)
-    return names
 
 
 def test_swap_changes_only_the_class():

@@ -84,3 +84,16 @@ def gradchecks(fn, args, kwargs=None):
     f = (lambda *a: fn(*a, **kwargs)) if kwargs else fn
     assert torch.autograd.gradcheck(f, args, check_undefined_grad=False)
     assert torch.autograd.gradgradcheck(f, args, check_undefined_grad=False)
+
+
+def grad_fn_names(t: torch.Tensor) -> list[str]:
+    """Class names of every autograd node reachable from ``t``'s grad_fn."""
+    seen, stack, names = set(), [t.grad_fn], []
+    while stack:
+        f = stack.pop()
+        if f is None or f in seen:
+            continue
+        seen.add(f)
+        names.append(type(f).__name__)
+        stack.extend(n for n, _ in f.next_functions)
+    return names

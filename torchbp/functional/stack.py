@@ -32,17 +32,7 @@ class DenseStack(DeltaFunction):
 
     @staticmethod
     def forward(ctx, x, acts, *params):
-        a, inputs, kept = x, [], []
-        for l, act in enumerate(acts):
-            inputs.append(a)
-            z = F.linear(a, params[2 * l], params[2 * l + 1])
-            if act is None:
-                a = z
-                kept.append(None)
-            else:
-                cls, args = act
-                a = cls.forward(z, *args)
-                kept.append(a if cls.save_output else z)
+        a, inputs, kept = _run(x, acts, params)
         ctx.acts, ctx.L = acts, len(acts)
         # What the caller can reach (x, the output, the parameters) is saved the checked way (an in-place
         # change before backward raises); the run's inner tensors nobody else holds are kept on ctx, so
@@ -58,13 +48,12 @@ class DenseStack(DeltaFunction):
         L, (inputs, kept) = ctx.L, ctx.inner
         inputs, kept = [x] + inputs[1:], kept[:-1] + [out if out is not None else kept[-1]]
         Ws = params[0::2]
-        free = not torch.is_grad_enabled() and _keep_graph is not None and not _keep_graph()
-        if free:  # drop ctx's references: each layer's tensors go once its step below is done
-            ctx.inner = None
+        if not torch.is_grad_enabled() and _keep_graph is not None and not _keep_graph():
+            ctx.inner = None  # ctx lets go: each layer's tensors are freed once its step below is done
         if torch.is_grad_enabled():
             # create_graph: the intermediates were made inside forward and carry no graph to x and the
             # W, b; replay the run through the per-layer δ Functions so second derivatives are right
-            inputs, kept = _replay(x, ctx.acts, params)
+            _, inputs, kept = _run(x, ctx.acts, params, replay=True)
         need = ctx.needs_input_grad
         grads = [None] * (2 * L)
         for l in reversed(range(L)):
@@ -85,22 +74,22 @@ class DenseStack(DeltaFunction):
         return (delta, None, *grads)
 
 
-def _replay(x, acts, params):
-    """Each layer's input and each activation's saved tensor, recomputed through Linear.apply and the
-    activations' own δ Functions (connected to x and the parameters)."""
+def _run(x, acts, params, replay=False):
+    """The run's forward: (output, each layer's input, each activation's saved tensor). ``replay``: through
+    Linear.apply and the activations' own δ Functions, so the results are connected to x and the parameters."""
     from .linear import Linear
     a, inputs, kept = x, [], []
     for l, act in enumerate(acts):
         inputs.append(a)
-        z = Linear.apply(a, params[2 * l], params[2 * l + 1])
+        z = (Linear.apply if replay else F.linear)(a, params[2 * l], params[2 * l + 1])
         if act is None:
             a = z
             kept.append(None)
         else:
             cls, args = act
-            a = cls.apply(z, *args)
+            a = (cls.apply if replay else cls.forward)(z, *args)
             kept.append(a if cls.save_output else z)
-    return inputs, kept
+    return a, inputs, kept
 
 
 def dense_stack(input, layers):
