@@ -3,11 +3,12 @@
 #   1. the whole test suite, CUDA variants included (pytest -n WORKERS when pytest-xdist is there);
 #   2. scripts/bench.py on CUDA (float32 and bfloat16 autocast; the default models plus mlp-wide);
 #   3. scripts/profile_step.py on the wide MLP (bf16) and the CNN: top operators by GPU time.
+# The defaults fit one 10-minute device call (an H100 ran the suite in ~4 min with 12 workers).
 # Logs, JUnit XML and the bench JSON go to OUTDIR; the last lines printed are the failures (if any),
 # the test summary and the bench table.
 #
 #   scripts/gpu_check.sh [OUTDIR]          (default: $OUT, else ./gpu_check_out)
-#   TESTS_S=420 BENCH_S=240 WORKERS=8 BENCH_ARGS="--pairs 10" scripts/gpu_check.sh
+#   TESTS_S=330 BENCH_S=170 PROFILE_S=40 WORKERS=12 BENCH_ARGS="--pairs 10" scripts/gpu_check.sh
 set -u
 out=${1:-${OUT:-gpu_check_out}}
 mkdir -p "$out"
@@ -27,11 +28,11 @@ $py -m pip install -q --no-deps --no-build-isolation -e . >"$out/install.log" 2>
 xdist=()
 if $py -c 'import xdist' 2>/dev/null; then xdist=(-n "${WORKERS:-8}"); fi
 # -v: one line per test as it ends, so a run cut off by the timeout still names its failures
-timeout "${TESTS_S:-420}" $py -m pytest -v -p no:cacheprovider "${xdist[@]}" -rfE \
+timeout "${TESTS_S:-330}" $py -m pytest -v -p no:cacheprovider "${xdist[@]}" -rfE \
     --junitxml="$out/tests.xml" ${PYTEST_ARGS:-} >"$out/tests.log" 2>&1
 tests_rc=$?
 
-timeout "${BENCH_S:-240}" $py scripts/bench.py --device cuda --json "$out/bench-cuda.json" ${BENCH_ARGS:-} \
+timeout "${BENCH_S:-170}" $py scripts/bench.py --device cuda --json "$out/bench-cuda.json" ${BENCH_ARGS:-} \
     >"$out/bench.txt" 2>"$out/bench.log"
 bench_rc=$?
 
