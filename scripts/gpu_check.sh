@@ -26,7 +26,7 @@ $py -m pip install -q --no-deps --no-build-isolation -e . >"$out/install.log" 2>
 } | tee "$out/env.txt"
 
 xdist=()
-if $py -c 'import xdist' 2>/dev/null; then xdist=(-n "${WORKERS:-8}"); fi
+if $py -c 'import xdist' 2>/dev/null; then xdist=(-n "${WORKERS:-12}"); fi
 # -v: one line per test as it ends, so a run cut off by the timeout still names its failures
 timeout "${TESTS_S:-330}" $py -m pytest -v -p no:cacheprovider "${xdist[@]}" -rfE \
     --junitxml="$out/tests.xml" ${PYTEST_ARGS:-} >"$out/tests.log" 2>&1
@@ -37,8 +37,8 @@ timeout "${BENCH_S:-170}" $py scripts/bench.py --device cuda --json "$out/bench-
 bench_rc=$?
 
 # where the time goes in the two rows furthest from native: the wide MLP under bf16 and the CNN
-{ timeout "${PROFILE_S:-90}" $py scripts/profile_step.py --model mlp-wide --dtype bfloat16 --steps 5
-  timeout "${PROFILE_S:-90}" $py scripts/profile_step.py --model cnn --dtype float32 --steps 10; } \
+{ timeout "${PROFILE_S:-40}" $py scripts/profile_step.py --model mlp-wide --dtype bfloat16 --steps 5
+  timeout "${PROFILE_S:-40}" $py scripts/profile_step.py --model cnn --dtype float32 --steps 10; } \
     >"$out/profile.txt" 2>&1
 
 echo "== tests (rc $tests_rc; 124 = timed out)"
