@@ -122,6 +122,38 @@ def test_module_gradcheck(case):
     gradchecks(fs, (x, *ps))
 
 
+@pytest.fixture
+def wgrad_per_sample(monkeypatch):
+    """∂J/∂W's batch sum in one chunk per sample (the CPU path large inputs take)."""
+    from torchbp.functional import conv
+    monkeypatch.setattr(conv, "_WGRAD_CHUNK_BYTES", 1)
+
+
+@pytest.mark.parametrize("case", CONV_CASES, ids=[_ids(c) for c in CONV_CASES])
+def test_conv_weight_grad_in_batch_chunks(case, wgrad_per_sample):
+    native, twin = _pair(*case[:2])
+    fs, ps = _module_fn(twin)
+    fn, _ = _module_fn(native)
+    assert_matches_native(fs, fn, (torch.randn(case[2], dtype=torch.float64, requires_grad=True), *ps))
+
+
+@pytest.mark.parametrize("case", GRADCHECK[:4], ids=[_ids(c) for c in GRADCHECK[:4]])
+def test_conv_weight_grad_in_batch_chunks_gradcheck(case, wgrad_per_sample):
+    _, twin = _pair(*case[:2])
+    fs, ps = _module_fn(twin)
+    shape = (2,) + case[2][1:]  # two samples: two chunks
+    gradchecks(fs, (torch.randn(shape, dtype=torch.float64, requires_grad=True), *ps))
+
+
+@pytest.mark.parametrize("dtype", LOW)
+def test_conv_weight_grad_in_batch_chunks_low_precision(dtype, wgrad_per_sample):
+    native, twin = _pair(*CONV_CASES[11][:2])
+    fs, ps = _module_fn(twin)
+    fn, _ = _module_fn(native)
+    x = torch.randn((6,) + CONV_CASES[11][2][1:], requires_grad=True)
+    assert_matches_native(fs, fn, (x, *[p.detach().float().requires_grad_() for p in ps]), dtype=dtype)
+
+
 LOW_CASES = [CONV_CASES[2], CONV_CASES[11], CONV_CASES[13], CONV_CASES[-3], POOL_CASES[4], POOL_CASES[12],
              POOL_CASES[-3]]
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._common import LOWER, DeltaFunction, apply, check, check_compatible
+from ._common import LOWER, DeltaFunction, apply, check, check_compatible, inplace_ok
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 _CONV_T = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
@@ -57,18 +57,37 @@ class Conv(DeltaFunction):
             out_pad = [L[i] - ((O[i] - 1) * s[i] - 2 * p[i] + d[i] * (K[i] - 1) + 1) for i in range(n)]
             grad_a = _CONV_T[n](delta, W, None, s, p, out_pad, g, d)
         if need_W:
-            N, C = ctx.a_shape[:2]
-            # a as (C/g, g·N, *L): the C/g channels of a group become the batch, (group, sample) the channels;
-            # δ as (O, N, *O): each group's δ is the kernel over its N samples.
-            x = a.reshape(N, g, C // g, *L).transpose(0, 2).reshape(C // g, g * N, *L) if g > 1 \
-                else a.transpose(0, 1)
-            gw = _CONV[n](x, delta.transpose(0, 1), None, d, p, s, g)  # (C/g, O, ≥K)
-            for i in range(n):  # the correlation may reach past the kernel's extent: keep K
-                gw = gw.narrow(2 + i, 0, K[i])
-            grad_W = gw.transpose(0, 1)
+            # Σ over the batch in chunks: the convolution copies δ (batch and channels swapped) into the
+            # kernel layout; chunks of ~2 MiB keep that copy small (CPU, bench CNN: peak memory 1.21x -> 1.00x
+            # native's at the same speed; 1 MiB chunks were 6% slower). On CUDA one call: launches cost more.
+            n_chunks = 1 if delta.device.type == "cuda" else \
+                max(1, min(delta.shape[0], -(-delta.numel() * delta.element_size() // _WGRAD_CHUNK_BYTES)))
+            low = n_chunks > 1 and delta.dtype in (torch.float16, torch.bfloat16)  # sum the chunks in float32
+            for a_c, d_c in zip(a.chunk(n_chunks), delta.chunk(n_chunks)):
+                gw = _grad_W(a_c, d_c, s, p, d, g, K)
+                gw = gw.float() if low else gw
+                grad_W = gw if grad_W is None else grad_W.add_(gw) if inplace_ok() else grad_W + gw
+            grad_W = grad_W.to(delta.dtype) if low else grad_W
         if need_b and ctx.has_bias:
             grad_b = delta.sum([0, *range(2, 2 + n)])
         return grad_a, grad_W, grad_b, None, None, None, None
+
+
+_WGRAD_CHUNK_BYTES = 2 << 20  # δ bytes per chunk of ∂J/∂W's batch sum (CPU)
+
+
+def _grad_W(a, delta, s, p, d, g, K):
+    """∂J/∂W = a ⋆ δ over this batch: one convolution of a (batch and channels swapped) with δ as the
+    kernel, stride and dilation exchanged."""
+    n = len(K)
+    N, C, *L = a.shape
+    # a as (C/g, g·N, *L): the C/g channels of a group become the batch, (group, sample) the channels;
+    # δ as (O, N, *O): each group's δ is the kernel over its N samples.
+    x = a.reshape(N, g, C // g, *L).transpose(0, 2).reshape(C // g, g * N, *L) if g > 1 else a.transpose(0, 1)
+    gw = _CONV[n](x, delta.transpose(0, 1), None, d, p, s, g)  # (C/g, O, ≥K)
+    for i in range(n):  # the correlation may reach past the kernel's extent: keep K
+        gw = gw.narrow(2 + i, 0, K[i])
+    return gw.transpose(0, 1)
 
 
 class Pad(DeltaFunction):
