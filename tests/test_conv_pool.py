@@ -239,6 +239,19 @@ def test_max_pool_many_channels_matches_native():
     assert torch.equal(*per)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("device", DEVICES)
+def test_max_pool_half_disjoint_windows_route_delta_exactly(dtype, device):
+    """Disjoint windows in half types: the δ values land bit for bit where native puts them, first order
+    (scattered as int16 bits) and under create_graph (put_) alike; an expanded δ too."""
+    x = torch.randn(3, 9, 8, 6, device=device).to(dtype).requires_grad_()
+    out, ref = tbf.max_pool2d(x, 2), F.max_pool2d(x, 2)
+    for g in (torch.randn_like(out), torch.randn((), device=device, dtype=dtype).expand_as(out)):
+        want = torch.autograd.grad(ref, x, g, retain_graph=True)[0]
+        assert torch.equal(torch.autograd.grad(out, x, g, retain_graph=True)[0], want)
+        assert torch.equal(torch.autograd.grad(out, x, g, retain_graph=True, create_graph=True)[0], want)
+
+
 def test_conv_noncontiguous_and_partial_grads():
     x = torch.randn(2, 7, 3, 6, dtype=torch.float64).permute(0, 2, 3, 1)  # non-contiguous, no grad
     W = torch.randn(4, 3, 3, 3, dtype=torch.float64, requires_grad=True)

@@ -50,8 +50,12 @@ class MaxPool(DeltaFunction):
         g = delta.new_zeros(*shape[:-n], shape[-n:].numel())
         if ctx.overlap:
             g = g.scatter_add_(-1, idx.flatten(-n), delta.flatten(-n))
-        elif delta.dtype in (torch.bfloat16, torch.float16):  # CPU's scatter_ stages these through float32:
-            # a put_ at global positions costs an int64 index half that size instead
+        elif delta.dtype in (torch.bfloat16, torch.float16) and not torch.is_grad_enabled():
+            # CPU's scatter_ stages half types through float32; scattering their bits as int16 moves the
+            # same values exactly, with no temporary (first-order only: a dtype view has no gradient)
+            g.view(torch.int16).scatter_(-1, idx.flatten(-n), delta.flatten(-n).view(torch.int16))
+        elif delta.dtype in (torch.bfloat16, torch.float16):
+            # double backward: a put_ at global positions (an int64 index instead of a float32 copy)
             L = g.shape[-1]
             plane = torch.arange(0, g.numel(), L, device=g.device).view(*g.shape[:-1], *[1] * n)
             g = g.view(-1).put_((idx + plane).view(-1), delta.reshape(-1)).view(g.shape)
