@@ -243,6 +243,18 @@ def test_activation_kinks_equal_native_float64(ours, native, kw, points):
         torch.testing.assert_close(gs, gn, rtol=1e-13, atol=0)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_hardtanh_bound_bf16_cannot_hold_takes_natives_branch(device):
+    """max_val=0.7 is no bf16 number: z just inside and the clamped output round alike, so f' must
+    come from z (as native's) for δ to pass exactly where native's does."""
+    z = torch.linspace(0.6, 0.8, 2001, device=device).to(torch.bfloat16)
+    g = torch.randn_like(z)
+    zs, zn = z.clone().requires_grad_(), z.clone().requires_grad_()
+    (gs,) = torch.autograd.grad(tbf.hardtanh(zs, -0.3, 0.7), zs, g)
+    (gn,) = torch.autograd.grad(F.hardtanh(zn, -0.3, 0.7), zn, g)
+    assert torch.equal(gs, gn)
+
+
 # --- DeltaFunction.apply's fast path (torch's Function.apply without its per-call signature binding) ---
 
 def test_fast_apply_matches_torch_apply():

@@ -225,8 +225,12 @@ class Softplus(_Pointwise):
 class Hardtanh(_Pointwise):
     """a = clamp(z, lo, hi);  f'(z) = [lo < z < hi] = [lo < a < hi].
 
-    On CPU [lo < a < hi] = max(sign(min(a − lo, hi − a)), 0), without torch.where.
+    f' is read from z, as native does: in a low precision that cannot hold a bound (bf16 and 0.7), a
+    just inside it and the clamped a just outside round to the same value. In place only a remains.
+    On CPU [lo < t < hi] = max(sign(min(t − lo, hi − t)), 0), without torch.where.
     """
+
+    save_output = False
 
     @staticmethod
     def forward(z, lo, hi):
@@ -238,6 +242,10 @@ class Hardtanh(_Pointwise):
 
     @staticmethod
     def delta(g, a, lo, hi):
+        if a.dtype in (torch.float16, torch.bfloat16):
+            # compared in float32, as native does: a half type would round a bound such as 0.7 first
+            a = a.float()
+            return g * ((a > lo) & (a < hi)).to(g.dtype)
         if a.device.type == "cpu":  # CPU torch.where is slow (see ReLU)
             return scale_(torch.minimum(a - lo, hi - a).sign_().clamp_(min=0), g)
         return torch.where((a > lo) & (a < hi), g, 0)
