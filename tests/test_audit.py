@@ -432,3 +432,18 @@ def test_oracle_auto_skips_oracle_when_close_and_runs_it_on_failure():
     assert not bad.ok and bad.first_divergence == "3" and bad.environment["oracle"] == "float64"
     assert all(row.native_rel_err is not None for row in bad.rows)
     assert torchbp.audit(deep(2), torch.randn(2, 16, dtype=torch.float64), oracle="auto").environment["oracle"] is None
+
+
+def test_audit_is_callable_and_its_submodules_import():
+    """torchbp.audit is the package and the function at once: every import form works."""
+    import importlib
+    import subprocess
+    import sys
+    code = ("import torchbp.audit.compare as c, torchbp.audit.report as r, torch, torchbp\n"
+            "from torchbp.audit import audit, AuditReport\n"
+            "m = torch.nn.Linear(3, 2).double()\n"
+            "rep = torchbp.audit(m, torch.randn(2, 3, dtype=torch.float64))\n"
+            "assert rep.ok and isinstance(rep, r.AuditReport) and c.FLOOR and audit is torchbp.audit.audit\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert callable(importlib.import_module("torchbp.audit"))

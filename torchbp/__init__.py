@@ -8,10 +8,10 @@ __version__ = "0.1.0"
 
 # Public names load on first use (PEP 562): pytest imports this package at start-up for the
 # torchbp.pytest_plugin entry point, and must not pay for importing torch there.
-_SUBMODULES = ("functional", "nn", "registry")
+# torchbp.audit is the audit package, callable: torchbp.audit(model, x) runs the audit
+_SUBMODULES = ("functional", "nn", "registry", "audit")
 _FROM = {"manual_backward": "intercept", "register": "registry", "swap": "swap", "swapped": "swap",
-         "unswap": "swap", "unswappable": "swap", "audit": "audit", "assert_gradients_match": "audit",
-         "AuditReport": "audit"}
+         "unswap": "swap", "unswappable": "swap", "assert_gradients_match": "audit", "AuditReport": "audit"}
 __all__ = [*_SUBMODULES, *_FROM, "__version__"]
 
 
@@ -31,7 +31,7 @@ def __dir__():
 
 class _Package(types.ModuleType):
     def __setattr__(self, name, value):
-        # importing torchbp.swap / torchbp.audit binds the submodule here; the public name is the function
+        # importing torchbp.swap binds the submodule here; the public name is the function
         if not (name in _FROM and isinstance(value, types.ModuleType)):
             super().__setattr__(name, value)
 

@@ -1,9 +1,14 @@
-"""The checker: ``torchbp.audit`` compares δ layers with native autograd layer by layer.
+"""The checker: ``torchbp.audit(model, inputs, target=None, **options) -> AuditReport`` compares δ layers
+with native autograd layer by layer (the options: ``torchbp.audit.audit``'s docstring).
 
-capture.py (hooks), compare.py (metrics, comparison policy), report.py (AuditReport), runner.py (the
-passes), options.py (the audit options, shared by the CLI and the pytest plugin).
+``torchbp.audit`` is this package, and calling it runs the audit, so both ``torchbp.audit(model, x)`` and
+``import torchbp.audit.compare`` work. capture.py (hooks), compare.py (metrics, comparison policy),
+report.py (AuditReport), runner.py (the passes), options.py (the audit options, shared by the CLI and
+the pytest plugin).
 """
 import importlib
+import sys
+import types
 
 # loaded on first use: the pytest plugin imports .options at pytest start-up, without torch
 _FROM = {"AuditReport": "report", "Row": "report", "compare_reports": "report",
@@ -21,3 +26,12 @@ def __getattr__(name):
 
 def __dir__():
     return sorted(__all__)
+
+
+class _CallablePackage(types.ModuleType):
+    def __call__(self, *args, **kwargs):
+        from .runner import audit
+        return audit(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallablePackage
