@@ -11,7 +11,7 @@ import torch
 from torch.nn.modules import module as _module
 
 from ..functional import activation as A
-from ..functional._common import _CASTABLE, _autocast_state
+from ..functional._common import _CASTABLE, _autocast_state, _compiling, _functorch_active
 from ..functional.stack import dense_stack
 from . import activation as act
 from .linear import Linear
@@ -36,21 +36,12 @@ def _plain(m) -> bool:
                 or getattr(m, "_backward_pre_hooks", None) or "forward" in m.__dict__)
 
 
-def _compiling() -> bool:
-    c = getattr(torch, "compiler", None)
-    return bool(c is not None and hasattr(c, "is_compiling") and c.is_compiling())
-
-
-def _functorch_active() -> bool:
-    f = getattr(torch._C, "_are_functorch_transforms_active", None)
-    return f is None or f()
-
-
 class Sequential(torch.nn.Sequential):
     def forward(self, input):
         mods = list(self._modules.values())
         if (len(mods) < 3 or not isinstance(input, torch.Tensor) or not torch.is_grad_enabled()
-                or any(_GLOBAL_HOOKS) or _functorch_active() or _compiling()):
+                or any(_GLOBAL_HOOKS) or _functorch_active is None or _functorch_active()
+                or (_compiling is not None and _compiling())):
             return super().forward(input)
         i = 0
         while i < len(mods):
