@@ -97,7 +97,8 @@ def dense_stack(input, layers):
     ``(weight, bias, activation)`` with activation None or (Function class, args), e.g.
     ``(W, b, (activation.ReLU, ()))``. Under autocast, input and parameters are cast as for linear
     (the activations of a run are not on autocast's lists). The caller has checked shapes, dtypes and
-    devices."""
+    devices. Not under torch.func transforms (a ctx-style Function; the nn.Sequential twin uses the
+    per-layer Functions there)."""
     acts = tuple(act for _, _, act in layers)
     params = [t for W, b, _ in layers for t in (W, b)]
     x = input if input.dim() == 2 else input.reshape(-1, input.shape[-1])
