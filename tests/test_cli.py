@@ -75,6 +75,13 @@ def test_audit_tuple_callable_float32_and_target(models, capsys):
     assert "float32" in capsys.readouterr().out.splitlines()[0]
 
 
+def test_audit_oracle_device_option(models):
+    assert main(["audit", "cli_models:with_inputs", "--dtype", "float32", "--oracle-device", "cpu",
+                 "--json", "o.json"]) == 0
+    env = json.loads((models / "o.json").read_text())["environment"]
+    assert env["oracle_device"] == "cpu" and env["oracle"] == "float64"
+
+
 def test_audit_disagreement_exit_1(models, capsys):
     assert main(["audit", "cli_models:buggy", "--input-shape", "4,10", "--target-shape", "4,3"]) == 1
     assert "first divergence: '1'" in capsys.readouterr().out
