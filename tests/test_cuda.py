@@ -4,6 +4,7 @@ the per-op CUDA variants live beside their CPU tests (util.DEVICES)."""
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 
 import pytest
@@ -11,7 +12,7 @@ import torch
 import torch.nn as nn
 
 import torchbp
-from util import CUDA
+from util import CUDA, rel_err
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not CUDA, reason="no CUDA device")]
 
@@ -150,9 +151,8 @@ def test_embedding_index_add_reproducibility_is_reported_not_failed():
 
 @pytest.mark.parametrize("amp", [torch.bfloat16, torch.float16])
 def test_swapped_model_under_cuda_autocast_matches_native(amp):
-    from util import rel_err
     native = cnn().cuda()
-    manual = torchbp.swap(__import__("copy").deepcopy(native))
+    manual = torchbp.swap(copy.deepcopy(native))
     x = torch.randn(8, 3, 16, 16, device="cuda")
     grads = []
     for m in (native, manual):

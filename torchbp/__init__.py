@@ -15,14 +15,21 @@ _FROM = {"manual_backward": "intercept", "register": "registry", "swap": "swap",
 __all__ = [*_SUBMODULES, *_FROM, "__version__"]
 
 
-def __getattr__(name):
-    if name in _SUBMODULES:
-        return importlib.import_module(f".{name}", __name__)
-    if name in _FROM:
-        value = getattr(importlib.import_module(f".{_FROM[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+def _lazy(package: str, names: dict, submodules=()):
+    """A PEP 562 ``__getattr__`` for ``package``: submodules import on first access, ``names[name]`` is
+    the submodule whose attribute ``name`` is (loaded once, then cached in the package)."""
+    def __getattr__(name):
+        if name in submodules:
+            return importlib.import_module(f".{name}", package)
+        if name in names:
+            value = getattr(importlib.import_module(f".{names[name]}", package), name)
+            vars(sys.modules[package])[name] = value
+            return value
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
+    return __getattr__
+
+
+__getattr__ = _lazy(__name__, _FROM, _SUBMODULES)
 
 
 def __dir__():

@@ -6,9 +6,10 @@ with native autograd layer by layer (the options: ``torchbp.audit.audit``'s docs
 report.py (AuditReport), runner.py (the passes), options.py (the audit options, shared by the CLI and
 the pytest plugin).
 """
-import importlib
 import sys
 import types
+
+from .. import _lazy
 
 # loaded on first use: the pytest plugin imports .options at pytest start-up, without torch
 _FROM = {"AuditReport": "report", "Row": "report", "compare_reports": "report",
@@ -16,12 +17,7 @@ _FROM = {"AuditReport": "report", "Row": "report", "compare_reports": "report",
 __all__ = list(_FROM)
 
 
-def __getattr__(name):
-    if name in _FROM:
-        value = getattr(importlib.import_module(f".{_FROM[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = _lazy(__name__, _FROM)
 
 
 def __dir__():

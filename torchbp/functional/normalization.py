@@ -278,6 +278,17 @@ def _check_trailing(op, input, shape, **params):
                lambda: f"{k} must have shape {list(shape)} (normalized_shape), got {list(v.shape)}")
 
 
+def _save_stats(ctx, inputs, output):
+    """layer_norm's and group_norm's context, inputs (x, arg, w, b, eps) and outputs (out, mean, rstd):
+    x, w and the forward's statistics saved, eps and b's dtype kept. Returns ``arg`` (shape or groups)."""
+    x, arg, w, b, eps = inputs
+    _, mean, rstd = output
+    ctx.mark_non_differentiable(mean, rstd)
+    ctx.save_for_backward(x, w, mean, rstd)
+    ctx.eps, ctx.b_dtype = eps, (b.dtype if b is not None else None)
+    return arg
+
+
 class LayerNorm(DeltaFunction):
     """z = γ ⊙ x̂ + β, μ, σ² over the trailing ``len(normalized_shape)`` dims.
 
@@ -291,12 +302,7 @@ class LayerNorm(DeltaFunction):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        x, shape, w, b, eps = inputs
-        _, mean, rstd = output
-        ctx.mark_non_differentiable(mean, rstd)
-        ctx.save_for_backward(x, w, mean, rstd)
-        ctx.shape, ctx.eps = shape, eps
-        ctx.b_dtype = b.dtype if b is not None else None
+        ctx.shape = _save_stats(ctx, inputs, output)
 
     @staticmethod
     def backward(ctx, delta, _dmean, _drstd):
@@ -400,12 +406,7 @@ class GroupNorm(DeltaFunction):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        x, G, w, b, eps = inputs
-        _, mean, rstd = output
-        ctx.mark_non_differentiable(mean, rstd)
-        ctx.save_for_backward(x, w, mean, rstd)
-        ctx.G, ctx.eps = G, eps
-        ctx.b_dtype = b.dtype if b is not None else None
+        ctx.G = _save_stats(ctx, inputs, output)
 
     @staticmethod
     def backward(ctx, delta, _dmean, _drstd):

@@ -45,15 +45,16 @@ class DenseStack(DeltaFunction):
     @staticmethod
     def backward(ctx, delta):
         x, out, *params = ctx.saved_tensors
-        L, (inputs, kept) = ctx.L, ctx.inner
-        inputs, kept = [x] + inputs[1:], kept[:-1] + [out if out is not None else kept[-1]]
-        Ws = params[0::2]
-        if not torch.is_grad_enabled() and _keep_graph is not None and not _keep_graph():
-            ctx.inner = None  # ctx lets go: each layer's tensors are freed once its step below is done
+        L, Ws = ctx.L, params[0::2]
         if torch.is_grad_enabled():
             # create_graph: the intermediates were made inside forward and carry no graph to x and the
             # W, b; replay the run through the per-layer δ Functions so second derivatives are right
             _, inputs, kept = _run(x, ctx.acts, params, replay=True)
+        else:
+            inputs, kept = ctx.inner
+            inputs, kept = [x] + inputs[1:], kept[:-1] + [out if out is not None else kept[-1]]
+            if _keep_graph is not None and not _keep_graph():
+                ctx.inner = None  # ctx lets go: each layer's tensors are freed once its step below is done
         need = ctx.needs_input_grad
         grads = [None] * (2 * L)
         for l in reversed(range(L)):
