@@ -124,9 +124,9 @@ def test_module_gradcheck(case):
 
 @pytest.fixture
 def wgrad_per_sample(monkeypatch):
-    """∂J/∂W's batch sum in one chunk per sample (the CPU path large inputs take)."""
+    """∂J/∂W's and ∂J/∂b's batch sums in one chunk per sample (the CPU path large inputs take)."""
     from torchbp.functional import conv
-    monkeypatch.setattr(conv, "_WGRAD_CHUNK_BYTES", 1)
+    monkeypatch.setattr(conv, "_CHUNK_ELEMS", 1)
 
 
 @pytest.mark.parametrize("case", CONV_CASES, ids=[_ids(c) for c in CONV_CASES])
