@@ -65,9 +65,11 @@ class Sigmoid(_Pointwise):
     def forward(z):
         return torch.sigmoid(z)
 
+    forward_ = staticmethod(torch.sigmoid_)
+
     @staticmethod
     def delta(g, a):
-        return scale_(scale_(1 - a, g), a)  # (δ_a (1 − a)) a, native's order; scale_: in place when safe
+        return scale_(scale_(torch.rsub(a, 1), g), a)  # (δ_a (1 − a)) a, native's order; in place when safe
 
 
 class Tanh(_Pointwise):
@@ -76,6 +78,8 @@ class Tanh(_Pointwise):
     @staticmethod
     def forward(z):
         return torch.tanh(z)
+
+    forward_ = staticmethod(torch.tanh_)
 
     @staticmethod
     def delta(g, a):

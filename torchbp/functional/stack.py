@@ -64,14 +64,14 @@ class DenseStack(DeltaFunction):
                 delta = cls.delta(delta, kept[l], *args)
             kept[l] = None
             if need[2 + 2 * l]:
-                grads[2 * l] = delta.t() @ inputs[l]
+                grads[2 * l] = torch.mm(delta.t(), inputs[l])
             inputs[l] = None
             if need[3 + 2 * l]:
                 grads[2 * l + 1] = delta.sum(0)
             if l == 0 and not need[0]:
                 delta = None
                 break
-            delta = delta @ Ws[l]
+            delta = torch.mm(delta, Ws[l])
         return (delta, None, *grads)
 
 
@@ -88,7 +88,10 @@ def _run(x, acts, params, replay=False):
             kept.append(None)
         else:
             cls, args = act
-            a = (cls.apply if replay else cls.forward)(z, *args)
+            if replay:
+                a = cls.apply(z, *args)
+            else:  # z is this forward's own temporary: f in place where f' is read from a alone
+                a = (cls.forward_ if cls.save_output and hasattr(cls, "forward_") else cls.forward)(z, *args)
             kept.append(a if cls.save_output else z)
     return a, inputs, kept
 
