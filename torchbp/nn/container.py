@@ -46,7 +46,7 @@ class Sequential(torch.nn.Sequential):
         i, n = 0, len(mods)
         while i < n:
             layers, j = [], i
-            while j < n and type(mods[j]) is Linear and _plain(mods[j]):
+            while j < n and type(mods[j]) is Linear and _plain(mods[j]) and "weight" in mods[j]._parameters:
                 p = mods[j]._parameters  # (m.weight goes through Module.__getattr__: 10x slower)
                 nxt = mods[j + 1] if j + 1 < n else None
                 make = _ACTS.get(type(nxt)) if nxt is not None and _plain(nxt) else None
