@@ -185,9 +185,9 @@ class HalfSquaredError(DeltaFunction):
 
     @staticmethod
     def forward(h, y, reduction):
-        if reduction != "none":  # one fused pass: Σ_n J_n = ½ Σ (h − y)², then ½ (or ½/N for "mean") in place
+        if reduction != "none":  # one fused pass: Σ_n J_n = ½ Σ (h − y)², times ½ (or ½/N for "mean")
             n = h.shape[0] if reduction == "mean" and h.dim() >= 2 else 1
-            return F.mse_loss(h, y, reduction="sum").mul_(0.5 / n)
+            return F.mse_loss(h, y, reduction="sum") * (0.5 / n)
         d = h - y
         return 0.5 * (d * d).sum(_per_example_dims(h)) if h.dim() else 0.5 * d * d
 
