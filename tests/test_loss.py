@@ -257,8 +257,17 @@ def test_cross_entropy_probs_float64(shape, weighted, label_smoothing, reduction
 def test_class_losses_edge_cases(ours, native):
     z = torch.randn(4, C, dtype=torch.float64, requires_grad=True)
     all_ignored = torch.full((4,), -100)
-    for kw in ({}, {"weight": torch.rand(C, dtype=torch.float64)}):  # mean over no targets: nan, as torch
-        assert torch.isnan(ours(z, all_ignored, **kw)) and torch.isnan(native(z, all_ignored, **kw))
+    w0 = torch.rand(C, dtype=torch.float64)
+    w0[0] = 0
+    smooth = {"label_smoothing": 0.1} if ours is tbf.cross_entropy else {}
+    for y, kw in ((all_ignored, {}), (all_ignored, {"weight": w0}), (all_ignored, smooth),
+                  (torch.tensor([0, 0, -100, -100]), {"weight": w0})):  # Σ w = 0: "mean" is 0/0
+        # the loss is nan, as torch's; the gradient is torch's too: 0 in every ignored row (a padding-only
+        # batch must not put NaN into the weights), NaN in a kept row over a zero total weight
+        l_ours, l_native = ours(z, y, **kw), native(z, y, **kw)
+        assert torch.isnan(l_ours) and torch.isnan(l_native)
+        g_ours, g_native = torch.autograd.grad(l_ours, z)[0], torch.autograd.grad(l_native, z)[0]
+        assert torch.equal(g_ours.isnan(), g_native.isnan()) and torch.equal(g_ours.nan_to_num(), g_native.nan_to_num())
     assert_matches_native(ours, native, (z, all_ignored), {"reduction": "sum"})
     assert_matches_native(ours, native, (z, torch.tensor([0, 1, 2, 3], dtype=torch.uint8)))  # uint8 targets
     with pytest.warns(UserWarning):

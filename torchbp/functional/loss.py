@@ -260,9 +260,10 @@ class NLL(DeltaFunction):
         y, w = ctx.saved_tensors
         x0 = g.new_zeros(ctx.shape)
         cd = _class_dim(x0)
-        _, y0, wy = _targets(y, w, ctx.ignore_index, g.dtype)
-        y0, wy = y0.unsqueeze(cd), wy.unsqueeze(cd)
-        src = (-(_class_spread(g, wy, ctx.reduction, x0) * wy)).expand(y0.shape)
+        keep, y0, wy = _targets(y, w, ctx.ignore_index, g.dtype)
+        keep, y0, wy = keep.unsqueeze(cd), y0.unsqueeze(cd), wy.unsqueeze(cd)
+        # ignored rows exactly 0, as native leaves them (δ_J/0 = inf for an all-ignored "mean": 0·inf = NaN)
+        src = torch.where(keep, -(_class_spread(g, wy, ctx.reduction, x0) * wy), 0).expand(y0.shape)
         return x0.scatter(cd, y0, src), None, None, None, None
 
 
@@ -296,22 +297,23 @@ class CrossEntropy(DeltaFunction):
         if w is None and not eps:  # the common case in 8 ops (each costs µs on a small batch): q = onehot(y)
             keep = y != ctx.ignore_index
             s = g / keep.sum() if ctx.reduction == "mean" else g
-            r = (keep * s).unsqueeze(cd)  # δ_ℓn, 0 for an ignored target (which then points at class 0)
+            # δ_ℓn, exactly 0 for an ignored target (which then points at class 0), as native never
+            # touches those rows: a select, as δ_J/0 = inf for an all-ignored batch ("mean") and 0·inf = NaN
+            r = torch.where(keep, s, 0).unsqueeze(cd)
             y0 = (y * keep).unsqueeze(cd)
             delta = scale_(torch.softmax(z, cd), r)  # softmax·δ_ℓ − δ_ℓ at the target: native's order
             delta = delta.scatter_add_(cd, y0, r.neg()) if inplace_ok() else delta.scatter_add(cd, y0, -r)
             return delta, None, None, None, None, None
         C = z.shape[cd]
         keep, y0, wy = _targets(y, w, ctx.ignore_index, z.dtype)
-        s = _class_spread(g, wy, ctx.reduction, z)
         wy, keep, y0 = wy.unsqueeze(cd), keep.unsqueeze(cd), y0.unsqueeze(cd)
+        s = torch.where(keep, _class_spread(g, wy, ctx.reduction, z), 0)  # ignored rows: exactly 0 (see above)
         sum_q = (1 - eps) * wy + keep.to(z.dtype) * (eps / C * (C if w is None else w.sum())) if eps else wy
         onehot_q = (-(1 - eps) * s * wy).expand(y0.shape)
         delta = scale_(torch.softmax(z, cd), s * sum_q)  # the softmax buffer, updated in place when safe
         delta = delta.scatter_add_(cd, y0, onehot_q) if inplace_ok() else delta.scatter_add(cd, y0, onehot_q)
         if eps:
-            s_keep = torch.where(keep, s, 0)
-            delta = delta - (eps / C) * (s_keep if w is None else s_keep * _class_view(w, z))
+            delta = delta - (eps / C) * (s if w is None else s * _class_view(w, z))
         return delta, None, None, None, None, None
 
 
