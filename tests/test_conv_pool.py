@@ -154,6 +154,24 @@ def test_conv_weight_grad_in_batch_chunks_low_precision(dtype, wgrad_per_sample)
     assert_matches_native(fs, fn, (x, *[p.detach().float().requires_grad_() for p in ps]), dtype=dtype)
 
 
+# float32 on CPU with >= 16 channels per group: ∂J/∂W with δ channels-last, in chunks of 16 samples (40:
+# a short last chunk), with groups, stride, dilation, padding.
+CL_CASES = [
+    (nn.Conv2d, dict(in_channels=16, out_channels=8, kernel_size=3), (40, 16, 9, 9)),
+    (nn.Conv2d, dict(in_channels=32, out_channels=6, kernel_size=(3, 2), groups=2, stride=(2, 1), dilation=(1, 2),
+                     padding=(1, 2)), (40, 32, 11, 10)),
+]
+
+
+@pytest.mark.parametrize("case", CL_CASES, ids=[_ids(c) for c in CL_CASES])
+def test_conv_weight_grad_channels_last_float32(case):
+    native, twin = _pair(*case[:2])
+    fs, ps = _module_fn(twin)
+    fn, _ = _module_fn(native)
+    x = torch.randn(case[2], requires_grad=True)
+    assert_matches_native(fs, fn, (x, *[p.detach().float().requires_grad_() for p in ps]), dtype=torch.float32)
+
+
 LOW_CASES = [CONV_CASES[2], CONV_CASES[11], CONV_CASES[13], CONV_CASES[-3], POOL_CASES[4], POOL_CASES[12],
              POOL_CASES[-3]]
 

@@ -65,8 +65,14 @@ class Conv(DeltaFunction):
             max(1, min(delta.shape[0], -(-delta.numel() // _CHUNK_ELEMS)))
         low = n_chunks > 1 and delta.dtype in (torch.float16, torch.bfloat16)
         if need_W:
-            for a_c, d_c in zip(a.chunk(n_chunks), delta.chunk(n_chunks)):
-                gw = _grad_W(a_c, d_c, s, p, d, g, K)
+            # float32 on CPU with ≥ 16 channels per group: oneDNN runs the ∂J/∂W convolution ~1.7x faster
+            # with δ (the kernel) channels-last, i.e. the samples innermost, 16 of them (one AVX-512 vector)
+            # per chunk (bench CNN conv2: 4.7 -> 2.7 ms). Measured slower with < 16 channels (C=3, 8) and
+            # in bfloat16.
+            cl = n == 2 and delta.dtype == torch.float32 and delta.device.type == "cpu" and ctx.a_shape[1] >= 16 * g
+            nc = max(n_chunks, -(-delta.shape[0] // 16)) if cl else n_chunks
+            for a_c, d_c in zip(a.chunk(nc), delta.chunk(nc)):
+                gw = _grad_W(a_c, d_c, s, p, d, g, K, cl)
                 gw = gw.float() if low else gw
                 grad_W = gw if grad_W is None else grad_W.add_(gw) if inplace_ok() else grad_W + gw
             grad_W = grad_W.to(delta.dtype) if low else grad_W
@@ -80,15 +86,17 @@ class Conv(DeltaFunction):
 _CHUNK_ELEMS = 1 << 19  # δ elements per chunk of the batch sums (CPU); 2 MiB in float32
 
 
-def _grad_W(a, delta, s, p, d, g, K):
+def _grad_W(a, delta, s, p, d, g, K, cl=False):
     """∂J/∂W = a ⋆ δ over this batch: one convolution of a (batch and channels swapped) with δ as the
-    kernel, stride and dilation exchanged."""
+    kernel, stride and dilation exchanged; ``cl``: that kernel channels-last."""
     n = len(K)
     N, C, *L = a.shape
     # a as (C/g, g·N, *L): the C/g channels of a group become the batch, (group, sample) the channels;
     # δ as (O, N, *O): each group's δ is the kernel over its N samples.
     x = a.reshape(N, g, C // g, *L).transpose(0, 2).reshape(C // g, g * N, *L) if g > 1 else a.transpose(0, 1)
-    gw = _CONV[n](x, delta.transpose(0, 1), None, d, p, s, g)  # (C/g, O, ≥K)
+    k = delta.transpose(0, 1)
+    k = k.contiguous(memory_format=torch.channels_last) if cl else k
+    gw = _CONV[n](x, k, None, d, p, s, g)  # (C/g, O, ≥K)
     for i in range(n):  # the correlation may reach past the kernel's extent: keep K
         gw = gw.narrow(2 + i, 0, K[i])
     return gw.transpose(0, 1)
