@@ -7,6 +7,8 @@ hooks (the audit hooks every module, so it still sees each layer), a patched ``f
 off, torch.func transforms, torch.compile tracing, or inputs the layers would refuse
 (whose per-layer errors name the problem).
 """
+import weakref
+
 import torch
 from torch.nn.modules import module as _module
 
@@ -16,18 +18,23 @@ from ..functional.stack import dense_stack
 from . import activation as act
 from .linear import Linear
 
-# twin activation class -> (δ Function, its extra args from the module)
-_ACTS = {
-    act.ReLU: lambda m: (A.ReLU, ()),
-    act.Sigmoid: lambda m: (A.Sigmoid, ()),
-    act.Tanh: lambda m: (A.Tanh, ()),
-    act.GELU: lambda m: (A.GELU, (m.approximate,)),
-    act.SiLU: lambda m: (A.SiLU, ()),
-    act.LeakyReLU: lambda m: (A.LeakyReLU, (float(m.negative_slope),)),
-}
+# twin activation class -> (δ Function, None or a function giving its extra args from the module)
+def _gelu_args(m):
+    return (m.approximate,)
+
+
+def _leaky_args(m):
+    return (float(m.negative_slope),)
+
+
+_ACTS = {act.ReLU: (A.ReLU, None), act.Sigmoid: (A.Sigmoid, None), act.Tanh: (A.Tanh, None),
+         act.GELU: (A.GELU, _gelu_args), act.SiLU: (A.SiLU, None), act.LeakyReLU: (A.LeakyReLU, _leaky_args)}
 _GLOBAL_HOOKS = tuple(getattr(_module, n) for n in ("_global_forward_hooks", "_global_forward_pre_hooks",
                                                    "_global_backward_hooks", "_global_backward_pre_hooks")
                       if hasattr(_module, n))
+# each container's plan, rebuilt when its children or their classes change; kept outside the module so that
+# nothing is added to it (pickling, unswap and state_dict see the plain container)
+_PLANS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def _plain(m) -> bool:
@@ -36,31 +43,58 @@ def _plain(m) -> bool:
                 or getattr(m, "_backward_pre_hooks", None) or "forward" in m.__dict__)
 
 
+def _plan(mods, types):
+    """(steps, the modules of every run): a step is a child's index, or a run of ≥ 2 Linear (+ activation)
+    children as a list of (linear, activation module or None, _ACTS entry or None)."""
+    steps, watched, i, n = [], [], 0, len(mods)
+    while i < n:
+        run, j = [], i
+        while j < n and types[j] is Linear:
+            a = _ACTS.get(types[j + 1]) if j + 1 < n else None
+            run.append((mods[j], mods[j + 1] if a else None, a))
+            j += 2 if a else 1
+        if len(run) >= 2:
+            steps.append(run)
+            watched += mods[i:j]
+            i = j
+        else:
+            steps.append(i)
+            i += 1
+    return steps, tuple(watched)
+
+
 class Sequential(torch.nn.Sequential):
     def forward(self, input):
-        mods = list(self._modules.values())
-        if (len(mods) < 3 or not isinstance(input, torch.Tensor) or not torch.is_grad_enabled()
-                or any(_GLOBAL_HOOKS) or _functorch_active is None or _functorch_active()
-                or (_compiling is not None and _compiling())):
+        if (not isinstance(input, torch.Tensor) or not torch.is_grad_enabled() or any(_GLOBAL_HOOKS)
+                or _functorch_active is None or _functorch_active() or (_compiling is not None and _compiling())):
             return super().forward(input)
-        i, n = 0, len(mods)
-        while i < n:
-            layers, j = [], i
-            while j < n and type(mods[j]) is Linear and _plain(mods[j]) and "weight" in mods[j]._parameters:
-                p = mods[j]._parameters  # (m.weight goes through Module.__getattr__: 10x slower)
-                nxt = mods[j + 1] if j + 1 < n else None
-                make = _ACTS.get(type(nxt)) if nxt is not None and _plain(nxt) else None
-                layers.append((p["weight"], p["bias"], make(nxt) if make else None))
-                j += 2 if make else 1
-            if len(layers) >= 2 and _chains(input, layers):
+        mods = tuple(self._modules.values())
+        types = tuple(map(type, mods))
+        plan = _PLANS.get(self)
+        if plan is None or plan[0] != mods or plan[1] != types:
+            plan = mods, types, *_plan(mods, types)
+            _PLANS[self] = plan
+        steps, watched = plan[2], plan[3]
+        # the runs' layers as they are now: any hook, patched forward or missing weight means per-layer
+        if not watched or not all(map(_plain, watched)) \
+                or not all("weight" in m._parameters for m in watched if type(m) is Linear):
+            return super().forward(input)
+        for step in steps:
+            if step.__class__ is int:
+                input = mods[step](input)
+                continue
+            # (m._parameters: m.weight goes through Module.__getattr__, 10x slower)
+            layers = [(lin._parameters["weight"], lin._parameters.get("bias"),
+                       None if a is None else (a[0], a[1](am) if a[1] else ())) for lin, am, a in step]
+            if _chains(input, layers):
                 try:
                     input = dense_stack(input, layers)
-                    i = j
                     continue
                 except RuntimeError:  # dtype or device mixes: the per-layer path raises a clear error
                     pass
-            input = mods[i](input)
-            i += 1
+            for lin, am, _ in step:
+                input = lin(input)
+                input = am(input) if am is not None else input
         return input
 
 
