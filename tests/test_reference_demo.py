@@ -180,3 +180,15 @@ def test_bench_quick_end_to_end(tmp_path):
                           capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "time × before" in proc.stdout
+
+
+def test_conv_wgrad_forms_agree_with_native(capsys):
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import conv_wgrad
+    finally:
+        sys.path.pop(0)
+    assert conv_wgrad.main(["--device", "cpu", "--dtypes", "float32", "--reps", "1", "--shapes", "cnn.conv2"]) == 0
+    row = [line for line in capsys.readouterr().out.splitlines() if line.startswith("cnn.conv2")]
+    errs = [float(c.split()[0]) for c in row[0].split("x ")[1:]] if row else []  # "<ms> <ratio>x <err>"
+    assert len(errs) == 3 and max(errs) < 1e-5, row  # torchbp, kernel, im2col: each right, not just timed
