@@ -294,7 +294,7 @@ class CrossEntropy(DeltaFunction):
             return (None,) * 6
         z, y, w = ctx.saved_tensors
         cd, eps = _class_dim(z), ctx.eps
-        if w is None and not eps:  # the common case in 8 ops (each costs µs on a small batch): q = onehot(y)
+        if w is None and not eps:  # the common case, q = onehot(y), in as few ops as it takes (each costs µs)
             keep = y != ctx.ignore_index
             s = g / keep.sum() if ctx.reduction == "mean" else g
             # δ_ℓn, exactly 0 for an ignored target (which then points at class 0), as native never

@@ -2,10 +2,10 @@
 
 A small network's step is mostly Python's per-Function cost; ``torchbp.functional.dense_stack`` pays it
 once per run of dense layers instead of once per layer, with the same δ formulas. Anything that
-watches or changes a layer in between makes that child run on its own, as the plain container would:
-hooks (the audit hooks every module, so it still sees each layer), a patched ``forward``, grad mode
-off, torch.func transforms, torch.compile tracing, or inputs the layers would refuse
-(whose per-layer errors name the problem).
+watches or changes a layer of a run makes the container run its children one by one, as the plain
+container would: hooks (the audit hooks every module, so it still sees each layer), a patched
+``forward``, grad mode off, torch.func transforms, torch.compile tracing; inputs a run's layers would
+refuse send that run down the per-layer path, whose errors name the problem.
 """
 import weakref
 
