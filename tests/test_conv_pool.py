@@ -1,5 +1,7 @@
 """δ convolution and pooling against native autograd: module cases in the style of PyTorch's module test
 lists (float64 exact-ish), gradcheck/gradgradcheck, low precision vs a float64 oracle, twins, errors."""
+import copy
+
 import pytest
 import torch
 import torch.nn as nn
@@ -324,3 +326,46 @@ def test_bad_input_names_op():
         tbf.adaptive_avg_pool2d(torch.randn(1, 5, 5), (1, 2, 3))
     with pytest.raises(RuntimeError, match=r"avg_pool1d: kernel_size must be an int or a tuple of 1"):
         tbf.avg_pool1d(torch.randn(1, 5, 5), (2, 2))
+
+
+PAD_CASES = [  # (shape, pad, mode, value)
+    ((2, 3, 7), (2, 1), "constant", None), ((2, 3, 7), (-2, 3), "constant", 1.5),
+    ((2, 3, 5, 6), (1, -2, 0, 3), "constant", -0.25), ((2, 3, 4, 5, 3), (1, 1, 0, 2, 1, 0), "constant", None),
+    ((3, 7), (1, 2), "reflect", None), ((2, 3, 5, 6), (2, 1, 3, 0), "reflect", None),
+    ((2, 3, 7), (3, 0), "replicate", None), ((2, 3, 5, 6), (1, 2, 2, 1), "replicate", None),
+    ((2, 3, 7), (3, 2), "circular", None), ((2, 3, 5, 6), (1, 2, 0, 3), "circular", None),
+]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shape,pad,mode,value", PAD_CASES)
+def test_pad_float64_and_gradchecks(shape, pad, mode, value, device):
+    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    kw = {"mode": mode, "value": value}
+    assert_matches_native(tbf.pad, F.pad, (x, pad), kw, device=device)
+    if device == "cpu" and x.numel() <= 200:
+        gradchecks(tbf.pad, (x, pad), kw)
+
+
+@pytest.mark.parametrize("dtype", LOW)
+def test_pad_low_precision(dtype):
+    assert_matches_native(tbf.pad, F.pad, (torch.randn(2, 3, 6, requires_grad=True), (2, -1)), {"value": 0.5},
+                          dtype=dtype)
+
+
+def test_pad_modules_swap_route_and_refuse_like_torch():
+    native = nn.Sequential(nn.ReflectionPad2d((1, 2, 0, 1)), nn.Conv2d(2, 3, 3), nn.ZeroPad2d(1),
+                           nn.ConstantPad2d((-1, 2, 0, 1), 3.5), nn.ReplicationPad2d(2), nn.CircularPad2d((1, 0, 0, 1)),
+                           nn.Flatten(0, 1), nn.ReflectionPad1d(1)).double()
+    twin = torchbp.swap(copy.deepcopy(native))
+    assert all(type(m) is not type(n) and isinstance(m, type(n)) for m, n in zip(twin, native))
+    fs, ps = _module_fn(twin)
+    fn, _ = _module_fn(native)
+    assert_matches_native(fs, fn, (torch.randn(2, 2, 5, 6, dtype=torch.float64, requires_grad=True), *ps))
+    x = torch.randn(2, 3, 4, dtype=torch.float64, requires_grad=True)
+    with torchbp.manual_backward():
+        assert type(F.pad(x, (1, 1), mode="reflect").grad_fn).__name__ == "PadBackward"
+    with pytest.raises(RuntimeError, match="torchbp.functional.pad: negative padding"):
+        tbf.pad(x, (-1, 1), mode="reflect")
+    with pytest.raises((RuntimeError, ValueError), match="torchbp.functional.pad"):
+        tbf.pad(x, (5, 5), mode="reflect")  # F.pad's own error: a reflection pad must be < the input size

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._common import LOWER, DeltaFunction, apply, check, check_compatible, inplace_ok
+from ._common import LOWER, DeltaFunction, apply, check, check_compatible, check_tensor, inplace_ok
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 _CONV_T = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
@@ -103,31 +103,31 @@ def _grad_W(a, delta, s, p, d, g, K, cl=False):
 
 
 class Pad(DeltaFunction):
-    """a_pad = a indexed by a per-dim map of padded positions to input positions (reflect, replicate,
-    circular) or extended by zeros (constant 0).
+    """a_pad = a extended by a constant (negative pads crop), or indexed by a per-dim map of padded
+    positions to input positions (reflect, replicate, circular).
 
-    backward: δ_a[j] = Σ over padded positions t that read input j of δ[t] (index_add per dim); for zeros,
-    δ_a is δ without its border.
+    backward: for a constant, δ_a is δ without its border (with zeros where a pad cropped: the constant
+    does not depend on a); otherwise δ_a[j] = Σ over padded positions t that read input j of δ[t]
+    (index_add per dim).
     """
 
     @staticmethod
-    def forward(a, pad, mode):
-        return F.pad(a, pad, mode)
+    def forward(a, pad, mode, value):
+        return F.pad(a, pad, mode, value)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        a, ctx.pad, ctx.mode = inputs
+        a, ctx.pad, ctx.mode, _ = inputs
         ctx.a_shape = a.shape
 
     @staticmethod
     def backward(ctx, delta):
+        if ctx.mode == "constant":
+            return F.pad(delta, [-q for q in ctx.pad]), None, None, None
         g = delta
         for j in range(len(ctx.pad) // 2):  # pad lists the last dim first, as F.pad does
             dim, lo, hi = delta.dim() - 1 - j, ctx.pad[2 * j], ctx.pad[2 * j + 1]
             L = ctx.a_shape[dim]
-            if ctx.mode == "constant":
-                g = g.narrow(dim, lo, L)
-                continue
             t = torch.arange(-lo, L + hi, device=delta.device)
             if ctx.mode == "reflect":
                 t = (L - 1) - ((L - 1) - t.abs()).abs()
@@ -138,15 +138,22 @@ class Pad(DeltaFunction):
             shape = list(g.shape)
             shape[dim] = L
             g = g.new_zeros(shape).index_add_(dim, t, g)
-        return g, None, None
+        return g, None, None, None
 
 
-def pad(input, pad, mode="constant"):
-    """δ twin of ``F.pad`` for what ``nn.Conv*d`` needs: zeros (mode "constant", value 0), "reflect",
-    "replicate", "circular"; non-negative pads."""
-    check(mode in ("constant", "reflect", "replicate", "circular"), "pad", f"unsupported mode {mode!r}")
-    check(all(q >= 0 for q in pad), "pad", f"negative padding {list(pad)} is not supported")
-    return Pad.apply(input, tuple(pad), mode)
+def pad(input, pad, mode="constant", value=None):
+    """δ twin of ``F.pad``: "constant" (any value; negative pads crop), "reflect", "replicate",
+    "circular" (non-negative pads). Shape and size errors are F.pad's own, naming this op."""
+    op = "pad"
+    check_tensor(op, "input", input)
+    check(mode in ("constant", "reflect", "replicate", "circular"), op, f"unsupported mode {mode!r}")
+    check(mode == "constant" or all(q >= 0 for q in pad), op,
+          f"negative padding {list(pad)} is supported in mode 'constant' only")
+    check(mode == "constant" or value is None, op, f"padding mode {mode!r} doesn't take in value argument")
+    try:
+        return Pad.apply(input, tuple(pad), mode, value)
+    except (RuntimeError, ValueError, NotImplementedError) as e:
+        raise type(e)(f"torchbp.functional.{op}: {e}") from e
 
 
 def _tuple(v, n, op, name):
@@ -202,6 +209,6 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
 
 # native callable -> δ twin with the same signature; read by torchbp.registry
 # (F.conv1d is torch.conv1d and F.conv2d is torch.conv2d: one object each)
-ROUTES = {F.conv1d: conv1d, F.conv2d: conv2d}
+ROUTES = {F.conv1d: conv1d, F.conv2d: conv2d, F.pad: pad}
 
-__all__ = ["conv1d", "conv2d"]
+__all__ = ["conv1d", "conv2d", "pad"]

@@ -22,6 +22,24 @@ class Conv2d(torch.nn.Conv2d):
         return tbf.conv2d(input, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
 
 
+# The padding modules (ZeroPad2d, ReflectionPad1d, ...): each forward is F.pad with the class's mode
+_PAD_MODES = {"Constant": "constant", "Zero": "constant", "Reflection": "reflect", "Replication": "replicate",
+              "Circular": "circular"}
+
+
+def _pad_forward(self, input):
+    return _conv.pad(input, self.padding, self._tbp_mode, getattr(self, "value", None))
+
+
+_PADS = {}
+for _kind, _mode in _PAD_MODES.items():
+    for _n in (1, 2, 3):
+        _native = getattr(torch.nn, f"{_kind}Pad{_n}d", None)  # (CircularPad*, ZeroPad1d/3d: torch >= 2.1)
+        if _native is not None:
+            _PADS[_native] = type(_native.__name__, (_native,), {"forward": _pad_forward, "_tbp_mode": _mode,
+                                                                 "__module__": __name__})
+globals().update({twin.__name__: twin for twin in _PADS.values()})
+
 # native module class -> twin; read by torchbp.registry
-TWINS = {torch.nn.Conv1d: Conv1d, torch.nn.Conv2d: Conv2d}
-__all__ = ["Conv1d", "Conv2d"]
+TWINS = {torch.nn.Conv1d: Conv1d, torch.nn.Conv2d: Conv2d, **_PADS}
+__all__ = ["Conv1d", "Conv2d", *(twin.__name__ for twin in _PADS.values())]
