@@ -1,6 +1,7 @@
 """δ losses against native autograd: every option in float64, gradcheck, low precision, autocast, twins."""
 import contextlib
 import copy
+import warnings
 
 import pytest
 import torch
@@ -298,6 +299,52 @@ def test_class_losses_low_precision(dtype):
     assert_matches_native(tbf.cross_entropy, F.cross_entropy, (z, torch.rand(32, 10).softmax(1)), dtype=dtype)
 
 
+# --- KL divergence ----------------------------------------------------------------------------------
+
+def _kl_args(shape, log_target, zeros=False):
+    h = torch.randn(shape).log_softmax(-1).requires_grad_()
+    y = torch.rand(shape).softmax(-1)
+    if zeros:
+        y.view(-1)[::3] = 0  # log 0: ℓ = 0 there and ∂ℓ/∂y is NaN, as native's xlogy
+    return h, (y.log() if log_target else y).requires_grad_()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("log_target", [False, True])
+@pytest.mark.parametrize("reduction", REDUCTIONS + ["batchmean"])
+@pytest.mark.parametrize("shape", [(5,), (4, 3), (2, 3, 4)])
+def test_kl_div_float64(shape, reduction, log_target, device):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # reduction="mean" warns, as torch does
+        assert_matches_native(tbf.kl_div, F.kl_div, _kl_args(shape, log_target),
+                              {"reduction": reduction, "log_target": log_target}, device=device)
+
+
+def test_kl_div_zero_targets_gradcheck_low_precision_and_module():
+    h, y = _kl_args((4, 6), False, zeros=True)
+    l_ours, l_native = tbf.kl_div(h, y, reduction="sum"), F.kl_div(h, y, reduction="sum")
+    assert torch.equal(l_ours, l_native)
+    g_ours = torch.autograd.grad(l_ours, (h, y))
+    g_native = torch.autograd.grad(l_native, (h, y))
+    for a, b in zip(g_ours, g_native):
+        assert torch.equal(a.isnan(), b.isnan()) and torch.allclose(a.nan_to_num(), b.nan_to_num())
+    for log_target in (False, True):
+        h, y = (t.detach().double().requires_grad_() for t in _kl_args((3, 4), log_target))
+        gradchecks(tbf.kl_div, (h, y), {"reduction": "batchmean", "log_target": log_target})
+    for dtype in LOW:
+        assert_matches_native(tbf.kl_div, F.kl_div, _kl_args((8, 5), True), {"reduction": "batchmean",
+                                                                           "log_target": True}, dtype=dtype)
+    native = torch.nn.KLDivLoss(reduction="batchmean", log_target=True)
+    twin = torchbp.swap(copy.deepcopy(native))
+    assert type(twin) is torchbp.nn.KLDivLoss
+    args = _kl_args((4, 3), True)
+    assert torch.equal(twin(*args), native(*args))
+    with pytest.warns(UserWarning, match="batchmean"):
+        tbf.kl_div(*args)  # "mean", torch's warning, pointing at this line
+    with pytest.raises(ValueError, match="torchbp.functional.kl_div"):
+        tbf.kl_div(*args, reduction="avg")
+
+
 # --- autocast: every loss runs in float32, as native does ---------------------------------------------
 
 AUTOCAST = [  # (ours, native, args builder, kwargs)
@@ -312,6 +359,8 @@ AUTOCAST = [  # (ours, native, args builder, kwargs)
      {"weight": torch.rand(C), "label_smoothing": 0.1}),
     (tbf.cross_entropy, F.cross_entropy, lambda: (torch.randn(4, C, requires_grad=True), torch.rand(4, C).softmax(1)), {}),
     (tbf.nll_loss, F.nll_loss, lambda: (torch.randn(4, C, requires_grad=True), torch.tensor([0, 1, 4, 2])), {}),
+    (tbf.kl_div, F.kl_div, lambda: (torch.randn(4, C).log_softmax(1).requires_grad_(), torch.rand(4, C).softmax(1)),
+     {"reduction": "batchmean"}),
 ]
 
 

@@ -26,8 +26,9 @@ def _reduce(l, reduction):
 
 
 def _spread(g, n, reduction):
-    """δ_ℓ from δ_J: the same δ for every term of a sum, δ/n for a mean of n terms."""
-    return g / n if reduction == "mean" else g
+    """δ_ℓ from δ_J: the same δ for every term of a sum, δ/n for a mean of n terms ("batchmean": n is the
+    batch size)."""
+    return g / n if reduction == "mean" or reduction == "batchmean" else g
 
 
 # --- elementwise losses: ℓ = f(h, y) per element ---------------------------------------------------
@@ -50,7 +51,8 @@ class _Elementwise(DeltaFunction):
 
         def setup_context(ctx, inputs, output):
             h, y, ctx.reduction, w, p = inputs
-            ctx.n, ctx.p_tensor = h.numel(), isinstance(p, torch.Tensor)
+            ctx.n = h.numel() if ctx.reduction != "batchmean" else h.shape[0] if h.dim() else 1
+            ctx.p_tensor = isinstance(p, torch.Tensor)
             ctx.p = None if ctx.p_tensor else p
             ctx.save_for_backward(h, y, w, p if ctx.p_tensor else None)
 
@@ -124,6 +126,30 @@ class Huber(_Elementwise):
 
 _BCE_EPS = float(torch.tensor(1e-12, dtype=torch.float32))  # torch's EPSILON, a float32 constant
 
+
+
+class KLDiv(_Elementwise):
+    """KL divergence with log-probabilities h and target y (torch's kl_div), p = log_target:
+    ℓ = y·(log y − h) (0 where y = 0);  ∂ℓ/∂h = −y,  ∂ℓ/∂y = log y + 1 − h;
+    with log_target, ℓ = eʸ·(y − h);  ∂ℓ/∂h = −eʸ,  ∂ℓ/∂y = eʸ·(y − h + 1).
+    "batchmean" divides the sum by the batch size (dim 0)."""
+
+    @staticmethod
+    def forward(h, y, reduction, w, log_target):
+        if reduction == "batchmean":
+            return torch.kl_div(h, y, 2, log_target=log_target) / (h.shape[0] if h.dim() else 1)
+        return torch.kl_div(h, y, ("none", "mean", "sum").index(reduction), log_target=log_target)
+
+    @staticmethod
+    def dh(s, h, y, w, log_target):
+        return -(y.exp() if log_target else y) * s
+
+    @staticmethod
+    def dy(s, h, y, w, log_target):
+        if log_target:
+            return scale_(y.exp(), (y - h + 1) * s)
+        # y/y is 1, and NaN at y = 0 as the derivative of native's xlogy(y, y) there
+        return scale_(y.log() + y / y - h, s)
 
 class BCE(_Elementwise):
     """h ∈ [0, 1]:  ℓ = −w(y log h + (1 − y) log(1 − h))  (logs clamped at −100, as torch);
@@ -552,6 +578,27 @@ def nll_loss(input, target, weight=None, size_average=None, ignore_index=-100, r
         return apply(NLL, FP32, input, target, weight, reduction, int(ignore_index))
 
 
+def kl_div(input, target, size_average=None, reduce=None, reduction="mean", log_target=False):
+    op = "kl_div"
+    if size_average is not None or reduce is not None:
+        reduction = _Reduction.legacy_get_string(size_average, reduce)
+    elif reduction == "mean":  # torch's own warning, pointing at the caller
+        warnings.warn("reduction: 'mean' divides the total loss by both the batch size and the support size."
+                      "'batchmean' divides only by the batch size, and aligns with the KL div math definition."
+                      "'mean' will be changed to behave the same as 'batchmean' in the next major release.",
+                      stacklevel=2)
+    if reduction != "batchmean":
+        reduction = _reduction(op, reduction)
+    input, target = _promote(op, input=input, target=target)
+    if input.shape != target.shape:  # torch broadcasts silently here (no size warning, unlike mse)
+        try:
+            input, target = torch.broadcast_tensors(input, target)
+        except RuntimeError:
+            check(False, op, f"target of shape {list(target.shape)} does not broadcast with input of "
+                             f"shape {list(input.shape)}")
+    return apply(KLDiv, FP32, input, target, reduction, None, bool(log_target))
+
+
 def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-100, reduce=None,
                   reduction="mean", label_smoothing=0.0):
     op = "cross_entropy"
@@ -576,8 +623,9 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
 ROUTES = {
     F.mse_loss: mse_loss, F.l1_loss: l1_loss, F.smooth_l1_loss: smooth_l1_loss, F.huber_loss: huber_loss,
     F.cross_entropy: cross_entropy, F.nll_loss: nll_loss, F.binary_cross_entropy: binary_cross_entropy,
+    F.kl_div: kl_div,
     F.binary_cross_entropy_with_logits: binary_cross_entropy_with_logits,
 }
 
-__all__ = ["half_squared_error", "mse_loss", "l1_loss", "smooth_l1_loss", "huber_loss", "cross_entropy",
+__all__ = ["half_squared_error", "mse_loss", "l1_loss", "smooth_l1_loss", "huber_loss", "kl_div", "cross_entropy",
            "nll_loss", "binary_cross_entropy", "binary_cross_entropy_with_logits"]

@@ -39,6 +39,11 @@ class HuberLoss(torch.nn.HuberLoss):
         return tbf.huber_loss(input, target, reduction=self.reduction, delta=self.delta)
 
 
+class KLDivLoss(torch.nn.KLDivLoss):
+    def forward(self, input, target):
+        return tbf.kl_div(input, target, reduction=self.reduction, log_target=self.log_target)
+
+
 class CrossEntropyLoss(torch.nn.CrossEntropyLoss):
     def forward(self, input, target):
         return tbf.cross_entropy(input, target, weight=self.weight, ignore_index=self.ignore_index,
@@ -64,9 +69,10 @@ class BCEWithLogitsLoss(torch.nn.BCEWithLogitsLoss):
 
 TWINS = {
     torch.nn.MSELoss: MSELoss, torch.nn.L1Loss: L1Loss, torch.nn.SmoothL1Loss: SmoothL1Loss,
-    torch.nn.HuberLoss: HuberLoss, torch.nn.CrossEntropyLoss: CrossEntropyLoss, torch.nn.NLLLoss: NLLLoss,
+    torch.nn.HuberLoss: HuberLoss, torch.nn.KLDivLoss: KLDivLoss, torch.nn.CrossEntropyLoss: CrossEntropyLoss,
+    torch.nn.NLLLoss: NLLLoss,
     torch.nn.BCELoss: BCELoss, torch.nn.BCEWithLogitsLoss: BCEWithLogitsLoss,
 }
 
-__all__ = ["HalfSquaredError", "MSELoss", "L1Loss", "SmoothL1Loss", "HuberLoss", "CrossEntropyLoss",
+__all__ = ["HalfSquaredError", "MSELoss", "L1Loss", "SmoothL1Loss", "HuberLoss", "KLDivLoss", "CrossEntropyLoss",
            "NLLLoss", "BCELoss", "BCEWithLogitsLoss"]
