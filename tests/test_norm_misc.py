@@ -271,6 +271,49 @@ def test_dropout_twin_and_gradcheck():
     gradchecks(fn, (torch.randn(4, 5, requires_grad=True),))
 
 
+FEATURE_DROPOUT = [(tbf.dropout1d, F.dropout1d, nn.Dropout1d, [(3, 4, 5), (4, 5)]),
+                   (tbf.dropout2d, F.dropout2d, nn.Dropout2d, [(2, 3, 4, 5), (3, 4, 5)]),
+                   (tbf.dropout3d, F.dropout3d, nn.Dropout3d, [(2, 3, 2, 4, 5), (3, 2, 4, 5)])]
+
+
+@pytest.mark.filterwarnings("ignore:dropout2d")
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("p", [0.3, 1.0])
+@pytest.mark.parametrize("inplace", [False, True])
+@pytest.mark.parametrize("ours,native,module,shapes", FEATURE_DROPOUT, ids=["1d", "2d", "3d"])
+def test_channel_dropout_same_channels_and_delta_as_native(ours, native, module, shapes, inplace, p, device):
+    for shape in shapes:
+        x = torch.randn(shape, dtype=torch.float64, device=device)
+        xs, xn = x.clone().requires_grad_(), x.clone().requires_grad_()
+        torch.manual_seed(3)
+        ys = ours(xs.clone() if inplace else xs, p, inplace=inplace)
+        after_s = torch.rand(1, device=device)  # the same RNG draws used up, too
+        torch.manual_seed(3)
+        yn = native(xn.clone() if inplace else xn, p, inplace=inplace)
+        assert torch.equal(ys, yn) and torch.equal(after_s, torch.rand(1, device=device)) and is_delta(ys)
+        v = torch.randn_like(ys)
+        assert torch.equal(torch.autograd.grad(ys, xs, v)[0], torch.autograd.grad(yn, xn, v)[0])
+    twin = torchbp.swap(module(p))
+    assert type(twin) is not module and isinstance(twin, module)
+    torch.manual_seed(4)
+    a = twin(x)
+    torch.manual_seed(4)
+    assert torch.equal(a, module(p)(x)) and twin.eval()(x) is x
+
+
+def test_channel_dropout_gradcheck_and_refusals():
+    def fn(x):
+        torch.manual_seed(5)
+        return tbf.dropout2d(x, 0.4)
+    gradchecks(fn, (torch.randn(3, 4, 2, 2, dtype=torch.float64, requires_grad=True),))
+    with pytest.raises(RuntimeError, match="torchbp.functional.dropout1d: Expected 2D or 3D input"):
+        tbf.dropout1d(torch.randn(2, 3, 4, 5))
+    with pytest.raises(ValueError, match="torchbp.functional.dropout3d: dropout probability"):
+        tbf.dropout3d(torch.randn(2, 3, 4, 5), 2.0)
+    with pytest.warns(UserWarning, match="dropout2d: Received a 3D input"):
+        tbf.dropout2d(torch.randn(2, 3, 4))
+
+
 # --- flatten, unflatten, identity ----------------------------------------------------------------
 
 @pytest.mark.parametrize("args", [(0, -1), (1, -1), (1, 2), (2, 2), (-2, -1)])

@@ -1,9 +1,11 @@
-"""Dropout: z = a ⊙ m / (1 − p), m ~ Bernoulli(1 − p) elementwise.
+"""Dropout: z = a ⊙ m / (1 − p), m ~ Bernoulli(1 − p) elementwise (per channel for dropout1d/2d/3d).
 
 backward, with δ = ∂J/∂z:  δ_a = δ ⊙ m / (1 − p)  (m saved as a bool mask, one byte an element).
 The mask is drawn exactly as native draws it, so the same RNG state gives the same mask and output.
 """
 from __future__ import annotations
+
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -59,6 +61,80 @@ def dropout(input, p=0.5, training=True, inplace=False):
     return Dropout.apply(input, float(p), bool(inplace))[0]
 
 
+class FeatureDropout(DeltaFunction):
+    """Channel-wise dropout (dropout1d/2d/3d): one m ~ Bernoulli(1 − p) per (sample, channel), the same
+    over its positions:  z = a ⊙ m / (1 − p);  δ_a = δ ⊙ m / (1 − p).  ``lead``: 2 for (N, C, ...), 1 for
+    an unbatched (C, ...). The noise is drawn as native's feature dropout draws it (one per channel, in
+    order), so the same RNG state gives the same channels; it is small, and saved as it is."""
+
+    @staticmethod
+    def forward(a, p, inplace, lead):
+        if p == 1:  # native: multiply by a zero scalar, no random numbers drawn
+            zero = torch.zeros((), dtype=a.dtype, device=a.device)
+            return (a.mul_(zero) if inplace else a * zero), None
+        noise = a.new_empty(a.shape[:lead] + (1,) * (a.dim() - lead)).bernoulli_(1 - p).div_(1 - p)
+        return (a.mul_(noise) if inplace else a * noise), noise
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        if inputs[2]:
+            ctx.mark_dirty(inputs[0])
+        if output[1] is not None:
+            ctx.mark_non_differentiable(output[1])
+        ctx.save_for_backward(output[1])
+
+    @staticmethod
+    def backward(ctx, delta, _dnoise):
+        (noise,) = ctx.saved_tensors
+        return (delta * 0 if noise is None else delta * noise), None, None, None
+
+
+def _feature_dropout(op, input, p, training, inplace, lead):
+    if p == 0 or not training or input.numel() == 0:
+        return input  # native returns its input itself here
+    check(input.is_floating_point(), op, f"input must be floating point, got {input.dtype}")
+    check(input.dim() + 2 - lead >= 2, op, "Feature dropout requires at least 2 dimensions in the input")
+    return FeatureDropout.apply(input, float(p), bool(inplace), lead)[0]
+
+
+def _check_p(op, input, p):
+    check_tensor(op, "input", input)
+    if p < 0.0 or p > 1.0:  # the type and message native gives
+        raise ValueError(f"torchbp.functional.{op}: dropout probability has to be between 0 and 1, but got {p}")
+
+
+def dropout1d(input, p=0.5, training=True, inplace=False):
+    """δ twin of ``torch.nn.functional.dropout1d``: (N, C, L) or unbatched (C, L)."""
+    _check_p("dropout1d", input, p)
+    check(input.dim() in (2, 3), "dropout1d", f"Expected 2D or 3D input, but received a {input.dim()}D input")
+    return _feature_dropout("dropout1d", input, p, training, inplace, 2 if input.dim() == 3 else 1)
+
+
+def dropout2d(input, p=0.5, training=True, inplace=False):
+    """δ twin of ``torch.nn.functional.dropout2d``: (N, C, H, W); like native, a 3-D input is read as
+    (N, C, L), with native's warnings."""
+    _check_p("dropout2d", input, p)
+    if input.dim() not in (3, 4):
+        warnings.warn(f"dropout2d: Received a {input.dim()}-D input to dropout2d, which is deprecated and will "
+                      "result in an error in a future release. To retain the behavior and silence this warning, "
+                      "please use dropout instead.", stacklevel=2)
+    if input.dim() == 3:
+        warnings.warn("dropout2d: Received a 3D input to dropout2d and assuming that channel-wise 1D dropout "
+                      "behavior is desired - input is interpreted as shape (N, C, L), where C is the channel dim.",
+                      stacklevel=2)
+    return _feature_dropout("dropout2d", input, p, training, inplace, 2)
+
+
+def dropout3d(input, p=0.5, training=True, inplace=False):
+    """δ twin of ``torch.nn.functional.dropout3d``: (N, C, D, H, W) or unbatched (C, D, H, W)."""
+    _check_p("dropout3d", input, p)
+    if input.dim() not in (4, 5):
+        warnings.warn(f"dropout3d: Received a {input.dim()}-D input to dropout3d, which is deprecated and will "
+                      "result in an error in a future release. To retain the behavior and silence this warning, "
+                      "please use dropout instead.", stacklevel=2)
+    return _feature_dropout("dropout3d", input, p, training, inplace, 2 if input.dim() == 5 else 1)
+
+
 def _torch_dropout(input, p, train):
     return dropout(input, p, train)
 
@@ -67,6 +143,7 @@ def _torch_dropout_(input, p, train):
     return dropout(input, p, train, inplace=True)
 
 
-ROUTES = {F.dropout: dropout, torch.dropout: _torch_dropout, torch.dropout_: _torch_dropout_}
+ROUTES = {F.dropout: dropout, torch.dropout: _torch_dropout, torch.dropout_: _torch_dropout_,
+          F.dropout1d: dropout1d, F.dropout2d: dropout2d, F.dropout3d: dropout3d}
 
-__all__ = ["dropout"]
+__all__ = ["dropout", "dropout1d", "dropout2d", "dropout3d"]
