@@ -60,6 +60,11 @@ POOL_CASES = [
     (nn.AdaptiveAvgPool2d, dict(output_size=(3, 4)), (2, 3, 7, 10)),
     (nn.AdaptiveAvgPool2d, dict(output_size=(None, 2)), (3, 7, 5)),
     (nn.AdaptiveAvgPool2d, dict(output_size=5), (2, 3, 3, 4)),
+    (nn.AdaptiveMaxPool1d, dict(output_size=4), (2, 3, 10)),
+    (nn.AdaptiveMaxPool1d, dict(output_size=3), (3, 9)),  # disjoint windows: plain scatter
+    (nn.AdaptiveMaxPool2d, dict(output_size=(3, 4)), (2, 3, 7, 10)),
+    (nn.AdaptiveMaxPool2d, dict(output_size=(None, 2)), (3, 7, 5)),
+    (nn.AdaptiveMaxPool2d, dict(output_size=5), (2, 3, 3, 4)),  # windows overlap: scatter_add
 ]
 
 CASES = CONV_CASES + POOL_CASES
@@ -270,6 +275,20 @@ def test_max_pool_half_disjoint_windows_route_delta_exactly(dtype, device):
         want = torch.autograd.grad(ref, x, g, retain_graph=True)[0]
         assert torch.equal(torch.autograd.grad(out, x, g, retain_graph=True)[0], want)
         assert torch.equal(torch.autograd.grad(out, x, g, retain_graph=True, create_graph=True)[0], want)
+
+
+def test_adaptive_max_pool_gradcheck_indices_low_precision_and_routes():
+    x = torch.randn(1, 2, 5, 4, dtype=torch.float64, requires_grad=True)
+    gradchecks(lambda x: tbf.adaptive_max_pool2d(x, (3, 2)), (x,))
+    out, idx = tbf.adaptive_max_pool1d(x[0], 3, return_indices=True)
+    assert torch.equal(idx, F.adaptive_max_pool1d(x[0], 3, return_indices=True)[1])
+    for dtype in LOW:
+        assert_matches_native(tbf.adaptive_max_pool2d, F.adaptive_max_pool2d,
+                              (torch.randn(2, 3, 7, 6, requires_grad=True), (3, 4)), dtype=dtype)
+    with torchbp.manual_backward():
+        for y in (F.adaptive_max_pool2d(x, 2), F.adaptive_max_pool2d(x, 2, return_indices=True)[0],
+                  F.adaptive_max_pool1d(x[0], 2)):
+            assert type(y.grad_fn).__name__ == "MaxPoolBackward"
 
 
 def test_conv_noncontiguous_and_partial_grads():

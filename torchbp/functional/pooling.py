@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from ._common import DeltaFunction, check, check_tensor
 
 _MAX = {1: torch.max_pool1d_with_indices, 2: torch._C._nn.max_pool2d_with_indices}
+_ADAPTIVE_MAX = {1: torch.adaptive_max_pool1d, 2: torch._C._nn.adaptive_max_pool2d}  # (out, indices)
 _is_batched = getattr(torch._C._functorch, "is_batchedtensor", lambda x: False)
 
 
@@ -19,10 +20,13 @@ class MaxPool(DeltaFunction):
 
     backward: δ_prev[j] = Σ_{y : idx[y] = j} δ[y]  (a scatter: only overlapping windows can pick one j twice
     and need the add, which for bfloat16/half also costs a float32 buffer of the input's size).
+    ``kernel_size is None`` means adaptive pooling, ``stride`` then being the output size.
     """
 
     @staticmethod
     def forward(x, n, kernel_size, stride, padding, dilation, ceil_mode):
+        if kernel_size is None:
+            return _ADAPTIVE_MAX[n](x, stride)
         if n == 2 and x.device.type == "cpu" and x.dim() == 4 and x.shape[1] >= 8 and x.is_contiguous() \
                 and not _is_batched(x):  # vmap cannot query memory formats
             # CPU's NCHW kernel is scalar; its channels-last one vectorises over channels and picks the same
@@ -39,7 +43,10 @@ class MaxPool(DeltaFunction):
         ctx.set_materialize_grads(False)  # else autograd allocates a zero δ for the int64 indices
         ctx.save_for_backward(output[1])
         ctx.x_shape, ctx.n = x.shape, n
-        ctx.overlap = any(di * (ki - 1) + 1 > si for ki, si, di in zip(k, s, d))
+        if k is None:  # adaptive: windows [⌊yL/O⌋, ⌈(y+1)L/O⌉) overlap unless O divides L
+            ctx.overlap = any(L % O for L, O in zip(x.shape[-n:], s))
+        else:
+            ctx.overlap = any(di * (ki - 1) + 1 > si for ki, si, di in zip(k, s, d))
 
     @staticmethod
     def backward(ctx, delta, _):
@@ -203,13 +210,42 @@ def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, coun
                      divisor_override)
 
 
-def _adaptive(op, n, input, output_size):
+def _output_size(op, n, input, output_size):
     _check_input(op, n, input)
     size = tuple(output_size) if isinstance(output_size, (tuple, list)) else (output_size,) * n
     check(len(size) == n, op, f"output_size must be an int or a tuple of {n}, got {output_size}")
     size = tuple(L if o is None else o for o, L in zip(size, input.shape[-n:]))
     check(all(isinstance(o, int) and o > 0 for o in size), op, f"output_size must be positive ints, got {size}")
-    return AvgPool.apply(input, n, None, size, None, False, True, None)
+    return size
+
+
+def _adaptive(op, n, input, output_size):
+    return AvgPool.apply(input, n, None, _output_size(op, n, input, output_size), None, False, True, None)
+
+
+def _adaptive_max(op, n, input, output_size, return_indices):
+    out, idx = MaxPool.apply(input, n, None, _output_size(op, n, input, output_size), None, None, False)
+    return (out, idx) if return_indices else out
+
+
+def adaptive_max_pool1d(input, output_size, return_indices=False):
+    """δ twin of ``torch.nn.functional.adaptive_max_pool1d``."""
+    return _adaptive_max("adaptive_max_pool1d", 1, input, output_size, return_indices)
+
+
+def adaptive_max_pool2d(input, output_size, return_indices=False):
+    """δ twin of ``torch.nn.functional.adaptive_max_pool2d``."""
+    return _adaptive_max("adaptive_max_pool2d", 2, input, output_size, return_indices)
+
+
+def adaptive_max_pool1d_with_indices(input, output_size, return_indices=False):
+    """δ twin of ``F.adaptive_max_pool1d_with_indices`` (always returns the indices, as it does)."""
+    return _adaptive_max("adaptive_max_pool1d", 1, input, output_size, True)
+
+
+def adaptive_max_pool2d_with_indices(input, output_size, return_indices=False):
+    """δ twin of ``F.adaptive_max_pool2d_with_indices`` (always returns the indices, as it does)."""
+    return _adaptive_max("adaptive_max_pool2d", 2, input, output_size, True)
 
 
 def adaptive_avg_pool1d(input, output_size):
@@ -233,7 +269,13 @@ ROUTES = {
     F.avg_pool1d: avg_pool1d, F.avg_pool2d: avg_pool2d,
     F.adaptive_avg_pool1d: adaptive_avg_pool1d, F.adaptive_avg_pool2d: adaptive_avg_pool2d,
     torch._C._nn.adaptive_avg_pool2d: adaptive_avg_pool2d,
+    F.adaptive_max_pool1d: adaptive_max_pool1d, F.adaptive_max_pool2d: adaptive_max_pool2d,
+    F.adaptive_max_pool1d_with_indices: adaptive_max_pool1d_with_indices,
+    F.adaptive_max_pool2d_with_indices: adaptive_max_pool2d_with_indices,
+    torch.adaptive_max_pool1d: adaptive_max_pool1d_with_indices,  # returns (out, indices), as this does
+    torch._C._nn.adaptive_max_pool2d: adaptive_max_pool2d_with_indices,
 }
 
 __all__ = ["max_pool1d", "max_pool2d", "max_pool1d_with_indices", "max_pool2d_with_indices",
-           "avg_pool1d", "avg_pool2d", "adaptive_avg_pool1d", "adaptive_avg_pool2d"]
+           "avg_pool1d", "avg_pool2d", "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_max_pool1d",
+           "adaptive_max_pool2d", "adaptive_max_pool1d_with_indices", "adaptive_max_pool2d_with_indices"]

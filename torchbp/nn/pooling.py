@@ -38,8 +38,19 @@ class AdaptiveAvgPool2d(torch.nn.AdaptiveAvgPool2d):
         return tbf.adaptive_avg_pool2d(input, self.output_size)
 
 
+class AdaptiveMaxPool1d(torch.nn.AdaptiveMaxPool1d):
+    def forward(self, input):
+        return tbf.adaptive_max_pool1d(input, self.output_size, self.return_indices)
+
+
+class AdaptiveMaxPool2d(torch.nn.AdaptiveMaxPool2d):
+    def forward(self, input):
+        return tbf.adaptive_max_pool2d(input, self.output_size, self.return_indices)
+
+
 # native module class -> twin; read by torchbp.registry
 TWINS = {torch.nn.MaxPool1d: MaxPool1d, torch.nn.MaxPool2d: MaxPool2d, torch.nn.AvgPool1d: AvgPool1d,
          torch.nn.AvgPool2d: AvgPool2d, torch.nn.AdaptiveAvgPool1d: AdaptiveAvgPool1d,
-         torch.nn.AdaptiveAvgPool2d: AdaptiveAvgPool2d}
+         torch.nn.AdaptiveAvgPool2d: AdaptiveAvgPool2d, torch.nn.AdaptiveMaxPool1d: AdaptiveMaxPool1d,
+         torch.nn.AdaptiveMaxPool2d: AdaptiveMaxPool2d}
 __all__ = list(TWINS[k].__name__ for k in TWINS)
