@@ -3,11 +3,13 @@
 Each family module exports functional forms with ``torch.nn.functional``'s signatures and a ``ROUTES``
 table (native callable -> δ twin) that :mod:`torchbp.registry` reads.
 """
-from . import activation, attention, conv, dropout, flatten, linear, loss, normalization, pooling, sparse, stack
+from . import (activation, attention, conv, dropout, flatten, linear, loss, normalization, pooling,
+               sparse, stack, upsampling)
 from ._common import DeltaFunction
 
 # Bound before the star imports below, which rebind names such as `linear` to the functions.
-FAMILIES = (linear, activation, loss, conv, pooling, normalization, sparse, dropout, flatten, attention, stack)
+FAMILIES = (linear, activation, loss, conv, pooling, normalization, sparse, dropout,
+            flatten, attention, stack, upsampling)
 
 from .activation import *  # noqa: F401,F403
 from .attention import *  # noqa: F401,F403
@@ -20,4 +22,4 @@ from .normalization import *  # noqa: F401,F403
 from .pooling import *  # noqa: F401,F403
 from .sparse import *  # noqa: F401,F403
 from .stack import *  # noqa: F401,F403
-
+from .upsampling import *  # noqa: F401,F403

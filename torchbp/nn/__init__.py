@@ -3,9 +3,11 @@ Functions, so constructor arguments, parameters, state_dict and ``isinstance`` a
 
 Each family module exports a ``TWINS`` table (native class -> twin) that :mod:`torchbp.registry` reads.
 """
-from . import activation, attention, container, conv, dropout, flatten, linear, loss, normalization, pooling, sparse
+from . import (activation, attention, container, conv, dropout, flatten, linear, loss, normalization,
+               pooling, sparse, upsampling)
 # Bound before the star imports below, which rebind names such as `linear` to the functions.
-FAMILIES = (linear, activation, loss, conv, pooling, normalization, sparse, dropout, flatten, attention, container)
+FAMILIES = (linear, activation, loss, conv, pooling, normalization, sparse, dropout,
+            flatten, attention, container, upsampling)
 
 from .activation import *  # noqa: F401,F403
 from .attention import *  # noqa: F401,F403
@@ -18,4 +20,4 @@ from .loss import *  # noqa: F401,F403
 from .normalization import *  # noqa: F401,F403
 from .pooling import *  # noqa: F401,F403
 from .sparse import *  # noqa: F401,F403
-
+from .upsampling import *  # noqa: F401,F403
