@@ -50,37 +50,46 @@ class Conv(DeltaFunction):
         s, p, d, g = ctx.stride, ctx.padding, ctx.dilation, ctx.groups
         n = len(ctx.W_shape) - 2
         L, K, O = ctx.a_shape[2:], ctx.W_shape[2:], delta.shape[2:]
-        grad_a = grad_W = grad_b = None
+        grad_a = None
         if need_a:
             # stride > 1 drops the last (L + 2p − d(k−1) − 1) mod s inputs from every window: output_padding
             # gives them back (as zeros) so δ_a has the input's exact shape.
             out_pad = [L[i] - ((O[i] - 1) * s[i] - 2 * p[i] + d[i] * (K[i] - 1) + 1) for i in range(n)]
             grad_a = _CONV_T[n](delta, W, None, s, p, out_pad, g, d)
-        # ∂J/∂W and ∂J/∂b sum over the batch: on CPU in chunks of ~512K δ elements, as the full-size copies
-        # each makes (the convolution: a and δ, batch and channels swapped, into its layouts; sum: a half δ
-        # into float32) are then a chunk's. Bench CNN, peak memory / native's: 1.21x -> 1.00x (float32),
-        # 1.16x -> 0.99x (bfloat16); and faster than one call (cache-sized; a 700K-element bf16 δ: ∂J/∂W in
-        # 1.6 vs 2.0 ms). On CUDA one call: launches cost more. Half-precision chunks are summed in float32.
-        n_chunks = 1 if delta.device.type == "cuda" else \
-            max(1, min(delta.shape[0], -(-delta.numel() // _CHUNK_ELEMS)))
-        low = n_chunks > 1 and delta.dtype in (torch.float16, torch.bfloat16)
-        if need_W:
-            # float32 on CPU with ≥ 16 channels per group: oneDNN runs the ∂J/∂W convolution ~1.7x faster
-            # with δ (the kernel) channels-last, i.e. the samples innermost, 16 of them (one AVX-512 vector)
-            # per chunk (bench CNN conv2: 4.7 -> 2.7 ms). Measured slower with < 16 channels (C=3, 8) and
-            # in bfloat16.
-            cl = n == 2 and delta.dtype == torch.float32 and delta.device.type == "cpu" and ctx.a_shape[1] >= 16 * g
-            nc = max(n_chunks, -(-delta.shape[0] // 16)) if cl else n_chunks
-            for a_c, d_c in zip(a.chunk(nc), delta.chunk(nc)):
-                gw = _grad_W(a_c, d_c, s, p, d, g, K, cl)
-                gw = gw.float() if low else gw
-                grad_W = gw if grad_W is None else grad_W.add_(gw) if inplace_ok() else grad_W + gw
-            grad_W = grad_W.to(delta.dtype) if low else grad_W
-        if need_b and ctx.has_bias:
-            dims = [0, *range(2, 2 + n)]
-            grad_b = sum(d_c.sum(dims, dtype=torch.float32) for d_c in delta.chunk(n_chunks)).to(delta.dtype) \
-                if low else delta.sum(dims)
+        grad_W, grad_b = _param_grads(a, delta, delta, s, p, d, g, K, need_W, need_b and ctx.has_bias)
         return grad_a, grad_W, grad_b, None, None, None, None
+
+
+def _param_grads(x, k, delta, s, p, d, g, K, need_W, need_b):
+    """∂J/∂W = x ⋆ k (``_grad_W``; x = a, k = δ for a convolution, exchanged for a transposed one) and
+    ∂J/∂b = Σ_{batch, y} δ."""
+    grad_W = grad_b = None
+    n = len(K)
+    # ∂J/∂W and ∂J/∂b sum over the batch: on CPU in chunks of ~512K δ elements, as the full-size copies
+    # each makes (the convolution: x and k, batch and channels swapped, into its layouts; sum: a half δ
+    # into float32) are then a chunk's. Bench CNN, peak memory / native's: 1.21x -> 1.00x (float32),
+    # 1.16x -> 0.99x (bfloat16); and faster than one call (cache-sized; a 700K-element bf16 δ: ∂J/∂W in
+    # 1.6 vs 2.0 ms). On CUDA one call: launches cost more. Half-precision chunks are summed in float32.
+    n_chunks = 1 if delta.device.type == "cuda" else \
+        max(1, min(delta.shape[0], -(-delta.numel() // _CHUNK_ELEMS)))
+    low = n_chunks > 1 and delta.dtype in (torch.float16, torch.bfloat16)
+    if need_W:
+        # float32 on CPU with ≥ 16 channels per group: oneDNN runs the ∂J/∂W convolution ~1.7x faster
+        # with k (the kernel) channels-last, i.e. the samples innermost, 16 of them (one AVX-512 vector)
+        # per chunk (bench CNN conv2: 4.7 -> 2.7 ms). Measured slower with < 16 channels (C=3, 8) and
+        # in bfloat16.
+        cl = n == 2 and delta.dtype == torch.float32 and delta.device.type == "cpu" and x.shape[1] >= 16 * g
+        nc = max(n_chunks, -(-delta.shape[0] // 16)) if cl else n_chunks
+        for x_c, k_c in zip(x.chunk(nc), k.chunk(nc)):
+            gw = _grad_W(x_c, k_c, s, p, d, g, K, cl)
+            gw = gw.float() if low else gw
+            grad_W = gw if grad_W is None else grad_W.add_(gw) if inplace_ok() else grad_W + gw
+        grad_W = grad_W.to(delta.dtype) if low else grad_W
+    if need_b:
+        dims = [0, *range(2, 2 + n)]
+        grad_b = sum(d_c.sum(dims, dtype=torch.float32) for d_c in delta.chunk(n_chunks)).to(delta.dtype) \
+            if low else delta.sum(dims)
+    return grad_W, grad_b
 
 
 _CHUNK_ELEMS = 1 << 19  # δ elements per chunk of the batch sums (CPU); 2 MiB in float32
@@ -100,6 +109,46 @@ def _grad_W(a, delta, s, p, d, g, K, cl=False):
     for i in range(n):  # the correlation may reach past the kernel's extent: keep K
         gw = gw.narrow(2 + i, 0, K[i])
     return gw.transpose(0, 1)
+
+
+class ConvTranspose(DeltaFunction):
+    """z = Wᵀ ⋆ a + b, the adjoint of the convolution with the same stride s, padding p, dilation d:
+    z[o, s·y + d·i − p] += Σ_c W[c, o, i] a[c, y]  (per group; W is (C_in, C_out/g, k), a transposed
+    convolution's layout), the last ``output_padding`` positions of z only receiving b.
+
+    backward, with δ = ∂J/∂z (the convolution's three formulas with the roles of a and δ exchanged):
+      δ_a   = W ⋆ δ: the (forward) convolution of δ with W, same s, p, d, groups (Σ over the output
+              positions a[c, y] was spread to, of W δ)
+      ∂J/∂W = δ ⋆ a:  W[c, o, i] gets Σ_{batch, y} a[c, y] δ[o, s·y + d·i − p] (the seed's δ aᵀ, δ now on the
+              input side: ``_grad_W`` with δ as the convolved map and a as the kernel)
+      ∂J/∂b = Σ_{batch, y} δ
+    """
+
+    @staticmethod
+    def forward(a, W, b, stride, padding, output_padding, dilation, groups):
+        return _CONV_T[W.dim() - 2](a, W, b, stride, padding, output_padding, groups, dilation)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        a, W, b, ctx.stride, ctx.padding, _, ctx.dilation, ctx.groups = inputs
+        need_a, need_W = ctx.needs_input_grad[:2]
+        ctx.save_for_backward(a if need_W else None, W if need_a else None)
+        ctx.a_shape, ctx.W_shape, ctx.has_bias = a.shape, W.shape, b is not None
+
+    @staticmethod
+    def backward(ctx, delta):
+        a, W = ctx.saved_tensors
+        need_a, need_W, need_b = ctx.needs_input_grad[:3]
+        s, p, d, g = ctx.stride, ctx.padding, ctx.dilation, ctx.groups
+        L, K = ctx.a_shape[2:], ctx.W_shape[2:]
+        grad_a = None
+        if need_a:
+            grad_a = _CONV[len(K)](delta, W, None, s, p, d, g)
+            for i, l in enumerate(L):  # output_padding ≥ s (allowed when < d) gives rows past a's last
+                if grad_a.shape[2 + i] != l:
+                    grad_a = grad_a.narrow(2 + i, 0, l)
+        grad_W, grad_b = _param_grads(delta, a, delta, s, p, d, g, K, need_W, need_b and ctx.has_bias)
+        return grad_a, grad_W, grad_b, None, None, None, None, None
 
 
 class Pad(DeltaFunction):
@@ -207,8 +256,46 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     return _conv("conv2d", 2, input, weight, bias, stride, padding, dilation, groups)
 
 
-# native callable -> δ twin with the same signature; read by torchbp.registry
-# (F.conv1d is torch.conv1d and F.conv2d is torch.conv2d: one object each)
-ROUTES = {F.conv1d: conv1d, F.conv2d: conv2d, F.pad: pad}
+def _conv_transpose(op, n, input, weight, bias, stride, padding, output_padding, groups, dilation):
+    check_compatible(op, input=input, weight=weight, bias=bias)
+    check(weight.dim() == n + 2, op, f"weight must be {n + 2}-D (in_channels, out_channels/groups, "
+          f"{'kW' if n == 1 else 'kH, kW'}), got shape {list(weight.shape)}")
+    check(input.dim() in (n + 1, n + 2), op, f"expected {n + 1}-D (unbatched) or {n + 2}-D (batched) input, "
+          f"got shape {list(input.shape)}")
+    check(isinstance(groups, int) and groups > 0, op, f"groups must be a positive int, got {groups}")
+    C = input.shape[-n - 1]
+    check(C == weight.shape[0], op, f"input has {C} channels (shape {list(input.shape)}) but weight expects "
+          f"{weight.shape[0]} (shape {list(weight.shape)}, a transposed convolution's (in, out/groups, ...))")
+    check(C % groups == 0, op, f"in_channels {C} not divisible by groups {groups}")
+    C_out = weight.shape[1] * groups
+    check(bias is None or tuple(bias.shape) == (C_out,), op,
+          f"bias must have shape [{C_out}], got {list(bias.shape) if bias is not None else None}")
+    stride, dilation = _tuple(stride, n, op, "stride"), _tuple(dilation, n, op, "dilation")
+    padding, output_padding = _tuple(padding, n, op, "padding"), _tuple(output_padding, n, op, "output_padding")
+    check(all(q >= 0 for q in padding), op, f"negative padding {padding}")
+    check(all(0 <= q < max(s, d) for q, s, d in zip(output_padding, stride, dilation)), op,
+          f"output_padding {output_padding} must be smaller than either stride {stride} or dilation {dilation}")
+    batched = input.dim() == n + 2
+    out = apply(ConvTranspose, LOWER, input if batched else input.unsqueeze(0), weight, bias,
+                stride, padding, output_padding, dilation, groups)
+    return out if batched else out.squeeze(0)
 
-__all__ = ["conv1d", "conv2d", "pad"]
+
+def conv_transpose1d(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1):
+    """δ twin of ``torch.nn.functional.conv_transpose1d``."""
+    return _conv_transpose("conv_transpose1d", 1, input, weight, bias, stride, padding, output_padding, groups,
+                           dilation)
+
+
+def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1):
+    """δ twin of ``torch.nn.functional.conv_transpose2d``."""
+    return _conv_transpose("conv_transpose2d", 2, input, weight, bias, stride, padding, output_padding, groups,
+                           dilation)
+
+
+# native callable -> δ twin with the same signature; read by torchbp.registry
+# (F.conv1d is torch.conv1d and F.conv2d is torch.conv2d: one object each; likewise conv_transpose)
+ROUTES = {F.conv1d: conv1d, F.conv2d: conv2d, F.conv_transpose1d: conv_transpose1d,
+          F.conv_transpose2d: conv_transpose2d, F.pad: pad}
+
+__all__ = ["conv1d", "conv2d", "conv_transpose1d", "conv_transpose2d", "pad"]

@@ -22,6 +22,29 @@ class Conv2d(torch.nn.Conv2d):
         return tbf.conv2d(input, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
 
 
+class _ConvTransposeForward:
+    """torch.nn.ConvTranspose*d.forward, line for line, with the δ conv_transpose: ``output_size`` picks
+    output_padding through the module's own ``_output_padding``; padding_mode other than "zeros" is
+    refused by the constructor already."""
+
+    def forward(self, input, output_size=None):
+        if self.padding_mode != "zeros":
+            raise ValueError(f"Only `zeros` padding mode is supported for {type(self).__name__}")
+        n = len(self.kernel_size)
+        output_padding = self._output_padding(input, output_size, self.stride, self.padding, self.kernel_size, n,
+                                              self.dilation)
+        return (tbf.conv_transpose1d if n == 1 else tbf.conv_transpose2d)(
+            input, self.weight, self.bias, self.stride, self.padding, output_padding, self.groups, self.dilation)
+
+
+class ConvTranspose1d(_ConvTransposeForward, torch.nn.ConvTranspose1d):
+    pass
+
+
+class ConvTranspose2d(_ConvTransposeForward, torch.nn.ConvTranspose2d):
+    pass
+
+
 # The padding modules (ZeroPad2d, ReflectionPad1d, ...): each forward is F.pad with the class's mode
 _PAD_MODES = {"Constant": "constant", "Zero": "constant", "Reflection": "reflect", "Replication": "replicate",
               "Circular": "circular"}
@@ -41,5 +64,6 @@ for _kind, _mode in _PAD_MODES.items():
 globals().update({twin.__name__: twin for twin in _PADS.values()})
 
 # native module class -> twin; read by torchbp.registry
-TWINS = {torch.nn.Conv1d: Conv1d, torch.nn.Conv2d: Conv2d, **_PADS}
-__all__ = ["Conv1d", "Conv2d", *(twin.__name__ for twin in _PADS.values())]
+TWINS = {torch.nn.Conv1d: Conv1d, torch.nn.Conv2d: Conv2d, torch.nn.ConvTranspose1d: ConvTranspose1d,
+         torch.nn.ConvTranspose2d: ConvTranspose2d, **_PADS}
+__all__ = ["Conv1d", "Conv2d", "ConvTranspose1d", "ConvTranspose2d", *(twin.__name__ for twin in _PADS.values())]
