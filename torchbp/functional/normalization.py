@@ -216,21 +216,27 @@ class BatchNorm(DeltaFunction):
 
     @staticmethod
     def backward(ctx, delta, _dmean, _dinvstd):
-        x0, w0, mean, invstd = ctx.saved_tensors
-        need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        x, w, delta, fast = _inputs(x0, w0, delta)
-        N, C = x.shape[:2]
-        shape = (N, C, math.prod(x.shape[2:]))  # (n, channel, spatial); no -1: N may be 0
-        x, delta = x.reshape(shape), delta.reshape(shape)
-        w = w.reshape(1, C, 1) if w is not None else None
-        mu, r = _stats(x, (0, 2), mean, invstd, ctx.eps, fixed=not ctx.training)
-        if fast:
-            grad_x, gw, gb = _cells(delta, x, mu, r, w, (0, 2), (0, 2), (0, 2), ctx.training, need_x, need_w, need_b)
-        else:
-            grad_x, gw, gb = _plain(delta, x, mu, r, w, (0, 2), (0, 2), ctx.training, need_x, need_w, need_b)
-        return (grad_x.reshape(x0.shape).to(x0.dtype) if need_x else None,
-                gw.reshape(C).to(w0.dtype) if need_w else None,
-                gb.reshape(C).to(ctx.b_dtype) if need_b else None, None, None, None, None, None)
+        return _per_channel_backward(ctx, delta, (0, 2)) + (None,) * 5
+
+
+def _per_channel_backward(ctx, delta, red):
+    """batch_norm's and instance_norm's backward: x seen as (n, channel, spatial), γ per channel, μ and r
+    reduced over ``red`` ((0, 2): the batch and spatial dims; (2,): each instance's spatial dims)."""
+    x0, w0, mean, invstd = ctx.saved_tensors
+    need_x, need_w, need_b = ctx.needs_input_grad[:3]
+    x, w, delta, fast = _inputs(x0, w0, delta)
+    N, C = x.shape[:2]
+    shape = (N, C, math.prod(x.shape[2:]))  # (n, channel, spatial); no -1: N may be 0
+    x, delta = x.reshape(shape), delta.reshape(shape)
+    w = w.reshape(1, C, 1) if w is not None else None
+    mu, r = _stats(x, red, mean, invstd, ctx.eps, fixed=not ctx.training)
+    if fast:
+        grad_x, gw, gb = _cells(delta, x, mu, r, w, red, (0, 2), red, ctx.training, need_x, need_w, need_b)
+    else:
+        grad_x, gw, gb = _plain(delta, x, mu, r, w, red, (0, 2), ctx.training, need_x, need_w, need_b)
+    return (grad_x.reshape(x0.shape).to(x0.dtype) if need_x else None,
+            gw.reshape(C).to(w0.dtype) if need_w else None,
+            gb.reshape(C).to(ctx.b_dtype) if need_b else None)
 
 
 def _raise_value(op, cond, message):
@@ -445,6 +451,59 @@ def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5):
     return out
 
 
+# --- instance_norm -------------------------------------------------------------------------------
+
+class InstanceNorm(DeltaFunction):
+    """z = γ ⊙ x̂ + β per channel, μ, σ² over each (sample, channel)'s spatial dims: batch_norm of x seen as
+    (1, N·C, *), with γ, β and the running statistics repeated N times, as torch computes it.
+
+    use_input_stats:  δ_x = r ⊙ (g − mean(g) − x̂ ⊙ mean(g ⊙ x̂)), means over the spatial dims, g = δ ⊙ γ
+    running statistics (eval):  δ_x = r ⊙ g (μ, σ² do not depend on x: an affine map per channel)
+    ∂J/∂γ = Σ_{n, spatial} δ ⊙ x̂,  ∂J/∂β = Σ_{n, spatial} δ
+    The running statistics become the mean over the batch of the N per-instance updates (native's bits).
+    """
+
+    @staticmethod
+    def forward(x, w, b, rm, rv, use_input_stats, momentum, eps):
+        N, C = x.shape[:2]
+        rm_, rv_ = (t.repeat(N) if t is not None else None for t in (rm, rv))
+        out, mean, invstd = BatchNorm.forward(x.contiguous().view(1, N * C, *x.shape[2:]),
+                                              *(t.repeat(N) if t is not None else None for t in (w, b)),
+                                              rm_, rv_, use_input_stats, momentum, eps)
+        for t, t_ in ((rm, rm_), (rv, rv_)):
+            if t is not None:
+                t.copy_(t_.view(N, C).mean(0))
+        return out.view(x.shape), mean, invstd
+
+    setup_context = staticmethod(BatchNorm.setup_context)
+
+    @staticmethod
+    def backward(ctx, delta, _dmean, _dinvstd):
+        return _per_channel_backward(ctx, delta, (2,)) + (None,) * 5
+
+
+def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=None, use_input_stats=True,
+                  momentum=0.1, eps=1e-5):
+    """δ twin of ``torch.nn.functional.instance_norm`` (running statistics updated in place as native)."""
+    op = "instance_norm"
+    _check_params(op, input, weight=weight, bias=bias, running_mean=running_mean, running_var=running_var)
+    _check_2d(op, input)
+    C = input.shape[1]
+    for k, v in (("weight", weight), ("bias", bias), ("running_mean", running_mean), ("running_var", running_var)):
+        _check(v is None or v.numel() == C, op, lambda: f"{k} must have {C} elements (the channels, "
+                                                        f"input.shape[1]), got shape {list(v.shape)}")
+    _raise_value(op, (running_mean is None) == (running_var is None),
+                 lambda: "running_mean and running_var must either both be None or neither be None")
+    check(use_input_stats or running_mean is not None, op,
+          "running_mean and running_var must be given when use_input_stats is False")
+    if use_input_stats:
+        _raise_value(op, math.prod(input.shape[2:]) != 1, lambda: "Expected more than 1 spatial element when "
+                                                                   f"training, got input size {list(input.shape)}")
+    out, _, _ = InstanceNorm.apply(input, weight, bias, running_mean, running_var, bool(use_input_stats),
+                                   float(momentum) if momentum is not None else 0.0, float(eps))
+    return out
+
+
 # torch.layer_norm / torch.group_norm take a trailing cudnn flag; torch.batch_norm has its own order
 def _torch_layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5, cudnn_enable=True):
     return layer_norm(input, normalized_shape, weight, bias, eps)
@@ -454,16 +513,22 @@ def _torch_group_norm(input, num_groups, weight=None, bias=None, eps=1e-5, cudnn
     return group_norm(input, num_groups, weight, bias, eps)
 
 
+def _torch_instance_norm(input, weight, bias, running_mean, running_var, use_input_stats, momentum, eps,
+                         cudnn_enabled):
+    return instance_norm(input, running_mean, running_var, weight, bias, use_input_stats, momentum, eps)
+
+
 def _torch_batch_norm(input, weight, bias, running_mean, running_var, training, momentum, eps, cudnn_enabled):
     return batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps)
 
 
 ROUTES = {F.batch_norm: batch_norm, torch.batch_norm: _torch_batch_norm,
           F.layer_norm: layer_norm, torch.layer_norm: _torch_layer_norm,
-          F.group_norm: group_norm, torch.group_norm: _torch_group_norm}
+          F.group_norm: group_norm, torch.group_norm: _torch_group_norm,
+          F.instance_norm: instance_norm, torch.instance_norm: _torch_instance_norm}
 if hasattr(F, "rms_norm"):  # torch >= 2.4
     ROUTES[F.rms_norm] = rms_norm
     if hasattr(torch, "rms_norm"):
         ROUTES[torch.rms_norm] = rms_norm
 
-__all__ = ["batch_norm", "layer_norm", "group_norm", "rms_norm"]
+__all__ = ["batch_norm", "instance_norm", "layer_norm", "group_norm", "rms_norm"]
