@@ -37,6 +37,25 @@ CONV_CASES = [
     for cls, p, shape in ((nn.Conv1d, 2, (2, 3, 8)), (nn.Conv2d, (1, 2), (2, 3, 6, 7)))
 ]
 
+# transposed: stride > 1 with output_padding, output_padding ≥ stride (allowed below the dilation: δ_a's
+# convolution then overshoots a and is cut), dilation, groups, bias=False, unbatched
+CONVT_CASES = [
+    (nn.ConvTranspose1d, dict(in_channels=4, out_channels=5, kernel_size=3), (2, 4, 10)),
+    (nn.ConvTranspose1d, dict(in_channels=4, out_channels=6, kernel_size=4, stride=2, padding=1, output_padding=1),
+     (2, 4, 9)),
+    (nn.ConvTranspose1d, dict(in_channels=4, out_channels=6, kernel_size=3, dilation=3, output_padding=2, groups=2,
+                              bias=False), (2, 4, 7)),
+    (nn.ConvTranspose1d, dict(in_channels=3, out_channels=4, kernel_size=3, stride=2), (3, 7)),  # unbatched
+    (nn.ConvTranspose2d, dict(in_channels=3, out_channels=5, kernel_size=3), (2, 3, 5, 4)),
+    (nn.ConvTranspose2d, dict(in_channels=4, out_channels=6, kernel_size=3, stride=2, padding=1, output_padding=1,
+                              groups=2), (2, 4, 5, 6)),
+    (nn.ConvTranspose2d, dict(in_channels=3, out_channels=4, kernel_size=(3, 2), stride=(2, 3), padding=(1, 0),
+                              output_padding=(1, 2), bias=False), (2, 3, 4, 5)),
+    (nn.ConvTranspose2d, dict(in_channels=4, out_channels=8, kernel_size=3, groups=4, dilation=(2, 1), stride=2,
+                              output_padding=1), (2, 4, 5, 5)),
+    (nn.ConvTranspose2d, dict(in_channels=3, out_channels=4, kernel_size=4, stride=2, padding=1), (3, 6, 6)),
+]
+
 POOL_CASES = [
     (nn.MaxPool1d, dict(kernel_size=3), (2, 3, 10)),
     (nn.MaxPool1d, dict(kernel_size=3, stride=2, padding=1, ceil_mode=True), (2, 3, 10)),
@@ -67,7 +86,7 @@ POOL_CASES = [
     (nn.AdaptiveMaxPool2d, dict(output_size=5), (2, 3, 3, 4)),  # windows overlap: scatter_add
 ]
 
-CASES = CONV_CASES + POOL_CASES
+CASES = CONV_CASES + CONVT_CASES + POOL_CASES
 
 
 def _ids(case):
@@ -109,6 +128,10 @@ GRADCHECK = [  # small: gradgradcheck costs O(numel²)
     (nn.Conv2d, dict(in_channels=2, out_channels=2, kernel_size=2, stride=2, dilation=(1, 2), padding=1), (1, 2, 5, 4)),
     (nn.Conv2d, dict(in_channels=2, out_channels=4, kernel_size=2, groups=2, padding=(1, 0),
                      padding_mode="circular", bias=False), (1, 2, 3, 4)),
+    (nn.ConvTranspose1d, dict(in_channels=2, out_channels=4, kernel_size=3, stride=2, padding=1, output_padding=1,
+                              groups=2), (1, 2, 4)),
+    (nn.ConvTranspose2d, dict(in_channels=2, out_channels=2, kernel_size=2, dilation=(3, 1), stride=(1, 2),
+                              output_padding=(2, 1)), (1, 2, 3, 3)),
     (nn.MaxPool2d, dict(kernel_size=3, stride=2, padding=1, ceil_mode=True), (1, 2, 5, 4)),
     (nn.MaxPool2d, dict(kernel_size=2, ceil_mode=True), (1, 2, 5, 4)),  # disjoint windows: plain scatter
     (nn.MaxPool1d, dict(kernel_size=2, stride=3, dilation=2), (2, 7)),
@@ -136,7 +159,7 @@ def wgrad_per_sample(monkeypatch):
     monkeypatch.setattr(conv, "_CHUNK_ELEMS", 1)
 
 
-@pytest.mark.parametrize("case", CONV_CASES, ids=[_ids(c) for c in CONV_CASES])
+@pytest.mark.parametrize("case", CONV_CASES + CONVT_CASES, ids=[_ids(c) for c in CONV_CASES + CONVT_CASES])
 def test_conv_weight_grad_in_batch_chunks(case, wgrad_per_sample):
     native, twin = _pair(*case[:2])
     fs, ps = _module_fn(twin)
@@ -144,7 +167,7 @@ def test_conv_weight_grad_in_batch_chunks(case, wgrad_per_sample):
     assert_matches_native(fs, fn, (torch.randn(case[2], dtype=torch.float64, requires_grad=True), *ps))
 
 
-@pytest.mark.parametrize("case", GRADCHECK[:4], ids=[_ids(c) for c in GRADCHECK[:4]])
+@pytest.mark.parametrize("case", GRADCHECK[:6], ids=[_ids(c) for c in GRADCHECK[:6]])
 def test_conv_weight_grad_in_batch_chunks_gradcheck(case, wgrad_per_sample):
     _, twin = _pair(*case[:2])
     fs, ps = _module_fn(twin)
@@ -180,7 +203,7 @@ def test_conv_weight_grad_channels_last_float32(case):
 
 
 LOW_CASES = [CONV_CASES[2], CONV_CASES[11], CONV_CASES[13], CONV_CASES[-3], POOL_CASES[4], POOL_CASES[12],
-             POOL_CASES[-3]]
+             POOL_CASES[-3], CONVT_CASES[1], CONVT_CASES[5], CONVT_CASES[7]]
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -388,3 +411,116 @@ def test_pad_modules_swap_route_and_refuse_like_torch():
         tbf.pad(x, (-1, 1), mode="reflect")
     with pytest.raises((RuntimeError, ValueError), match="torchbp.functional.pad"):
         tbf.pad(x, (5, 5), mode="reflect")  # F.pad's own error: a reflection pad must be < the input size
+
+
+# --- transposed convolution ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("cls,kw,shape,output_size", [
+    (nn.ConvTranspose1d, dict(in_channels=3, out_channels=4, kernel_size=3, stride=3, padding=1), (2, 3, 5), [15]),
+    (nn.ConvTranspose1d, dict(in_channels=3, out_channels=4, kernel_size=3, stride=2), (3, 5), [4, 12]),
+    (nn.ConvTranspose2d, dict(in_channels=3, out_channels=4, kernel_size=3, stride=(2, 3), padding=1), (2, 3, 4, 5),
+     (8, 15)),
+    (nn.ConvTranspose2d, dict(in_channels=4, out_channels=4, kernel_size=2, stride=2, groups=2, bias=False),
+     (2, 4, 3, 3), torch.Size([2, 4, 7, 6])),
+])
+def test_conv_transpose_output_size(cls, kw, shape, output_size):
+    """forward(x, output_size) picks output_padding as torch's forward does (the module's _output_padding)."""
+    native, twin = _pair(cls, kw)
+    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    y = twin(x, output_size)
+    n = 1 if cls is nn.ConvTranspose1d else 2
+    assert y.shape[-n:] == tuple(output_size)[-n:] == native(x, output_size).shape[-n:]
+    names = [n for n, _ in native.named_parameters()]
+    fs, fn = [lambda x, *ps, m=m: torch.func.functional_call(m, dict(zip(names, ps)), (x, output_size))
+              for m in (twin, native)]
+    assert_matches_native(fs, fn, (x, *twin.parameters()))
+    with pytest.raises(ValueError, match="requested an output size"):
+        twin(x, [s + 5 for s in output_size])
+
+
+def test_conv_transpose_functional_routes_and_partial_grads():
+    x = torch.randn(2, 4, 5, 6, dtype=torch.float64, requires_grad=True)
+    W = torch.randn(4, 3, 3, 2, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(6, dtype=torch.float64, requires_grad=True)
+    assert_matches_native(tbf.conv_transpose2d, F.conv_transpose2d, (x, W, b, 2, 1, 1, 2, 1))
+    assert_matches_native(tbf.conv_transpose2d, F.conv_transpose2d, (x, W), dict(stride=(1, 2), dilation=2,
+                                                                                  output_padding=(1, 0), groups=2))
+    assert_matches_native(tbf.conv_transpose1d, F.conv_transpose1d, (x[:, :, 0], W[..., 0], b[:3]),
+                          dict(stride=2, padding=1))
+    for native in (F.conv_transpose1d, F.conv_transpose2d):
+        assert torchbp.registry.function_for(native) is getattr(tbf, native.__name__)
+    xt = x.detach().permute(0, 1, 3, 2)  # non-contiguous, no grad: only ∂J/∂W, ∂J/∂b
+    assert_matches_native(tbf.conv_transpose2d, F.conv_transpose2d, (xt, W, b[:3]), dict(stride=2))
+    assert_matches_native(tbf.conv_transpose2d, F.conv_transpose2d, (x, W.detach()), dict(groups=2))  # only δ_a
+    with torchbp.manual_backward():
+        y = F.conv_transpose2d(x, W, b, groups=2)
+    assert type(y.grad_fn).__name__ == "ConvTransposeBackward"
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_conv_transpose_autocast(device):
+    dtype = torch.bfloat16 if device == "cpu" else torch.float16
+    native, twin = _pair(nn.ConvTranspose2d, dict(in_channels=3, out_channels=4, kernel_size=3, stride=2),
+                         torch.float32)
+    native.to(device), twin.to(device)
+    x = torch.randn(2, 3, 5, 5, device=device, requires_grad=True)
+    with torch.autocast(device, dtype=dtype):
+        yn, ys = native(x), twin(x)
+    assert yn.dtype == ys.dtype == dtype
+    torch.testing.assert_close(ys, yn, rtol=0, atol=0)
+    gn = torch.autograd.grad(yn.float().square().sum(), [x, *native.parameters()])
+    gs = torch.autograd.grad(ys.float().square().sum(), [x, *twin.parameters()])
+    for a, b in zip(gs, gn):
+        assert a.dtype == b.dtype
+        torch.testing.assert_close(a, b, rtol=2e-2, atol=2e-2)
+
+
+def test_conv_transpose_bad_input_names_op():
+    x = torch.randn(2, 4, 5, 5)
+    with pytest.raises(RuntimeError, match=r"conv_transpose2d: input has 4 channels"):
+        tbf.conv_transpose2d(x, torch.randn(3, 2, 3, 3))
+    with pytest.raises(RuntimeError, match=r"conv_transpose2d: output_padding \(2, 2\) must be smaller"):
+        tbf.conv_transpose2d(x, torch.randn(4, 2, 3, 3), stride=2, output_padding=2)
+    with pytest.raises(RuntimeError, match=r"conv_transpose2d: bias must have shape \[4\]"):
+        tbf.conv_transpose2d(x, torch.randn(4, 2, 3, 3), torch.randn(2), groups=2)
+    with pytest.raises(RuntimeError, match=r"conv_transpose1d: weight must be 3-D"):
+        tbf.conv_transpose1d(x[:, :, 0], torch.randn(4, 2, 3, 3))
+    with pytest.raises(RuntimeError, match=r"conv_transpose1d: in_channels 4 not divisible by groups 3"):
+        tbf.conv_transpose1d(x[:, :, 0], torch.randn(4, 2, 3), groups=3)
+
+
+def _unet():
+    class UNetish(nn.Module):
+        """Conv2d down, ConvTranspose2d up (output_size: the skip's), InstanceNorm2d, a skip connection."""
+
+        def __init__(self):
+            super().__init__()
+            self.down = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+            # (no bias: the instance norm's mean would cancel it, its exact gradient 0, both sides' noise)
+            self.up = nn.ConvTranspose2d(8, 4, 3, stride=2, padding=1, bias=False)
+            self.norm = nn.InstanceNorm2d(4, affine=True, track_running_stats=True)
+            self.head = nn.Conv2d(7, 2, 1)
+
+        def forward(self, x):
+            h = self.norm(self.up(torch.relu(self.down(x)), output_size=x.shape[-2:]))
+            return self.head(torch.cat([torch.relu(h), x], 1))
+
+    return UNetish()
+
+
+def test_unet_like_model_swapped_and_audited():
+    torch.manual_seed(0)
+    native = _unet().double()
+    for p in native.norm.parameters():
+        nn.init.normal_(p)
+    twin = torchbp.swap(copy.deepcopy(native))
+    assert type(twin.up) is torchbp.nn.ConvTranspose2d and type(twin.norm) is torchbp.nn.InstanceNorm2d
+    fs, ps = _module_fn(twin)
+    fn, _ = _module_fn(native)
+    for train in (True, False):
+        native.train(train), twin.train(train)
+        assert_matches_native(fs, fn, (torch.randn(2, 3, 9, 7, dtype=torch.float64, requires_grad=True), *ps))
+        for a, b in zip(twin.buffers(), native.buffers()):
+            assert torch.equal(a, b)
+    r = torchbp.audit(_unet().double(), torch.randn(2, 3, 9, 7, dtype=torch.float64))
+    assert r.ok and r.coverage == 1.0, r
