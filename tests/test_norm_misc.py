@@ -16,7 +16,10 @@ HAS_RMS = hasattr(F, "rms_norm")
 
 
 def is_delta(t):
-    return t.grad_fn is not None and issubclass(getattr(type(t.grad_fn), "_forward_cls", type), DeltaFunction)
+    fn = t.grad_fn
+    if type(fn).__name__.startswith("SqueezeBackward"):  # an unbatched input's batch dim, added and dropped
+        fn = fn.next_functions[0][0]
+    return fn is not None and issubclass(getattr(type(fn), "_forward_cls", type), DeltaFunction)
 
 
 # --- modules against native: output, every gradient, buffers ------------------------------------
@@ -71,6 +74,58 @@ def test_batchnorm_module(make, shape, train, device):
     twin = compare_module(m, torch.randn(shape) * 2 + 1, steps=3, train=train, device=device)
     if train and m.track_running_stats:
         assert int(twin.num_batches_tracked) == 3
+
+
+IN_CASES = [  # (module, input shape); unbatched (C, L) / (C, H, W) inputs too
+    (lambda: nn.InstanceNorm1d(3), (4, 3, 5)),
+    (lambda: nn.InstanceNorm1d(3, affine=True), (4, 3, 5)),
+    (lambda: nn.InstanceNorm1d(3, track_running_stats=True), (4, 3, 5)),
+    (lambda: nn.InstanceNorm1d(3, affine=True, track_running_stats=True, momentum=0.3), (4, 3, 5)),
+    (lambda: nn.InstanceNorm1d(3, affine=True, track_running_stats=True, momentum=None), (4, 3, 5)),
+    (lambda: nn.InstanceNorm1d(3, affine=True, track_running_stats=True), (3, 6)),
+    (lambda: nn.InstanceNorm1d(3), (3, 6)),
+    (lambda: nn.InstanceNorm2d(3), (2, 3, 4, 5)),
+    (lambda: nn.InstanceNorm2d(3, affine=True, eps=1e-3), (2, 3, 4, 5)),
+    (lambda: nn.InstanceNorm2d(3, affine=True, track_running_stats=True), (2, 3, 4, 5)),
+    (lambda: nn.InstanceNorm2d(3, track_running_stats=True, momentum=0.5), (3, 2, 2)),
+    (lambda: nn.InstanceNorm3d(2, affine=True, track_running_stats=True), (2, 2, 3, 2, 2)),
+]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("make,shape", IN_CASES)
+def test_instancenorm_module(make, shape, train, device):
+    """Per-(sample, channel) statistics; with track_running_stats the buffers are updated bitwise as native's
+    (the batch mean of the per-instance updates) and, in eval, used (an affine map per channel)."""
+    m = make()
+    if m.affine:
+        nn.init.normal_(m.weight), nn.init.normal_(m.bias)
+    if m.track_running_stats:
+        m.running_mean.normal_(), m.running_var.uniform_(0.5, 2)
+    before = copy.deepcopy(m.running_mean)
+    twin = compare_module(m, torch.randn(shape) * 2 + 1, steps=3, train=train, device=device)
+    if m.track_running_stats:  # (momentum=None is 0.0 here, native's quirk: no cumulative average)
+        assert torch.equal(twin.running_mean.float().cpu(), before) == (not train or m.momentum is None)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("use_input_stats", [True, False])
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("running", [True, False])
+def test_instance_norm_functional_float64(use_input_stats, affine, running, device):
+    if not (use_input_stats or running):
+        pytest.skip("running statistics are required without input statistics")
+    C = 3
+    args = (torch.randn(4, C, 5, 2, requires_grad=True) * 3 + 1, torch.randn(C) if running else None,
+            torch.rand(C) + 0.5 if running else None, torch.randn(C, requires_grad=True) if affine else None,
+            torch.randn(C, requires_grad=True) if affine else None, use_input_stats, 0.2, 1e-4)
+    assert_matches_native(tbf.instance_norm, F.instance_norm, args, device=device)
+    if running:  # the buffers: updated bitwise as native's (unchanged in value without input statistics)
+        rs, rn = [a.clone() for a in args[1:3]], [a.clone() for a in args[1:3]]
+        tbf.instance_norm(args[0], *rs, *args[3:])
+        F.instance_norm(args[0], *rn, *args[3:])
+        assert all(torch.equal(a, b) for a, b in zip(rs, rn))
 
 
 def test_batchnorm_eval_without_running_stats_uses_batch_stats():
@@ -379,6 +434,11 @@ NORMS = [  # (name, ours, native, float64 arguments, positions of x, weight, bia
               False), (0, 3, 4)),
     ("group_norm", tbf.group_norm, F.group_norm,
      lambda: (torch.randn(3, 4, 5) * 2 + 1, 2, torch.randn(4), torch.randn(4)), (0, 2, 3)),
+    ("instance_norm", tbf.instance_norm, F.instance_norm,
+     lambda: (torch.randn(3, 4, 5) * 2 + 1, None, None, torch.randn(4), torch.randn(4)), (0, 3, 4)),
+    ("instance_norm_eval", tbf.instance_norm, F.instance_norm,
+     lambda: (torch.randn(3, 4, 5) * 2 + 1, torch.randn(4), torch.rand(4) + 0.5, torch.randn(4), torch.randn(4),
+              False), (0, 3, 4)),
 ] + ([("rms_norm", tbf.rms_norm, F.rms_norm, lambda: (torch.randn(3, 4, 6) + 1, (6,), torch.randn(6)), (0, 2))]
      if HAS_RMS else [])
 
@@ -423,6 +483,10 @@ def test_norm_plain_path_and_odd_grad_outputs(name, ours, native, make, pos):
 def test_norm_empty_batch(name, ours, native, make, pos):
     if name == "batch_norm":
         pytest.skip("training batch_norm refuses an empty batch (native too)")
+    if name.startswith("instance_norm"):  # native's own error (its batch_norm of a (1, 0, *) input), ours alike
+        with pytest.raises(IndexError):
+            native(*[a[:0] if i == 0 else a for i, a in enumerate(make())])
+        pytest.skip("instance_norm refuses an empty batch (native too)")
     args = _norm_args(make, pos, "xwb")
     args[0] = args[0].detach()[:0].requires_grad_()
     leaves = [args[p] for p in pos]
@@ -448,7 +512,8 @@ def test_norm_per_example_gradients_under_vmap():
     x4 = torch.randn(4, 6, 5, dtype=torch.float64) * 2 + 1
     w, b = torch.randn(6, dtype=torch.float64), torch.randn(6, dtype=torch.float64)
     cases = [(lambda m: lambda xi, w, b: m.layer_norm(xi, (6,), w, b).pow(2).sum(), x),
-             (lambda m: lambda xi, w, b: m.group_norm(xi[None], 3, w, b).pow(2).sum(), x4)]
+             (lambda m: lambda xi, w, b: m.group_norm(xi[None], 3, w, b).pow(2).sum(), x4),
+             (lambda m: lambda xi, w, b: m.instance_norm(xi[None], None, None, w, b).pow(2).sum(), x4)]
     if HAS_RMS:
         cases.append((lambda m: lambda xi, w, b: m.rms_norm(xi, (6,), w).pow(2).sum() + b.sum(), x))
     for cost, inp in cases:
@@ -467,6 +532,10 @@ GRADCHECK = [
      (3, 2, 4), 2),
     ("layer_norm", lambda x, w, b: tbf.layer_norm(x, (3, 4), w, b), (2, 3, 4), (3, 4)),
     ("group_norm", lambda x, w, b: tbf.group_norm(x, 2, w, b), (2, 4, 3), 4),
+    ("instance_norm", lambda x, w, b: tbf.instance_norm(x, None, None, w, b), (2, 2, 4), 2),
+    ("instance_norm_eval", lambda x, w, b: tbf.instance_norm(x, torch.tensor([0.1, -0.2], dtype=x.dtype),
+                                                              torch.tensor([0.5, 2.0], dtype=x.dtype), w, b, False),
+     (2, 2, 3), 2),
 ]
 
 
@@ -501,6 +570,9 @@ LOW_CASES = [
               torch.randn(64, requires_grad=True))),
     ("group_norm", tbf.group_norm, F.group_norm,
      lambda: (torch.randn(4, 8, 32, requires_grad=True), 4, torch.randn(8, requires_grad=True),
+              torch.randn(8, requires_grad=True))),
+    ("instance_norm", tbf.instance_norm, F.instance_norm,
+     lambda: (torch.randn(4, 8, 32, requires_grad=True), None, None, torch.randn(8, requires_grad=True),
               torch.randn(8, requires_grad=True))),
     ("embedding", tbf.embedding, F.embedding,
      lambda: (torch.randint(0, 20, (64,)), torch.randn(20, 16, requires_grad=True))),
@@ -553,6 +625,7 @@ def test_mixed_dtype_float32_params(dtype):
     w, b = torch.randn(6, requires_grad=True), torch.randn(6, requires_grad=True)
     cases = [(tbf.batch_norm, F.batch_norm, (x, torch.zeros(6), torch.ones(6), w, b, True)),
              (tbf.group_norm, F.group_norm, (x, 3, w, b)),
+             (tbf.instance_norm, F.instance_norm, (x, torch.zeros(6), torch.ones(6), w, b)),
              (tbf.layer_norm, F.layer_norm, (x.transpose(1, 2), (6,), w, b))]
     for ours, native, args in cases:
         xs, xn = args[0].clone().requires_grad_(), args[0].clone().requires_grad_()
@@ -569,7 +642,7 @@ def test_mixed_dtype_float32_params(dtype):
 def test_cpu_autocast_bf16_dtypes_follow_native():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 12), nn.LayerNorm(12), nn.Unflatten(1, (3, 4)), nn.GroupNorm(3, 3),
-                          nn.Flatten(), nn.BatchNorm1d(12), nn.Dropout(0.2), nn.Linear(12, 4))
+                          nn.InstanceNorm1d(3, affine=True, track_running_stats=True), nn.Flatten(), nn.BatchNorm1d(12), nn.Dropout(0.2), nn.Linear(12, 4))
     twin = torchbp.swap(copy.deepcopy(model))
     x = torch.randn(6, 8)
     outs = []
@@ -592,6 +665,7 @@ def test_cpu_autocast_bf16_dtypes_follow_native():
 
 def test_twins_keep_state_dict_and_isinstance():
     mods = [nn.BatchNorm1d(4), nn.BatchNorm2d(4, affine=False), nn.LayerNorm((2, 3)), nn.GroupNorm(2, 4),
+            nn.InstanceNorm1d(4), nn.InstanceNorm2d(4, affine=True, track_running_stats=True),
             nn.Embedding(7, 3, padding_idx=1), nn.Dropout(0.1), nn.Flatten(), nn.Unflatten(1, (2, 2)),
             nn.Identity()] + ([nn.RMSNorm(3)] if hasattr(nn, "RMSNorm") else [])
     for m in mods:
@@ -648,6 +722,18 @@ def test_bad_inputs_name_the_op():
         tbf.batch_norm(torch.randn(1, 6), None, None, training=True)
     with pytest.raises(ValueError, match="Expected more than 1 value per channel"):
         nn.BatchNorm1d(6)(torch.randn(1, 6))  # native's type, for reference
+    with pytest.raises(ValueError, match="instance_norm: Expected more than 1 spatial element"):
+        tbf.instance_norm(torch.randn(2, 6, 1))
+    with pytest.raises(ValueError, match="instance_norm: running_mean and running_var must either both be None"):
+        tbf.instance_norm(x, torch.zeros(6))
+    with pytest.raises(RuntimeError, match="instance_norm: running_mean and running_var must be given"):
+        tbf.instance_norm(x, use_input_stats=False)
+    with pytest.raises(RuntimeError, match=r"instance_norm: weight must have 6 elements"):
+        tbf.instance_norm(x, weight=torch.randn(5))
+    with pytest.raises(ValueError, match="expected input's size at dim=1 to match num_features"):  # the module's
+        torchbp.swap(nn.InstanceNorm1d(5, affine=True))(x)
+    with pytest.warns(UserWarning, match="does not match num_features"):
+        torchbp.swap(nn.InstanceNorm1d(5))(x)
     with pytest.raises(RuntimeError, match="flatten: start_dim .* cannot come after end_dim"):
         tbf.flatten(x, 2, 1)
     with pytest.raises(ValueError, match="expected 2D or 3D input"):  # the module's own check
@@ -664,3 +750,5 @@ def test_noncontiguous_and_channels_last_inputs():
     xc = x.contiguous(memory_format=torch.channels_last).requires_grad_()
     assert_matches_native(tbf.batch_norm, F.batch_norm, (xc.transpose(0, 1), None, None, torch.randn(5), None, True))
     compare_module(nn.BatchNorm2d(4), xc, steps=1)
+    assert_matches_native(tbf.instance_norm, F.instance_norm, (xt, None, None, w, b))
+    compare_module(nn.InstanceNorm2d(4, affine=True, track_running_stats=True), xc, steps=1)
