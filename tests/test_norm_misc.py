@@ -642,7 +642,8 @@ def test_mixed_dtype_float32_params(dtype):
 def test_cpu_autocast_bf16_dtypes_follow_native():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 12), nn.LayerNorm(12), nn.Unflatten(1, (3, 4)), nn.GroupNorm(3, 3),
-                          nn.InstanceNorm1d(3, affine=True, track_running_stats=True), nn.Flatten(), nn.BatchNorm1d(12), nn.Dropout(0.2), nn.Linear(12, 4))
+                          nn.InstanceNorm1d(3, affine=True, track_running_stats=True), nn.Flatten(), nn.BatchNorm1d(12),
+                          nn.Dropout(0.2), nn.Linear(12, 4))
     twin = torchbp.swap(copy.deepcopy(model))
     x = torch.randn(6, 8)
     outs = []
