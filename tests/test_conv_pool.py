@@ -300,6 +300,35 @@ def test_max_pool_half_disjoint_windows_route_delta_exactly(dtype, device):
         assert torch.equal(torch.autograd.grad(out, x, g, retain_graph=True, create_graph=True)[0], want)
 
 
+CONV3D_CASES = [
+    (nn.Conv3d, dict(in_channels=3, out_channels=4, kernel_size=(2, 3, 2), stride=(1, 2, 1), padding=1,
+                     dilation=(1, 1, 2)), (2, 3, 5, 6, 7)),
+    (nn.Conv3d, dict(in_channels=4, out_channels=4, kernel_size=3, padding="same", groups=2,
+                     padding_mode="reflect", bias=False), (4, 5, 5, 6)),  # unbatched
+    (nn.ConvTranspose3d, dict(in_channels=4, out_channels=6, kernel_size=3, stride=2, padding=1,
+                              output_padding=1, groups=2), (2, 4, 3, 4, 3)),
+]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("case", CONV3D_CASES, ids=[_ids(c) for c in CONV3D_CASES])
+def test_conv3d_float64_gradcheck_low_precision(case, device):
+    cls, kw, shape = case
+    native, twin = _pair(cls, kw)
+    native.to(device), twin.to(device)
+    fs, ps = _module_fn(twin)
+    fn, _ = _module_fn(native)
+    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    assert_matches_native(fs, fn, (x, *ps), device=device)
+    for dtype in LOW:
+        assert_matches_native(fs, fn, (x.detach().float().requires_grad_(), *[p.float() for p in ps]),
+                              dtype=dtype, device=device)
+    if device == "cpu":
+        small = cls(**{**kw, "in_channels": 2, "out_channels": 2, "groups": 1}).double()
+        f, p = _module_fn(torchbp.swap(small))
+        gradchecks(f, (torch.randn(1, 2, 3, 3, 3, dtype=torch.float64, requires_grad=True), *p))
+
+
 def test_adaptive_max_pool_gradcheck_indices_low_precision_and_routes():
     x = torch.randn(1, 2, 5, 4, dtype=torch.float64, requires_grad=True)
     gradchecks(lambda x: tbf.adaptive_max_pool2d(x, (3, 2)), (x,))

@@ -215,7 +215,7 @@ def _tuple(v, n, op, name):
 def _conv(op, n, input, weight, bias, stride, padding, dilation, groups):
     check_compatible(op, input=input, weight=weight, bias=bias)
     check(weight.dim() == n + 2, op, f"weight must be {n + 2}-D (out_channels, in_channels/groups, "
-          f"{'kW' if n == 1 else 'kH, kW'}), got shape {list(weight.shape)}")
+          f"{', '.join(('kD', 'kH', 'kW')[3 - n:])}), got shape {list(weight.shape)}")
     check(input.dim() in (n + 1, n + 2), op, f"expected {n + 1}-D (unbatched) or {n + 2}-D (batched) input, "
           f"got shape {list(input.shape)}")
     check(isinstance(groups, int) and groups > 0, op, f"groups must be a positive int, got {groups}")
@@ -256,10 +256,15 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     return _conv("conv2d", 2, input, weight, bias, stride, padding, dilation, groups)
 
 
+def conv3d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    """δ twin of ``torch.nn.functional.conv3d``."""
+    return _conv("conv3d", 3, input, weight, bias, stride, padding, dilation, groups)
+
+
 def _conv_transpose(op, n, input, weight, bias, stride, padding, output_padding, groups, dilation):
     check_compatible(op, input=input, weight=weight, bias=bias)
     check(weight.dim() == n + 2, op, f"weight must be {n + 2}-D (in_channels, out_channels/groups, "
-          f"{'kW' if n == 1 else 'kH, kW'}), got shape {list(weight.shape)}")
+          f"{', '.join(('kD', 'kH', 'kW')[3 - n:])}), got shape {list(weight.shape)}")
     check(input.dim() in (n + 1, n + 2), op, f"expected {n + 1}-D (unbatched) or {n + 2}-D (batched) input, "
           f"got shape {list(input.shape)}")
     check(isinstance(groups, int) and groups > 0, op, f"groups must be a positive int, got {groups}")
@@ -293,9 +298,15 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
                            dilation)
 
 
+def conv_transpose3d(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1):
+    """δ twin of ``torch.nn.functional.conv_transpose3d``."""
+    return _conv_transpose("conv_transpose3d", 3, input, weight, bias, stride, padding, output_padding, groups,
+                           dilation)
+
+
 # native callable -> δ twin with the same signature; read by torchbp.registry
 # (F.conv1d is torch.conv1d and F.conv2d is torch.conv2d: one object each; likewise conv_transpose)
-ROUTES = {F.conv1d: conv1d, F.conv2d: conv2d, F.conv_transpose1d: conv_transpose1d,
-          F.conv_transpose2d: conv_transpose2d, F.pad: pad}
+ROUTES = {F.conv1d: conv1d, F.conv2d: conv2d, F.conv3d: conv3d, F.conv_transpose1d: conv_transpose1d,
+          F.conv_transpose2d: conv_transpose2d, F.conv_transpose3d: conv_transpose3d, F.pad: pad}
 
-__all__ = ["conv1d", "conv2d", "conv_transpose1d", "conv_transpose2d", "pad"]
+__all__ = ["conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d", "pad"]

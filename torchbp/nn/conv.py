@@ -6,20 +6,27 @@ from .. import functional as tbf
 from ..functional import conv as _conv
 
 
-class Conv1d(torch.nn.Conv1d):
+class _ConvForward:
+    """torch.nn.Conv*d.forward with the δ convolution."""
+
     def forward(self, input):
+        conv = (tbf.conv1d, tbf.conv2d, tbf.conv3d)[len(self.kernel_size) - 1]
         if self.padding_mode != "zeros":
             input = _conv.pad(input, self._reversed_padding_repeated_twice, self.padding_mode)
-            return tbf.conv1d(input, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
-        return tbf.conv1d(input, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+            return conv(input, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+        return conv(input, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
 
 
-class Conv2d(torch.nn.Conv2d):
-    def forward(self, input):
-        if self.padding_mode != "zeros":
-            input = _conv.pad(input, self._reversed_padding_repeated_twice, self.padding_mode)
-            return tbf.conv2d(input, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
-        return tbf.conv2d(input, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+class Conv1d(_ConvForward, torch.nn.Conv1d):
+    pass
+
+
+class Conv2d(_ConvForward, torch.nn.Conv2d):
+    pass
+
+
+class Conv3d(_ConvForward, torch.nn.Conv3d):
+    pass
 
 
 class _ConvTransposeForward:
@@ -33,7 +40,7 @@ class _ConvTransposeForward:
         n = len(self.kernel_size)
         output_padding = self._output_padding(input, output_size, self.stride, self.padding, self.kernel_size, n,
                                               self.dilation)
-        return (tbf.conv_transpose1d if n == 1 else tbf.conv_transpose2d)(
+        return (tbf.conv_transpose1d, tbf.conv_transpose2d, tbf.conv_transpose3d)[n - 1](
             input, self.weight, self.bias, self.stride, self.padding, output_padding, self.groups, self.dilation)
 
 
@@ -42,6 +49,10 @@ class ConvTranspose1d(_ConvTransposeForward, torch.nn.ConvTranspose1d):
 
 
 class ConvTranspose2d(_ConvTransposeForward, torch.nn.ConvTranspose2d):
+    pass
+
+
+class ConvTranspose3d(_ConvTransposeForward, torch.nn.ConvTranspose3d):
     pass
 
 
@@ -64,6 +75,7 @@ for _kind, _mode in _PAD_MODES.items():
 globals().update({twin.__name__: twin for twin in _PADS.values()})
 
 # native module class -> twin; read by torchbp.registry
-TWINS = {torch.nn.Conv1d: Conv1d, torch.nn.Conv2d: Conv2d, torch.nn.ConvTranspose1d: ConvTranspose1d,
-         torch.nn.ConvTranspose2d: ConvTranspose2d, **_PADS}
-__all__ = ["Conv1d", "Conv2d", "ConvTranspose1d", "ConvTranspose2d", *(twin.__name__ for twin in _PADS.values())]
+TWINS = {torch.nn.Conv1d: Conv1d, torch.nn.Conv2d: Conv2d, torch.nn.Conv3d: Conv3d,
+         torch.nn.ConvTranspose1d: ConvTranspose1d, torch.nn.ConvTranspose2d: ConvTranspose2d,
+         torch.nn.ConvTranspose3d: ConvTranspose3d, **_PADS}
+__all__ = [twin.__name__ for twin in TWINS.values()]
