@@ -89,6 +89,24 @@ ACTIVATIONS = [  # (ours, native, kwargs)
     (tbf.softmax, F.softmax, {"dim": 1}),
     (tbf.log_softmax, F.log_softmax, {"dim": -1}),
     (tbf.log_softmax, F.log_softmax, {"dim": 1}),
+    (tbf.hardswish, F.hardswish, {}),
+    (tbf.hardsigmoid, F.hardsigmoid, {}),
+    (tbf.mish, F.mish, {}),
+    (tbf.selu, F.selu, {}),
+    (tbf.celu, F.celu, {}),
+    (tbf.celu, F.celu, {"alpha": 0.5}),
+    (tbf.celu, F.celu, {"alpha": -1.5}),
+    (tbf.logsigmoid, F.logsigmoid, {}),
+    (tbf.softsign, F.softsign, {}),
+    (tbf.tanhshrink, F.tanhshrink, {}),
+    (tbf.threshold, F.threshold, {"threshold": 1.0, "value": -2.0}),
+    (tbf.threshold, F.threshold, {"threshold": 0.3, "value": 5.0}),
+    (tbf.hardshrink, F.hardshrink, {}),
+    (tbf.hardshrink, F.hardshrink, {"lambd": 1.0}),
+    (tbf.softshrink, F.softshrink, {}),
+    (tbf.softshrink, F.softshrink, {"lambd": 1.0}),
+    (tbf.softmin, F.softmin, {"dim": -1}),
+    (tbf.softmin, F.softmin, {"dim": 1}),
 ]
 IDS = [f"{o.__name__}{k or ''}" for o, _, k in ACTIVATIONS]
 
@@ -124,7 +142,10 @@ def test_activation_low_precision(ours, native, kw, dtype, device):
 
 INPLACE = [(tbf.relu, F.relu, {}), (tbf.leaky_relu, F.leaky_relu, {"negative_slope": 0.1}),
            (tbf.elu, F.elu, {}), (tbf.hardtanh, F.hardtanh, {}), (tbf.relu6, F.relu6, {}),
-           (tbf.silu, F.silu, {})]
+           (tbf.silu, F.silu, {}), (tbf.hardswish, F.hardswish, {}), (tbf.hardsigmoid, F.hardsigmoid, {}),
+           (tbf.mish, F.mish, {}), (tbf.selu, F.selu, {}), (tbf.celu, F.celu, {}),
+           (tbf.threshold, F.threshold, {"threshold": 1.0, "value": -2.0}),
+           (tbf.threshold, F.threshold, {"threshold": 0.3, "value": 5.0})]  # value > threshold: f' from z
 
 
 @pytest.mark.parametrize("ours,native,kw", INPLACE, ids=[o.__name__ for o, _, _ in INPLACE])
@@ -223,6 +244,18 @@ KINKS = [  # (ours, native, kwargs, points where f' jumps); the CPU δ of these 
     (tbf.softplus, F.softplus, {}, (20.0,)),
     (tbf.softplus, F.softplus, {"beta": 2.0, "threshold": 1.0}, (0.5,)),
     (tbf.softplus, F.softplus, {"beta": 0.5, "threshold": -1.0}, (-2.0,)),
+    (tbf.hardswish, F.hardswish, {}, (-3.0, 3.0)),
+    (tbf.hardsigmoid, F.hardsigmoid, {}, (-3.0, 3.0)),
+    (tbf.selu, F.selu, {}, (0.0,)),
+    (tbf.celu, F.celu, {}, (0.0,)),
+    (tbf.celu, F.celu, {"alpha": 0.5}, (0.0,)),
+    (tbf.threshold, F.threshold, {"threshold": 1.0, "value": -2.0}, (1.0,)),
+    (tbf.threshold, F.threshold, {"threshold": 0.3, "value": 5.0}, (0.3,)),
+    (tbf.hardshrink, F.hardshrink, {}, (-0.5, 0.5)),
+    (tbf.hardshrink, F.hardshrink, {"lambd": 0.3}, (-0.3, 0.3)),
+    (tbf.hardshrink, F.hardshrink, {"lambd": -1.0}, (-1.0, 1.0)),
+    (tbf.softshrink, F.softshrink, {"lambd": 0.3}, (-0.3, 0.3)),
+    (tbf.softshrink, F.softshrink, {"lambd": 0.0}, (0.0,)),
 ]
 
 
@@ -235,7 +268,8 @@ def test_activation_kinks_equal_native_float64(ours, native, kw, points):
     zs, zn = z.clone().requires_grad_(), z.clone().requires_grad_()
     (gs,) = torch.autograd.grad(ours(zs, **kw), zs, g)
     (gn,) = torch.autograd.grad(native(zn, **kw), zn, g)
-    if ours in (tbf.relu, tbf.leaky_relu, tbf.hardtanh, tbf.relu6):
+    if ours in (tbf.relu, tbf.leaky_relu, tbf.hardtanh, tbf.relu6, tbf.hardsigmoid, tbf.threshold, tbf.hardshrink,
+                tbf.softshrink):
         assert torch.equal(gs, gn), (z, gs, gn)
     else:
         flat = (gn == g) | (gn == 0)  # the branches with a constant f' are exact
@@ -395,7 +429,8 @@ def test_swapped_mlp_under_torch_compile_and_autocast(backend):
         torch.testing.assert_close(a, b, rtol=1e-2, atol=1e-2)
 
 
-@pytest.mark.parametrize("name", ["relu", "leaky_relu", "elu", "hardtanh"])
+@pytest.mark.parametrize("name", ["relu", "leaky_relu", "elu", "hardtanh", "selu", "celu", "hardswish", "hardsigmoid",
+                                  "mish"])
 def test_inplace_activation_under_vmap_grad(name):
     """torch.func cannot save an input that a Function returns as its output (mark_dirty): in-place δ
     activations take the out-of-place δ there, still writing into the caller's tensor."""

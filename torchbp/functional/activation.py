@@ -9,12 +9,14 @@ inf/NaN can the result differ (NaN · 0 where a select would pick a branch).
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 import torch.nn.functional as F
 
-from ._common import FP32_CUDA, DeltaFunction, _functorch_active, apply, check, check_tensor, scale_
+from ._common import FP32_CUDA, LOWER, DeltaFunction, _functorch_active, apply, check, check_compatible, \
+    check_tensor, scale_
 
 
 class _Pointwise(DeltaFunction):
@@ -281,6 +283,314 @@ class LogSoftmax(_Pointwise):
         return g - torch.exp(a) * g.sum(dim, keepdim=True)
 
 
+class Hardswish(_Pointwise):
+    """a = z·relu6(z + 3)/6;  f'(z) = 0 for z ≤ −3, z/3 + ½ for −3 < z < 3, 1 for z ≥ 3 (native's
+    values at the kinks ±3).
+
+    On CPU f' = clamp(z/6 + ½, 0, 1) + (z/6)·[|z| < 3]: the same values without torch.where.
+    """
+
+    save_output = False
+
+    @staticmethod
+    def forward(z):
+        return F.hardswish(z)
+
+    @staticmethod
+    def delta(g, z):
+        if z.device.type == "cpu":  # CPU torch.where is slow (see ReLU)
+            u = z / 6
+            inside = z.abs().sub_(3).sign_().clamp_(max=0)  # −[|z| < 3]
+            return scale_((u + 0.5).clamp_(0, 1).addcmul_(u, inside, value=-1), g)
+        return torch.where(z <= -3, 0, torch.where(z < 3, g * (z / 3 + 0.5), g))
+
+
+_SIXTH_F32 = float(torch.tensor(1 / 6, dtype=torch.float32))  # native's 1/6: a float32 constant
+
+
+class Hardsigmoid(_Pointwise):
+    """a = relu6(z + 3)/6;  f'(z) = [−3 < z < 3]/6.
+
+    The 1/6 is native's float32 constant (0.16666667163…, 3e-8 off in float64): taken as is, so that a
+    float64 audit agrees with native to rounding. On CPU [|z| < 3] = −min(sign(|z| − 3), 0).
+    """
+
+    save_output = False
+
+    @staticmethod
+    def forward(z):
+        return F.hardsigmoid(z)
+
+    @staticmethod
+    def delta(g, z):
+        if z.device.type == "cpu":  # CPU torch.where is slow (see ReLU)
+            return scale_(z.abs().sub_(3).sign_().clamp_(max=0).mul_(-_SIXTH_F32), g)
+        return torch.where((z > -3) & (z < 3), g * _SIXTH_F32, 0)
+
+
+class Mish(_Pointwise):
+    """a = z·tanh(softplus(z));  f'(z) = tanh(sp) + z·σ(z)·(1 − tanh²(sp)), sp = softplus(z)."""
+
+    save_output = False
+
+    @staticmethod
+    def forward(z):
+        return F.mish(z)
+
+    @staticmethod
+    def delta(g, z):
+        t = torch.tanh(F.softplus(z))
+        return g * (t + z * torch.sigmoid(z) * (1 - t * t))
+
+
+_SELU_ALPHA = 1.6732632423543772848170429916717
+_SELU_SCALE = 1.0507009873554804934193349852946
+
+
+class SELU(_Pointwise):
+    """a = λ·z for z > 0, λα(eᶻ − 1) otherwise;  f'(z) = λ for z > 0, λα·eᶻ (= a + λα) otherwise
+    (λ = 1.0507…, α = 1.6733…).
+
+    On CPU f' = λ·(α·e^min(z, 0) + (1 − α)·[z > 0]): the same values without torch.where.
+    """
+
+    save_output = False
+
+    @staticmethod
+    def forward(z):
+        return torch.selu(z)
+
+    @staticmethod
+    def forward_(z):
+        return torch.selu_(z)
+
+    @staticmethod
+    def delta(g, z):
+        if z.device.type == "cpu":  # CPU torch.where is slow (see ReLU)
+            df = scale_(z.clamp(max=0).exp_(), _SELU_ALPHA).add_(z.sign().clamp_(min=0), alpha=1 - _SELU_ALPHA)
+            return scale_(df.mul_(_SELU_SCALE), g)  # (exp's output, saved under create_graph, is not written)
+        return torch.where(z > 0, g * _SELU_SCALE, g * (_SELU_SCALE * _SELU_ALPHA) * torch.exp(z))
+
+    @staticmethod
+    def delta_out(g, a):  # a > 0 ⇔ z > 0
+        return torch.where(a > 0, g * _SELU_SCALE, g * (a + _SELU_SCALE * _SELU_ALPHA))
+
+
+class CELU(_Pointwise):
+    """a = max(0, z) + min(0, α(e^{z/α} − 1));  f'(z) = 1 for z > 0, e^{z/α} (= a/α + 1) otherwise.
+
+    Both branches are f' = e^{min(z, 0)/α} (e^0 = 1 exactly), for any α ≠ 0; from the output,
+    f' = min(a, 0)/α + 1, as a > 0 ⇔ z > 0 for any α ≠ 0: no select on any device.
+    """
+
+    save_output = False
+
+    @staticmethod
+    def forward(z, alpha):
+        return torch.celu(z, alpha)
+
+    @staticmethod
+    def forward_(z, alpha):
+        return torch.celu_(z, alpha)
+
+    @staticmethod
+    def delta(g, z, alpha):
+        return scale_(z.clamp(max=0).div_(alpha).exp_(), g)
+
+    @staticmethod
+    def delta_out(g, a, alpha):
+        return scale_(a.clamp(max=0).div_(alpha).add_(1), g)
+
+
+class LogSigmoid(_Pointwise):
+    """a = log σ(z) = −softplus(−z);  f'(z) = 1 − σ(z) = σ(−z)."""
+
+    save_output = False
+
+    @staticmethod
+    def forward(z):
+        return F.logsigmoid(z)
+
+    @staticmethod
+    def delta(g, z):
+        return scale_(torch.neg(z).sigmoid_(), g)
+
+
+class Softsign(_Pointwise):
+    """a = z/(1 + |z|);  f'(z) = 1/(1 + |z|)²."""
+
+    save_output = False
+
+    @staticmethod
+    def forward(z):
+        return F.softsign(z)
+
+    @staticmethod
+    def delta(g, z):
+        r = z.abs().add_(1).reciprocal_()
+        return scale_(scale_(r, r), g)
+
+
+class Tanhshrink(_Pointwise):
+    """a = z − tanh z;  f'(z) = 1 − (1 − tanh²z) = tanh²z."""
+
+    save_output = False
+
+    @staticmethod
+    def forward(z):
+        return F.tanhshrink(z)
+
+    @staticmethod
+    def delta(g, z):
+        t = torch.tanh(z)
+        return scale_(scale_(t, t), g)
+
+
+@functools.lru_cache(maxsize=None)
+def _in_dtype(x, dtype, down=False):
+    """``x`` rounded to ``dtype`` (to nearest, or ``down`` to the largest value ≤ x), as a Python float."""
+    t = torch.tensor(x, dtype=torch.float64).to(dtype)
+    if down and float(t) > x:
+        t = torch.nextafter(t, torch.tensor(-math.inf, dtype=dtype))
+    return float(t)
+
+
+def _threshold_of(th, dtype):
+    """The value ``t`` of ``dtype`` with [z > t] = native's [z > th]: native compares in float64 for
+    float64 and in float32 otherwise (z upcast, th rounded to float32); for a half type that is
+    [z > t] with t the largest half value ≤ float32(th), without the upcast."""
+    if dtype == torch.float64:
+        return th
+    th = _in_dtype(th, torch.float32)
+    return th if dtype == torch.float32 else _in_dtype(th, dtype, down=True)
+
+
+class Threshold(_Pointwise):
+    """a = z for z > th, ``value`` otherwise;  f'(z) = [z > th] (0 at z = th, as native).
+
+    On CPU [z > t] = max(sign(z − t), 0) (a difference of two values of one dtype is 0 only where they
+    are equal, so its sign is exact).
+    """
+
+    save_output = False
+
+    @staticmethod
+    def forward(z, th, value):
+        return F.threshold(z, th, value)
+
+    @staticmethod
+    def delta(g, z, th, value):
+        t = _threshold_of(th, z.dtype)
+        if z.device.type == "cpu":  # CPU torch.where is slow (see ReLU)
+            return scale_(torch.sub(z, t).sign_().clamp_(min=0), g)
+        return torch.where(z > t, g, 0)
+
+
+class _Shrink(_Pointwise):
+    """f'(z) = [|z| > λ], with λ rounded to z's dtype as native compares (0 at |z| = λ).
+
+    On CPU [|z| > λ] = max(sign(|z| − λ), 0), exact as in Threshold."""
+
+    save_output = False
+
+    @staticmethod
+    def delta(g, z, lambd):
+        lam = lambd if z.dtype == torch.float64 else _in_dtype(lambd, z.dtype)
+        if z.device.type == "cpu":  # CPU torch.where is slow (see ReLU)
+            return scale_(z.abs().sub_(lam).sign_().clamp_(min=0), g)
+        return torch.where(z.abs() > lam, g, 0)
+
+
+class Hardshrink(_Shrink):
+    """a = z for |z| > λ, 0 otherwise;  f'(z) = [|z| > λ]."""
+
+    @staticmethod
+    def forward(z, lambd):
+        return F.hardshrink(z, lambd)
+
+
+class Softshrink(_Shrink):
+    """a = z − λ·sign(z) for |z| > λ, 0 otherwise;  f'(z) = [|z| > λ]."""
+
+    @staticmethod
+    def forward(z, lambd):
+        return F.softshrink(z, lambd)
+
+
+class GLU(DeltaFunction):
+    """a = z₁ ⊙ σ(z₂), z = [z₁, z₂] halved along ``dim``;
+    δ_z₁ = δ_a ⊙ σ(z₂),  δ_z₂ = δ_a ⊙ z₁ ⊙ σ(z₂)(1 − σ(z₂))."""
+
+    @staticmethod
+    def forward(z, dim):
+        return F.glu(z, dim)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[0])
+        ctx.dim = inputs[1]
+
+    @staticmethod
+    def backward(ctx, g):
+        (z,) = ctx.saved_tensors
+        z1, z2 = z.chunk(2, ctx.dim)
+        s = torch.sigmoid(z2)
+        d1 = g * s
+        return torch.cat([d1, d1 * z1 * (1 - s)], ctx.dim), None
+
+
+class PReLU(DeltaFunction):
+    """a = z for z > 0, w_c·z otherwise (w_c: the weight of z's channel, dim 1; one weight for all
+    when it has one element or z has fewer than 2 dims);
+    f'(z) = 1 for z > 0, w_c otherwise;  ∂J/∂w_c = Σ_{all but dim 1} δ_a ⊙ min(z, 0).
+
+    min(z, 0) = z·[z ≤ 0] exactly, so ∂J/∂w needs no mask. On CPU f' = p + (1 − p)·w_c with
+    p = [z > 0] = max(sign z, 0): exactly 1 or w_c, without torch.where.
+    """
+
+    @staticmethod
+    def forward(z, w):
+        return torch.prelu(z, w)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(*inputs)
+
+    @staticmethod
+    def backward(ctx, g):
+        z, w = ctx.saved_tensors
+        shape = [1] * z.dim()
+        if z.dim() > 1:
+            shape[1] = w.numel()
+        wb = w.reshape(shape)  # broadcast over z as native does
+        gz = gw = None
+        if ctx.needs_input_grad[0]:
+            if z.device.type == "cpu":  # CPU torch.where is slow (see ReLU)
+                p = z.sign().clamp_(min=0)
+                gz = scale_(scale_(torch.rsub(p, 1), wb).add_(p), g)
+            else:
+                gz = torch.where(z > 0, g, g * wb)
+        if ctx.needs_input_grad[1]:
+            gzw = g * z.clamp(max=0)
+            if w.numel() == 1:
+                gw = gzw.sum().reshape(w.shape)
+            else:
+                gw = gzw.sum([d for d in range(z.dim()) if d != 1]).reshape(w.shape)
+        return gz, gw
+
+
+class Softmin(_Pointwise):
+    """a = softmax(−z) along ``dim``;  δ_z = −(softmax's δ_z for δ_a) = a ⊙ (Σ_dim δ_a ⊙ a − δ_a)."""
+
+    @staticmethod
+    def forward(z, dim):
+        return torch.softmax(-z, dim)
+
+    @staticmethod
+    def delta(g, a, dim):
+        return Softmax.delta(-g, a, dim)
+
+
 # --- functional forms, with torch.nn.functional's signatures --------------------------------------
 
 def _unary(op, fn, input, *args, inplace=False, policy=None):
@@ -377,12 +687,102 @@ def log_softmax(input, dim=None, _stacklevel=3, dtype=None):
     return _unary("log_softmax", LogSoftmax, input, dim, policy=FP32_CUDA)
 
 
+def _via_copy(op, fn, input, *args):
+    """In place where f' needs z, which the output overwrites: the δ runs on a copy of z (native
+    saves one too) and the result is written back into ``input``."""
+    return input.copy_(_unary(op, fn, input.clone(), *args))
+
+
+def hardswish(input, inplace=False):
+    return _via_copy("hardswish", Hardswish, input) if inplace else _unary("hardswish", Hardswish, input)
+
+
+def hardsigmoid(input, inplace=False):
+    # f' is not read from a: a bound of 1 is reached by rounding just inside z = 3
+    return _via_copy("hardsigmoid", Hardsigmoid, input) if inplace else _unary("hardsigmoid", Hardsigmoid, input)
+
+
+def mish(input, inplace=False):
+    return _via_copy("mish", Mish, input) if inplace else _unary("mish", Mish, input)
+
+
+def selu(input, inplace=False):
+    return _unary("selu", SELU, input, inplace=inplace)
+
+
+def celu(input, alpha=1.0, inplace=False):
+    check(alpha != 0, "celu", "alpha cannot be 0 (a = α(e^{z/α} − 1) divides by it)")
+    return _unary("celu", CELU, input, float(alpha), inplace=inplace)
+
+
+def logsigmoid(input):
+    return _unary("logsigmoid", LogSigmoid, input)
+
+
+def softsign(input):
+    return _unary("softsign", Softsign, input)
+
+
+def tanhshrink(input):
+    return _unary("tanhshrink", Tanhshrink, input)
+
+
+def threshold(input, threshold, value, inplace=False):
+    # in place f' is not read from a: a = value may lie on either side of the threshold
+    args = ("threshold", Threshold, input, float(threshold), float(value))
+    return _via_copy(*args) if inplace else _unary(*args)
+
+
+def hardshrink(input, lambd=0.5):
+    return _unary("hardshrink", Hardshrink, input, float(lambd))
+
+
+def softshrink(input, lambd=0.5):
+    check(lambd >= 0, "softshrink", f"lambd must be >= 0, got {lambd}")
+    return _unary("softshrink", Softshrink, input, float(lambd))
+
+
+def glu(input, dim=-1):
+    check_tensor("glu", "input", input)
+    check(input.dim() > 0, "glu", "input must have at least 1 dim (it is halved along dim), got a 0-d tensor")
+    check(-input.dim() <= dim < input.dim(), "glu", f"dim {dim} is out of range for an input of shape "
+                                                     f"{list(input.shape)}")
+    check(input.shape[dim] % 2 == 0, "glu", f"input's size along dim {dim} must be even to halve it, "
+                                            f"got {input.shape[dim]}")
+    return _unary("glu", GLU, input, dim)
+
+
+def prelu(input, weight):
+    check_tensor("prelu", "input", input)
+    check_compatible("prelu", input=input, weight=weight)
+    check(weight.dim() <= 1, "prelu", f"weight must be 0-d or 1-D, got shape {list(weight.shape)}")
+    if weight.numel() != 1:
+        check(input.dim() > 0, "prelu", "a 0-d input takes a weight of one element, "
+                                         f"got {weight.numel()}")
+        channels = input.shape[1] if input.dim() > 1 else 1
+        check(weight.numel() == channels, "prelu",
+              f"weight has {weight.numel()} elements but input has {channels} channels (dim 1; an input "
+              f"of fewer than 2 dims has 1), input shape {list(input.shape)}")
+    return apply(PReLU, LOWER, input, weight)
+
+
+def softmin(input, dim=None, _stacklevel=3, dtype=None):
+    dim = _softmax_dim(input, dim, "softmin")
+    if dtype is not None:
+        input = input.to(dtype)
+    return _unary("softmin", Softmin, input, dim, policy=FP32_CUDA)
+
+
 def _tensor_softmax(input, dim, dtype=None):  # torch.softmax / Tensor.softmax: dim is positional
     return softmax(input, dim, dtype=dtype)
 
 
 def _tensor_log_softmax(input, dim, dtype=None):
     return log_softmax(input, dim, dtype=dtype)
+
+
+def _inplace_of(fn):  # torch.selu_(input, ...) -> selu(input, ..., inplace=True)
+    return lambda input, *args, **kwargs: fn(input, *args, inplace=True, **kwargs)
 
 
 ROUTES = {
@@ -397,7 +797,16 @@ ROUTES = {
     F.softmax: softmax, torch.softmax: _tensor_softmax, torch.Tensor.softmax: _tensor_softmax,
     F.log_softmax: log_softmax, torch.log_softmax: _tensor_log_softmax,
     torch.Tensor.log_softmax: _tensor_log_softmax,
+    F.hardswish: hardswish, F.hardsigmoid: hardsigmoid, F.mish: mish,
+    F.selu: selu, torch.selu: selu, torch.selu_: _inplace_of(selu),
+    F.celu: celu, torch.celu: celu, torch.celu_: _inplace_of(celu),
+    F.logsigmoid: logsigmoid, F.softsign: softsign, F.tanhshrink: tanhshrink,
+    F.threshold: threshold, torch.threshold: threshold,
+    torch.threshold_: _inplace_of(threshold),
+    torch.hardshrink: hardshrink, torch.Tensor.hardshrink: hardshrink, F.softshrink: softshrink,
+    F.glu: glu, torch.prelu: prelu, torch.Tensor.prelu: prelu, F.softmin: softmin,
 }
 
 __all__ = ["sigmoid", "tanh", "relu", "leaky_relu", "elu", "gelu", "silu", "softplus", "hardtanh",
-           "relu6", "softmax", "log_softmax"]
+           "relu6", "softmax", "log_softmax", "hardswish", "hardsigmoid", "mish", "selu", "celu", "logsigmoid",
+           "softsign", "tanhshrink", "threshold", "hardshrink", "softshrink", "glu", "prelu", "softmin"]

@@ -64,8 +64,82 @@ class LogSoftmax(torch.nn.LogSoftmax):
         return tbf.log_softmax(input, self.dim)
 
 
+class Hardswish(torch.nn.Hardswish):
+    def forward(self, input):
+        return tbf.hardswish(input, self.inplace)
+
+
+class Hardsigmoid(torch.nn.Hardsigmoid):
+    def forward(self, input):
+        return tbf.hardsigmoid(input, self.inplace)
+
+
+class Mish(torch.nn.Mish):
+    def forward(self, input):
+        return tbf.mish(input, self.inplace)
+
+
+class SELU(torch.nn.SELU):
+    def forward(self, input):
+        return tbf.selu(input, self.inplace)
+
+
+class CELU(torch.nn.CELU):
+    def forward(self, input):
+        return tbf.celu(input, self.alpha, self.inplace)
+
+
+class LogSigmoid(torch.nn.LogSigmoid):
+    def forward(self, input):
+        return tbf.logsigmoid(input)
+
+
+class Softsign(torch.nn.Softsign):
+    def forward(self, input):
+        return tbf.softsign(input)
+
+
+class Tanhshrink(torch.nn.Tanhshrink):
+    def forward(self, input):
+        return tbf.tanhshrink(input)
+
+
+class Threshold(torch.nn.Threshold):
+    def forward(self, input):
+        return tbf.threshold(input, self.threshold, self.value, self.inplace)
+
+
+class Hardshrink(torch.nn.Hardshrink):
+    def forward(self, input):
+        return tbf.hardshrink(input, self.lambd)
+
+
+class Softshrink(torch.nn.Softshrink):
+    def forward(self, input):
+        return tbf.softshrink(input, self.lambd)
+
+
+class GLU(torch.nn.GLU):
+    def forward(self, input):
+        return tbf.glu(input, self.dim)
+
+
+class PReLU(torch.nn.PReLU):
+    def forward(self, input):
+        return tbf.prelu(input, self.weight)
+
+
+class Softmin(torch.nn.Softmin):
+    def forward(self, input):
+        return tbf.softmin(input, self.dim)
+
+
 TWINS = {torch.nn.Sigmoid: Sigmoid, torch.nn.Tanh: Tanh, torch.nn.ReLU: ReLU, torch.nn.LeakyReLU: LeakyReLU,
          torch.nn.ELU: ELU, torch.nn.GELU: GELU, torch.nn.SiLU: SiLU, torch.nn.Softplus: Softplus,
          torch.nn.Hardtanh: Hardtanh, torch.nn.ReLU6: ReLU6, torch.nn.Softmax: Softmax,
-         torch.nn.LogSoftmax: LogSoftmax}
+         torch.nn.LogSoftmax: LogSoftmax, torch.nn.Hardswish: Hardswish, torch.nn.Hardsigmoid: Hardsigmoid,
+         torch.nn.Mish: Mish, torch.nn.SELU: SELU, torch.nn.CELU: CELU, torch.nn.LogSigmoid: LogSigmoid,
+         torch.nn.Softsign: Softsign, torch.nn.Tanhshrink: Tanhshrink, torch.nn.Threshold: Threshold,
+         torch.nn.Hardshrink: Hardshrink, torch.nn.Softshrink: Softshrink, torch.nn.GLU: GLU,
+         torch.nn.PReLU: PReLU, torch.nn.Softmin: Softmin}
 __all__ = [c.__name__ for c in TWINS.values()]
