@@ -96,6 +96,7 @@ ACTIVATIONS = [  # (ours, native, kwargs)
     (tbf.celu, F.celu, {}),
     (tbf.celu, F.celu, {"alpha": 0.5}),
     (tbf.celu, F.celu, {"alpha": -1.5}),
+    (tbf.celu, F.celu, {"alpha": 0.7}),  # no float32 number: native's 1/α is rounded (see CELU)
     (tbf.logsigmoid, F.logsigmoid, {}),
     (tbf.softsign, F.softsign, {}),
     (tbf.tanhshrink, F.tanhshrink, {}),
@@ -249,6 +250,7 @@ KINKS = [  # (ours, native, kwargs, points where f' jumps); the CPU δ of these 
     (tbf.selu, F.selu, {}, (0.0,)),
     (tbf.celu, F.celu, {}, (0.0,)),
     (tbf.celu, F.celu, {"alpha": 0.5}, (0.0,)),
+    (tbf.celu, F.celu, {"alpha": 0.7}, (0.0,)),
     (tbf.threshold, F.threshold, {"threshold": 1.0, "value": -2.0}, (1.0,)),
     (tbf.threshold, F.threshold, {"threshold": 0.3, "value": 5.0}, (0.3,)),
     (tbf.hardshrink, F.hardshrink, {}, (-0.5, 0.5)),
@@ -439,3 +441,226 @@ def test_inplace_activation_under_vmap_grad(name):
     ours = torch.func.vmap(torch.func.grad(lambda x: fn(x * 1, inplace=True).square().sum()))(xs)
     ref = torch.func.vmap(torch.func.grad(lambda x: native(x * 1, inplace=True).square().sum()))(xs)
     torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-15)
+
+
+# --- PReLU (a weight), GLU (two halves), the bounds of threshold/shrink, twins, routes, audit ------------
+
+PRELU_CASES = [((), 1), ((5,), 1), ((5,), 0), ((4, 3), 1), ((4, 3), 3), ((2, 3, 5), 3), ((2, 3, 4, 4), 3),
+               ((2, 3, 4, 4), 1)]  # (input shape, weight elements; 0: a 0-d weight)
+
+
+def _prelu_args(shape, n):
+    x = torch.randn(shape) * 2
+    if x.dim():
+        x.view(-1)[:2] = torch.tensor([0.0, -0.0])  # the kink: δ_z = w·δ_a there, as native
+    w = torch.rand(n) * 0.5 - 0.1 if n else torch.tensor(0.25)
+    w.view(-1)[0] = -0.1  # a negative slope too
+    return x.requires_grad_(), w.requires_grad_()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shape,n", PRELU_CASES)
+def test_prelu_float64_input_and_weight_grads(shape, n, device):
+    assert_matches_native(tbf.prelu, F.prelu, _prelu_args(shape, n), device=device)
+
+
+@pytest.mark.parametrize("shape,n", PRELU_CASES)
+def test_prelu_gradcheck(shape, n):
+    _, w = _prelu_args(shape, n)
+    x = torch.randn(shape, dtype=torch.float64)
+    x = (x + 0.1 * x.sign()).requires_grad_()  # away from the kink
+    gradchecks(tbf.prelu, (x, w))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", LOW)
+@pytest.mark.parametrize("n", [1, 8])
+def test_prelu_low_precision(n, dtype, device):
+    args = (torch.randn(4, 8, 3, 3, requires_grad=True), (torch.rand(n) * 0.5).requires_grad_())
+    assert_matches_native(tbf.prelu, F.prelu, args, dtype=dtype, device=device)
+
+
+def test_prelu_weight_only_and_input_only():
+    x, w = _prelu_args((2, 3, 4), 3)
+    for needs in [(True, False), (False, True)]:
+        xs, ws = x.detach().double().requires_grad_(needs[0]), w.detach().double().requires_grad_(needs[1])
+        xn, wn = x.detach().double().requires_grad_(needs[0]), w.detach().double().requires_grad_(needs[1])
+        leaf = (lambda a, b: a if needs[0] else b)
+        (gs,) = torch.autograd.grad(tbf.prelu(xs, ws).sum(), leaf(xs, ws))
+        (gn,) = torch.autograd.grad(F.prelu(xn, wn).sum(), leaf(xn, wn))
+        torch.testing.assert_close(gs, gn, rtol=1e-12, atol=0)
+
+
+def test_prelu_autocast_cpu_bf16():
+    x, w = torch.randn(4, 3, 5, requires_grad=True), torch.rand(3, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ys, yn = tbf.prelu(x, w), F.prelu(x, w)
+    assert ys.dtype == yn.dtype == torch.bfloat16 and torch.equal(ys, yn)
+    gs = torch.autograd.grad(ys.float().sum(), (x, w))
+    gn = torch.autograd.grad(yn.float().sum(), (x, w))
+    for a, b in zip(gs, gn):
+        assert a.dtype == b.dtype == torch.float32
+        torch.testing.assert_close(a, b, rtol=2e-2, atol=2e-2)
+
+
+def test_prelu_bad_input_names_op():
+    with pytest.raises(RuntimeError, match=r"prelu: weight has 3 elements but input has 1 channels"):
+        tbf.prelu(torch.randn(3), torch.rand(3))  # a 1-D input has one channel, as in torch
+    with pytest.raises(RuntimeError):
+        F.prelu(torch.randn(3), torch.rand(3))
+    with pytest.raises(RuntimeError, match=r"prelu: weight has 4 elements but input has 3 channels"):
+        tbf.prelu(torch.randn(2, 3), torch.rand(4))
+    with pytest.raises(RuntimeError, match=r"prelu: weight must be 0-d or 1-D"):
+        tbf.prelu(torch.randn(2, 3), torch.rand(3, 1))
+    with pytest.raises(RuntimeError, match=r"prelu: a 0-d input takes a weight of one element"):
+        tbf.prelu(torch.tensor(1.0), torch.rand(2))
+    with pytest.raises(RuntimeError, match=r"prelu: weight has dtype torch.float64"):
+        tbf.prelu(torch.randn(2, 3), torch.rand(3, dtype=torch.float64))
+
+
+GLU_CASES = [((6,), -1), ((4, 6), -1), ((4, 6), 0), ((2, 4, 3), 1), ((2, 3, 4, 2), -2)]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shape,dim", GLU_CASES)
+def test_glu_float64(shape, dim, device):
+    assert_matches_native(tbf.glu, F.glu, (torch.randn(shape, requires_grad=True) * 3,), {"dim": dim}, device=device)
+
+
+@pytest.mark.parametrize("shape,dim", GLU_CASES)
+def test_glu_gradcheck(shape, dim):
+    gradchecks(tbf.glu, (torch.randn(shape, requires_grad=True),), {"dim": dim})
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", LOW)
+def test_glu_low_precision(dtype, device):
+    assert_matches_native(tbf.glu, F.glu, (torch.randn(16, 34, requires_grad=True),), dtype=dtype, device=device)
+
+
+def test_glu_noncontiguous():
+    x = torch.randn(6, 4, dtype=torch.float64).t().requires_grad_()  # halved along a strided dim
+    assert_matches_native(tbf.glu, F.glu, (x,), {"dim": 1})
+
+
+def test_bad_arguments_name_op():
+    with pytest.raises(RuntimeError, match=r"glu: input's size along dim 1 must be even"):
+        tbf.glu(torch.randn(2, 5), 1)
+    with pytest.raises(RuntimeError, match=r"glu: input must have at least 1 dim"):
+        tbf.glu(torch.tensor(1.0))
+    with pytest.raises(RuntimeError, match=r"glu: dim 3 is out of range"):
+        tbf.glu(torch.randn(2, 4), 3)
+    with pytest.raises(RuntimeError, match=r"softshrink: lambd must be >= 0"):
+        tbf.softshrink(torch.randn(3), -1.0)
+    with pytest.raises(RuntimeError, match=r"celu: alpha cannot be 0"):
+        tbf.celu(torch.randn(3), 0.0)
+    with pytest.raises(RuntimeError, match=r"softmin: dim 2 is out of range"):
+        tbf.softmin(torch.randn(2, 3), 2)
+    with pytest.raises(RuntimeError, match=r"hardswish: input must be floating point"):
+        tbf.hardswish(torch.arange(3))
+
+
+@pytest.mark.parametrize("dtype", LOW)
+@pytest.mark.parametrize("bound", [0.7, 0.3, 1.1, 3.0])
+@pytest.mark.parametrize("name", ["threshold", "hardshrink", "softshrink"])
+def test_bound_in_low_precision_takes_natives_branch(name, bound, dtype):
+    """A bound that the dtype cannot hold: [z > th] / [|z| > λ] is decided as native decides it
+    (threshold in float32, the shrinks with λ rounded to z's dtype), so δ equals native's bitwise."""
+    kw = {"threshold": bound, "value": -5.0} if name == "threshold" else {"lambd": bound}
+    z = torch.linspace(-1.3 * bound, 1.3 * bound, 4001).to(dtype)
+    z = torch.cat([z, torch.tensor([bound, -bound]).to(dtype)])
+    g = torch.randn_like(z)
+    zs, zn = z.clone().requires_grad_(), z.clone().requires_grad_()
+    ys, yn = getattr(tbf, name)(zs, **kw), getattr(F, name)(zn, **kw)
+    assert torch.equal(ys, yn)
+    (gs,) = torch.autograd.grad(ys, zs, g)
+    (gn,) = torch.autograd.grad(yn, zn, g)
+    assert torch.equal(gs, gn)
+
+
+@pytest.mark.parametrize("dtype", LOW)
+@pytest.mark.parametrize("name", ["hardswish", "hardsigmoid"])
+def test_hard_kinks_in_low_precision(name, dtype):
+    z = torch.cat([torch.linspace(-3.5, 3.5, 3001), torch.tensor([-3.0, 3.0, 0.0])]).to(dtype)
+    zs, zn = z.clone().requires_grad_(), z.clone().requires_grad_()
+    g = torch.ones_like(z)
+    (gs,) = torch.autograd.grad(getattr(tbf, name)(zs), zs, g)
+    (gn,) = torch.autograd.grad(getattr(F, name)(zn), zn, g)
+    outside = z.float().abs() >= 3
+    assert torch.equal(gs[outside], gn[outside])  # 0 below −3, 1 (hardswish) or 0 above 3, as native
+    torch.testing.assert_close(gs, gn, rtol=2e-2 if dtype == torch.bfloat16 else 2e-3, atol=1e-2)
+
+
+def test_celu_inplace_is_the_formula_for_any_alpha():
+    """Native's in-place celu (alpha ≠ 1) back-propagates e^z instead of e^{z/α}, and refuses α < 0;
+    the δ in place equals native out of place."""
+    for alpha in (0.5, 2.0, -1.5):
+        z = _input().detach().double()
+        zs, zn = z.clone().requires_grad_(), z.clone().requires_grad_()
+        out = tbf.celu(zs * 1, alpha, inplace=True)
+        (gs,) = torch.autograd.grad(out, zs, torch.ones_like(out))
+        (gn,) = torch.autograd.grad(F.celu(zn, alpha), zn, torch.ones_like(out))
+        # (from the output, f' = a/α + 1 cancels where a is near −α: a few ulps there)
+        torch.testing.assert_close(gs, gn, rtol=1e-10, atol=1e-15)
+
+
+NEW_MODULES = [torch.nn.Hardswish(), torch.nn.Hardswish(inplace=True), torch.nn.Hardsigmoid(),
+               torch.nn.Mish(), torch.nn.SELU(), torch.nn.CELU(0.7), torch.nn.LogSigmoid(), torch.nn.Softsign(),
+               torch.nn.Tanhshrink(), torch.nn.Threshold(0.1, -1.0), torch.nn.Hardshrink(0.3),
+               torch.nn.Softshrink(0.3), torch.nn.GLU(1), torch.nn.PReLU(), torch.nn.PReLU(4), torch.nn.Softmin(1)]
+
+
+@pytest.mark.parametrize("module", NEW_MODULES, ids=[repr(m) for m in NEW_MODULES])
+def test_new_twins_swapped(module):
+    import copy
+    native = copy.deepcopy(module).double()
+    model = torchbp.swap(copy.deepcopy(module).double())
+    assert type(model) is torchbp.registry.twin_for(type(module)) and isinstance(model, type(module))
+    assert repr(model) == repr(native)
+    x = (torch.randn(3, 4, 5, dtype=torch.float64) * 3)
+    xs, xn = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ys, yn = model(xs * 1), native(xn * 1)
+    assert torch.equal(ys, yn)
+    assert "Copy" in type(ys.grad_fn).__name__ or type(ys.grad_fn)._forward_cls.__module__.startswith("torchbp")
+    v = torch.randn_like(yn)
+    gs = torch.autograd.grad(ys, [xs, *model.parameters()], v)
+    gn = torch.autograd.grad(yn, [xn, *native.parameters()], v)
+    for a, b in zip(gs, gn):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+
+
+def test_new_routes_under_manual_backward():
+    from torchbp.functional import activation as A
+    x = (torch.randn(4, 6, dtype=torch.float64) * 3).requires_grad_()
+    w = torch.rand(6, dtype=torch.float64, requires_grad=True)
+    calls = [
+        (lambda: F.hardswish(x), A.Hardswish), (lambda: F.hardsigmoid(x), A.Hardsigmoid),
+        (lambda: F.mish(x), A.Mish), (lambda: F.selu(x), A.SELU), (lambda: torch.selu(x), A.SELU),
+        (lambda: torch.selu_(x * 1), A._Inplace), (lambda: F.celu(x, 0.5), A.CELU),
+        (lambda: torch.celu(x, 0.5), A.CELU), (lambda: torch.celu_(x * 1, alpha=0.5), A._Inplace),
+        (lambda: F.logsigmoid(x), A.LogSigmoid), (lambda: F.softsign(x), A.Softsign),
+        (lambda: F.tanhshrink(x), A.Tanhshrink), (lambda: F.threshold(x, 0.5, 2.0), A.Threshold),
+        (lambda: torch.threshold(x, 0.5, 2.0), A.Threshold), (lambda: F.hardshrink(x, 0.3), A.Hardshrink),
+        (lambda: x.hardshrink(0.3), A.Hardshrink), (lambda: F.softshrink(x), A.Softshrink),
+        (lambda: F.glu(x), A.GLU), (lambda: F.prelu(x, w), A.PReLU), (lambda: x.prelu(w), A.PReLU),
+        (lambda: F.softmin(x, 1), A.Softmin),
+    ]
+    for f, fn in calls:
+        native = f()
+        with torchbp.manual_backward():
+            ours = f()
+        assert type(ours.grad_fn)._forward_cls is fn, (f, type(ours.grad_fn))
+        torch.testing.assert_close(ours, native, rtol=0, atol=0)
+    h = x * 1
+    with torchbp.manual_backward():
+        out = torch.threshold_(h, 0.5, 2.0)
+    assert out is h and "Copy" in type(out.grad_fn).__name__  # f' from the copy of z kept before
+
+
+def test_audit_full_coverage_with_prelu_and_hardswish():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.PReLU(4), torch.nn.Conv2d(4, 4, 3),
+                                torch.nn.Hardswish(inplace=True), torch.nn.Flatten(), torch.nn.Linear(4 * 4 * 4, 5),
+                                torch.nn.PReLU(), torch.nn.Linear(5, 3), torch.nn.Hardsigmoid()).double()
+    r = torchbp.audit(model, torch.randn(2, 3, 8, 8, dtype=torch.float64))
+    assert r.ok and r.coverage == 1.0, str(r)

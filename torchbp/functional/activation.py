@@ -381,6 +381,10 @@ class CELU(_Pointwise):
 
     Both branches are f' = e^{min(z, 0)/α} (e^0 = 1 exactly), for any α ≠ 0; from the output,
     f' = min(a, 0)/α + 1, as a > 0 ⇔ z > 0 for any α ≠ 0: no select on any device.
+    Native's f' takes 1/α from α rounded to float32 (derivatives.yaml: ``1.0/alpha.toFloat()``):
+    (1/α')·α·e^{z/α'}, up to 2e-7 off where α is no float32 number (0.7); taken as is, so that a
+    float64 audit agrees with native. From the output (in place) f' is exact: native's in-place
+    celu back-propagates e^z for any α (and refuses α < 0), which the δ does not copy.
     """
 
     save_output = False
@@ -395,7 +399,12 @@ class CELU(_Pointwise):
 
     @staticmethod
     def delta(g, z, alpha):
-        return scale_(z.clamp(max=0).div_(alpha).exp_(), g)
+        k = 1 / _in_dtype(alpha, torch.float32)  # native's 1/α
+        df = z.clamp(max=0).mul_(k).exp_()
+        c = k * alpha  # native's factor on z ≤ 0: 1 where α is a float32 number (0.5, 1, 2, ...)
+        if c != 1:
+            df = df * z.sign().clamp_(min=0).mul_(1 - c).add_(c)  # c on z ≤ 0, 1 on z > 0
+        return scale_(df, g)
 
     @staticmethod
     def delta_out(g, a, alpha):
