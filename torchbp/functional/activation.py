@@ -495,12 +495,35 @@ class Threshold(_Pointwise):
         return torch.where(z > t, g, 0)
 
 
-class _Shrink(_Pointwise):
-    """f'(z) = [|z| > λ], with λ rounded to z's dtype as native compares (0 at |z| = λ).
+class Hardshrink(_Pointwise):
+    """a = z for |z| > λ, 0 otherwise;  f'(z) = [|z| > λ] (0 at |z| = λ, as native).
 
-    On CPU [|z| > λ] = max(sign(|z| − λ), 0), exact as in Threshold."""
+    Read from the output: for λ ≥ 0, |z| > λ ⇔ a ≠ 0 (a is z or 0, exactly), so f' = |sign a| on
+    every device and dtype, without torch.where; for λ < 0, f' = 1.
+    """
+
+    @staticmethod
+    def forward(z, lambd):
+        return F.hardshrink(z, lambd)
+
+    @staticmethod
+    def delta(g, a, lambd):
+        return g if lambd < 0 else scale_(a.sign().abs_(), g)
+
+
+class Softshrink(_Pointwise):
+    """a = z − λ·sign(z) for |z| > λ, 0 otherwise;  f'(z) = [|z| > λ] (0 at |z| = λ).
+
+    Read from z, with λ rounded to z's dtype as native compares (a is not enough: in a half type
+    z = λ rounded gives a = z − λ ≠ 0, as native subtracts in float32). On CPU [|z| > λ] =
+    max(sign(|z| − λ), 0), exact as in Threshold.
+    """
 
     save_output = False
+
+    @staticmethod
+    def forward(z, lambd):
+        return F.softshrink(z, lambd)
 
     @staticmethod
     def delta(g, z, lambd):
@@ -508,22 +531,6 @@ class _Shrink(_Pointwise):
         if z.device.type == "cpu":  # CPU torch.where is slow (see ReLU)
             return scale_(z.abs().sub_(lam).sign_().clamp_(min=0), g)
         return torch.where(z.abs() > lam, g, 0)
-
-
-class Hardshrink(_Shrink):
-    """a = z for |z| > λ, 0 otherwise;  f'(z) = [|z| > λ]."""
-
-    @staticmethod
-    def forward(z, lambd):
-        return F.hardshrink(z, lambd)
-
-
-class Softshrink(_Shrink):
-    """a = z − λ·sign(z) for |z| > λ, 0 otherwise;  f'(z) = [|z| > λ]."""
-
-    @staticmethod
-    def forward(z, lambd):
-        return F.softshrink(z, lambd)
 
 
 class GLU(DeltaFunction):
