@@ -664,3 +664,15 @@ def test_audit_full_coverage_with_prelu_and_hardswish():
                                 torch.nn.PReLU(), torch.nn.Linear(5, 3), torch.nn.Hardsigmoid()).double()
     r = torchbp.audit(model, torch.randn(2, 3, 8, 8, dtype=torch.float64))
     assert r.ok and r.coverage == 1.0, str(r)
+
+
+def test_prelu_and_glu_under_jacrev_and_vmap():
+    z, w = torch.randn(3, 4, 6, dtype=torch.float64), torch.rand(6, dtype=torch.float64)
+    for argnums in (0, 1):
+        torch.testing.assert_close(torch.func.jacrev(tbf.prelu, argnums=argnums)(z[0], w),
+                                   torch.func.jacrev(F.prelu, argnums=argnums)(z[0], w), rtol=1e-12, atol=0)
+    per_example = [torch.func.vmap(torch.func.grad(lambda x, v: f(x, v).square().sum(), argnums=1),
+                                   in_dims=(0, None))(z, w) for f in (tbf.prelu, F.prelu)]
+    torch.testing.assert_close(*per_example, rtol=1e-12, atol=0)
+    torch.testing.assert_close(torch.func.jacrev(lambda t: tbf.glu(t, 1))(z[:, :, :4]),
+                               torch.func.jacrev(lambda t: F.glu(t, 1))(z[:, :, :4]), rtol=1e-12, atol=0)
