@@ -560,15 +560,16 @@ def test_bad_arguments_name_op():
         tbf.hardswish(torch.arange(3))
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", LOW)
 @pytest.mark.parametrize("bound", [0.7, 0.3, 1.1, 3.0])
 @pytest.mark.parametrize("name", ["threshold", "hardshrink", "softshrink"])
-def test_bound_in_low_precision_takes_natives_branch(name, bound, dtype):
+def test_bound_in_low_precision_takes_natives_branch(name, bound, dtype, device):
     """A bound that the dtype cannot hold: [z > th] / [|z| > λ] is decided as native decides it
     (threshold in float32, the shrinks with λ rounded to z's dtype), so δ equals native's bitwise."""
     kw = {"threshold": bound, "value": -5.0} if name == "threshold" else {"lambd": bound}
     z = torch.linspace(-1.3 * bound, 1.3 * bound, 4001).to(dtype)
-    z = torch.cat([z, torch.tensor([bound, -bound]).to(dtype)])
+    z = torch.cat([z, torch.tensor([bound, -bound]).to(dtype)]).to(device)
     g = torch.randn_like(z)
     zs, zn = z.clone().requires_grad_(), z.clone().requires_grad_()
     ys, yn = getattr(tbf, name)(zs, **kw), getattr(F, name)(zn, **kw)
@@ -578,10 +579,11 @@ def test_bound_in_low_precision_takes_natives_branch(name, bound, dtype):
     assert torch.equal(gs, gn)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", LOW)
 @pytest.mark.parametrize("name", ["hardswish", "hardsigmoid"])
-def test_hard_kinks_in_low_precision(name, dtype):
-    z = torch.cat([torch.linspace(-3.5, 3.5, 3001), torch.tensor([-3.0, 3.0, 0.0])]).to(dtype)
+def test_hard_kinks_in_low_precision(name, dtype, device):
+    z = torch.cat([torch.linspace(-3.5, 3.5, 3001), torch.tensor([-3.0, 3.0, 0.0])]).to(device, dtype)
     zs, zn = z.clone().requires_grad_(), z.clone().requires_grad_()
     g = torch.ones_like(z)
     (gs,) = torch.autograd.grad(getattr(tbf, name)(zs), zs, g)
