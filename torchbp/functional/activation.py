@@ -383,8 +383,8 @@ class CELU(_Pointwise):
     f' = min(a, 0)/α + 1, as a > 0 ⇔ z > 0 for any α ≠ 0: no select on any device.
     Native's f' takes 1/α from α rounded to float32 (derivatives.yaml: ``1.0/alpha.toFloat()``):
     (1/α')·α·e^{z/α'}, up to 2e-7 off where α is no float32 number (0.7); taken as is, so that a
-    float64 audit agrees with native. From the output (in place) f' is exact: native's in-place
-    celu back-propagates e^z for any α (and refuses α < 0), which the δ does not copy.
+    float64 audit agrees with native. From the output (in place) f' is exact; native's in-place celu
+    refuses α < 0 (its elu_ backward needs a positive slope), the δ in place does not.
     """
 
     save_output = False
