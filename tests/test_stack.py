@@ -21,6 +21,9 @@ MODELS = {
     "mixed": lambda: nn.Sequential(nn.Linear(6, 7, bias=False), nn.Tanh(), nn.Linear(7, 7), nn.GELU(),
                                    nn.Linear(7, 5), nn.SiLU(), nn.Linear(5, 4), nn.LeakyReLU(0.2),
                                    nn.Linear(4, 3), nn.GELU(approximate="tanh")),
+    "more": lambda: nn.Sequential(nn.Linear(6, 7), nn.SELU(), nn.Linear(7, 7), nn.CELU(0.7), nn.Linear(7, 5),
+                                  nn.Mish(), nn.Linear(5, 5), nn.Hardswish(inplace=True), nn.Linear(5, 3),
+                                  nn.Hardsigmoid()),
     "interrupted": lambda: nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 8), nn.Dropout(0.0),
                                          nn.Linear(8, 8), nn.ELU(), nn.Linear(8, 3), nn.Linear(3, 3)),
 }

@@ -27,8 +27,14 @@ def _leaky_args(m):
     return (float(m.negative_slope),)
 
 
+def _celu_args(m):
+    return (float(m.alpha),)
+
+
 _ACTS = {act.ReLU: (A.ReLU, None), act.Sigmoid: (A.Sigmoid, None), act.Tanh: (A.Tanh, None),
-         act.GELU: (A.GELU, _gelu_args), act.SiLU: (A.SiLU, None), act.LeakyReLU: (A.LeakyReLU, _leaky_args)}
+         act.GELU: (A.GELU, _gelu_args), act.SiLU: (A.SiLU, None), act.LeakyReLU: (A.LeakyReLU, _leaky_args),
+         act.SELU: (A.SELU, None), act.CELU: (A.CELU, _celu_args), act.Mish: (A.Mish, None),
+         act.Hardswish: (A.Hardswish, None), act.Hardsigmoid: (A.Hardsigmoid, None)}
 _GLOBAL_HOOKS = tuple(getattr(_module, n) for n in ("_global_forward_hooks", "_global_forward_pre_hooks",
                                                    "_global_backward_hooks", "_global_backward_pre_hooks")
                       if hasattr(_module, n))
