@@ -1,7 +1,6 @@
 """torchbp.audit: the checker against planted bugs, stateful layers, odd outputs; the report's forms."""
 import dataclasses
 import json
-import math
 
 import pytest
 import torch

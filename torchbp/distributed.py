@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:  # (imported lazily at run time: torchbp.audit loads on first use)
+    from .audit import AuditReport
 
 __all__ = ["audit", "merge", "local_module", "main"]
 

@@ -5,7 +5,7 @@ table (native callable -> δ twin) that :mod:`torchbp.registry` reads.
 """
 from . import (activation, attention, conv, dropout, flatten, linear, loss, normalization, pooling,
                sparse, stack, upsampling)
-from ._common import DeltaFunction
+from ._common import DeltaFunction  # noqa: F401 (public: the base class of every δ Function)
 
 # Bound before the star imports below, which rebind names such as `linear` to the functions.
 FAMILIES = (linear, activation, loss, conv, pooling, normalization, sparse, dropout,

@@ -39,9 +39,7 @@ class Conv(DeltaFunction):
     @staticmethod
     def setup_context(ctx, inputs, output):
         a, W, b, ctx.stride, ctx.padding, ctx.dilation, ctx.groups = inputs
-        need_a, need_W = ctx.needs_input_grad[:2]
-        ctx.save_for_backward(a if need_W else None, W if need_a else None)
-        ctx.a_shape, ctx.W_shape, ctx.has_bias = a.shape, W.shape, b is not None
+        _save(ctx, a, W, b)
 
     @staticmethod
     def backward(ctx, delta):
@@ -58,6 +56,13 @@ class Conv(DeltaFunction):
             grad_a = _CONV_T[n](delta, W, None, s, p, out_pad, g, d)
         grad_W, grad_b = _param_grads(a, delta, delta, s, p, d, g, K, need_W, need_b and ctx.has_bias)
         return grad_a, grad_W, grad_b, None, None, None, None
+
+
+def _save(ctx, a, W, b):
+    """What a (transposed) convolution's backward needs: a for ∂J/∂W, W for δ_a, and the shapes."""
+    need_a, need_W = ctx.needs_input_grad[:2]
+    ctx.save_for_backward(a if need_W else None, W if need_a else None)
+    ctx.a_shape, ctx.W_shape, ctx.has_bias = a.shape, W.shape, b is not None
 
 
 def _param_grads(x, k, delta, s, p, d, g, K, need_W, need_b):
@@ -131,9 +136,7 @@ class ConvTranspose(DeltaFunction):
     @staticmethod
     def setup_context(ctx, inputs, output):
         a, W, b, ctx.stride, ctx.padding, _, ctx.dilation, ctx.groups = inputs
-        need_a, need_W = ctx.needs_input_grad[:2]
-        ctx.save_for_backward(a if need_W else None, W if need_a else None)
-        ctx.a_shape, ctx.W_shape, ctx.has_bias = a.shape, W.shape, b is not None
+        _save(ctx, a, W, b)
 
     @staticmethod
     def backward(ctx, delta):

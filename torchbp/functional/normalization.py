@@ -244,16 +244,22 @@ def _raise_value(op, cond, message):
         raise ValueError(f"torchbp.functional.{op}: {message()}")
 
 
-def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1,
-               eps=1e-5):
-    """δ twin of ``torch.nn.functional.batch_norm`` (running statistics updated in place as native)."""
-    op = "batch_norm"
+def _check_channels(op, input, weight, bias, running_mean, running_var):
+    """batch_norm's and instance_norm's checks: per-channel parameters and statistics of input.shape[1]."""
     _check_params(op, input, weight=weight, bias=bias, running_mean=running_mean, running_var=running_var)
     _check_2d(op, input)
     C = input.shape[1]
     for k, v in (("weight", weight), ("bias", bias), ("running_mean", running_mean), ("running_var", running_var)):
         _check(v is None or v.numel() == C, op, lambda: f"{k} must have {C} elements (the channels, "
                                                         f"input.shape[1]), got shape {list(v.shape)}")
+    return C
+
+
+def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1,
+               eps=1e-5):
+    """δ twin of ``torch.nn.functional.batch_norm`` (running statistics updated in place as native)."""
+    op = "batch_norm"
+    C = _check_channels(op, input, weight, bias, running_mean, running_var)
     check(training or (running_mean is not None and running_var is not None), op,
           "running_mean and running_var must be given in evaluation mode (training=False)")
     if training:
@@ -486,12 +492,7 @@ def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=
                   momentum=0.1, eps=1e-5):
     """δ twin of ``torch.nn.functional.instance_norm`` (running statistics updated in place as native)."""
     op = "instance_norm"
-    _check_params(op, input, weight=weight, bias=bias, running_mean=running_mean, running_var=running_var)
-    _check_2d(op, input)
-    C = input.shape[1]
-    for k, v in (("weight", weight), ("bias", bias), ("running_mean", running_mean), ("running_var", running_var)):
-        _check(v is None or v.numel() == C, op, lambda: f"{k} must have {C} elements (the channels, "
-                                                        f"input.shape[1]), got shape {list(v.shape)}")
+    _check_channels(op, input, weight, bias, running_mean, running_var)
     _raise_value(op, (running_mean is None) == (running_var is None),
                  lambda: "running_mean and running_var must either both be None or neither be None")
     check(use_input_stats or running_mean is not None, op,

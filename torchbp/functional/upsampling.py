@@ -68,7 +68,6 @@ class Interpolate(DeltaFunction):
     @staticmethod
     def backward(ctx, delta):
         taps, mode = _SEPARABLE[ctx.mode]
-        n = delta.dim() - 2
         plans = [_plan(L, O, None if ctx.scales is None else ctx.scales[i], mode, ctx.align_corners, taps)
                  for i, (L, O) in enumerate(zip(ctx.a_shape[2:], delta.shape[2:]))]
         g = delta.float() if delta.dtype in _HALF else delta  # sums of weighted δ: in float32 for half types
