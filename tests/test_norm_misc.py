@@ -753,3 +753,207 @@ def test_noncontiguous_and_channels_last_inputs():
     compare_module(nn.BatchNorm2d(4), xc, steps=1)
     assert_matches_native(tbf.instance_norm, F.instance_norm, (xt, None, None, w, b))
     compare_module(nn.InstanceNorm2d(4, affine=True, track_running_stats=True), xc, steps=1)
+
+
+# --- embedding_bag ---------------------------------------------------------------------------------
+
+# five bags: [1, 9, 2], [] (empty), [0, 5, 7], [7, 3], [2, 2] (all padding when padding_idx=2); repeats
+BAG_IDX = [1, 9, 2, 0, 5, 7, 7, 3, 2, 2]
+BAG_OFFSETS = [0, 3, 3, 6, 8]
+
+
+def _bag_args(form, include_last_offset, idx_dtype=torch.int64):
+    idx = torch.tensor(BAG_IDX, dtype=idx_dtype)
+    if form == "2d":  # fixed-size bags of 2 (native refuses offsets and include_last_offset there)
+        return idx.reshape(5, 2), None, False
+    offsets = torch.tensor(BAG_OFFSETS + ([len(BAG_IDX)] if include_last_offset else []), dtype=idx_dtype)
+    return idx, offsets, include_last_offset
+
+
+def bags_from_embedding(input, weight, offsets=None, max_norm=None, norm_type=2, scale_grad_by_freq=False,
+                        mode="mean", sparse=False, per_sample_weights=None, include_last_offset=False,
+                        padding_idx=None):
+    """An oracle for sum/mean built from native F.embedding and index_add: native's CPU embedding_bag
+    divides by the wrong count under scale_grad_by_freq (pytorch#190063, torch <= 2.13), F.embedding
+    does not."""
+    psw = per_sample_weights
+    if input.dim() == 2:
+        offsets = torch.arange(0, input.numel(), input.shape[1], device=input.device)
+        input, psw = input.reshape(-1), psw.reshape(-1) if psw is not None else None
+    elif include_last_offset:
+        offsets = offsets[:-1]
+    bag = torch.searchsorted(offsets, torch.arange(len(input), dtype=offsets.dtype, device=input.device),
+                             right=True) - 1  # the bag of each position
+    keep = torch.ones_like(input, dtype=torch.bool) if padding_idx is None else input != padding_idx % len(weight)
+    e = F.embedding(input, weight, scale_grad_by_freq=scale_grad_by_freq) * keep.unsqueeze(1)
+    e = e * psw.unsqueeze(1) if psw is not None else e
+    z = e.new_zeros(len(offsets), weight.shape[1]).index_add(0, bag, e)
+    if mode == "mean":
+        z = z / z.new_zeros(len(offsets)).index_add(0, bag, keep.to(z.dtype)).clamp_min(1).unsqueeze(1)
+    return z
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("mode,psw,scale", [("sum", False, False), ("sum", True, False), ("sum", False, True),
+                                            ("sum", True, True), ("mean", False, False), ("mean", False, True),
+                                            ("max", False, False)])
+@pytest.mark.parametrize("padding_idx", [None, 2, -1])
+@pytest.mark.parametrize("form", ["offsets", "last_offset", "2d"])
+def test_embedding_bag_float64(form, padding_idx, mode, psw, scale, device):
+    """Every mode/option combination torch supports: output, ∂J/∂W and ∂J/∂w (per-sample weights)."""
+    idx, offsets, last = _bag_args(form, form == "last_offset")
+    W = (torch.randn(10, 5) * 2).requires_grad_()
+    kw = dict(mode=mode, padding_idx=padding_idx, scale_grad_by_freq=scale, include_last_offset=last)
+    if psw:
+        kw["per_sample_weights"] = torch.rand(idx.shape, requires_grad=True)
+    native = bags_from_embedding if scale else F.embedding_bag  # see bags_from_embedding
+    assert_matches_native(tbf.embedding_bag, native, (idx, W, offsets), kw, device=device)
+    if mode != "max" and not scale:  # the oracle itself agrees with native where native is right
+        assert_matches_native(bags_from_embedding, F.embedding_bag, (idx, W, offsets), kw, device=device)
+
+
+def test_embedding_bag_int32_indices_and_noncontiguous_weight():
+    idx, offsets, _ = _bag_args("offsets", False, torch.int32)
+    W = torch.randn(5, 10, dtype=torch.float64).t().requires_grad_()  # (10, 5), non-contiguous
+    for mode in ("sum", "mean", "max"):
+        assert_matches_native(tbf.embedding_bag, F.embedding_bag, (idx, W, offsets), {"mode": mode})
+        assert_matches_native(tbf.embedding_bag, F.embedding_bag, (idx, W, offsets.long()), {"mode": mode})
+    assert_matches_native(tbf.embedding_bag, F.embedding_bag, (idx.reshape(5, 2), W, None), {"mode": "sum"})
+
+
+def test_embedding_bag_empty_input_and_per_sample_weight_grad_alone():
+    W = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    for mode in ("sum", "mean", "max"):  # no indices at all: two empty bags
+        assert_matches_native(tbf.embedding_bag, F.embedding_bag,
+                              (torch.tensor([], dtype=torch.long), W, torch.tensor([0, 0])), {"mode": mode})
+    idx, offsets = torch.tensor([1, 3, 3, 0]), torch.tensor([0, 1])
+    w = torch.rand(4, dtype=torch.float64, requires_grad=True)  # only the per-sample weights need a gradient
+    assert_matches_native(tbf.embedding_bag, F.embedding_bag, (idx, W.detach(), offsets),
+                          {"mode": "sum", "per_sample_weights": w, "padding_idx": 3})
+
+
+def test_embedding_bag_max_norm_renorms_weight_like_native():
+    W = torch.randn(10, 5) * 3
+    idx, offsets = torch.tensor([1, 4, 4, 8, 2]), torch.tensor([0, 2])
+    ws, wn = nn.Parameter(W.clone()), nn.Parameter(W.clone())
+    ys = tbf.embedding_bag(idx, ws, offsets, max_norm=1.0, mode="sum")
+    yn = F.embedding_bag(idx, wn, offsets, max_norm=1.0, mode="sum")
+    assert torch.allclose(ys, yn) and torch.equal(ws, wn) and not torch.equal(ws, W)  # rows 1, 2, 4, 8 renormed
+    (gs,), (gn,) = torch.autograd.grad(ys.sum(), ws), torch.autograd.grad(yn.sum(), wn)
+    assert torch.equal(gs, gn)
+
+
+@pytest.mark.parametrize("mode", ["sum", "mean", "max"])
+def test_embedding_bag_gradcheck(mode):
+    """gradcheck and gradgradcheck (torch's own embedding_bag has no double backward: its backward is one
+    kernel, _embedding_bag_backward; the δ formulas are plain ops, so ours has one)."""
+    idx, offsets, _ = _bag_args("offsets", False)
+    W = torch.randn(10, 3, requires_grad=True)
+    gradchecks(lambda W: tbf.embedding_bag(idx, W, offsets, mode=mode, padding_idx=2), (W,))
+    if mode == "sum":
+        gradchecks(lambda W, w: tbf.embedding_bag(idx, W, offsets, mode="sum", per_sample_weights=w),
+                   (W, torch.rand(10, requires_grad=True)))
+        # (scale_grad_by_freq is a convention, not a derivative: checked against the oracle above)
+        gradchecks(lambda W, w: tbf.embedding_bag(idx.reshape(5, 2), W, mode="sum", per_sample_weights=w,
+                                                  padding_idx=7),
+                   (W, torch.rand(5, 2, requires_grad=True)))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", LOW)
+@pytest.mark.parametrize("mode", ["sum", "mean", "max", "psw"])
+def test_embedding_bag_low_precision(mode, dtype, device):
+    g = torch.Generator().manual_seed(0)
+    idx, offsets = torch.randint(0, 20, (96,), generator=g), torch.tensor([0, 5, 5, 30, 64, 90])
+    kw = {"mode": "sum" if mode == "psw" else mode}
+    if mode == "psw":
+        kw["per_sample_weights"] = torch.rand(96, generator=g).requires_grad_()
+    assert_matches_native(tbf.embedding_bag, F.embedding_bag,
+                          (idx, torch.randn(20, 16, generator=g).requires_grad_(), offsets), kw,
+                          dtype=dtype, device=device)
+
+
+@pytest.mark.parametrize("kw", [{"mode": "sum"}, {"mode": "mean", "padding_idx": 0}, {"mode": "max"},
+                                {"mode": "sum", "include_last_offset": True}])
+def test_embedding_bag_twin_swapped(kw):
+    native = nn.EmbeddingBag(10, 4, **kw).double()
+    twin = torchbp.swap(copy.deepcopy(native))
+    assert type(twin) is torchbp.nn.EmbeddingBag and isinstance(twin, nn.EmbeddingBag)
+    assert repr(twin) == repr(native) and twin.state_dict().keys() == native.state_dict().keys()
+    idx, offsets, _ = _bag_args("last_offset" if kw.get("include_last_offset") else "offsets",
+                                kw.get("include_last_offset", False))
+    args = [(idx, offsets), (idx.reshape(5, 2),)]
+    if kw["mode"] == "sum":
+        args.append((idx, offsets, torch.rand(10, dtype=torch.float64)))
+    for a in args:
+        if kw.get("include_last_offset") and len(a) == 1:
+            continue
+        ys, yn = twin(*a), native(*a)
+        assert is_delta(ys) and torch.allclose(ys, yn, rtol=1e-14, atol=0)
+        v = torch.randn(yn.shape, dtype=torch.float64)
+        (gs,), (gn,) = torch.autograd.grad(ys, [twin.weight], v), torch.autograd.grad(yn, [native.weight], v)
+        assert rel_err(gs, gn) <= 1e-10
+
+
+@pytest.mark.parametrize("mode", ["sum", "mean", "max"])
+def test_audit_full_coverage_with_embedding_bag(mode):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.EmbeddingBag(20, 6, mode=mode), nn.Linear(6, 3)).double()
+    r = torchbp.audit(model, torch.randint(0, 20, (4, 5)))
+    assert r.ok and r.coverage == 1.0, str(r)
+
+
+def test_embedding_bag_routes_under_manual_backward():
+    from torchbp.functional.sparse import EmbeddingBag
+    W = torch.randn(10, 4, dtype=torch.float64, requires_grad=True)
+    w = torch.rand(10, dtype=torch.float64, requires_grad=True)
+    idx, offsets, _ = _bag_args("offsets", False)
+    module = nn.EmbeddingBag(10, 4, mode="max").double()
+    calls = [(lambda: F.embedding_bag(idx, W, offsets, mode="sum", per_sample_weights=w, padding_idx=-1), [W, w]),
+             (lambda: F.embedding_bag(idx.reshape(5, 2), W), [W]),
+             (lambda: torch.embedding_bag(W, idx, offsets, False, 2, False, None, False, 9)[0], [W]),
+             (lambda: module(idx, offsets), [module.weight])]
+    for f, leaves in calls:
+        yn = f()
+        with torchbp.manual_backward():
+            ys = f()
+        assert type(ys.grad_fn)._forward_cls is EmbeddingBag and torch.equal(ys, yn)
+        v = torch.randn_like(yn)
+        for a, b in zip(torch.autograd.grad(ys, leaves, v), torch.autograd.grad(yn, leaves, v)):
+            assert rel_err(a, b) <= 1e-10
+    with torchbp.manual_backward():  # torch.embedding_bag's four outputs, as native's
+        out = torch.embedding_bag(W, idx, offsets, False, 1, False, None, False, None)
+    for a, b in zip(out, torch.embedding_bag(W, idx, offsets, False, 1, False, None, False, None)):
+        assert torch.equal(a, b)
+
+
+def test_embedding_bag_bad_inputs_name_the_op():
+    W, idx, offsets = torch.randn(5, 3, requires_grad=True), torch.tensor([1, 2, 4]), torch.tensor([0, 2])
+    cases = [
+        (RuntimeError, "embedding_bag: sparse=True", dict(sparse=True)),
+        (RuntimeError, "embedding_bag: padding_idx must be within num_embeddings", dict(padding_idx=5)),
+        (ValueError, "embedding_bag: mode must be 'sum', 'mean' or 'max'", dict(mode="min")),
+        (ValueError, "embedding_bag: mode='max' does not support scale_grad_by_freq",
+         dict(mode="max", scale_grad_by_freq=True)),
+        (NotImplementedError, "embedding_bag: per_sample_weights is only supported for mode='sum'",
+         dict(per_sample_weights=torch.rand(3))),
+        (ValueError, r"embedding_bag: per_sample_weights must have the input's shape \[3\]",
+         dict(mode="sum", per_sample_weights=torch.rand(4))),
+        (RuntimeError, "embedding_bag: per_sample_weights .* must have weight's dtype",
+         dict(mode="sum", per_sample_weights=torch.rand(3, dtype=torch.float64))),
+    ]
+    for exc, msg, kw in cases:
+        with pytest.raises(exc, match="torchbp.functional." + msg):
+            tbf.embedding_bag(idx, W, offsets, **kw)
+    with pytest.raises(RuntimeError, match="embedding_bag: input must hold indices"):
+        tbf.embedding_bag(idx.double(), W, offsets)
+    with pytest.raises(ValueError, match="embedding_bag: weight must be 2-D"):
+        tbf.embedding_bag(idx, torch.randn(5), offsets)
+    with pytest.raises(ValueError, match="embedding_bag: a 1-D input needs 1-D offsets"):
+        tbf.embedding_bag(idx, W)
+    with pytest.raises(ValueError, match="embedding_bag: offsets must be None for a 2-D input"):
+        tbf.embedding_bag(idx.reshape(3, 1), W, offsets)
+    with pytest.raises(ValueError, match="embedding_bag: input must be 1-D .* or 2-D .*, got 3-D"):
+        tbf.embedding_bag(idx.reshape(3, 1, 1), W)
+    with pytest.raises(RuntimeError, match="embedding_bag: offsets must hold positions"):
+        tbf.embedding_bag(idx, W, offsets.double())
