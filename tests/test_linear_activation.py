@@ -678,3 +678,139 @@ def test_prelu_and_glu_under_jacrev_and_vmap():
     torch.testing.assert_close(*per_example, rtol=1e-12, atol=0)
     torch.testing.assert_close(torch.func.jacrev(lambda t: tbf.glu(t, 1))(z[:, :, :4]),
                                torch.func.jacrev(lambda t: F.glu(t, 1))(z[:, :, :4]), rtol=1e-12, atol=0)
+
+
+# --- bilinear: z_o = a1ᵀ W_o a2 + b_o -----------------------------------------------------------------
+
+BILINEAR_SHAPES = [(), (4,), (2, 3), (2, 1, 3), (0,)]  # leading dims of both inputs
+
+
+def _bilinear_args(lead, bias=True, grads="xwb"):
+    return (torch.randn(*lead, 5, requires_grad="x" in grads), torch.randn(*lead, 3, requires_grad="x" in grads),
+            torch.randn(6, 5, 3, requires_grad="w" in grads),
+            torch.randn(6, requires_grad="b" in grads) if bias else None)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("lead", BILINEAR_SHAPES)
+@pytest.mark.parametrize("bias", [True, False])
+def test_bilinear_float64(lead, bias, device):
+    assert_matches_native(tbf.bilinear, F.bilinear, _bilinear_args(lead, bias), device=device)
+
+
+@pytest.mark.parametrize("grads", ["x", "w", "b", "wb"])
+def test_bilinear_any_subset_of_grads_and_noncontiguous(grads):
+    x1, x2, W, b = _bilinear_args((4,), grads=grads)
+    x1 = torch.randn(5, 4, dtype=torch.float64).t().requires_grad_("x" in grads)  # non-contiguous
+    W = torch.randn(6, 3, 5, dtype=torch.float64).transpose(1, 2).requires_grad_("w" in grads)
+    assert_matches_native(tbf.bilinear, F.bilinear, (x1, x2, W, b))
+    only_x2 = (x1.detach(), x2.detach().requires_grad_(), W.detach(), None)
+    assert_matches_native(tbf.bilinear, F.bilinear, only_x2)
+
+
+def test_bilinear_gradcheck():
+    gradchecks(tbf.bilinear, _bilinear_args((2, 3)))
+    gradchecks(tbf.bilinear, _bilinear_args((4,), bias=False))
+    gradchecks(tbf.bilinear, _bilinear_args(()))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", LOW)
+def test_bilinear_low_precision(dtype, device):
+    args = (torch.randn(16, 24, requires_grad=True), torch.randn(16, 20, requires_grad=True),
+            torch.randn(12, 24, 20, requires_grad=True) / 5, torch.randn(12, requires_grad=True))
+    assert_matches_native(tbf.bilinear, F.bilinear, args, dtype=dtype, device=device)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_bilinear_autocast_dtypes_follow_native(device):
+    """CPU autocast leaves bilinear alone; CUDA autocast promotes its inputs to the widest dtype."""
+    low = torch.bfloat16 if device == "cpu" else torch.float16
+    x1, x2 = torch.randn(4, 5, device=device), torch.randn(4, 3, device=device)
+    W, b = torch.randn(6, 5, 3, device=device, requires_grad=True), torch.randn(6, device=device)
+    cases = [(x1, x2, W, b), (x1.to(low), x2.to(low), W.to(low), b.to(low))]
+    if device == "cuda":
+        cases.append((x1.to(low), x2, W, b.to(low)))  # mixed: promoted to float32
+    for args in cases:
+        with torch.autocast(device, dtype=low):
+            ys, yn = tbf.bilinear(*args), F.bilinear(*args)
+        assert ys.dtype == yn.dtype
+        torch.testing.assert_close(ys, yn)
+        gs, gn = torch.autograd.grad(ys.float().sum(), W), torch.autograd.grad(yn.float().sum(), W)
+        torch.testing.assert_close(gs, gn, rtol=2e-2, atol=2e-2)
+
+
+def test_bilinear_twin_swapped_and_audited():
+    import copy
+    from torchbp.functional.linear import Bilinear
+    native = torch.nn.Bilinear(5, 3, 4).double()
+    twin = torchbp.swap(copy.deepcopy(native))
+    assert type(twin) is torchbp.nn.Bilinear and isinstance(twin, torch.nn.Bilinear) and repr(twin) == repr(native)
+    x1, x2 = torch.randn(2, 7, 5, dtype=torch.float64), torch.randn(2, 7, 3, dtype=torch.float64)
+    ys, yn = twin(x1, x2), native(x1, x2)
+    assert type(twin(x1[0], x2[0]).grad_fn)._forward_cls is Bilinear
+    torch.testing.assert_close(ys, yn, rtol=1e-13, atol=0)
+    v = torch.randn_like(yn)
+    for a, b in zip(torch.autograd.grad(ys, list(twin.parameters()), v),
+                    torch.autograd.grad(yn, list(native.parameters()), v)):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+
+    class Relation(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = torch.nn.Linear(6, 5), torch.nn.Linear(6, 3)
+            self.rel, self.out = torch.nn.Bilinear(5, 3, 4), torch.nn.Linear(4, 2)
+
+        def forward(self, x, y):
+            return self.out(torch.tanh(self.rel(self.a(x), self.b(y))))
+
+    torch.manual_seed(0)
+    r = torchbp.audit(Relation().double(), (torch.randn(8, 6, dtype=torch.float64), torch.randn(8, 6, dtype=torch.float64)))
+    assert r.ok and r.coverage == 1.0, str(r)
+    assert any(row.kind == "Bilinear" and row.quantity == "weight" for row in r.rows)
+
+
+def test_bilinear_routes_under_manual_backward():
+    from torchbp.functional.linear import Bilinear
+    x1, x2, W, b = (t.double().detach().requires_grad_() for t in _bilinear_args((3,)))
+    module = torch.nn.Bilinear(5, 3, 6).double()
+    calls = [(lambda: F.bilinear(x1, x2, W, b), [x1, x2, W, b]), (lambda: torch.bilinear(x1, x2, W, None), [W]),
+             (lambda: module(x1, x2), [x1, *module.parameters()])]
+    for f, leaves in calls:
+        yn = f()
+        with torchbp.manual_backward():
+            ys = f()
+        assert type(ys.grad_fn)._forward_cls is Bilinear and torch.equal(ys, yn)
+        v = torch.randn_like(yn)
+        for a, c in zip(torch.autograd.grad(ys, leaves, v), torch.autograd.grad(yn, leaves, v)):
+            torch.testing.assert_close(a, c, rtol=1e-12, atol=1e-14)
+
+
+def test_bilinear_bad_input_names_op():
+    x1, x2, W = torch.randn(4, 5), torch.randn(4, 3), torch.randn(6, 5, 3)
+    cases = [((x1, torch.randn(2, 3), W), r"input1 and input2 must have the same leading dims"),
+             ((x1, x2[0], W), r"input1 and input2 must have the same leading dims"),
+             ((x1, x2, W[:, :4]), r"input1 has 5 features in its last dim but weight expects 4"),
+             ((x1, x2, W[:, :, :2]), r"input2 has 3 features in its last dim but weight expects 2"),
+             ((x1, x2, W[0]), r"weight must be 3-D"),
+             ((x1, x2, W, torch.randn(5)), r"bias must have shape \[6\]"),
+             ((x1, x2.double(), W), r"input2 has dtype torch.float64"),
+             ((x1, x2, W.double()), r"weight has dtype torch.float64")]
+    for args, msg in cases:
+        with pytest.raises(RuntimeError, match="torchbp.functional.bilinear: " + msg):
+            tbf.bilinear(*args)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # CPU autocast does not promote: one dtype, as native
+        with pytest.raises(RuntimeError, match="bilinear: all tensors must have one dtype"):
+            tbf.bilinear(x1, x2.bfloat16(), W)
+
+
+@pytest.mark.filterwarnings("ignore:There is a performance drop")  # no batching rule for aten::bilinear
+def test_bilinear_under_jacrev_and_vmap():
+    x1, x2, W, b = (t.double().detach() for t in _bilinear_args((4,)))
+    for argnums in (0, 1, 2, 3):
+        torch.testing.assert_close(torch.func.jacrev(tbf.bilinear, argnums=argnums)(x1[0], x2[0], W, b),
+                                   torch.func.jacrev(F.bilinear, argnums=argnums)(x1[0], x2[0], W, b),
+                                   rtol=1e-12, atol=0)
+    per_example = [torch.func.vmap(torch.func.grad(lambda p, q, w: f(p, q, w, b).square().sum(), argnums=2),
+                                   in_dims=(0, 0, None))(x1, x2, W) for f in (tbf.bilinear, F.bilinear)]
+    torch.testing.assert_close(*per_example, rtol=1e-12, atol=0)

@@ -1,10 +1,13 @@
 """The affine layer of the seed: z(l+1) = W(l) a(l) + b(l), batched as ``z = a @ W.T + b``."""
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
-from ._common import LOWER, DeltaFunction, apply, check, check_compatible
+from ._common import (_CASTABLE, LOWER, DeltaFunction, _any_autocast, _autocast_state, _cast, apply, check,
+                      check_compatible)
 
 
 class Linear(DeltaFunction):
@@ -59,10 +62,90 @@ def _linear_error(input, weight, bias):  # the messages are built only when a ch
           f"bias must have shape [{weight.shape[0]}], got {list(bias.shape) if bias is not None else None}")
 
 
-# native callable -> δ twin with the same signature; read by torchbp.registry
-ROUTES = {F.linear: linear}
+class Bilinear(DeltaFunction):
+    """z_o = a1ᵀ W_o a2 + b_o, ``a1`` of shape (N, n1), ``a2`` (N, n2), W (out, n1, n2) (``bilinear`` folds
+    any leading dims into N): the affine layer whose weight for a1 is Σ_j W_{o,:,j} a2_j.
 
-__all__ = ["linear"]
+    backward, with δ = ∂J/∂z (N, out):
+      δ_a1 = Σ_o δ_o W_o a2        (the seed's Wᵀδ, with the weight a2 has chosen)
+      δ_a2 = Σ_o δ_o W_oᵀ a1
+      ∂J/∂W_o = Σ_batch δ_o a1 a2ᵀ  (the seed's δ aᵀ, one outer product per output)
+      ∂J/∂b = Σ_batch δ
+    Each is one matmul over an (N, out, n) product of δ with an input, the size native's forward builds.
+    """
+
+    @staticmethod
+    def forward(a1, a2, W, b):
+        return F.bilinear(a1, a2, W, b)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        a1, a2, W, b = inputs
+        need_a1, need_a2, need_W, need_b = ctx.needs_input_grad
+        ctx.save_for_backward(a1 if need_a2 or need_W else None, a2 if need_a1 or need_W else None,
+                              W if need_a1 or need_a2 else None)
+        ctx.W_shape = W.shape
+
+    @staticmethod
+    def backward(ctx, delta):
+        a1, a2, W = ctx.saved_tensors
+        need_a1, need_a2, need_W, need_b = ctx.needs_input_grad
+        (o, n1, n2), N = ctx.W_shape, delta.shape[0]
+        grad_a1 = grad_a2 = grad_W = None
+        if need_a1:  # Σ_{o,j} (δ_o a2_j) W_{o,i,j}
+            grad_a1 = (delta.unsqueeze(2) * a2.unsqueeze(1)).reshape(N, o * n2) @ W.transpose(1, 2).reshape(o * n2, n1)
+        if need_a2 or need_W:
+            d_a1 = (delta.unsqueeze(2) * a1.unsqueeze(1)).reshape(N, o * n1)  # δ_o a1_i, shared by both
+            grad_a2 = d_a1 @ W.reshape(o * n1, n2) if need_a2 else None
+            grad_W = (d_a1.t() @ a2).reshape(o, n1, n2) if need_W else None
+        grad_b = delta.sum(0) if need_b else None
+        return grad_a1, grad_a2, grad_W, grad_b
+
+
+def bilinear(input1, input2, weight, bias=None):
+    """δ twin of ``torch.nn.functional.bilinear`` (= ``torch.bilinear``)."""
+    op = "bilinear"
+    if _any_autocast() and isinstance(input1, torch.Tensor) and input1.device.type == "cuda" \
+            and _autocast_state("cuda") is not None:
+        # CUDA autocast's policy for bilinear is "promote": every float tensor to the widest dtype among them
+        ts = [t for t in (input1, input2, weight, bias) if isinstance(t, torch.Tensor) and t.dtype in _CASTABLE]
+        dtype = functools.reduce(torch.promote_types, [t.dtype for t in ts]) if ts else None
+        input1, input2, weight, bias = _cast(dtype, (input1, input2, weight, bias)) if dtype else (
+            input1, input2, weight, bias)
+    check_compatible(op, input1=input1, input2=input2, weight=weight, bias=bias)
+    if not (input1.dtype == input2.dtype == weight.dtype and (bias is None or bias.dtype == weight.dtype)
+            and weight.dim() == 3 and input1.dim() >= 1 and input1.shape[:-1] == input2.shape[:-1]
+            and input1.shape[-1] == weight.shape[1] and input2.shape[-1] == weight.shape[2]
+            and (bias is None or bias.shape == weight.shape[:1])):
+        _bilinear_error(input1, input2, weight, bias)
+    if input1.dim() == 2:
+        return Bilinear.apply(input1, input2, weight, bias)
+    # fold the leading dims outside the Function, as linear does (a view made inside one may not be modified)
+    out = Bilinear.apply(input1.reshape(-1, input1.shape[-1]), input2.reshape(-1, input2.shape[-1]), weight, bias)
+    return out.reshape(*input1.shape[:-1], weight.shape[0])
+
+
+def _bilinear_error(input1, input2, weight, bias):
+    op = "bilinear"
+    dtypes = {k: t.dtype for k, t in dict(input1=input1, input2=input2, weight=weight, bias=bias).items()
+              if t is not None}
+    check(len(set(dtypes.values())) == 1, op, f"all tensors must have one dtype, got {dtypes}")
+    check(weight.dim() == 3, op, f"weight must be 3-D (out_features, in1_features, in2_features), got shape "
+                                 f"{list(weight.shape)}")
+    check(input1.dim() >= 1 and input1.shape[:-1] == input2.shape[:-1], op,
+          f"input1 and input2 must have the same leading dims, got shapes {list(input1.shape)} and "
+          f"{list(input2.shape)}")
+    for name, t, k in (("input1", input1, 1), ("input2", input2, 2)):
+        check(t.shape[-1] == weight.shape[k], op, f"{name} has {t.shape[-1]} features in its last dim but weight "
+                                                  f"expects {weight.shape[k]} (weight's shape {list(weight.shape)})")
+    check(bias is None or tuple(bias.shape) == (weight.shape[0],), op,
+          f"bias must have shape [{weight.shape[0]}], got {list(bias.shape) if bias is not None else None}")
+
+
+# native callable -> δ twin with the same signature; read by torchbp.registry
+ROUTES = {F.linear: linear, torch.bilinear: bilinear}  # (F.bilinear is torch.bilinear)
+
+__all__ = ["linear", "bilinear"]
 
 
 # --- the linear family as torch ops: matmul, mm, bmm, addmm --------------------------------------

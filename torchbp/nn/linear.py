@@ -10,6 +10,11 @@ class Linear(torch.nn.Linear):
         return tbf.linear(input, self.weight, self.bias)
 
 
+class Bilinear(torch.nn.Bilinear):
+    def forward(self, input1, input2):
+        return tbf.bilinear(input1, input2, self.weight, self.bias)
+
+
 # native module class -> twin; read by torchbp.registry
-TWINS = {torch.nn.Linear: Linear}
-__all__ = ["Linear"]
+TWINS = {torch.nn.Linear: Linear, torch.nn.Bilinear: Bilinear}
+__all__ = ["Linear", "Bilinear"]
