@@ -957,3 +957,17 @@ def test_embedding_bag_bad_inputs_name_the_op():
         tbf.embedding_bag(idx.reshape(3, 1, 1), W)
     with pytest.raises(RuntimeError, match="embedding_bag: offsets must hold positions"):
         tbf.embedding_bag(idx, W, offsets.double())
+    nested = torch.nested.nested_tensor([idx, idx[:1]], layout=torch.jagged)
+    with pytest.raises(RuntimeError, match="embedding_bag: per_sample_weights must be nested when input is"):
+        tbf.embedding_bag(nested, W, mode="sum", per_sample_weights=torch.rand(4))
+
+
+def test_embedding_bag_nested_input():
+    nested = torch.nested.nested_tensor([torch.tensor([1, 2, 2]), torch.tensor([4])], layout=torch.jagged)
+    w = torch.nested.nested_tensor_from_jagged(torch.rand(4, dtype=torch.float64), nested.offsets())  # same rows
+    W = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
+    for kw in ({"mode": "mean"}, {"mode": "max"}, {"mode": "sum", "per_sample_weights": w}):
+        ys, yn = tbf.embedding_bag(nested, W, **kw), F.embedding_bag(nested, W, **kw)
+        assert is_delta(ys) and torch.allclose(ys, yn, rtol=1e-14, atol=0)
+        (gs,), (gn,) = torch.autograd.grad(ys.sum(), W), torch.autograd.grad(yn.sum(), W)
+        assert rel_err(gs, gn) <= 1e-10

@@ -126,7 +126,8 @@ class EmbeddingBag(DeltaFunction):
         if ctx.mode == 2:
             max_indices, bag_size = ctx.saved_tensors
             if need_W:  # an empty bag's max_indices point nowhere (0 or -1): its δ goes nowhere
-                d = delta * (bag_size > 0).unsqueeze(1)
+                # (bag_size may hold one entry per offset, one more than bags, on CUDA with include_last_offset)
+                d = delta * (bag_size[:delta.shape[0]] > 0).unsqueeze(1)
                 grad_W = d.new_zeros(ctx.num, d.shape[1]).scatter_add_(0, max_indices.long().clamp_min(0), d)
             return grad_W, None, None, None, None, None, None, None
         idx, offset2bag, offsets, bag_size, psw, W = ctx.saved_tensors
@@ -134,7 +135,7 @@ class EmbeddingBag(DeltaFunction):
             positions = torch.arange(idx.numel(), dtype=offsets.dtype, device=offsets.device)
             offset2bag = torch.searchsorted(offsets[:delta.shape[0]], positions, right=True) - 1
         if ctx.mode == 1:  # mean: δ / n_b (an all-padding bag has no entry whose gradient survives)
-            delta = delta / bag_size.clamp_min(1).to(delta.dtype).unsqueeze(1)
+            delta = delta / bag_size[:delta.shape[0]].clamp_min(1).to(delta.dtype).unsqueeze(1)
         d = delta.index_select(0, offset2bag)  # δ[bag(i)] for every occurrence i
         if need_psw:
             grad_psw = (d * W.index_select(0, idx)).sum(1)
@@ -171,6 +172,7 @@ def embedding_bag(input, weight, offsets=None, max_norm=None, norm_type=2, scale
     psw = per_sample_weights
     if psw is not None:
         check_tensor(op, "per_sample_weights", psw)
+        check(psw.is_nested == input.is_nested, op, "per_sample_weights must be nested when input is (and only then)")
         if psw.shape != input.shape:
             raise ValueError(f"torchbp.functional.{op}: per_sample_weights must have the input's shape "
                              f"{list(input.shape)}, got {list(psw.shape)}")
@@ -180,7 +182,10 @@ def embedding_bag(input, weight, offsets=None, max_norm=None, norm_type=2, scale
         check(psw.device == weight.device and psw.dtype == weight.dtype, op,
               f"per_sample_weights ({psw.dtype} on {psw.device}) must have weight's dtype and device "
               f"({weight.dtype} on {weight.device})")
-    if input.dim() == 2:  # fixed-size bags: one per row
+    if input.is_nested:  # a jagged batch: one bag per row, as native reads it
+        offsets, include_last_offset = input.offsets(), True
+        input, psw = input.values().reshape(-1), psw.values().reshape(-1) if psw is not None else None
+    elif input.dim() == 2:  # fixed-size bags: one per row
         if offsets is not None:
             raise ValueError(f"torchbp.functional.{op}: offsets must be None for a 2-D input (each row is a bag)")
         offsets = torch.arange(0, input.numel(), input.shape[1], dtype=input.dtype, device=input.device)
