@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._common import DeltaFunction, check, check_tensor
+from ._common import DeltaFunction, check, check_tensor, scale_
 
 
 class Embedding(DeltaFunction):
@@ -137,15 +137,17 @@ class EmbeddingBag(DeltaFunction):
         if ctx.mode == 1:  # mean: δ / n_b (an all-padding bag has no entry whose gradient survives)
             delta = delta / bag_size[:delta.shape[0]].clamp_min(1).to(delta.dtype).unsqueeze(1)
         d = delta.index_select(0, offset2bag)  # δ[bag(i)] for every occurrence i
-        if need_psw:
-            grad_psw = (d * W.index_select(0, idx)).sum(1)
+        if need_psw:  # a batch of dot products, without an (N, D) temporary for the products
+            grad_psw = (d.unsqueeze(1) @ W.index_select(0, idx).unsqueeze(2)).reshape(-1)
             if ctx.padding_idx is not None:
                 grad_psw = grad_psw * (idx != ctx.padding_idx)
         if need_W:
-            if psw is not None:
-                d = d * psw.unsqueeze(1)
+            factor = psw  # each occurrence's factor w_i (/ its index's count): one (N, D) product
             if ctx.scale:
-                d = d / torch.bincount(idx, minlength=ctx.num).to(d.dtype).index_select(0, idx).unsqueeze(1)
+                inv_count = torch.bincount(idx, minlength=ctx.num).to(d.dtype).reciprocal_().index_select(0, idx)
+                factor = inv_count if factor is None else factor * inv_count
+            if factor is not None:
+                d = scale_(d, factor.unsqueeze(1))
             grad_W = d.new_zeros(ctx.num, d.shape[1]).index_add_(0, idx, d)
             if ctx.padding_idx is not None:
                 grad_W[ctx.padding_idx] = 0
