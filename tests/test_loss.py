@@ -361,6 +361,16 @@ AUTOCAST = [  # (ours, native, args builder, kwargs)
     (tbf.nll_loss, F.nll_loss, lambda: (torch.randn(4, C, requires_grad=True), torch.tensor([0, 1, 4, 2])), {}),
     (tbf.kl_div, F.kl_div, lambda: (torch.randn(4, C).log_softmax(1).requires_grad_(), torch.rand(4, C).softmax(1)),
      {"reduction": "batchmean"}),
+    (tbf.soft_margin_loss, F.soft_margin_loss, lambda: (torch.randn(4, 3, requires_grad=True), torch.randn(4, 3).sign()), {}),
+    (tbf.margin_ranking_loss, F.margin_ranking_loss,
+     lambda: (torch.randn(6, requires_grad=True), torch.randn(6, requires_grad=True), torch.randn(6).sign()), {"margin": 0.1}),
+    (tbf.hinge_embedding_loss, F.hinge_embedding_loss, lambda: (torch.randn(4, 3, requires_grad=True), torch.randn(4, 3).sign()), {}),
+    (tbf.cosine_embedding_loss, F.cosine_embedding_loss,
+     lambda: (torch.randn(4, 3, requires_grad=True), torch.randn(4, 3, requires_grad=True), torch.tensor([1.0, -1, 1, -1])), {}),
+    (tbf.poisson_nll_loss, F.poisson_nll_loss, lambda: (torch.randn(4, 3, requires_grad=True), torch.rand(4, 3) * 3),
+     {"full": True}),
+    (tbf.triplet_margin_loss, F.triplet_margin_loss,
+     lambda: tuple(torch.randn(4, 6, requires_grad=True) for _ in range(3)), {"swap": True}),
 ]
 
 
@@ -517,8 +527,11 @@ BATCHED = [
 
 @pytest.mark.parametrize("i", range(len(BATCHED)))
 def test_losses_with_batched_grads(i):
+    _check_batched_grads(*BATCHED[i])
+
+
+def _check_batched_grads(ours, native):
     # the δ arrives batched while the saved tensors are not: no in-place update of an unbatched temporary
-    ours, native = BATCHED[i]
     h, y = torch.randn(4, 3, dtype=torch.float64, requires_grad=True), torch.randn(4, 3, dtype=torch.float64)
     out = ours(h, y)
     G = torch.randn(5, *out.shape, dtype=torch.float64)
@@ -528,3 +541,363 @@ def test_losses_with_batched_grads(i):
     js = torch.func.jacrev(lambda t: ours(t, y))(h.detach())
     jn = torch.func.jacrev(lambda t: native(t, y))(h.detach())
     torch.testing.assert_close(js, jn, rtol=1e-10, atol=1e-12)
+
+
+# --- margin, embedding and likelihood losses ----------------------------------------------------------
+
+def _signs(shape, values=(1.0, -1.0)):
+    v = torch.tensor(values, dtype=torch.float64)
+    return v[torch.randint(0, len(values), shape)]
+
+
+def _soft_margin_args(shape):
+    return torch.randn(shape).requires_grad_(), _signs(shape)
+
+
+def _mlsm_args(shape, weight=None):
+    y = torch.randint(0, 2, shape).double()
+    y.view(-1)[:2] = torch.tensor([0.25, 0.75])[: y.numel()]  # soft labels too: torch differentiates y
+    w = None if weight is None else (torch.rand(weight) + 0.5).requires_grad_()
+    return (torch.randn(shape) * 3).requires_grad_(), y.requires_grad_(), w
+
+
+def _ranking_args(shape, margin):
+    x1, x2, y = torch.randn(shape), torch.randn(shape), _signs(shape)
+    x2.view(-1)[0], y.view(-1)[0] = 0.25, 1.0
+    x1.view(-1)[0] = 0.25 + margin  # u = −y(x1 − x2) + margin = 0 exactly: the kink (dyadic values)
+    return x1.requires_grad_(), x2.requires_grad_(), y.requires_grad_()
+
+
+def _hinge_args(shape, margin):
+    h, y = torch.randn(shape) * 2, _signs(shape, (1.0, -1.0, 0.0))  # y = 0: torch adds both terms
+    h.view(-1)[0], y.view(-1)[0] = margin, -1.0  # margin − h = 0: the kink
+    return h.requires_grad_(), y
+
+
+def _cosine_args(shape):
+    x1, x2 = torch.randn(shape), torch.randn(shape)
+    y = _signs(shape[:-1], (1.0, -1.0, 0.0)) if len(shape) > 1 else torch.tensor(-1.0)
+    if len(shape) > 1:  # an orthogonal pair with y = −1: c = 0 = margin, the kink
+        x1[0], x2[0], y[0] = 0.0, 0.0, -1.0
+        x1[0, 0], x2[0, 1] = 1.5, -2.0
+    return x1.requires_grad_(), x2.requires_grad_(), y
+
+
+def _poisson_args(shape, log_input):
+    h = torch.randn(shape) if log_input else torch.rand(shape) * 3 + 0.05
+    y = torch.rand(shape) * 4 + 0.1
+    y.view(-1)[:3] = torch.tensor([1.0, 0.5, 2.0])[: y.numel()]  # y = 1: the edge of Stirling's mask
+    return h.requires_grad_(), y.requires_grad_()
+
+
+def _triplet_args(shape):
+    a, p, n = torch.randn(shape), torch.randn(shape), torch.randn(shape)
+    if len(shape) > 1:
+        p[0] = a[0]  # d(a, n) = d(p, n) exactly: swap's tie
+    return a.requires_grad_(), p.requires_grad_(), n.requires_grad_()
+
+
+MARGIN_CASES = [  # (ours, native, args builder(shape), kwargs, shapes)
+    (tbf.soft_margin_loss, F.soft_margin_loss, _soft_margin_args, {}, SHAPES),
+    (tbf.multilabel_soft_margin_loss, F.multilabel_soft_margin_loss, _mlsm_args, {}, [(5,), (4, 3), (2, 3, 4)]),
+    (tbf.margin_ranking_loss, F.margin_ranking_loss, lambda s: _ranking_args(s, 0.0), {}, SHAPES),
+    (tbf.margin_ranking_loss, F.margin_ranking_loss, lambda s: _ranking_args(s, 0.5), {"margin": 0.5}, SHAPES),
+    (tbf.hinge_embedding_loss, F.hinge_embedding_loss, lambda s: _hinge_args(s, 1.0), {}, SHAPES),
+    (tbf.hinge_embedding_loss, F.hinge_embedding_loss, lambda s: _hinge_args(s, 0.25), {"margin": 0.25}, SHAPES),
+    (tbf.cosine_embedding_loss, F.cosine_embedding_loss, _cosine_args, {}, [(5,), (6, 4)]),
+    (tbf.cosine_embedding_loss, F.cosine_embedding_loss, _cosine_args, {"margin": -0.3}, [(5,), (6, 4)]),
+    (tbf.poisson_nll_loss, F.poisson_nll_loss, lambda s: _poisson_args(s, True), {}, SHAPES),
+    (tbf.poisson_nll_loss, F.poisson_nll_loss, lambda s: _poisson_args(s, True), {"full": True}, SHAPES),
+    (tbf.poisson_nll_loss, F.poisson_nll_loss, lambda s: _poisson_args(s, False), {"log_input": False}, SHAPES),
+    (tbf.poisson_nll_loss, F.poisson_nll_loss, lambda s: _poisson_args(s, False),
+     {"log_input": False, "full": True, "eps": 0.1}, SHAPES),
+] + [
+    (tbf.triplet_margin_loss, F.triplet_margin_loss, _triplet_args, {"p": p, "swap": swap, **kw},
+     [(5,), (4, 6), (2, 3, 4)])
+    for p in (2.0, 1.0, 3.0, 1.5, 0.5, float("inf")) for swap in (False, True)
+    for kw in ([{}, {"margin": 0.3, "eps": 1e-3}] if p == 2.0 else [{}])
+]
+MIDS = [f"{o.__name__}{i}" for i, (o, *_) in enumerate(MARGIN_CASES)]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("ours,native,make,kw,shapes", MARGIN_CASES, ids=MIDS)
+def test_margin_losses_float64(ours, native, make, kw, shapes, reduction, device):
+    for shape in shapes:
+        assert_matches_native(ours, native, make(shape), dict(kw, reduction=reduction), device=device)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("weight", [None, (3,), (4, 1), (4, 3)])
+def test_multilabel_soft_margin_weight_float64(weight, reduction, device):
+    h, y, w = _mlsm_args((4, 3), weight)
+    assert_matches_native(tbf.multilabel_soft_margin_loss, F.multilabel_soft_margin_loss, (h, y),
+                          {"weight": w, "reduction": reduction}, device=device)
+
+
+GAUSSIAN_VARS = [(2, 3, 4), (2, 3), (2, 3, 1), (2, 1, 4), (1, 3, 4), 0.7]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("full", [False, True])
+@pytest.mark.parametrize("var", GAUSSIAN_VARS, ids=str)
+def test_gaussian_nll_float64(var, full, reduction, device):
+    h, y = torch.randn(2, 3, 4, requires_grad=True), torch.randn(2, 3, 4, requires_grad=True)
+    if not isinstance(var, float):
+        var = torch.rand(var) + 0.1
+        var.view(-1)[:2] = torch.tensor([0.0, 1e-8])[: var.numel()]  # clamped to eps: still a δ, as torch
+        var.requires_grad_()
+    assert_matches_native(tbf.gaussian_nll_loss, F.gaussian_nll_loss, (h, y, var),
+                          {"full": full, "eps": 1e-3, "reduction": reduction}, device=device)
+
+
+@pytest.mark.parametrize("size_average,reduce", [(True, None), (False, None), (None, False)])
+def test_margin_losses_legacy_args(size_average, reduce):
+    kw = {"size_average": size_average, "reduce": reduce}
+    cases = [(tbf.soft_margin_loss, F.soft_margin_loss, _soft_margin_args((4, 3))),
+             (tbf.multilabel_soft_margin_loss, F.multilabel_soft_margin_loss, _mlsm_args((4, 3))[:2]),
+             (tbf.margin_ranking_loss, F.margin_ranking_loss, _ranking_args((5,), 0.0)),
+             (tbf.hinge_embedding_loss, F.hinge_embedding_loss, _hinge_args((4, 3), 1.0)),
+             (tbf.cosine_embedding_loss, F.cosine_embedding_loss, _cosine_args((6, 4))),
+             (tbf.poisson_nll_loss, F.poisson_nll_loss, _poisson_args((4, 3), True)),
+             (tbf.triplet_margin_loss, F.triplet_margin_loss, _triplet_args((4, 6)))]
+    for ours, native, args in cases:
+        with pytest.warns(UserWarning):  # torch's deprecation warning
+            assert_matches_native(ours, native, args, kw)
+
+
+def test_margin_losses_broadcast_like_torch():
+    h, y = torch.randn(4, 3, requires_grad=True), torch.randn(3, requires_grad=True)
+    assert_matches_native(tbf.poisson_nll_loss, F.poisson_nll_loss, (h, y.detach().abs().requires_grad_()))
+    assert_matches_native(tbf.margin_ranking_loss, F.margin_ranking_loss,
+                          (h, torch.randn(1, 3, requires_grad=True), torch.randn(4, 1).sign().requires_grad_()))
+    assert_matches_native(tbf.hinge_embedding_loss, F.hinge_embedding_loss, (h, _signs((3,))))
+    assert_matches_native(tbf.multilabel_soft_margin_loss, F.multilabel_soft_margin_loss, (h, torch.rand(3)))
+    assert_matches_native(tbf.cosine_embedding_loss, F.cosine_embedding_loss,
+                          (h, torch.randn(1, 3, requires_grad=True), _signs((4,))))
+    assert_matches_native(tbf.triplet_margin_loss, F.triplet_margin_loss,
+                          (h, torch.randn(1, 3, requires_grad=True), torch.randn(4, 3, requires_grad=True)))
+    assert_matches_native(tbf.gaussian_nll_loss, F.gaussian_nll_loss,
+                          (h, torch.randn(3, requires_grad=True), torch.rand(4, 1, requires_grad=True)))
+
+
+def test_margin_losses_noncontiguous():
+    x = torch.randn(3, 4, dtype=torch.float64).t().requires_grad_()
+    y = torch.rand(3, 4, dtype=torch.float64).t()
+    assert_matches_native(tbf.multilabel_soft_margin_loss, F.multilabel_soft_margin_loss, (x, y))
+    assert_matches_native(tbf.poisson_nll_loss, F.poisson_nll_loss, (x, y))
+    assert_matches_native(tbf.cosine_embedding_loss, F.cosine_embedding_loss, (x, y, _signs((4,))))
+    assert_matches_native(tbf.triplet_margin_loss, F.triplet_margin_loss, (x, y, y.flip(0)), {"swap": True})
+
+
+def _away(t, kink, gap=0.1):
+    """t moved at least `gap` away from `kink`, where finite differences break."""
+    d = t - kink
+    return kink + d.sign() * (d.abs() + gap)
+
+
+def test_margin_losses_gradcheck():
+    h = torch.randn(3, 4, dtype=torch.float64)
+    y = _signs((3, 4))
+    gradchecks(tbf.soft_margin_loss, (h.clone().requires_grad_(), y))
+    gradchecks(tbf.multilabel_soft_margin_loss, _mlsm_args((3, 4))[:2], {"weight": (torch.rand(4) + 0.5).requires_grad_()})
+    x1, x2, t = torch.randn(5, dtype=torch.float64), torch.randn(5, dtype=torch.float64), _signs((5,))
+    x1 = x2 + _away(t * (x1 - x2), 0.3) * t  # u = 0.3 − t(x1 − x2) away from 0
+    gradchecks(tbf.margin_ranking_loss, (x1.requires_grad_(), x2.requires_grad_(), t.requires_grad_()), {"margin": 0.3})
+    gradchecks(tbf.hinge_embedding_loss, (_away(h, 1.0).requires_grad_(), _signs((3, 4), (1.0, -1.0, 0.0))))
+    x1, x2, t = torch.randn(4, 5), torch.randn(4, 5), torch.tensor([1.0, -1.0, -1.0, 0.0])
+    c = F.cosine_similarity(x1, x2, eps=0)
+    ok = (c - 0.1).abs() > 0.05  # rows whose cosine is near the margin would straddle the kink
+    gradchecks(tbf.cosine_embedding_loss, (x1[ok].requires_grad_(), x2[ok].requires_grad_(), t[ok]), {"margin": 0.1})
+    gradchecks(tbf.cosine_embedding_loss, (torch.randn(5, requires_grad=True), torch.randn(5, requires_grad=True),
+                                           torch.tensor(1.0)))
+    for log_input in (True, False):
+        h, y = _poisson_args((3, 4), log_input)
+        y = y.detach()
+        y = torch.where((y - 1).abs() < 0.1, y + 0.25, y).requires_grad_()  # off Stirling's mask edge y = 1
+        gradchecks(tbf.poisson_nll_loss, (h, y), {"log_input": log_input, "full": True})
+    v = (torch.rand(3, 1) + 0.5).requires_grad_()
+    gradchecks(tbf.gaussian_nll_loss, (torch.randn(3, 4, requires_grad=True), torch.randn(3, 4, requires_grad=True), v),
+               {"full": True})
+    for p in (2.0, 1.0, 3.0, 1.5, float("inf")):
+        for swap in (False, True):
+            a, pos, neg = (torch.randn(4, 5, dtype=torch.float64) for _ in range(3))
+            gradchecks(tbf.triplet_margin_loss, (a.requires_grad_(), pos.requires_grad_(), neg.requires_grad_()),
+                       {"p": p, "swap": swap, "margin": 5.0})  # margin large: every example active
+
+
+LOW_MARGIN = [  # (ours, native, args, kwargs)
+    (tbf.soft_margin_loss, F.soft_margin_loss, lambda: _soft_margin_args((16, 33)), {}),
+    (tbf.multilabel_soft_margin_loss, F.multilabel_soft_margin_loss, lambda: _mlsm_args((16, 33), (33,))[:2], {}),
+    (tbf.margin_ranking_loss, F.margin_ranking_loss, lambda: _ranking_args((16, 33), 0.5), {"margin": 0.5}),
+    (tbf.hinge_embedding_loss, F.hinge_embedding_loss, lambda: _hinge_args((16, 33), 1.0), {}),
+    (tbf.cosine_embedding_loss, F.cosine_embedding_loss, lambda: _cosine_args((16, 33)), {"margin": 0.1}),
+    (tbf.poisson_nll_loss, F.poisson_nll_loss, lambda: _poisson_args((16, 33), True), {"full": True}),
+    (tbf.poisson_nll_loss, F.poisson_nll_loss, lambda: _poisson_args((16, 33), False), {"log_input": False}),
+    (tbf.gaussian_nll_loss, F.gaussian_nll_loss,
+     lambda: (torch.randn(16, 33, requires_grad=True), torch.randn(16, 33), torch.rand(16, 1, requires_grad=True)), {}),
+    (tbf.triplet_margin_loss, F.triplet_margin_loss, lambda: _triplet_args((16, 33)), {}),
+    (tbf.triplet_margin_loss, F.triplet_margin_loss, lambda: _triplet_args((16, 33)), {"p": 1.0, "swap": True}),
+]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", LOW)
+@pytest.mark.parametrize("ours,native,make,kw", LOW_MARGIN, ids=[f"{c[0].__name__}{i}" for i, c in enumerate(LOW_MARGIN)])
+def test_margin_losses_low_precision(ours, native, make, kw, dtype, device):
+    assert_matches_native(ours, native, make(), kw, dtype=dtype, device=device)
+
+
+@pytest.mark.parametrize("in_dtype", [torch.float32, torch.bfloat16])
+def test_composite_losses_autocast_run_in_float32(in_dtype):
+    """torch's multilabel_soft_margin_loss and gaussian_nll_loss are Python composites of ops autocast
+    leaves alone (bf16 in, bf16 out); ours run in float32 like every other loss: compared with native
+    on float32 inputs."""
+    cases = [(tbf.multilabel_soft_margin_loss, F.multilabel_soft_margin_loss,
+              (torch.randn(4, 3), torch.rand(4, 3)), {"weight": torch.rand(3)}),
+             (tbf.gaussian_nll_loss, F.gaussian_nll_loss, (torch.randn(4, 3), torch.randn(4, 3), torch.rand(4, 1)), {})]
+    for ours, native, args, kw in cases:
+        low = [a.to(in_dtype).requires_grad_() for a in args]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            s = ours(*low, **kw)
+        assert s.dtype == torch.float32
+        ref = [a.detach().float().requires_grad_() for a in low]
+        n = native(*ref, **kw)
+        torch.testing.assert_close(s, n, rtol=1e-5, atol=1e-6)
+        for a, b in zip(torch.autograd.grad(s, low), torch.autograd.grad(n, ref)):
+            assert a.dtype == in_dtype
+            torch.testing.assert_close(a, b.to(in_dtype), rtol=1e-2, atol=1e-3)
+
+
+def test_poisson_full_nan_and_log_zero_like_torch():
+    """full: ∂/∂y of the masked Stirling term is NaN at y ≤ 0 in torch (0·log y); log(0) where h + eps = 0."""
+    cases = [(torch.tensor([0.5, 0.5, 0.5, 0.5, 0.5]), torch.tensor([0.0, -1.0, 0.5, 1.0, 3.0]),
+              {"full": True}),
+             (torch.tensor([0.5, 0.5, 0.5, 0.5, 0.5]), torch.tensor([0.0, -1.0, 0.5, 1.0, 3.0]),
+              {"full": True, "log_input": False}),
+             (torch.tensor([0.0, -1e-9, 1.0]), torch.tensor([1.0, 1.0, 0.0]), {"log_input": False, "eps": 0.0})]
+    for h, y, kw in cases:
+        results = []
+        for fn in (tbf.poisson_nll_loss, F.poisson_nll_loss):
+            hh, yy = h.double().requires_grad_(), y.double().requires_grad_()
+            loss = fn(hh, yy, reduction="none", **kw)
+            results.append((loss, *torch.autograd.grad(loss.sum(), [hh, yy])))
+        for a, b in zip(*results):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=0, equal_nan=True)
+
+
+def test_soft_margin_target_not_differentiable_and_overflow():
+    h, y = torch.randn(3, requires_grad=True), torch.ones(3, requires_grad=True)
+    with pytest.raises(RuntimeError, match=r"soft_margin_loss: not differentiable with respect to target"):
+        tbf.soft_margin_loss(h, y).backward()
+    # e^{−yh} overflows: torch's loss is inf and its δ NaN (e^{−yh}/(1 + e^{−yh})); ours −y·σ(−yh) is finite
+    h = torch.tensor([-800.0, 1.0], dtype=torch.float64, requires_grad=True)
+    loss = tbf.soft_margin_loss(h, torch.ones(2, dtype=torch.float64), reduction="sum")
+    assert torch.equal(loss, F.soft_margin_loss(h, torch.ones(2, dtype=torch.float64), reduction="sum"))
+    (g,) = torch.autograd.grad(loss, h)
+    torch.testing.assert_close(g, -torch.sigmoid(-h.detach()))
+
+
+def test_gaussian_clamped_var_delta_like_torch():
+    """torch clamps var under no_grad: autograd does not see the clamp, so a clamped var's δ is the
+    formula at v = eps (not 0)."""
+    h, y = torch.zeros(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64)
+    v = torch.tensor([0.0, 1e-8, 1.0], dtype=torch.float64, requires_grad=True)
+    (g,) = torch.autograd.grad(tbf.gaussian_nll_loss(h, y, v, reduction="sum"), v)
+    (gn,) = torch.autograd.grad(F.gaussian_nll_loss(h, y, v, reduction="sum"), v)
+    torch.testing.assert_close(g, gn, rtol=1e-12, atol=0)
+    assert g[0] == g[1] == 0.5 * (1 / 1e-6 - 1 / 1e-12)
+
+
+def test_margin_routes_and_manual_backward():
+    natives = (F.soft_margin_loss, F.multilabel_soft_margin_loss, F.margin_ranking_loss, F.hinge_embedding_loss,
+               F.cosine_embedding_loss, F.poisson_nll_loss, F.gaussian_nll_loss, F.triplet_margin_loss)
+    for native in natives:
+        assert torchbp.registry.function_for(native) is getattr(tbf, native.__name__)
+    a, p, n = _triplet_args((4, 6))
+    h, y = torch.randn(4, 3, requires_grad=True), torch.randn(4, 3)
+    with torchbp.manual_backward():
+        outs = [F.triplet_margin_loss(a, p, n), F.cosine_embedding_loss(a, p, _signs((4,)).float()),
+                F.gaussian_nll_loss(h, y, torch.rand(4, 1)), F.multilabel_soft_margin_loss(h, y.sigmoid()),
+                F.margin_ranking_loss(h, y, y.sign()), F.poisson_nll_loss(h, y.abs()),
+                F.hinge_embedding_loss(h, y.sign()), F.soft_margin_loss(h, y.sign())]
+    for J in outs:
+        assert issubclass(type(J.grad_fn)._forward_cls, DeltaFunction)
+
+
+MARGIN_TWINS = [  # (native module, constructor kwargs, args builder)
+    (torch.nn.SoftMarginLoss, {"reduction": "sum"}, lambda: _soft_margin_args((4, 3))),
+    (torch.nn.MultiLabelSoftMarginLoss, {"weight": torch.rand(3)}, lambda: _mlsm_args((4, 3))[:2]),
+    (torch.nn.MarginRankingLoss, {"margin": 0.5}, lambda: _ranking_args((5,), 0.5)),
+    (torch.nn.HingeEmbeddingLoss, {"margin": 0.5, "reduction": "none"}, lambda: _hinge_args((4, 3), 0.5)),
+    (torch.nn.CosineEmbeddingLoss, {"margin": 0.2}, lambda: _cosine_args((6, 4))),
+    (torch.nn.PoissonNLLLoss, {"log_input": False, "full": True}, lambda: _poisson_args((4, 3), False)),
+    (torch.nn.GaussianNLLLoss, {"full": True, "eps": 1e-2},
+     lambda: (torch.randn(4, 3, requires_grad=True), torch.randn(4, 3), torch.rand(4, requires_grad=True))),
+    (torch.nn.TripletMarginLoss, {"margin": 0.5, "p": 1.0, "swap": True}, lambda: _triplet_args((4, 6))),
+]
+
+
+@pytest.mark.parametrize("native_cls,kw,make", MARGIN_TWINS, ids=[c.__name__ for c, _, _ in MARGIN_TWINS])
+def test_margin_twins(native_cls, kw, make):
+    test_twins(native_cls, kw, make)
+
+
+def test_margin_losses_bad_input_names_op():
+    x = torch.randn(2, 3)
+    with pytest.raises(ValueError, match=r"soft_margin_loss: 'bad' is not a valid value for reduction"):
+        tbf.soft_margin_loss(x, x.sign(), reduction="bad")
+    with pytest.raises(RuntimeError, match=r"soft_margin_loss: The size of tensor a \(2\) must match"):
+        tbf.soft_margin_loss(x, torch.randn(4, 3))
+    with pytest.raises(RuntimeError, match=r"multilabel_soft_margin_loss: weight of shape \[4\] does not broadcast"):
+        tbf.multilabel_soft_margin_loss(x, torch.rand(2, 3), weight=torch.rand(4))
+    with pytest.raises(RuntimeError, match=r"multilabel_soft_margin_loss: target of shape \[5, 2, 3\]"):
+        tbf.multilabel_soft_margin_loss(x, torch.rand(5, 2, 3))
+    with pytest.raises(RuntimeError, match=r"margin_ranking_loss: input1, input2 and target must have the same number"):
+        tbf.margin_ranking_loss(x, x, torch.ones(3))
+    with pytest.raises(RuntimeError, match=r"cosine_embedding_loss: .*1D target tensor expects 2D input"):
+        tbf.cosine_embedding_loss(torch.randn(2, 3, 4), torch.randn(2, 3, 4), torch.ones(2))
+    with pytest.raises(RuntimeError, match=r"cosine_embedding_loss: 0D or 1D target tensor expected"):
+        tbf.cosine_embedding_loss(x, x, torch.ones(2, 2))
+    with pytest.raises(RuntimeError, match=r"hinge_embedding_loss: input must be floating point"):
+        tbf.hinge_embedding_loss(torch.arange(3), torch.arange(3))
+    with pytest.raises(RuntimeError, match=r"poisson_nll_loss: The size of tensor a \(4\) must match"):
+        tbf.poisson_nll_loss(x, torch.rand(4, 3))
+    with pytest.raises(ValueError, match=r"gaussian_nll_loss: var has negative entry"):
+        tbf.gaussian_nll_loss(x, x, -torch.rand(2, 3))
+    with pytest.raises(ValueError, match=r"gaussian_nll_loss: var has negative entry"):
+        tbf.gaussian_nll_loss(x, x, -1.0)
+    with pytest.raises(ValueError, match=r"gaussian_nll_loss: var of shape \[3\] is of incorrect size"):
+        tbf.gaussian_nll_loss(x, x, torch.rand(3))
+    with pytest.raises(ValueError, match=r"gaussian_nll_loss: 'avg' is not a valid value for reduction"):
+        tbf.gaussian_nll_loss(x, x, torch.rand(2, 3), reduction="avg")
+    with pytest.raises(ValueError, match=r"triplet_margin_loss: margin must be greater than 0"):
+        tbf.triplet_margin_loss(x, x, x, margin=0.0)
+    with pytest.raises(RuntimeError, match=r"triplet_margin_loss: anchor, positive and negative must have the same"):
+        tbf.triplet_margin_loss(x, x, x[0])
+    with pytest.raises(RuntimeError, match=r"triplet_margin_loss: negative must be a Tensor"):
+        tbf.triplet_margin_loss(x, x, [1.0, 2.0, 3.0])
+
+
+MARGIN_BATCHED = [  # (ours, native) on h, y of shape (4, 3)
+    (lambda h, y: tbf.multilabel_soft_margin_loss(h, y.sigmoid(), reduction="none"),
+     lambda h, y: F.multilabel_soft_margin_loss(h, y.sigmoid(), reduction="none")),
+    (lambda h, y: tbf.soft_margin_loss(h, y.sign(), reduction="none"),
+     lambda h, y: F.soft_margin_loss(h, y.sign(), reduction="none")),
+    (lambda h, y: tbf.poisson_nll_loss(h, y.abs(), full=True, reduction="none"),
+     lambda h, y: F.poisson_nll_loss(h, y.abs(), full=True, reduction="none")),
+    (lambda h, y: tbf.gaussian_nll_loss(h, y, y.abs()[:, :1], reduction="none"),
+     lambda h, y: F.gaussian_nll_loss(h, y, y.abs()[:, :1], reduction="none")),
+    (lambda h, y: tbf.cosine_embedding_loss(h, y, y[:, 0].sign(), reduction="none"),
+     lambda h, y: F.cosine_embedding_loss(h, y, y[:, 0].sign(), reduction="none")),
+    (lambda h, y: tbf.triplet_margin_loss(h, y, y.flip(0), swap=True, reduction="none"),
+     lambda h, y: F.triplet_margin_loss(h, y, y.flip(0), swap=True, reduction="none")),
+]
+
+
+@pytest.mark.parametrize("i", range(len(MARGIN_BATCHED)))
+def test_margin_losses_with_batched_grads(i):
+    _check_batched_grads(*MARGIN_BATCHED[i])

@@ -10,6 +10,7 @@ Every loss runs in float32 under autocast, as torch's autocast lists have it (po
 """
 from __future__ import annotations
 
+import math
 import warnings
 
 import torch
@@ -386,6 +387,315 @@ class CrossEntropyProbs(DeltaFunction):
         return gz, gy, gw, None, None
 
 
+# --- margin, embedding and likelihood losses ----------------------------------------------------------
+# forward is torch's own forward (kernel or ATen composite: its values and checks); backward the formula.
+# Inputs broadcast as torch lets them; each δ is summed back to its input's shape.
+
+_ENUM = {"none": 0, "mean": 1, "sum": 2}
+_EPSILON = 1e-12  # torch's EPSILON in cosine_embedding_loss
+
+
+def _sum_to(t, like):
+    return t if t.shape == like.shape else t.sum_to_size(like.shape)
+
+
+def _n_terms(reduction, *tensors):
+    """The count "mean" divides by: the number of terms ℓ of the broadcast inputs."""
+    return math.prod(torch.broadcast_shapes(*(t.shape for t in tensors))) if reduction == "mean" else 1
+
+
+class SoftMargin(DeltaFunction):
+    """ℓ = log(1 + e^{−y·h});  ∂ℓ/∂h = −y·σ(−y·h).  torch does not differentiate y.
+    (σ, not native's e^{−yh}/(1 + e^{−yh}): finite where e^{−yh} overflows and native's δ is NaN.)"""
+
+    @staticmethod
+    def forward(h, y, reduction):
+        return torch._C._nn.soft_margin_loss(h, y, _ENUM[reduction])
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        h, y, ctx.reduction = inputs
+        ctx.n = _n_terms(ctx.reduction, h, y)
+        ctx.save_for_backward(h, y)
+
+    @staticmethod
+    def backward(ctx, g):
+        h, y = ctx.saved_tensors
+        check(not ctx.needs_input_grad[1], "soft_margin_loss",
+              "not differentiable with respect to target (neither is torch's); it cannot require grad")
+        if not ctx.needs_input_grad[0]:
+            return None, None, None
+        s = _spread(g, ctx.n, ctx.reduction)
+        return _sum_to(scale_(torch.sigmoid(-y * h), -y * s), h), None, None
+
+
+class MultilabelSoftMargin(DeltaFunction):
+    """Per example n over its C classes (the last dim):
+    ℓ_n = (1/C)·Σ_c w_c·(−y_c log σ(h_c) − (1 − y_c) log σ(−h_c)) = (1/C)·Σ_c w_c·e_c,
+    e_c = (1 − y_c)h_c + log(1 + e^{−h_c}) (the same value, computed stably);
+      δ_h = δ_ℓn·(w/C) ⊙ (σ(h) − y)
+      δ_y = −δ_ℓn·(w/C) ⊙ h             (log σ(h) − log σ(−h) = h)
+      δ_w = Σ_(broadcast) δ_ℓn·e / C     (torch differentiates the weight too)
+    """
+
+    @staticmethod
+    def forward(h, y, w, reduction):
+        e = F.binary_cross_entropy_with_logits(h, y, w, reduction="none")
+        return _reduce(e.sum(-1) / h.shape[-1], reduction)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        h, y, w, ctx.reduction = inputs
+        ctx.n = h.numel() // h.shape[-1] if h.shape[-1] else 0
+        ctx.save_for_backward(h, y, w)
+
+    @staticmethod
+    def backward(ctx, g):
+        h, y, w = ctx.saved_tensors
+        need_h, need_y, need_w = ctx.needs_input_grad[:3]
+        s = _spread(g, ctx.n, ctx.reduction) / h.shape[-1]
+        if ctx.reduction == "none":
+            s = s.unsqueeze(-1)
+        sw = s if w is None else s * w
+        gh = _sum_to(scale_(torch.sigmoid(h) - y, sw), h) if need_h else None
+        gy = _sum_to(-h * sw, y) if need_y else None
+        gw = _sum_to(F.binary_cross_entropy_with_logits(h, y, reduction="none") * s, w) if need_w else None
+        return gh, gy, gw, None
+
+
+class MarginRanking(DeltaFunction):
+    """u = −y·(h1 − h2) + margin,  ℓ = max(0, u);  with a = [u ≥ 0] (torch's clamp passes δ at u = 0):
+    δ_h1 = −δ_ℓ·a·y,  δ_h2 = δ_ℓ·a·y,  δ_y = −δ_ℓ·a·(h1 − h2)."""
+
+    @staticmethod
+    def forward(h1, h2, y, margin, reduction):
+        return torch.margin_ranking_loss(h1, h2, y, margin, _ENUM[reduction])
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        h1, h2, y, ctx.margin, ctx.reduction = inputs
+        ctx.n = _n_terms(ctx.reduction, h1, h2, y)
+        ctx.save_for_backward(h1, h2, y)
+
+    @staticmethod
+    def backward(ctx, g):
+        h1, h2, y = ctx.saved_tensors
+        need1, need2, need_y = ctx.needs_input_grad[:3]
+        if not (need1 or need2 or need_y):
+            return (None,) * 5
+        d = h1 - h2
+        s = _spread(g, ctx.n, ctx.reduction) * (ctx.margin - y * d >= 0)  # δ_ℓ·a
+        sy = s * y if need1 or need2 else None
+        return (_sum_to(-sy, h1) if need1 else None, _sum_to(sy, h2) if need2 else None,
+                _sum_to(-s * d, y) if need_y else None, None, None)
+
+
+class HingeEmbedding(DeltaFunction):
+    """ℓ = [y ≠ −1]·h + [y ≠ 1]·max(0, margin − h)  (h where y = 1, max(0, margin − h) where y = −1,
+    both elsewhere, as torch);  ∂ℓ/∂h = [y ≠ −1] − [y ≠ 1]·[margin − h ≥ 0].  torch does not
+    differentiate y."""
+
+    @staticmethod
+    def forward(h, y, margin, reduction):
+        return torch.hinge_embedding_loss(h, y, margin, _ENUM[reduction])
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        h, y, ctx.margin, ctx.reduction = inputs
+        ctx.n = _n_terms(ctx.reduction, h, y)
+        ctx.save_for_backward(h, y)
+
+    @staticmethod
+    def backward(ctx, g):
+        if not ctx.needs_input_grad[0]:
+            return None, None, None, None
+        h, y = ctx.saved_tensors
+        s = _spread(g, ctx.n, ctx.reduction)
+        d = (y != -1).to(h.dtype) - ((y != 1) & (ctx.margin - h >= 0)).to(h.dtype)
+        return _sum_to(scale_(d, s), h), None, None, None
+
+
+class CosineEmbedding(DeltaFunction):
+    """Per example n (rows of 2-D inputs; a 1-D pair is one example), torch's formula:
+    p = Σ x1 x2,  m_i = Σ x_i² + ε (ε = 1e-12),  D = √(m1 m2),  c = p / D;
+    ℓ = 1 − c where y = 1, max(0, c − margin) where y = −1, 0 elsewhere.
+    ∂ℓ/∂c = −[y = 1] + [y = −1]·[c ≥ margin] (torch's clamp passes δ at c = margin), and
+    ∂c/∂x1 = x2/D − c·x1/m1,  ∂c/∂x2 = x1/D − c·x2/m2:
+      δ_x1 = δ_ℓn·∂ℓ/∂c·(x2/D − c·x1/m1),  δ_x2 = δ_ℓn·∂ℓ/∂c·(x1/D − c·x2/m2).  y gets no δ (torch's
+    neither)."""
+
+    @staticmethod
+    def forward(x1, x2, y, margin, reduction):
+        return torch.cosine_embedding_loss(x1, x2, y, margin, _ENUM[reduction])
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x1, x2, y, ctx.margin, ctx.reduction = inputs
+        ctx.n = y.numel()
+        ctx.save_for_backward(x1, x2, y)
+
+    @staticmethod
+    def backward(ctx, g):
+        x1, x2, y = ctx.saved_tensors
+        need1, need2 = ctx.needs_input_grad[:2]
+        if not (need1 or need2):
+            return (None,) * 5
+        k = y.dim()  # the dim torch sums over: 1 for rows (1-D target), 0 for one 1-D pair
+        p = (x1 * x2).sum(k, keepdim=True)
+        m1 = (x1 * x1).sum(k, keepdim=True) + _EPSILON
+        m2 = (x2 * x2).sum(k, keepdim=True) + _EPSILON
+        D = (m1 * m2).sqrt()
+        c = p / D
+        yk = y.unsqueeze(k)
+        dc = ((yk == -1) & (c >= ctx.margin)).to(c.dtype) - (yk == 1).to(c.dtype)
+        t = _spread(g, ctx.n, ctx.reduction)
+        t = (t.unsqueeze(k) if ctx.reduction == "none" else t) * dc  # δ_ℓn·∂ℓ/∂c
+        tD, tc = t / D, t * c
+        g1 = _sum_to(x2 * tD - x1 * (tc / m1), x1) if need1 else None
+        g2 = _sum_to(x1 * tD - x2 * (tc / m2), x2) if need2 else None
+        return g1, g2, None, None, None
+
+
+def _norm_delta(x, D, G, p):
+    """δ_x of D = ‖x‖_p over the last dim given δ_D = G (both keepdim), torch's norm backward
+    case by case: 0 where D = 0 (p ≥ 1), sign(x) for p = 1, the ties shared for p = ∞."""
+    if p == 0:
+        return torch.zeros_like(x)
+    if p == 1:
+        return x.sign() * G
+    if p == 2:
+        return x * (G / D).masked_fill(D == 0, 0)
+    if p == float("inf") or p == -float("inf"):
+        mask = (x.abs() == D) | x.isnan()
+        return x.sign() * mask * (G / mask.sum(-1, keepdim=True))
+    if p < 1:
+        return x.sign() * x.abs().pow(p - 1).masked_fill(x == 0, 0) * G * D.pow(1 - p)
+    scaled = x.sign() * x.abs().pow(p - 1) if p < 2 else x * x.abs().pow(p - 2)
+    return scaled * (G / D.pow(p - 1)).masked_fill(D == 0, 0)
+
+
+class TripletMargin(DeltaFunction):
+    """Per example (last dim the features), torch's pairwise distance d(u, v) = ‖u − v + ε‖_p:
+    d⁺ = d(a, p),  d⁻ = d(a, n), or with swap min(d(a, n), d(p, n)) (a tie shares δ half-half, as torch);
+    ℓ = max(0, margin + d⁺ − d⁻),  b = [margin + d⁺ − d⁻ ≥ 0] (torch's clamp passes δ at 0).
+    With ∂‖v‖_p/∂v = sign(v)|v|^{p−1} / ‖v‖_p^{p−1} (torch's special cases at p ∈ {1, 2, ∞}, 0 at ‖v‖ = 0):
+      δ_a = δ_ℓ·b·(∂d⁺/∂a − ∂d⁻/∂a),  δ_p = δ_ℓ·b·(∂d⁺/∂p − ∂d⁻/∂p),  δ_n = −δ_ℓ·b·∂d⁻/∂n.
+    """
+
+    @staticmethod
+    def forward(a, p, n, margin, pn, eps, swap, reduction):
+        return torch.triplet_margin_loss(a, p, n, margin, pn, eps, swap, _ENUM[reduction])
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        a, p, n, ctx.margin, ctx.p, ctx.eps, ctx.swap, ctx.reduction = inputs
+        shape = torch.broadcast_shapes(a.shape, p.shape, n.shape)
+        ctx.n = math.prod(shape[:-1])  # the examples: every dim but the last (the features)
+        ctx.save_for_backward(a, p, n)
+
+    @staticmethod
+    def backward(ctx, g):
+        a, p, n = ctx.saved_tensors
+        need_a, need_p, need_n = ctx.needs_input_grad[:3]
+        if not (need_a or need_p or need_n):
+            return (None,) * 8
+        pn, eps = ctx.p, ctx.eps
+
+        def dist(u, v):
+            x = u - v + eps
+            return x, torch.linalg.vector_norm(x, pn, -1, keepdim=True)
+
+        xp, dp = dist(a, p)
+        xn, dn = dist(a, n)
+        gs = None
+        if ctx.swap:
+            xs, ds = dist(p, n)
+            dneg = torch.minimum(dn, ds)
+        else:
+            dneg = dn
+        s = _spread(g, ctx.n, ctx.reduction)
+        s = (s.unsqueeze(-1) if ctx.reduction == "none" else s) * (ctx.margin + dp - dneg >= 0)  # δ_ℓ·b
+        gn = -s
+        if ctx.swap:  # δ of min(dn, ds): to the smaller one, half each on a tie
+            half = torch.where(dn == ds, gn / 2, gn)
+            gn, gs = half.masked_fill(dn > ds, 0), half.masked_fill(dn < ds, 0)
+        dxp, dxn = _norm_delta(xp, dp, s, pn), _norm_delta(xn, dn, gn, pn)
+        dxs = _norm_delta(xs, ds, gs, pn) if ctx.swap else None
+        ga = _sum_to(dxp + dxn, a) if need_a else None
+        gp = _sum_to(-dxp if dxs is None else dxs - dxp, p) if need_p else None
+        gn = _sum_to(-dxn if dxs is None else -dxn - dxs, n) if need_n else None
+        return ga, gp, gn, None, None, None, None, None
+
+
+class PoissonNLL(DeltaFunction):
+    """Rate λ given as log λ = h (log_input) or as λ = h:
+    log_input: ℓ = eʰ − y·h;             ∂ℓ/∂h = eʰ − y,           ∂ℓ/∂y = −h
+    else:      ℓ = h − y·log(h + eps);   ∂ℓ/∂h = 1 − y/(h + eps),  ∂ℓ/∂y = −log(h + eps)
+    full adds Stirling's y log y − y + ½ log(2πy) where y > 1:  ∂/∂y = log y + 1/(2y) there, 0 where
+    0 < y ≤ 1, NaN where y ≤ 0 (native's 0·log y there)."""
+
+    @staticmethod
+    def forward(h, y, log_input, full, eps, reduction):
+        return torch.poisson_nll_loss(h, y, log_input, full, eps, _ENUM[reduction])
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        h, y, ctx.log_input, ctx.full, ctx.eps, ctx.reduction = inputs
+        ctx.n = _n_terms(ctx.reduction, h, y)
+        ctx.save_for_backward(h, y)
+
+    @staticmethod
+    def backward(ctx, g):
+        h, y = ctx.saved_tensors
+        need_h, need_y = ctx.needs_input_grad[:2]
+        s = _spread(g, ctx.n, ctx.reduction)
+        gh = gy = None
+        if need_h:
+            gh = _sum_to(scale_(h.exp() - y if ctx.log_input else 1 - y / (h + ctx.eps), s), h)
+        if need_y:
+            dy = -h if ctx.log_input else -torch.log(h + ctx.eps)
+            if ctx.full:
+                ly = y.log()
+                dy = dy + torch.where(y > 1, ly + 0.5 / y, ly * 0)
+            gy = _sum_to(scale_(dy, s), y)
+        return gh, gy, None, None, None, None
+
+
+_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+
+
+class GaussianNLL(DeltaFunction):
+    """Mean h, variance v = max(var, eps) (the clamp is invisible to torch's autograd: var's δ is
+    the formula at the clamped v, not 0), d = h − y:
+    ℓ = ½(log v + d²/v) (+ ½ log 2π when full);
+      ∂ℓ/∂h = d/v = −∂ℓ/∂y,   ∂ℓ/∂var = ½(1/v − d²/v²)."""
+
+    @staticmethod
+    def forward(h, y, var, full, eps, reduction):
+        v = var.clamp_min(eps)
+        l = 0.5 * (torch.log(v) + (h - y) ** 2 / v)
+        return _reduce(l + _HALF_LOG_2PI if full else l, reduction)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        h, y, var, _, ctx.eps, ctx.reduction = inputs
+        ctx.n = _n_terms(ctx.reduction, h, y, var)
+        ctx.save_for_backward(h, y, var)
+
+    @staticmethod
+    def backward(ctx, g):
+        h, y, var = ctx.saved_tensors
+        need_h, need_y, need_v = ctx.needs_input_grad[:3]
+        if not (need_h or need_y or need_v):
+            return (None,) * 6
+        s = _spread(g, ctx.n, ctx.reduction)
+        v = var.clamp_min(ctx.eps)
+        q = (h - y) / v
+        sq = q * s if need_h or need_y else None
+        gv = _sum_to(0.5 * s * (1 / v - q * q), var) if need_v else None
+        return (_sum_to(sq, h) if need_h else None, _sum_to(-sq, y) if need_y else None, gv, None, None, None)
+
+
 # --- functional forms, with torch.nn.functional's signatures ------------------------------------------
 
 def _reduction(op, reduction, size_average=None, reduce=None):
@@ -620,12 +930,115 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
         return apply(CrossEntropy, FP32, input, target, weight, reduction, int(ignore_index), eps)
 
 
+def soft_margin_loss(input, target, size_average=None, reduce=None, reduction="mean"):
+    op = "soft_margin_loss"
+    reduction = _reduction(op, reduction, size_average, reduce)
+    input, target = _promote(op, input=input, target=target)
+    with _named(op):
+        return apply(SoftMargin, FP32, input, target, reduction)
+
+
+def multilabel_soft_margin_loss(input, target, weight=None, size_average=None, reduce=None, reduction="mean"):
+    op = "multilabel_soft_margin_loss"
+    reduction = _reduction(op, reduction, size_average, reduce)
+    input, target, weight = _promote(op, input=input, target=target, weight=weight)
+    check(input.dim() >= 1, op, "input must have at least one dimension (the classes, last)")
+    _check_weights_broadcast(op, input, target=target, weight=weight)
+    if target.shape != input.shape:  # torch broadcasts y silently; the expand's backward sums δ_y back
+        target = target.expand(input.shape)
+    return apply(MultilabelSoftMargin, FP32, input, target, weight, reduction)
+
+
+def margin_ranking_loss(input1, input2, target, margin=0, size_average=None, reduce=None, reduction="mean"):
+    op = "margin_ranking_loss"
+    reduction = _reduction(op, reduction, size_average, reduce)
+    input1, input2, target = _promote(op, input1=input1, input2=input2, target=target)
+    check(input1.dim() == input2.dim() == target.dim(), op,
+          f"input1, input2 and target must have the same number of dimensions, got shapes "
+          f"{list(input1.shape)}, {list(input2.shape)} and {list(target.shape)}")
+    with _named(op):
+        return apply(MarginRanking, FP32, input1, input2, target, float(margin), reduction)
+
+
+def hinge_embedding_loss(input, target, margin=1.0, size_average=None, reduce=None, reduction="mean"):
+    op = "hinge_embedding_loss"
+    reduction = _reduction(op, reduction, size_average, reduce)
+    input, target = _promote(op, input=input, target=target)
+    with _named(op):
+        return apply(HingeEmbedding, FP32, input, target, float(margin), reduction)
+
+
+def cosine_embedding_loss(input1, input2, target, margin=0, size_average=None, reduce=None, reduction="mean"):
+    op = "cosine_embedding_loss"
+    reduction = _reduction(op, reduction, size_average, reduce)
+    input1, input2, target = _promote(op, input1=input1, input2=input2, target=target)
+    with _named(op):  # torch's checks: a 1-D target for 2-D inputs, a 0-D one for 1-D inputs
+        return apply(CosineEmbedding, FP32, input1, input2, target, float(margin), reduction)
+
+
+def poisson_nll_loss(input, target, log_input=True, full=False, size_average=None, eps=1e-8, reduce=None,
+                     reduction="mean"):
+    op = "poisson_nll_loss"
+    reduction = _reduction(op, reduction, size_average, reduce)
+    input, target = _promote(op, input=input, target=target)
+    with _named(op):
+        return apply(PoissonNLL, FP32, input, target, bool(log_input), bool(full), float(eps), reduction)
+
+
+def gaussian_nll_loss(input, target, var, full=False, eps=1e-6, reduction="mean"):
+    op = "gaussian_nll_loss"
+    if isinstance(var, (int, float)) and not isinstance(var, bool):  # one variance for all: no δ
+        if var < 0:
+            raise ValueError(f"torchbp.functional.{op}: var has negative entry/entries")
+        check_tensor(op, "input", input)
+        var = torch.full((), float(var), dtype=input.dtype, device=input.device)
+    else:
+        check_tensor(op, "var", var)
+        if torch.any(var < 0):  # torch's check (a host sync, as native's)
+            raise ValueError(f"torchbp.functional.{op}: var has negative entry/entries")
+        if var.shape != input.shape:
+            # torch's homoscedastic cases: var one dim short of input, or one mismatched dim where var has 1
+            if input.shape[:-1] == var.shape:
+                var = var.unsqueeze(-1)
+            elif not (input.dim() == var.dim()
+                      and sum(b for a, b in zip(input.shape, var.shape) if a != b) == 1):
+                raise ValueError(f"torchbp.functional.{op}: var of shape {list(var.shape)} is of incorrect size "
+                                 f"for input of shape {list(input.shape)}")
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"torchbp.functional.{op}: {reduction!r} is not a valid value for reduction "
+                         f"(use 'none', 'mean' or 'sum')")
+    input, target, var = _promote(op, input=input, target=target, var=var)
+    with _named(op):
+        return apply(GaussianNLL, FP32, input, target, var, bool(full), float(eps), reduction)
+
+
+def triplet_margin_loss(anchor, positive, negative, margin=1.0, p=2, eps=1e-6, swap=False, size_average=None,
+                        reduce=None, reduction="mean"):
+    op = "triplet_margin_loss"
+    reduction = _reduction(op, reduction, size_average, reduce)
+    if margin <= 0:
+        raise ValueError(f"torchbp.functional.{op}: margin must be greater than 0, got {margin}")
+    anchor, positive, negative = _promote(op, anchor=anchor, positive=positive, negative=negative)
+    check(anchor.dim() == positive.dim() == negative.dim(), op,
+          f"anchor, positive and negative must have the same number of dimensions, got {anchor.dim()}D, "
+          f"{positive.dim()}D and {negative.dim()}D")
+    with _named(op):
+        return apply(TripletMargin, FP32, anchor, positive, negative, float(margin), float(p), float(eps),
+                     bool(swap), reduction)
+
+
 ROUTES = {
     F.mse_loss: mse_loss, F.l1_loss: l1_loss, F.smooth_l1_loss: smooth_l1_loss, F.huber_loss: huber_loss,
     F.cross_entropy: cross_entropy, F.nll_loss: nll_loss, F.binary_cross_entropy: binary_cross_entropy,
     F.kl_div: kl_div,
     F.binary_cross_entropy_with_logits: binary_cross_entropy_with_logits,
+    F.soft_margin_loss: soft_margin_loss, F.multilabel_soft_margin_loss: multilabel_soft_margin_loss,
+    F.margin_ranking_loss: margin_ranking_loss, F.hinge_embedding_loss: hinge_embedding_loss,
+    F.cosine_embedding_loss: cosine_embedding_loss, F.poisson_nll_loss: poisson_nll_loss,
+    F.gaussian_nll_loss: gaussian_nll_loss, F.triplet_margin_loss: triplet_margin_loss,
 }
 
 __all__ = ["half_squared_error", "mse_loss", "l1_loss", "smooth_l1_loss", "huber_loss", "kl_div", "cross_entropy",
-           "nll_loss", "binary_cross_entropy", "binary_cross_entropy_with_logits"]
+           "nll_loss", "binary_cross_entropy", "binary_cross_entropy_with_logits", "soft_margin_loss",
+           "multilabel_soft_margin_loss", "margin_ranking_loss", "hinge_embedding_loss", "cosine_embedding_loss",
+           "poisson_nll_loss", "gaussian_nll_loss", "triplet_margin_loss"]

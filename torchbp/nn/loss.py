@@ -67,12 +67,59 @@ class BCEWithLogitsLoss(torch.nn.BCEWithLogitsLoss):
                                                     reduction=self.reduction)
 
 
+class SoftMarginLoss(torch.nn.SoftMarginLoss):
+    def forward(self, input, target):
+        return tbf.soft_margin_loss(input, target, reduction=self.reduction)
+
+
+class MultiLabelSoftMarginLoss(torch.nn.MultiLabelSoftMarginLoss):
+    def forward(self, input, target):
+        return tbf.multilabel_soft_margin_loss(input, target, weight=self.weight, reduction=self.reduction)
+
+
+class MarginRankingLoss(torch.nn.MarginRankingLoss):
+    def forward(self, input1, input2, target):
+        return tbf.margin_ranking_loss(input1, input2, target, margin=self.margin, reduction=self.reduction)
+
+
+class HingeEmbeddingLoss(torch.nn.HingeEmbeddingLoss):
+    def forward(self, input, target):
+        return tbf.hinge_embedding_loss(input, target, margin=self.margin, reduction=self.reduction)
+
+
+class CosineEmbeddingLoss(torch.nn.CosineEmbeddingLoss):
+    def forward(self, input1, input2, target):
+        return tbf.cosine_embedding_loss(input1, input2, target, margin=self.margin, reduction=self.reduction)
+
+
+class PoissonNLLLoss(torch.nn.PoissonNLLLoss):
+    def forward(self, log_input, target):
+        return tbf.poisson_nll_loss(log_input, target, log_input=self.log_input, full=self.full, eps=self.eps,
+                                    reduction=self.reduction)
+
+
+class GaussianNLLLoss(torch.nn.GaussianNLLLoss):
+    def forward(self, input, target, var):
+        return tbf.gaussian_nll_loss(input, target, var, full=self.full, eps=self.eps, reduction=self.reduction)
+
+
+class TripletMarginLoss(torch.nn.TripletMarginLoss):
+    def forward(self, anchor, positive, negative):
+        return tbf.triplet_margin_loss(anchor, positive, negative, margin=self.margin, p=self.p, eps=self.eps,
+                                       swap=self.swap, reduction=self.reduction)
+
+
 TWINS = {
     torch.nn.MSELoss: MSELoss, torch.nn.L1Loss: L1Loss, torch.nn.SmoothL1Loss: SmoothL1Loss,
     torch.nn.HuberLoss: HuberLoss, torch.nn.KLDivLoss: KLDivLoss, torch.nn.CrossEntropyLoss: CrossEntropyLoss,
     torch.nn.NLLLoss: NLLLoss,
     torch.nn.BCELoss: BCELoss, torch.nn.BCEWithLogitsLoss: BCEWithLogitsLoss,
+    torch.nn.SoftMarginLoss: SoftMarginLoss, torch.nn.MultiLabelSoftMarginLoss: MultiLabelSoftMarginLoss,
+    torch.nn.MarginRankingLoss: MarginRankingLoss, torch.nn.HingeEmbeddingLoss: HingeEmbeddingLoss,
+    torch.nn.CosineEmbeddingLoss: CosineEmbeddingLoss, torch.nn.PoissonNLLLoss: PoissonNLLLoss,
+    torch.nn.GaussianNLLLoss: GaussianNLLLoss, torch.nn.TripletMarginLoss: TripletMarginLoss,
 }
 
 __all__ = ["HalfSquaredError", "MSELoss", "L1Loss", "SmoothL1Loss", "HuberLoss", "KLDivLoss", "CrossEntropyLoss",
-           "NLLLoss", "BCELoss", "BCEWithLogitsLoss"]
+           "NLLLoss", "BCELoss", "BCEWithLogitsLoss", "SoftMarginLoss", "MultiLabelSoftMarginLoss", "MarginRankingLoss",
+           "HingeEmbeddingLoss", "CosineEmbeddingLoss", "PoissonNLLLoss", "GaussianNLLLoss", "TripletMarginLoss"]
