@@ -526,45 +526,54 @@ class CosineEmbedding(DeltaFunction):
 
     @staticmethod
     def forward(x1, x2, y, margin, reduction):
-        return torch.cosine_embedding_loss(x1, x2, y, margin, _ENUM[reduction])
+        # torch's composite, step by step (its values); c, D, m1, m2 per example are kept for backward
+        c, D, m1, m2 = _cosine(x1, x2, y.dim())
+        l = torch.where(y == 1, 1 - c, 0) + torch.where(y == -1, (c - margin).clamp_min(0), 0)
+        return _reduce(l, reduction), c, D, m1, m2
 
     @staticmethod
     def setup_context(ctx, inputs, output):
         x1, x2, y, ctx.margin, ctx.reduction = inputs
+        ctx.mark_non_differentiable(*output[1:])
         ctx.n = y.numel()
-        ctx.save_for_backward(x1, x2, y)
+        ctx.save_for_backward(x1, x2, y, *output[1:])
 
     @staticmethod
-    def backward(ctx, g):
-        x1, x2, y = ctx.saved_tensors
+    def backward(ctx, g, *_):
+        x1, x2, y, c, D, m1, m2 = ctx.saved_tensors
         need1, need2 = ctx.needs_input_grad[:2]
         if not (need1 or need2):
             return (None,) * 5
-        k = y.dim()  # the dim torch sums over: 1 for rows (1-D target), 0 for one 1-D pair
-        p = (x1 * x2).sum(k, keepdim=True)
-        m1 = (x1 * x1).sum(k, keepdim=True) + _EPSILON
-        m2 = (x2 * x2).sum(k, keepdim=True) + _EPSILON
-        D = (m1 * m2).sqrt()
-        c = p / D
-        yk = y.unsqueeze(k)
-        dc = ((yk == -1) & (c >= ctx.margin)).to(c.dtype) - (yk == 1).to(c.dtype)
-        t = _spread(g, ctx.n, ctx.reduction)
-        t = (t.unsqueeze(k) if ctx.reduction == "none" else t) * dc  # δ_ℓn·∂ℓ/∂c
-        tD, tc = t / D, t * c
-        g1 = _sum_to(x2 * tD - x1 * (tc / m1), x1) if need1 else None
-        g2 = _sum_to(x1 * tD - x2 * (tc / m2), x2) if need2 else None
+        k = y.dim()
+        if torch.is_grad_enabled():  # backward differentiated (create_graph): c, D, m as functions of x
+            c, D, m1, m2 = _cosine(x1, x2, k)
+        dc = ((y == -1) & (c >= ctx.margin)).to(c.dtype) - (y == 1).to(c.dtype)
+        t = _spread(g, ctx.n, ctx.reduction) * dc  # δ_ℓn·∂ℓ/∂c
+        tD, tc = (t / D).unsqueeze(k), (t * c).unsqueeze(k)
+        g1 = _sum_to(x2 * tD - x1 * (tc / m1.unsqueeze(k)), x1) if need1 else None
+        g2 = _sum_to(x1 * tD - x2 * (tc / m2.unsqueeze(k)), x2) if need2 else None
         return g1, g2, None, None, None
+
+
+def _cosine(x1, x2, k):
+    """torch's c = p / D over dim k, with D = √(m1 m2), m_i = Σ x_i² + ε; returns c, D, m1, m2."""
+    p = (x1 * x2).sum(k)
+    m1 = (x1 * x1).sum(k) + _EPSILON
+    m2 = (x2 * x2).sum(k) + _EPSILON
+    D = (m1 * m2).sqrt()
+    return p / D, D, m1, m2
 
 
 def _norm_delta(x, D, G, p):
     """δ_x of D = ‖x‖_p over the last dim given δ_D = G (both keepdim), torch's norm backward
-    case by case: 0 where D = 0 (p ≥ 1), sign(x) for p = 1, the ties shared for p = ∞."""
+    case by case: 0 where D = 0 (p ≥ 1), sign(x) for p = 1, the ties shared for p = ∞.
+    x must be a fresh temporary (p = 2 writes into it where in place is allowed)."""
     if p == 0:
         return torch.zeros_like(x)
     if p == 1:
         return x.sign() * G
     if p == 2:
-        return x * (G / D).masked_fill(D == 0, 0)
+        return scale_(x, (G / D).masked_fill(D == 0, 0))
     if p == float("inf") or p == -float("inf"):
         mask = (x.abs() == D) | x.isnan()
         return x.sign() * mask * (G / mask.sum(-1, keepdim=True))
@@ -584,47 +593,61 @@ class TripletMargin(DeltaFunction):
 
     @staticmethod
     def forward(a, p, n, margin, pn, eps, swap, reduction):
-        return torch.triplet_margin_loss(a, p, n, margin, pn, eps, swap, _ENUM[reduction])
+        # torch's composite, step by step (its values); the distances are kept for backward
+        dp, dn, ds = _triplet_distances(a, p, n, pn, eps, swap)[3:]
+        l = (margin + dp - (torch.minimum(dn, ds) if swap else dn)).clamp_min(0)
+        return _reduce(l, reduction), dp, dn, ds
 
     @staticmethod
     def setup_context(ctx, inputs, output):
         a, p, n, ctx.margin, ctx.p, ctx.eps, ctx.swap, ctx.reduction = inputs
-        shape = torch.broadcast_shapes(a.shape, p.shape, n.shape)
-        ctx.n = math.prod(shape[:-1])  # the examples: every dim but the last (the features)
-        ctx.save_for_backward(a, p, n)
+        ctx.mark_non_differentiable(*output[1:])
+        ctx.n = output[1].numel()  # the examples: every dim but the last (the features)
+        # a, p, n, not the differences (native's saved norm inputs): no new buffers kept for backward
+        ctx.save_for_backward(a, p, n, *output[1:])
 
     @staticmethod
-    def backward(ctx, g):
-        a, p, n = ctx.saved_tensors
+    def backward(ctx, g, *_):
+        a, p, n, dp, dn, ds = ctx.saved_tensors
         need_a, need_p, need_n = ctx.needs_input_grad[:3]
         if not (need_a or need_p or need_n):
             return (None,) * 8
-        pn, eps = ctx.p, ctx.eps
-
-        def dist(u, v):
-            x = u - v + eps
-            return x, torch.linalg.vector_norm(x, pn, -1, keepdim=True)
-
-        xp, dp = dist(a, p)
-        xn, dn = dist(a, n)
-        gs = None
-        if ctx.swap:
-            xs, ds = dist(p, n)
-            dneg = torch.minimum(dn, ds)
-        else:
-            dneg = dn
-        s = _spread(g, ctx.n, ctx.reduction)
-        s = (s.unsqueeze(-1) if ctx.reduction == "none" else s) * (ctx.margin + dp - dneg >= 0)  # δ_ℓ·b
+        pn, swap = ctx.p, ctx.swap
+        xp, xn, xs, *d = _triplet_distances(a, p, n, pn, ctx.eps, swap, torch.is_grad_enabled())
+        if d[0] is not None:  # backward differentiated (create_graph): the distances as functions of a, p, n
+            dp, dn, ds = d
+        dneg = torch.minimum(dn, ds) if swap else dn
+        s = _spread(g, ctx.n, ctx.reduction) * (ctx.margin + dp - dneg >= 0)  # δ_ℓ·b
         gn = -s
-        if ctx.swap:  # δ of min(dn, ds): to the smaller one, half each on a tie
+        if swap:  # δ of min(dn, ds): to the smaller one, half each on a tie
             half = torch.where(dn == ds, gn / 2, gn)
             gn, gs = half.masked_fill(dn > ds, 0), half.masked_fill(dn < ds, 0)
-        dxp, dxn = _norm_delta(xp, dp, s, pn), _norm_delta(xn, dn, gn, pn)
-        dxs = _norm_delta(xs, ds, gs, pn) if ctx.swap else None
+        dxp = _norm_delta(xp, dp.unsqueeze(-1), s.unsqueeze(-1), pn)   # δ of a − p + ε
+        dxn = _norm_delta(xn, dn.unsqueeze(-1), gn.unsqueeze(-1), pn)  # δ of a − n + ε
+        dxs = _norm_delta(xs, ds.unsqueeze(-1), gs.unsqueeze(-1), pn) if swap else None  # of p − n + ε
         ga = _sum_to(dxp + dxn, a) if need_a else None
-        gp = _sum_to(-dxp if dxs is None else dxs - dxp, p) if need_p else None
-        gn = _sum_to(-dxn if dxs is None else -dxn - dxs, n) if need_n else None
-        return ga, gp, gn, None, None, None, None, None
+        if inplace_ok():  # dxn, dxs, dxp are fresh: update them in place (each new CPU buffer page-faults)
+            gn = (dxn.add_(dxs).neg_() if swap else dxn.neg_()) if need_n else None
+            gp = (dxs.sub_(dxp) if swap else dxp.neg_()) if need_p else None
+        else:
+            gn = (-dxn if dxs is None else -dxn - dxs) if need_n else None
+            gp = (-dxp if dxs is None else dxs - dxp) if need_p else None
+        return (ga, None if gp is None else _sum_to(gp, p), None if gn is None else _sum_to(gn, n),
+                None, None, None, None, None)
+
+
+def _triplet_distances(a, p, n, pn, eps, swap, norms=True):
+    """x⁺ = a − p + ε, x⁻ = a − n + ε, xˢ = p − n + ε (swap) and, with ``norms``, their p-norms over the
+    last dim (torch's pairwise_distance); absent ones empty (xˢ, dˢ) or None (norms)."""
+    if torch.is_grad_enabled():
+        xp, xn, xs = a - p + eps, a - n + eps, (p - n + eps if swap else None)
+    else:  # fresh temporaries: in place is safe
+        xp, xn, xs = (a - p).add_(eps), (a - n).add_(eps), ((p - n).add_(eps) if swap else None)
+    if not norms:
+        return xp, xn, xs, None, None, None
+    dp, dn = torch.linalg.vector_norm(xp, pn, -1), torch.linalg.vector_norm(xn, pn, -1)
+    ds = torch.linalg.vector_norm(xs, pn, -1) if swap else dn.new_empty(0)
+    return xp, xn, xs, dp, dn, ds
 
 
 class PoissonNLL(DeltaFunction):
@@ -655,8 +678,8 @@ class PoissonNLL(DeltaFunction):
         if need_y:
             dy = -h if ctx.log_input else -torch.log(h + ctx.eps)
             if ctx.full:
-                ly = y.log()
-                dy = dy + torch.where(y > 1, ly + 0.5 / y, ly * 0)
+                # × [y > 1]: 0 where 0 < y ≤ 1, NaN where y ≤ 0 (log y + 1/(2y) is NaN there), as native
+                dy = dy + (y.log() + 0.5 / y) * (y > 1)
             gy = _sum_to(scale_(dy, s), y)
         return gh, gy, None, None, None, None
 
@@ -972,8 +995,13 @@ def cosine_embedding_loss(input1, input2, target, margin=0, size_average=None, r
     op = "cosine_embedding_loss"
     reduction = _reduction(op, reduction, size_average, reduce)
     input1, input2, target = _promote(op, input1=input1, input2=input2, target=target)
-    with _named(op):  # torch's checks: a 1-D target for 2-D inputs, a 0-D one for 1-D inputs
-        return apply(CosineEmbedding, FP32, input1, input2, target, float(margin), reduction)
+    t = target.dim()
+    check(t <= 1, op, "0D or 1D target tensor expected, multi-target not supported")
+    check(input1.dim() == input2.dim() == t + 1, op,
+          f"{t}D target tensor expects {t + 1}D input tensors, but found inputs with sizes "
+          f"{list(input1.shape)} and {list(input2.shape)}")
+    with _named(op):
+        return apply(CosineEmbedding, FP32, input1, input2, target, float(margin), reduction)[0]
 
 
 def poisson_nll_loss(input, target, log_input=True, full=False, size_average=None, eps=1e-8, reduce=None,
@@ -1024,7 +1052,7 @@ def triplet_margin_loss(anchor, positive, negative, margin=1.0, p=2, eps=1e-6, s
           f"{positive.dim()}D and {negative.dim()}D")
     with _named(op):
         return apply(TripletMargin, FP32, anchor, positive, negative, float(margin), float(p), float(eps),
-                     bool(swap), reduction)
+                     bool(swap), reduction)[0]
 
 
 ROUTES = {
