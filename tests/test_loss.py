@@ -799,6 +799,8 @@ def test_soft_margin_target_not_differentiable_and_overflow():
     assert torch.equal(loss, F.soft_margin_loss(h, torch.ones(2, dtype=torch.float64), reduction="sum"))
     (g,) = torch.autograd.grad(loss, h)
     torch.testing.assert_close(g, -torch.sigmoid(-h.detach()))
+    h = torch.randn(3, dtype=torch.bfloat16, requires_grad=True)  # torch computes in input's dtype
+    assert tbf.soft_margin_loss(h, torch.ones(3)).dtype == F.soft_margin_loss(h, torch.ones(3)).dtype == torch.bfloat16
 
 
 def test_gaussian_clamped_var_delta_like_torch():

@@ -388,7 +388,8 @@ class CrossEntropyProbs(DeltaFunction):
 
 
 # --- margin, embedding and likelihood losses ----------------------------------------------------------
-# forward is torch's own forward (kernel or ATen composite: its values and checks); backward the formula.
+# forward is torch's own forward kernel where it has one, else torch's composite written out step by step
+# (its values; cosine and triplet keep their per-example statistics for backward); backward the formula.
 # Inputs broadcast as torch lets them; each δ is summed back to its input's shape.
 
 _ENUM = {"none": 0, "mean": 1, "sum": 2}
@@ -956,6 +957,9 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
 def soft_margin_loss(input, target, size_average=None, reduce=None, reduction="mean"):
     op = "soft_margin_loss"
     reduction = _reduction(op, reduction, size_average, reduce)
+    if isinstance(input, torch.Tensor) and isinstance(target, torch.Tensor) and target.dtype != input.dtype \
+            and input.is_floating_point():  # torch's kernel computes in input's dtype (y gets no δ)
+        target = target.to(input.dtype)
     input, target = _promote(op, input=input, target=target)
     with _named(op):
         return apply(SoftMargin, FP32, input, target, reduction)
