@@ -903,3 +903,37 @@ MARGIN_BATCHED = [  # (ours, native) on h, y of shape (4, 3)
 @pytest.mark.parametrize("i", range(len(MARGIN_BATCHED)))
 def test_margin_losses_with_batched_grads(i):
     _check_batched_grads(*MARGIN_BATCHED[i])
+
+
+FUNC_CASES = [  # (ours, native) of (a, b, c), each (6, 5) in float64
+    (lambda a, b, c: tbf.triplet_margin_loss(a, b, c, swap=True), lambda a, b, c: F.triplet_margin_loss(a, b, c, swap=True)),
+    (lambda a, b, c: tbf.triplet_margin_loss(a, b, c, p=3.0), lambda a, b, c: F.triplet_margin_loss(a, b, c, p=3.0)),
+    (lambda a, b, c: tbf.cosine_embedding_loss(a, b, c.sum(-1).sign(), margin=-0.5),
+     lambda a, b, c: F.cosine_embedding_loss(a, b, c.sum(-1).sign(), margin=-0.5)),
+    (lambda a, b, c: tbf.poisson_nll_loss(a, b.abs(), full=True), lambda a, b, c: F.poisson_nll_loss(a, b.abs(), full=True)),
+    (lambda a, b, c: tbf.multilabel_soft_margin_loss(a, b.sigmoid(), c[0].abs()),
+     lambda a, b, c: F.multilabel_soft_margin_loss(a, b.sigmoid(), c[0].abs())),
+    (lambda a, b, c: tbf.margin_ranking_loss(a, b, c.sign()), lambda a, b, c: F.margin_ranking_loss(a, b, c.sign())),
+    (lambda a, b, c: tbf.hinge_embedding_loss(a + b, c.sign()), lambda a, b, c: F.hinge_embedding_loss(a + b, c.sign())),
+]
+
+
+@pytest.mark.parametrize("i", range(len(FUNC_CASES)))
+def test_margin_losses_torch_func(i):
+    """Per-example gradients (vmap of grad) and Hessians (jacrev of jacrev: the δ differentiated)."""
+    ours, native = FUNC_CASES[i]
+    args = [torch.randn(6, 5, dtype=torch.float64) for _ in range(3)]
+    for fn in (lambda f: torch.func.vmap(torch.func.grad(f, argnums=(0, 1))),):
+        for s, n in zip(fn(ours)(*args), fn(native)(*args)):
+            torch.testing.assert_close(s, n, rtol=1e-10, atol=1e-12)
+    for k in range(2):
+        def at(f, t, k=k):
+            return f(*[t if j == k else a for j, a in enumerate(args)])
+        hs = torch.func.jacrev(torch.func.jacrev(lambda t: at(ours, t)))(args[k])
+        hn = torch.func.jacrev(torch.func.jacrev(lambda t: at(native, t)))(args[k])
+        torch.testing.assert_close(hs, hn, rtol=1e-10, atol=1e-12)
+    v = torch.rand(5, dtype=torch.float64) + 0.1  # gaussian: var unbatched (torch's var < 0 check syncs)
+    gs = torch.func.vmap(torch.func.grad(lambda a, b: tbf.gaussian_nll_loss(a, b, v), argnums=(0, 1)))(*args[:2])
+    gn = torch.func.vmap(torch.func.grad(lambda a, b: F.gaussian_nll_loss(a, b, v), argnums=(0, 1)))(*args[:2])
+    for s, n in zip(gs, gn):
+        torch.testing.assert_close(s, n, rtol=1e-10, atol=1e-12)
