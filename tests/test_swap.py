@@ -5,6 +5,7 @@ import warnings
 
 import pytest
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 import torchbp
@@ -203,3 +204,25 @@ def test_manual_backward_leaves_gradless_calls_native():
 def test_swap_rejects_non_module():
     with pytest.raises(TypeError, match="expects a torch.nn.Module"):
         torchbp.swap(lambda x: x)
+
+
+def test_lazy_modules_swapped_before_their_first_forward_become_twins():
+    def make():
+        return nn.Sequential(nn.LazyConv2d(4, 3), nn.LazyBatchNorm2d(), nn.ReLU(), nn.Flatten(), nn.LazyLinear(5))
+    native, twin = make(), torchbp.swap(make())
+    assert all(type(m) is not type(n) and isinstance(m, type(n)) for m, n in zip(twin, native))
+    x = torch.randn(2, 3, 6, 6)
+    torch.manual_seed(0)  # the lazy modules initialise their parameters on the first call
+    out_n = native(x)
+    torch.manual_seed(0)
+    out_t = twin(x)
+    assert [type(m) for m in twin] == [torchbp.registry.twin_for(type(m)) for m in native]  # became twins
+    assert type(out_t.grad_fn).__name__ == "LinearBackward" and torch.allclose(out_t, out_n)
+    gn = torch.autograd.grad(out_n.square().sum(), list(native.parameters()))
+    gt = torch.autograd.grad(out_t.square().sum(), list(twin.parameters()))
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(gt, gn))
+    torchbp.unswap(twin)
+    assert [type(m) for m in twin] == [type(m) for m in native]
+    lazy = torchbp.swap(make())
+    torchbp.unswap(lazy)  # before materialising: back to the native lazy classes
+    assert [type(m) for m in lazy] == [type(m) for m in make()]

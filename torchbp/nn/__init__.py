@@ -4,10 +4,10 @@ Functions, so constructor arguments, parameters, state_dict and ``isinstance`` a
 Each family module exports a ``TWINS`` table (native class -> twin) that :mod:`torchbp.registry` reads.
 """
 from . import (activation, attention, container, conv, dropout, flatten, linear, loss, normalization,
-               pooling, sparse, upsampling)
+               pooling, sparse, upsampling, lazy)
 # Bound before the star imports below, which rebind names such as `linear` to the functions.
 FAMILIES = (linear, activation, loss, conv, pooling, normalization, sparse, dropout,
-            flatten, attention, container, upsampling)
+            flatten, attention, container, upsampling, lazy)
 
 from .activation import *  # noqa: F401,F403
 from .attention import *  # noqa: F401,F403
@@ -21,3 +21,4 @@ from .normalization import *  # noqa: F401,F403
 from .pooling import *  # noqa: F401,F403
 from .sparse import *  # noqa: F401,F403
 from .upsampling import *  # noqa: F401,F403
+from .lazy import *  # noqa: F401,F403
