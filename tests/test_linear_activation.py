@@ -609,7 +609,7 @@ def test_celu_inplace_is_the_formula_for_any_alpha():
 NEW_MODULES = [torch.nn.Hardswish(), torch.nn.Hardswish(inplace=True), torch.nn.Hardsigmoid(),
                torch.nn.Mish(), torch.nn.SELU(), torch.nn.CELU(0.7), torch.nn.LogSigmoid(), torch.nn.Softsign(),
                torch.nn.Tanhshrink(), torch.nn.Threshold(0.1, -1.0), torch.nn.Hardshrink(0.3),
-               torch.nn.Softshrink(0.3), torch.nn.GLU(1), torch.nn.PReLU(), torch.nn.PReLU(4), torch.nn.Softmin(1)]
+               torch.nn.Softshrink(0.3), torch.nn.GLU(1), torch.nn.PReLU(), torch.nn.PReLU(4), torch.nn.Softmin(1), torch.nn.Softmax2d()]
 
 
 @pytest.mark.parametrize("module", NEW_MODULES, ids=[repr(m) for m in NEW_MODULES])

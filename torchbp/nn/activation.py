@@ -59,6 +59,13 @@ class Softmax(torch.nn.Softmax):
         return tbf.softmax(input, self.dim)
 
 
+class Softmax2d(torch.nn.Softmax2d):
+    def forward(self, input):
+        if input.dim() not in (3, 4):  # native's check and message
+            raise ValueError(f"Softmax2d: expected input to be 3D or 4D, got {input.dim()}D instead")
+        return tbf.softmax(input, -3)
+
+
 class LogSoftmax(torch.nn.LogSoftmax):
     def forward(self, input):
         return tbf.log_softmax(input, self.dim)
@@ -136,7 +143,7 @@ class Softmin(torch.nn.Softmin):
 
 TWINS = {torch.nn.Sigmoid: Sigmoid, torch.nn.Tanh: Tanh, torch.nn.ReLU: ReLU, torch.nn.LeakyReLU: LeakyReLU,
          torch.nn.ELU: ELU, torch.nn.GELU: GELU, torch.nn.SiLU: SiLU, torch.nn.Softplus: Softplus,
-         torch.nn.Hardtanh: Hardtanh, torch.nn.ReLU6: ReLU6, torch.nn.Softmax: Softmax,
+         torch.nn.Hardtanh: Hardtanh, torch.nn.ReLU6: ReLU6, torch.nn.Softmax: Softmax, torch.nn.Softmax2d: Softmax2d,
          torch.nn.LogSoftmax: LogSoftmax, torch.nn.Hardswish: Hardswish, torch.nn.Hardsigmoid: Hardsigmoid,
          torch.nn.Mish: Mish, torch.nn.SELU: SELU, torch.nn.CELU: CELU, torch.nn.LogSigmoid: LogSigmoid,
          torch.nn.Softsign: Softsign, torch.nn.Tanhshrink: Tanhshrink, torch.nn.Threshold: Threshold,
