@@ -1,0 +1,184 @@
+"""δ recurrent layers (BPTT written out) against native nn.RNN / GRU / LSTM: float64, gradchecks, low
+precision, the twins swapped, the audit, refusals."""
+import itertools
+
+import pytest
+import torch
+
+import torchbp
+import torchbp.functional.rnn as tbr
+import torchbp.nn.rnn as tbn
+from util import DEVICES, LOW, assert_matches_native, gradchecks
+
+CELLS = ["RNN", "RNN_relu", "GRU", "LSTM"]
+
+
+def make(cell, I=3, H=4, **kw):
+    """(native module, twin) with the same parameters, float64."""
+    kind, extra = (cell.split("_") + [None])[:2]
+    if extra == "relu":
+        kw["nonlinearity"] = "relu"
+    torch.manual_seed(0)
+    nat = getattr(torch.nn, kind)(I, H, **kw).double()
+    ours = getattr(tbn, kind)(I, H, **kw).double()
+    ours.load_state_dict(nat.state_dict())
+    return nat, ours
+
+
+def call(mod):
+    """The module as a function of (x, *states, *parameters): what assert_matches_native compares."""
+    names = [n for n, _ in mod.named_parameters()]
+
+    def f(x, *rest):
+        n_states = len(rest) - len(names)
+        states, params = rest[:n_states], rest[n_states:]
+        hx = None if not states else states if n_states == 2 else states[0]
+        out = torch.func.functional_call(mod, dict(zip(names, params)), (x, hx))
+        return out
+    return f
+
+
+def args_for(cell, mod, *, T=5, N=2, batch_first=False, unbatched=False, h0=True):
+    D = 2 if mod.bidirectional else 1
+    I, H = mod.input_size, mod.hidden_size
+    x = torch.randn((T, I) if unbatched else (N, T, I) if batch_first else (T, N, I), dtype=torch.float64,
+                    requires_grad=True)
+    states = ()
+    if h0:
+        shape = (mod.num_layers * D, H) if unbatched else (mod.num_layers * D, N, H)
+        states = tuple(torch.randn(shape, dtype=torch.float64, requires_grad=True)
+                       for _ in range(2 if cell == "LSTM" else 1))
+    params = tuple(p.detach().clone().requires_grad_() for p in mod.parameters())
+    return (x, *states, *params)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("num_layers,bidirectional,batch_first,bias,h0",
+                         list(itertools.product([1, 2], [False, True], [False, True], [True, False], [True, False])))
+def test_float64_matches_native(cell, num_layers, bidirectional, batch_first, bias, h0):
+    kw = dict(num_layers=num_layers, bidirectional=bidirectional, batch_first=batch_first, bias=bias)
+    nat, ours = make(cell, **kw)
+    args = args_for(cell, nat, batch_first=batch_first, h0=h0)
+    assert_matches_native(call(ours), call(nat), args)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("h0", [True, False])
+def test_unbatched(cell, bidirectional, h0):
+    nat, ours = make(cell, num_layers=2, bidirectional=bidirectional)
+    args = args_for(cell, nat, unbatched=True, h0=h0)
+    assert_matches_native(call(ours), call(nat), args)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_single_step_noncontiguous_and_no_input_grad(cell):
+    nat, ours = make(cell, batch_first=True)
+    x = torch.randn(3, 2, 1, dtype=torch.float64).transpose(0, 2)  # (1, 2, 3) batch_first, non-contiguous
+    params = tuple(p.detach().clone().requires_grad_() for p in nat.parameters())
+    assert_matches_native(call(ours), call(nat), (x, *params))
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_gradchecks(cell, bidirectional):
+    nat, ours = make(cell, I=2, H=2, num_layers=2, bidirectional=bidirectional)
+    args = args_for(cell, nat, T=3, N=2)
+    args = tuple(a.detach().double().requires_grad_() for a in args)
+    f = call(ours)
+    gradchecks(lambda *a: (lambda o, s: (o, *s) if isinstance(s, tuple) else (o, s))(*f(*a)), args)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [d for d in LOW if d != torch.float16])
+@pytest.mark.parametrize("cell", CELLS)
+def test_low_precision(cell, dtype, device):
+    nat, ours = make(cell, I=8, H=16, num_layers=2, bidirectional=True)
+    x = torch.randn(6, 4, 8, requires_grad=True)
+    states = tuple(torch.randn(4, 4, 16, requires_grad=True) for _ in range(2 if cell == "LSTM" else 1))
+    params = tuple(p.detach().float().requires_grad_() for p in nat.parameters())
+    assert_matches_native(call(ours.to(device)), call(nat.to(device)), (x, *states, *params), dtype=dtype,
+                          device=device)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_float64_device(device):
+    nat, ours = make("LSTM", num_layers=2, bidirectional=True)
+    args = args_for("LSTM", nat)
+    assert_matches_native(call(ours.to(device)), call(nat.to(device)), args, device=device)
+
+
+def test_functional_entries_match_torch():
+    nat, _ = make("GRU", num_layers=2)
+    x, h0 = torch.randn(5, 2, 3, dtype=torch.float64), torch.randn(2, 2, 4, dtype=torch.float64)
+    args = (x, h0, nat._flat_weights, True, 2, 0.0, False, False, False)
+    for a, b in zip(tbr.gru(*args), torch.gru(*args)):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_dropout_between_layers_matches_native(cell):
+    """torchbp's dropout draws the masks native's RNN draws (same RNG stream), so train mode matches too."""
+    nat, ours = make(cell, num_layers=3, dropout=0.5, bidirectional=True)
+    x = torch.randn(5, 2, 3, dtype=torch.float64, requires_grad=True)
+    res = []
+    for m in (nat, ours):
+        torch.manual_seed(1)
+        out = m(x)[0]
+        res.append([out, *torch.autograd.grad(out, [x, *m.parameters()], torch.ones_like(out))])
+    for a, b in zip(*res):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_twin_swapped_and_audit_coverage():
+    class Tagger(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = torch.nn.Embedding(10, 6)
+            self.lstm = torch.nn.LSTM(6, 8, batch_first=True)
+            self.head = torch.nn.Linear(8, 3)
+
+        def forward(self, tokens):
+            out, _ = self.lstm(self.emb(tokens))
+            return self.head(out[:, -1])
+
+    torch.manual_seed(0)
+    model = Tagger().double()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    tokens = torch.randint(0, 10, (4, 7))
+    with torchbp.swapped(model):
+        assert type(model.lstm) is tbn.LSTM and isinstance(model.lstm, torch.nn.LSTM)
+        assert list(model.state_dict()) == list(state)
+    r = torchbp.audit(model, tokens)
+    assert r.ok and r.coverage == 1.0, str(r)
+    assert type(model.lstm) is torch.nn.LSTM
+
+
+@pytest.mark.parametrize("cell", ["RNN", "GRU", "LSTM"])
+def test_refusals_name_the_module(cell):
+    from torch.nn.utils.rnn import pack_padded_sequence
+    _, ours = make(cell)
+    packed = pack_padded_sequence(torch.randn(5, 2, 3, dtype=torch.float64), [5, 3])
+    with pytest.raises(RuntimeError, match=f"torchbp.nn.{cell}: PackedSequence.*unswap this module or pad"):
+        ours(packed)
+    with pytest.raises(RuntimeError, match=f"torchbp.functional.{cell.lower().replace('rnn', 'rnn_tanh')}: "
+                                           "PackedSequence.*unswap this module or pad"):
+        fn = getattr(torch, cell.lower().replace("rnn", "rnn_tanh"))
+        ours_fn = getattr(tbr, fn.__name__)
+        hx = (torch.zeros(1, 2, 4, dtype=torch.float64),) * 2 if cell == "LSTM" else torch.zeros(1, 2, 4)
+        ours_fn(packed.data, packed.batch_sizes, hx, ours._flat_weights, True, 1, 0.0, False, False)
+    with pytest.raises(ValueError, match="Expected input to be 2D or 3D"):
+        ours(torch.randn(1, 5, 2, 3, dtype=torch.float64))
+
+
+def test_proj_size_refused():
+    m = tbn.LSTM(3, 4, proj_size=2)
+    with pytest.raises(RuntimeError, match="torchbp.nn.LSTM: proj_size > 0 is not supported"):
+        m(torch.randn(5, 2, 3))
+
+
+def test_bad_hidden_shape_uses_torchs_check():
+    nat, ours = make("GRU")
+    x, h0 = torch.randn(5, 2, 3, dtype=torch.float64), torch.randn(1, 3, 4, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match="Expected hidden size"):
+        ours(x, h0)

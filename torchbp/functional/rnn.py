@@ -1,0 +1,322 @@
+"""Recurrent layers (Elman RNN, GRU, LSTM): back-propagation through time written out.
+
+One δ Function per cell type runs one layer in one direction over the whole sequence; the entries
+``rnn_tanh``, ``rnn_relu``, ``gru`` and ``lstm`` (torch.rnn_tanh / torch.gru / torch.lstm's signatures, which
+torch.nn.RNN / GRU / LSTM call) stack layers and directions around them. Layout everywhere inside: time first,
+x (T, N, I), h (N, H); weights exactly torch's (W_ih = [W_ii|W_if|W_ig|W_io] for LSTM, [W_ir|W_iz|W_in] for GRU).
+
+Shared by the three backwards, with δz_t = ∂J/∂z_t at a step's pre-activations (what the seed's δ is for a layer):
+  δ_{h_t} = ∂J/∂out_t + W_hhᵀ δz_{t+1}      (the output's δ plus the one carried back from step t+1)
+  ∂J/∂W_ih = Σ_t δz_t x_tᵀ,   ∂J/∂W_hh = Σ_t δz_t h_{t−1}ᵀ,   ∂J/∂b = Σ_t δz_t,   δ_{x_t} = W_ihᵀ δz_t
+The input projection W_ih x_t is one matmul over all t in forward, and δ_x, ∂J/∂W_ih one matmul each in
+backward; only the recurrence is a Python loop over time.
+"""
+from __future__ import annotations
+
+import torch
+
+from ._common import LOWER, DeltaFunction, apply, check, check_compatible
+
+
+def _order(T, reverse):
+    return range(T - 1, -1, -1) if reverse else range(T)
+
+
+def _proj(x, W, b):
+    """W x_t + b for every t as one matmul: (T, N, I) -> (T, N, G)."""
+    T, N, _ = x.shape
+    x2 = x.reshape(T * N, -1)
+    z = x2 @ W.t() if b is None else torch.addmm(b, x2, W.t())
+    return z.reshape(T, N, -1)
+
+
+def _stack(items, reverse):
+    return torch.stack(items[::-1] if reverse else items)
+
+
+def _grads_w(ctx, dz_in, dz_h, x, h0, out, W_ih, reverse, i_w):
+    """What every cell shares: δ_x, ∂J/∂W_ih, ∂J/∂W_hh, ∂J/∂b_ih, ∂J/∂b_hh from the stacked δz's.
+    dz_in: δ at W_ih x_t + b_ih (T, N, G); dz_h: δ at W_hh h_{t−1} + b_hh (the same tensor except for GRU).
+    x is input 0 of the Function, W_ih, W_hh, b_ih, b_hh inputs i_w .. i_w + 3."""
+    need_x, (need_wih, need_whh, need_bih, need_bhh) = ctx.needs_input_grad[0], ctx.needs_input_grad[i_w:i_w + 4]
+    T, N, G = dz_in.shape
+    dzi = dz_in.reshape(T * N, G)
+    dx = (dzi @ W_ih).reshape(T, N, -1) if need_x else None
+    dW_ih = dzi.t() @ x.reshape(T * N, -1) if need_wih else None
+    dW_hh = None
+    if need_whh:  # h_{t−1} is out[t−1] (out[t+1] reversed), h0 at the first step: no copy of the states
+        first, rest_z, rest_h = (T - 1, dz_h[:-1], out[1:]) if reverse else (0, dz_h[1:], out[:-1])
+        dW_hh = dz_h[first].t() @ h0
+        if T > 1:
+            dW_hh = dW_hh + rest_z.reshape(-1, G).t() @ rest_h.reshape(-1, rest_h.shape[-1])
+    db_ih = dzi.sum(0) if need_bih else None
+    db_hh = None
+    if need_bhh:
+        db_hh = db_ih if dz_h is dz_in and db_ih is not None else dz_h.reshape(T * N, G).sum(0)
+    return dx, dW_ih, dW_hh, db_ih, db_hh
+
+
+# --- Elman RNN --------------------------------------------------------------------------------------------
+
+def _rnn_steps(x, h0, W_ih, W_hh, b_ih, b_hh, relu, reverse):
+    b = b_ih + b_hh if b_ih is not None else None
+    z_x, h, outs = _proj(x, W_ih, b), h0, []
+    for t in _order(x.shape[0], reverse):
+        z = torch.addmm(z_x[t], h, W_hh.t())
+        h = torch.relu(z) if relu else torch.tanh(z)
+        outs.append(h)
+    return _stack(outs, reverse)
+
+
+class RNNLayer(DeltaFunction):
+    """One layer, one direction of nn.RNN:  h_t = f(z_t),  z_t = W_ih x_t + b_ih + W_hh h_{t−1} + b_hh,
+    f = tanh or relu.
+
+    backward (BPTT), from t = T down to 1:  δz_t = (∂J/∂h_t + W_hhᵀ δz_{t+1}) ⊙ f'(z_t), with f' from the
+    saved output: 1 − h_t² (tanh), [h_t > 0] (relu); δ_{h0} = W_hhᵀ δz_1; the weight sums in the module doc.
+    Saves x, h0 and the output (native saves as much).
+    """
+
+    @staticmethod
+    def forward(x, h0, W_ih, W_hh, b_ih, b_hh, relu, reverse):
+        return _rnn_steps(x, h0, W_ih, W_hh, b_ih, b_hh, relu, reverse)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, h0, W_ih, W_hh, b_ih, b_hh, ctx.relu, ctx.reverse = inputs
+        ctx.save_for_backward(x, h0, W_ih, W_hh, b_ih, b_hh, output)
+
+    @staticmethod
+    def backward(ctx, d_out):
+        x, h0, W_ih, W_hh, b_ih, b_hh, out = ctx.saved_tensors
+        if torch.is_grad_enabled():  # double backward: the states as a function of the inputs
+            out = _rnn_steps(x, h0, W_ih, W_hh, b_ih, b_hh, ctx.relu, ctx.reverse)
+        T, reverse = x.shape[0], ctx.reverse
+        dh, dzs = None, []
+        for t in _order(T, not reverse):  # backward in time: the reverse of forward's order
+            dh = d_out[t] if dh is None else d_out[t] + dh
+            h = out[t]
+            dz = dh * (h > 0) if ctx.relu else dh * (1 - h * h)
+            dzs.append(dz)
+            dh = dz @ W_hh
+        dz = _stack(dzs, not reverse)
+        grads = _grads_w(ctx, dz, dz, x, h0, out, W_ih, reverse, 2)
+        dx, dW_ih, dW_hh, db_ih, db_hh = grads
+        return dx, dh if ctx.needs_input_grad[1] else None, dW_ih, dW_hh, db_ih, db_hh, None, None
+
+
+# --- GRU --------------------------------------------------------------------------------------------------
+
+def _gru_steps(x, h0, W_ih, W_hh, b_ih, b_hh, reverse):
+    H = h0.shape[-1]
+    a_x, h, outs, saves = _proj(x, W_ih, b_ih), h0, [], []
+    for t in _order(x.shape[0], reverse):
+        a_h = h @ W_hh.t() if b_hh is None else torch.addmm(b_hh, h, W_hh.t())
+        rz = torch.sigmoid(a_x[t, :, :2 * H] + a_h[:, :2 * H])
+        r, z = rz[:, :H], rz[:, H:]
+        hn = a_h[:, 2 * H:]
+        n = torch.tanh(a_x[t, :, 2 * H:] + r * hn)
+        h = n + z * (h - n)  # (1 − z) n + z h
+        outs.append(h)
+        saves.append(torch.cat([rz, n, hn], 1))
+    return _stack(outs, reverse), _stack(saves, reverse)
+
+
+class GRULayer(DeltaFunction):
+    """One layer, one direction of nn.GRU (torch's exact formula):
+      r = σ(W_ir x + b_ir + W_hr h + b_hr),  z = σ(W_iz x + b_iz + W_hz h + b_hz),
+      n = tanh(W_in x + b_in + r ⊙ (W_hn h + b_hn)),  h' = (1 − z) ⊙ n + z ⊙ h.
+
+    backward (BPTT), with δ_h = ∂J/∂h' (output's δ plus the one carried from the next step):
+      δa_n = δ_h ⊙ (1 − z) ⊙ (1 − n²)                   (δ at n's pre-activation)
+      δa_z = δ_h ⊙ (h − n) ⊙ z(1 − z),  δa_r = δa_n ⊙ (W_hn h + b_hn) ⊙ r(1 − r)
+      δ at W_ih x + b_ih: [δa_r | δa_z | δa_n];  δ at W_hh h + b_hh: [δa_r | δa_z | δa_n ⊙ r]
+      δ_{h, previous step} = δ_h ⊙ z + W_hhᵀ [δa_r | δa_z | δa_n ⊙ r]
+    Saves per step r, z, n and W_hn h + b_hn (4H, as native's fused GRU workspace), plus x, h0, output.
+    """
+
+    @staticmethod
+    def forward(x, h0, W_ih, W_hh, b_ih, b_hh, reverse):
+        return _gru_steps(x, h0, W_ih, W_hh, b_ih, b_hh, reverse)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, h0, W_ih, W_hh, b_ih, b_hh, ctx.reverse = inputs
+        out, ws = output
+        ctx.mark_non_differentiable(ws)
+        ctx.save_for_backward(x, h0, W_ih, W_hh, b_ih, b_hh, out, ws)
+
+    @staticmethod
+    def backward(ctx, d_out, _):
+        x, h0, W_ih, W_hh, b_ih, b_hh, out, ws = ctx.saved_tensors
+        if torch.is_grad_enabled():  # double backward: the gates as a function of the inputs
+            out, ws = _gru_steps(x, h0, W_ih, W_hh, b_ih, b_hh, ctx.reverse)
+        T, reverse, H = x.shape[0], ctx.reverse, h0.shape[-1]
+        dh, d_in, d_hid = None, [], []
+        for t in _order(T, not reverse):
+            dh = d_out[t] if dh is None else d_out[t] + dh
+            w = ws[t]
+            r, z, n, hn = w[:, :H], w[:, H:2 * H], w[:, 2 * H:3 * H], w[:, 3 * H:]
+            h_prev = h0 if t == (T - 1 if reverse else 0) else out[t + 1 if reverse else t - 1]
+            da_n = dh * (1 - z) * (1 - n * n)
+            da_z = dh * (h_prev - n) * z * (1 - z)
+            da_r = da_n * hn * r * (1 - r)
+            dz_h = torch.cat([da_r, da_z, da_n * r], 1)
+            d_in.append(torch.cat([da_r, da_z, da_n], 1))
+            d_hid.append(dz_h)
+            dh = dh * z + dz_h @ W_hh
+        dz_in, dz_h = _stack(d_in, not reverse), _stack(d_hid, not reverse)
+        dx, dW_ih, dW_hh, db_ih, db_hh = _grads_w(ctx, dz_in, dz_h, x, h0, out, W_ih, reverse, 2)
+        return dx, dh if ctx.needs_input_grad[1] else None, dW_ih, dW_hh, db_ih, db_hh, None
+
+
+# --- LSTM -------------------------------------------------------------------------------------------------
+
+def _lstm_steps(x, h0, c0, W_ih, W_hh, b_ih, b_hh, reverse):
+    H = h0.shape[-1]
+    b = b_ih + b_hh if b_ih is not None else None
+    z_x, h, c, outs, cs, gs = _proj(x, W_ih, b), h0, c0, [], [], []
+    for t in _order(x.shape[0], reverse):
+        z = torch.addmm(z_x[t], h, W_hh.t())
+        g = torch.cat([torch.sigmoid(z[:, :2 * H]), torch.tanh(z[:, 2 * H:3 * H]), torch.sigmoid(z[:, 3 * H:])], 1)
+        i, f, gg, o = g.chunk(4, 1)
+        c = f * c + i * gg
+        h = o * torch.tanh(c)
+        outs.append(h), cs.append(c), gs.append(g)
+    return _stack(outs, reverse), _stack(cs, reverse), _stack(gs, reverse)
+
+
+class LSTMLayer(DeltaFunction):
+    """One layer, one direction of nn.LSTM: [i|f|g|o] = [σ|σ|tanh|σ](W_ih x_t + b_ih + W_hh h_{t−1} + b_hh),
+      c_t = f ⊙ c_{t−1} + i ⊙ g,   h_t = o ⊙ tanh(c_t).
+
+    backward (BPTT), from the last step down, with δ_h = ∂J/∂h_t + W_hhᵀ δz_{t+1} and δ_c carried from t+1
+    (δ_c = ∂J/∂c_T at the last step):
+      δ_c ← δ_c + δ_h ⊙ o ⊙ (1 − tanh² c_t)
+      δz_t = [δ_c ⊙ g ⊙ i(1−i) | δ_c ⊙ c_{t−1} ⊙ f(1−f) | δ_c ⊙ i ⊙ (1−g²) | δ_h ⊙ tanh c_t ⊙ o(1−o)]
+      δ_{c_{t−1}} = δ_c ⊙ f,   δ_{h_{t−1}} = W_hhᵀ δz_t   (+ the output's δ at step t−1)
+    Saves the gates (4H) and cell states (H) per step, plus x, h0, c0 and the output.
+    Returns (output (T, N, H), c_T).
+    """
+
+    @staticmethod
+    def forward(x, h0, c0, W_ih, W_hh, b_ih, b_hh, reverse):
+        out, cs, gs = _lstm_steps(x, h0, c0, W_ih, W_hh, b_ih, b_hh, reverse)
+        return out, cs[0 if reverse else -1].clone(), cs, gs
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, h0, c0, W_ih, W_hh, b_ih, b_hh, ctx.reverse = inputs
+        out, c_n, cs, gs = output
+        ctx.mark_non_differentiable(cs, gs)
+        ctx.save_for_backward(x, h0, c0, W_ih, W_hh, b_ih, b_hh, out, cs, gs)
+
+    @staticmethod
+    def backward(ctx, d_out, d_cn, _cs, _gs):
+        x, h0, c0, W_ih, W_hh, b_ih, b_hh, out, cs, gs = ctx.saved_tensors
+        if torch.is_grad_enabled():  # double backward: the gates and cells as functions of the inputs
+            out, cs, gs = _lstm_steps(x, h0, c0, W_ih, W_hh, b_ih, b_hh, ctx.reverse)
+        T, reverse, H = x.shape[0], ctx.reverse, h0.shape[-1]
+        dh, dc, dzs = None, d_cn, []
+        for t in _order(T, not reverse):
+            dh = d_out[t] if dh is None else d_out[t] + dh
+            i, f, g, o = gs[t].chunk(4, 1)
+            tc = torch.tanh(cs[t])
+            c_prev = c0 if t == (T - 1 if reverse else 0) else cs[t + 1 if reverse else t - 1]
+            dc = dc + dh * o * (1 - tc * tc)
+            dz = torch.cat([dc * g * i * (1 - i), dc * c_prev * f * (1 - f), dc * i * (1 - g * g),
+                            dh * tc * o * (1 - o)], 1)
+            dzs.append(dz)
+            dc = dc * f
+            dh = dz @ W_hh
+        dz = _stack(dzs, not reverse)
+        dx, dW_ih, dW_hh, db_ih, db_hh = _grads_w(ctx, dz, dz, x, h0, out, W_ih, reverse, 3)
+        need = ctx.needs_input_grad
+        return dx, dh if need[1] else None, dc if need[2] else None, dW_ih, dW_hh, db_ih, db_hh, None
+
+
+# --- the entries: layers × directions, with torch.rnn_tanh / torch.gru / torch.lstm's signatures -----------
+
+def _packed_error(op):
+    check(False, op, "PackedSequence input is not supported (torch.nn.utils.rnn.pack_padded_sequence); "
+                     "unswap this module or pad the sequences")
+
+
+def _run(op, input, hx, params, has_biases, num_layers, dropout, train, bidirectional, batch_first):
+    """The stack shared by the four entries. hx: a tensor, or (h0, c0) for lstm."""
+    if isinstance(hx, torch.Tensor) and hx.dim() == 1 or not isinstance(input, torch.Tensor):
+        _packed_error(op)  # the packed overload: (data, batch_sizes, hx, params, ...)
+    is_lstm = op == "lstm"
+    h0, c0 = (hx[0], hx[1]) if is_lstm else (hx, None)
+    D, per = 2 if bidirectional else 1, 4 if has_biases else 2
+    check(input.dim() in (2, 3), op, f"input must be 2-D (unbatched) or 3-D, got shape {list(input.shape)}")
+    check(len(params) == num_layers * D * per, op,
+          f"expected {num_layers * D * per} weights for {num_layers} layer(s), "
+          f"{'bi' if D == 2 else 'uni'}directional, bias={has_biases}; got {len(params)} "
+          "(proj_size > 0 is not supported)")
+    check(h0.dim() == input.dim(), op, f"hx must be {input.dim()}-D for a {input.dim()}-D input, got "
+                                       f"{h0.dim()}-D")
+    check_compatible(op, input=input, h0=h0, c0=c0, weight=params[0])
+    unbatched = input.dim() == 2
+    if unbatched:
+        input, h0, c0 = input.unsqueeze(1), h0.unsqueeze(1), None if c0 is None else c0.unsqueeze(1)
+    elif batch_first:
+        input = input.transpose(0, 1)
+    T, N = input.shape[:2]
+    H = params[1].shape[1]
+    check(tuple(h0.shape) == (num_layers * D, N, H), op, f"expected hidden state of shape "
+          f"{[num_layers * D, N, H]}, got {list(h0.shape)}")
+    check(c0 is None or tuple(c0.shape) == (num_layers * D, N, H), op, f"expected cell state of shape "
+          f"{[num_layers * D, N, H]}, got {list(c0.shape) if c0 is not None else None}")
+    x, hs, cs = input, [], []
+    for layer in range(num_layers):
+        outs = []
+        for d in range(D):
+            k = layer * D + d
+            W_ih, W_hh, *b = params[k * per:(k + 1) * per]
+            b_ih, b_hh = b if has_biases else (None, None)
+            if is_lstm:
+                out, c_n, _, _ = apply(LSTMLayer, LOWER, x, h0[k], c0[k], W_ih, W_hh, b_ih, b_hh, d == 1)
+                cs.append(c_n)
+            elif op == "gru":
+                out, _ = apply(GRULayer, LOWER, x, h0[k], W_ih, W_hh, b_ih, b_hh, d == 1)
+            else:
+                out = apply(RNNLayer, LOWER, x, h0[k], W_ih, W_hh, b_ih, b_hh, op == "rnn_relu", d == 1)
+            outs.append(out)
+            hs.append(out[0 if d == 1 else -1])
+        x = outs[0] if D == 1 else torch.cat(outs, 2)
+        if dropout > 0 and train and layer < num_layers - 1:
+            from .dropout import dropout as _dropout
+            x = _dropout(x, dropout, True)
+    h_n, c_n = torch.stack(hs), torch.stack(cs) if is_lstm else None
+    if unbatched:
+        x, h_n, c_n = x.squeeze(1), h_n.squeeze(1), None if c_n is None else c_n.squeeze(1)
+    elif batch_first:
+        x = x.transpose(0, 1)
+    return (x, h_n, c_n) if is_lstm else (x, h_n)
+
+
+def rnn_tanh(input, hx, params, has_biases, num_layers, dropout, train, bidirectional, batch_first):
+    """δ twin of ``torch.rnn_tanh`` (what nn.RNN(nonlinearity='tanh') calls): (output, h_n)."""
+    return _run("rnn_tanh", input, hx, params, has_biases, num_layers, dropout, train, bidirectional, batch_first)
+
+
+def rnn_relu(input, hx, params, has_biases, num_layers, dropout, train, bidirectional, batch_first):
+    """δ twin of ``torch.rnn_relu`` (what nn.RNN(nonlinearity='relu') calls): (output, h_n)."""
+    return _run("rnn_relu", input, hx, params, has_biases, num_layers, dropout, train, bidirectional, batch_first)
+
+
+def gru(input, hx, params, has_biases, num_layers, dropout, train, bidirectional, batch_first):
+    """δ twin of ``torch.gru`` (what nn.GRU calls): (output, h_n)."""
+    return _run("gru", input, hx, params, has_biases, num_layers, dropout, train, bidirectional, batch_first)
+
+
+def lstm(input, hx, params, has_biases, num_layers, dropout, train, bidirectional, batch_first):
+    """δ twin of ``torch.lstm`` (what nn.LSTM calls): (output, h_n, c_n); hx = (h0, c0)."""
+    return _run("lstm", input, hx, params, has_biases, num_layers, dropout, train, bidirectional, batch_first)
+
+
+# native callable -> δ twin with the same signature; read by torchbp.registry
+ROUTES = {torch.rnn_tanh: rnn_tanh, torch.rnn_relu: rnn_relu, torch.gru: gru, torch.lstm: lstm}
+
+__all__ = ["rnn_tanh", "rnn_relu", "gru", "lstm"]
