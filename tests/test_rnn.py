@@ -90,7 +90,7 @@ def test_gradchecks(cell, bidirectional):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dtype", [d for d in LOW if d != torch.float16])
+@pytest.mark.parametrize("dtype", LOW)
 @pytest.mark.parametrize("cell", CELLS)
 def test_low_precision(cell, dtype, device):
     nat, ours = make(cell, I=8, H=16, num_layers=2, bidirectional=True)
@@ -106,6 +106,24 @@ def test_float64_device(device):
     nat, ours = make("LSTM", num_layers=2, bidirectional=True)
     args = args_for("LSTM", nat)
     assert_matches_native(call(ours.to(device)), call(nat.to(device)), args, device=device)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("cell", CELLS)
+def test_autocast(cell, device):
+    dtype = torch.bfloat16 if device == "cpu" else torch.float16
+    nat, ours = make(cell, I=8, H=16, num_layers=2)
+    nat, ours = nat.float().to(device), ours.float().to(device)
+    x = torch.randn(5, 2, 8, device=device, requires_grad=True)
+    res = []
+    for m in (nat, ours):
+        with torch.autocast(device, dtype=dtype):
+            out, h_n = m(x)
+        h_n = h_n if isinstance(h_n, tuple) else (h_n,)
+        res.append((out, *h_n, *torch.autograd.grad(out.float().sum(), [x, *m.parameters()])))
+    for a, b in zip(*res):
+        assert a.dtype == b.dtype
+        torch.testing.assert_close(b.float(), a.float(), rtol=5e-2, atol=5e-2)
 
 
 def test_functional_entries_match_torch():

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from ._common import LOWER, DeltaFunction, apply, check, check_compatible
+from ._common import FP32, LOWER, DeltaFunction, apply, check, check_compatible
 
 
 def _order(T, reverse):
@@ -268,6 +268,9 @@ def _run(op, input, hx, params, has_biases, num_layers, dropout, train, bidirect
           f"{[num_layers * D, N, H]}, got {list(h0.shape)}")
     check(c0 is None or tuple(c0.shape) == (num_layers * D, N, H), op, f"expected cell state of shape "
           f"{[num_layers * D, N, H]}, got {list(c0.shape) if c0 is not None else None}")
+    # autocast: torch runs all three in the autocast dtype on CUDA (cudnn's cast wrapper) and LSTM, RNN on CPU
+    # (their matmuls); CPU's GRU keeps float32 outputs, so ours runs in float32 there
+    gru_policy = FP32 if input.device.type == "cpu" else LOWER
     x, hs, cs = input, [], []
     for layer in range(num_layers):
         outs = []
@@ -279,7 +282,7 @@ def _run(op, input, hx, params, has_biases, num_layers, dropout, train, bidirect
                 out, c_n, _, _ = apply(LSTMLayer, LOWER, x, h0[k], c0[k], W_ih, W_hh, b_ih, b_hh, d == 1)
                 cs.append(c_n)
             elif op == "gru":
-                out, _ = apply(GRULayer, LOWER, x, h0[k], W_ih, W_hh, b_ih, b_hh, d == 1)
+                out, _ = apply(GRULayer, gru_policy, x, h0[k], W_ih, W_hh, b_ih, b_hh, d == 1)
             else:
                 out = apply(RNNLayer, LOWER, x, h0[k], W_ih, W_hh, b_ih, b_hh, op == "rnn_relu", d == 1)
             outs.append(out)
