@@ -200,3 +200,29 @@ def test_bad_hidden_shape_uses_torchs_check():
     x, h0 = torch.randn(5, 2, 3, dtype=torch.float64), torch.randn(1, 3, 4, dtype=torch.float64)
     with pytest.raises(RuntimeError, match="Expected hidden size"):
         ours(x, h0)
+
+
+@pytest.mark.parametrize("cell", ["RNN", "GRU", "LSTM"])
+def test_manual_backward_routes_the_native_module(cell):
+    from util import grad_fn_names
+    nat, _ = make(cell, num_layers=2, bidirectional=True)
+    x = torch.randn(5, 2, 3, dtype=torch.float64, requires_grad=True)
+    ref = nat(x)[0]
+    with torchbp.manual_backward():
+        out = nat(x)[0]
+    assert f"{cell}LayerBackward" in grad_fn_names(out)
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("cell", ["RNN", "GRU", "LSTM"])
+def test_per_example_grads_under_vmap(cell):
+    """torch.func.vmap(grad) over unbatched sequences (native's RNN refuses vmap): equals a loop of native."""
+    from torch.func import functional_call, grad, vmap
+    nat, ours = make(cell)
+    p = {k: v.detach() for k, v in nat.named_parameters()}
+    x = torch.randn(4, 5, 3, dtype=torch.float64)
+    got = vmap(grad(lambda p, xi: functional_call(ours, p, (xi,))[0].sin().sum()), (None, 0))(p, x)
+    for i in range(4):
+        want = torch.autograd.grad(nat(x[i])[0].sin().sum(), list(nat.parameters()))
+        for k, w in zip(p, want):
+            torch.testing.assert_close(got[k][i], w, rtol=1e-10, atol=1e-12)
