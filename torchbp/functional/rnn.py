@@ -216,7 +216,7 @@ class LSTMLayer(DeltaFunction):
         x, h0, c0, W_ih, W_hh, b_ih, b_hh, out, cs, gs = ctx.saved_tensors
         if torch.is_grad_enabled():  # double backward: the gates and cells as functions of the inputs
             out, cs, gs = _lstm_steps(x, h0, c0, W_ih, W_hh, b_ih, b_hh, ctx.reverse)
-        T, reverse, H = x.shape[0], ctx.reverse, h0.shape[-1]
+        T, reverse = x.shape[0], ctx.reverse
         dh, dc, dzs = None, d_cn, []
         for t in _order(T, not reverse):
             dh = d_out[t] if dh is None else d_out[t] + dh
