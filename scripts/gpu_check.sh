@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU check of issue 6, in one run of a few minutes on a machine with a CUDA device:
-#   1. the whole test suite, CUDA variants included (pytest -n WORKERS when pytest-xdist is there);
+#   1. the test suite's CUDA variants (pytest -k cuda: the CPU ones run in CI; PYTEST_SELECT="" for all),
+#      with pytest -n WORKERS when pytest-xdist is there;
 #   2. scripts/bench.py on CUDA (float32 and bfloat16 autocast; the default models plus mlp-wide);
 #   3. scripts/profile_step.py on the wide MLP (bf16) and the CNN: top operators by GPU time;
 #   4. scripts/conv_wgrad.py: the convolution ∂J/∂W formulations against cuDNN's weight gradient.
@@ -29,7 +30,8 @@ $py -m pip install -q --no-deps --no-build-isolation -e . >"$out/install.log" 2>
 xdist=()
 if $py -c 'import xdist' 2>/dev/null; then xdist=(-n "${WORKERS:-12}"); fi
 # -v: one line per test as it ends, so a run cut off by the timeout still names its failures
-timeout "${TESTS_S:-310}" $py -m pytest -v -p no:cacheprovider "${xdist[@]}" -rfE \
+select=${PYTEST_SELECT-cuda}
+timeout "${TESTS_S:-310}" $py -m pytest -v -p no:cacheprovider "${xdist[@]}" -rfE ${select:+-k "$select"} \
     --junitxml="$out/tests.xml" ${PYTEST_ARGS:-} >"$out/tests.log" 2>&1
 tests_rc=$?
 
