@@ -4,6 +4,7 @@ Nothing here computes a gradient; the formulas live in the family files beside t
 """
 from __future__ import annotations
 
+import functools
 import inspect
 
 import torch
@@ -163,6 +164,7 @@ def _apply_autocast_off(fn, device_type, args):
 LOWER = "lower"          # run in the autocast dtype: linear, matmul, conv, attention
 FP32 = "fp32"            # run in float32 on every device: most losses
 FP32_CUDA = "fp32_cuda"  # run in float32 on CUDA, untouched on CPU: softmax, log_softmax, norms
+PROMOTE_CUDA = "promote_cuda"  # on CUDA every float input in the widest dtype among them, CPU untouched: bilinear
 
 _CASTABLE = (torch.float32, torch.float16, torch.bfloat16)  # autocast never casts float64
 
@@ -182,6 +184,9 @@ def apply(fn: type[torch.autograd.Function], policy: str, *args):
         return fn.apply(*args)
     if policy == FP32 or (policy == FP32_CUDA and x.device.type == "cuda"):
         dtype = torch.float32
+    elif policy == PROMOTE_CUDA and x.device.type == "cuda":
+        dtype = functools.reduce(torch.promote_types,
+                                 [a.dtype for a in args if isinstance(a, torch.Tensor) and a.dtype in _CASTABLE])
     elif policy != LOWER:
         return fn.apply(*args)
     return _apply_autocast_off(fn, x.device.type, _cast(dtype, args))

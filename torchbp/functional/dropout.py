@@ -15,14 +15,28 @@ from ._common import DeltaFunction, check, check_tensor
 _FUSED_DEVICES = ("cuda", "xpu", "lazy", "privateuseone")
 
 
+def _times_zero(a, inplace):
+    """p = 1, as native does it: a times a zero scalar (NaN stays NaN), no random numbers drawn."""
+    zero = torch.zeros((), dtype=a.dtype, device=a.device)
+    return a.mul_(zero) if inplace else a * zero
+
+
+def _save_mask(ctx, inputs, output):
+    """Both dropouts: (a, p, inplace, ...) in, (z, mask or None) out; the mask is saved, not differentiated."""
+    if inputs[2]:
+        ctx.mark_dirty(inputs[0])
+    if output[1] is not None:
+        ctx.mark_non_differentiable(output[1])
+    ctx.save_for_backward(output[1])
+
+
 class Dropout(DeltaFunction):
     """z = a ⊙ m / (1 − p);  δ_a = δ ⊙ m / (1 − p)  (p = 1: z = a · 0, δ_a = δ · 0)."""
 
     @staticmethod
     def forward(a, p, inplace):
-        if p == 1:  # native: multiply by a zero scalar, no random numbers drawn
-            zero = torch.zeros((), dtype=a.dtype, device=a.device)
-            return (a.mul_(zero) if inplace else a * zero), None
+        if p == 1:
+            return _times_zero(a, inplace), None
         if not inplace and a.device.type in _FUSED_DEVICES:  # where native at::dropout uses its fused kernel
             return torch.native_dropout(a, p, True)
         # at::dropout's CPU (and in-place) path, op for op: the same RNG draws, the same bits
@@ -32,12 +46,8 @@ class Dropout(DeltaFunction):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        a, p, inplace = inputs
-        if inplace:
-            ctx.mark_dirty(a)
-        if output[1] is not None:
-            ctx.mark_non_differentiable(output[1])
-        ctx.save_for_backward(output[1])
+        _save_mask(ctx, inputs, output)
+        p = inputs[1]
         ctx.scale = 0.0 if p == 1 else 1.0 / (1.0 - p)
 
     @staticmethod
@@ -69,19 +79,12 @@ class FeatureDropout(DeltaFunction):
 
     @staticmethod
     def forward(a, p, inplace, lead):
-        if p == 1:  # native: multiply by a zero scalar, no random numbers drawn
-            zero = torch.zeros((), dtype=a.dtype, device=a.device)
-            return (a.mul_(zero) if inplace else a * zero), None
+        if p == 1:
+            return _times_zero(a, inplace), None
         noise = a.new_empty(a.shape[:lead] + (1,) * (a.dim() - lead)).bernoulli_(1 - p).div_(1 - p)
         return (a.mul_(noise) if inplace else a * noise), noise
 
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        if inputs[2]:
-            ctx.mark_dirty(inputs[0])
-        if output[1] is not None:
-            ctx.mark_non_differentiable(output[1])
-        ctx.save_for_backward(output[1])
+    setup_context = staticmethod(_save_mask)
 
     @staticmethod
     def backward(ctx, delta, _dnoise):

@@ -1,13 +1,10 @@
 """The affine layer of the seed: z(l+1) = W(l) a(l) + b(l), batched as ``z = a @ W.T + b``."""
 from __future__ import annotations
 
-import functools
-
 import torch
 import torch.nn.functional as F
 
-from ._common import (_CASTABLE, LOWER, DeltaFunction, _any_autocast, _autocast_state, _cast, apply, check,
-                      check_compatible)
+from ._common import LOWER, PROMOTE_CUDA, DeltaFunction, _autocast_state, apply, check, check_compatible
 
 
 class Linear(DeltaFunction):
@@ -105,23 +102,19 @@ class Bilinear(DeltaFunction):
 def bilinear(input1, input2, weight, bias=None):
     """δ twin of ``torch.nn.functional.bilinear`` (= ``torch.bilinear``)."""
     op = "bilinear"
-    if _any_autocast() and isinstance(input1, torch.Tensor) and input1.device.type == "cuda" \
-            and _autocast_state("cuda") is not None:
-        # CUDA autocast's policy for bilinear is "promote": every float tensor to the widest dtype among them
-        ts = [t for t in (input1, input2, weight, bias) if isinstance(t, torch.Tensor) and t.dtype in _CASTABLE]
-        dtype = functools.reduce(torch.promote_types, [t.dtype for t in ts]) if ts else None
-        input1, input2, weight, bias = _cast(dtype, (input1, input2, weight, bias)) if dtype else (
-            input1, input2, weight, bias)
     check_compatible(op, input1=input1, input2=input2, weight=weight, bias=bias)
-    if not (input1.dtype == input2.dtype == weight.dtype and (bias is None or bias.dtype == weight.dtype)
+    # one dtype, unless CUDA autocast's "promote" (PROMOTE_CUDA, in apply) makes it one
+    promoting = input1.device.type == "cuda" and _autocast_state("cuda") is not None
+    if not ((promoting or input1.dtype == input2.dtype == weight.dtype and (bias is None or bias.dtype == weight.dtype))
             and weight.dim() == 3 and input1.dim() >= 1 and input1.shape[:-1] == input2.shape[:-1]
             and input1.shape[-1] == weight.shape[1] and input2.shape[-1] == weight.shape[2]
             and (bias is None or bias.shape == weight.shape[:1])):
         _bilinear_error(input1, input2, weight, bias)
     if input1.dim() == 2:
-        return Bilinear.apply(input1, input2, weight, bias)
+        return apply(Bilinear, PROMOTE_CUDA, input1, input2, weight, bias)
     # fold the leading dims outside the Function, as linear does (a view made inside one may not be modified)
-    out = Bilinear.apply(input1.reshape(-1, input1.shape[-1]), input2.reshape(-1, input2.shape[-1]), weight, bias)
+    out = apply(Bilinear, PROMOTE_CUDA, input1.reshape(-1, input1.shape[-1]), input2.reshape(-1, input2.shape[-1]),
+                weight, bias)
     return out.reshape(*input1.shape[:-1], weight.shape[0])
 
 

@@ -139,7 +139,7 @@ class KLDiv(_Elementwise):
     def forward(h, y, reduction, w, log_target):
         if reduction == "batchmean":
             return torch.kl_div(h, y, 2, log_target=log_target) / (h.shape[0] if h.dim() else 1)
-        return torch.kl_div(h, y, ("none", "mean", "sum").index(reduction), log_target=log_target)
+        return torch.kl_div(h, y, _ENUM[reduction], log_target=log_target)
 
     @staticmethod
     def dh(s, h, y, w, log_target):
