@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 
+from . import activation as A
 from ._common import FP32, LOWER, DeltaFunction, apply, check, check_compatible
 
 
@@ -95,8 +96,7 @@ class RNNLayer(DeltaFunction):
         dh, dzs = None, []
         for t in _order(T, not reverse):  # backward in time: the reverse of forward's order
             dh = d_out[t] if dh is None else d_out[t] + dh
-            h = out[t]
-            dz = dh * (h > 0) if ctx.relu else dh * (1 - h * h)
+            dz = (A.ReLU if ctx.relu else A.Tanh).delta(dh, out[t])  # f' from the output, as the layers do
             dzs.append(dz)
             dh = dz @ W_hh
         dz = _stack(dzs, not reverse)
@@ -158,9 +158,9 @@ class GRULayer(DeltaFunction):
             w = ws[t]
             r, z, n, hn = w[:, :H], w[:, H:2 * H], w[:, 2 * H:3 * H], w[:, 3 * H:]
             h_prev = h0 if t == (T - 1 if reverse else 0) else out[t + 1 if reverse else t - 1]
-            da_n = dh * (1 - z) * (1 - n * n)
-            da_z = dh * (h_prev - n) * z * (1 - z)
-            da_r = da_n * hn * r * (1 - r)
+            da_n = A.Tanh.delta(dh * (1 - z), n)  # the gates' f' are the activations' own δ
+            da_z = A.Sigmoid.delta(dh * (h_prev - n), z)
+            da_r = A.Sigmoid.delta(da_n * hn, r)
             dz_h = torch.cat([da_r, da_z, da_n * r], 1)
             d_in.append(torch.cat([da_r, da_z, da_n], 1))
             d_hid.append(dz_h)
@@ -223,9 +223,9 @@ class LSTMLayer(DeltaFunction):
             i, f, g, o = gs[t].chunk(4, 1)
             tc = torch.tanh(cs[t])
             c_prev = c0 if t == (T - 1 if reverse else 0) else cs[t + 1 if reverse else t - 1]
-            dc = dc + dh * o * (1 - tc * tc)
-            dz = torch.cat([dc * g * i * (1 - i), dc * c_prev * f * (1 - f), dc * i * (1 - g * g),
-                            dh * tc * o * (1 - o)], 1)
+            dc = dc + A.Tanh.delta(dh * o, tc)  # the gates' f' are the activations' own δ
+            dz = torch.cat([A.Sigmoid.delta(dc * g, i), A.Sigmoid.delta(dc * c_prev, f), A.Tanh.delta(dc * i, g),
+                            A.Sigmoid.delta(dh * tc, o)], 1)
             dzs.append(dz)
             dc = dc * f
             dh = dz @ W_hh
