@@ -33,14 +33,23 @@ class Embedding(DeltaFunction):
         (idx,) = ctx.saved_tensors
         if not ctx.needs_input_grad[0]:
             return None, None, None, None
-        i = idx.reshape(-1)
         d = delta.reshape(-1, delta.shape[-1])
-        if ctx.scale:
-            d = d / torch.bincount(i, minlength=ctx.num).to(d.dtype)[i].unsqueeze(1)
-        grad_W = d.new_zeros(ctx.num, d.shape[1]).index_add_(0, i, d)
-        if ctx.padding_idx is not None:
-            grad_W[ctx.padding_idx] = 0
-        return grad_W, None, None, None
+        return _grad_rows(d, idx.reshape(-1), ctx.num, ctx.padding_idx, ctx.scale, None, False), None, None, None
+
+
+def _grad_rows(d, idx, num, padding_idx, by_freq, factor, fresh):
+    """∂J/∂W of a lookup: zeros.index_add(0, idx, factor ⊙ d), each occurrence divided by how often its index
+    occurs when ``by_freq`` (scale_grad_by_freq), row ``padding_idx`` zeroed. ``d``: one δ row per occurrence
+    (``fresh``: a temporary of the caller's, scaled in place when safe; else the incoming δ, left alone)."""
+    if by_freq:
+        inv = torch.bincount(idx, minlength=num).to(d.dtype).reciprocal_().index_select(0, idx)
+        factor = inv if factor is None else factor * inv
+    if factor is not None:
+        d = scale_(d, factor.unsqueeze(1)) if fresh else d * factor.unsqueeze(1)
+    grad_W = d.new_zeros(num, d.shape[1]).index_add_(0, idx, d)
+    if padding_idx is not None:
+        grad_W[padding_idx] = 0
+    return grad_W
 
 
 def embedding(input, weight, padding_idx=None, max_norm=None, norm_type=2.0, scale_grad_by_freq=False,
@@ -141,16 +150,8 @@ class EmbeddingBag(DeltaFunction):
             grad_psw = (d.unsqueeze(1) @ W.index_select(0, idx).unsqueeze(2)).reshape(-1)
             if ctx.padding_idx is not None:
                 grad_psw = grad_psw * (idx != ctx.padding_idx)
-        if need_W:
-            factor = psw  # each occurrence's factor w_i (/ its index's count): one (N, D) product
-            if ctx.scale:
-                inv_count = torch.bincount(idx, minlength=ctx.num).to(d.dtype).reciprocal_().index_select(0, idx)
-                factor = inv_count if factor is None else factor * inv_count
-            if factor is not None:
-                d = scale_(d, factor.unsqueeze(1))
-            grad_W = d.new_zeros(ctx.num, d.shape[1]).index_add_(0, idx, d)
-            if ctx.padding_idx is not None:
-                grad_W[ctx.padding_idx] = 0
+        if need_W:  # each occurrence's factor w_i (/ its index's count): one (N, D) product, in d's buffer
+            grad_W = _grad_rows(d, idx, ctx.num, ctx.padding_idx, ctx.scale, psw, True)
         return grad_W, None, None, None, None, grad_psw, None, None
 
 
