@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._common import LOWER, DeltaFunction, apply, check, check_compatible, check_tensor, inplace_ok
+from ._common import LOWER, DeltaFunction, _named, apply, check, check_compatible, check_tensor, inplace_ok
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 _CONV_T = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
@@ -202,10 +202,8 @@ def pad(input, pad, mode="constant", value=None):
     check(mode == "constant" or all(q >= 0 for q in pad), op,
           f"negative padding {list(pad)} is supported in mode 'constant' only")
     check(mode == "constant" or value is None, op, f"padding mode {mode!r} doesn't take in value argument")
-    try:
+    with _named(op):
         return Pad.apply(input, tuple(pad), mode, value)
-    except (RuntimeError, ValueError, NotImplementedError) as e:
-        raise type(e)(f"torchbp.functional.{op}: {e}") from e
 
 
 def _tuple(v, n, op, name):

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn import _reduction as _Reduction
 
-from ._common import FP32, DeltaFunction, apply, check, check_compatible, check_tensor, inplace_ok, scale_
+from ._common import FP32, DeltaFunction, _named, apply, check, check_compatible, check_tensor, inplace_ok, scale_
 
 _REDUCTIONS = ("none", "mean", "sum")
 
@@ -822,26 +822,6 @@ def huber_loss(input, target, reduction="mean", delta=1.0, weight=None):
     reduction = _reduction("huber_loss", reduction)
     check(delta > 0, "huber_loss", f"delta must be > 0, got {delta}")
     return _pointwise("huber_loss", Huber, input, target, reduction, float(delta), weight, False)
-
-
-class _named:
-    """Value checks (input in [0, 1], class index in range) are torch's own forward kernels'
-    (in-kernel, no extra pass or host sync); their errors are re-raised naming the op. (A class: a
-    contextlib generator costs ~1.5 µs per loss call.)"""
-
-    __slots__ = ("op",)
-
-    def __init__(self, op):
-        self.op = op
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, kind, e, tb):
-        if kind is not None and issubclass(kind, (RuntimeError, IndexError, ValueError)) \
-                and not str(e).startswith("torchbp."):
-            raise kind(f"torchbp.functional.{self.op}: {e}") from e
-        return False
 
 
 def _check_weights_broadcast(op, input, **tensors):

@@ -17,7 +17,7 @@ import functools
 import torch
 import torch.nn.functional as F
 
-from ._common import DeltaFunction, check, check_tensor, inplace_ok
+from ._common import DeltaFunction, _named, check, check_tensor, inplace_ok
 from .pooling import adaptive_avg_pool1d, adaptive_avg_pool2d
 
 # mode -> (taps per output position along a dim, the mode of that dim's own interpolation)
@@ -112,12 +112,8 @@ def interpolate(input, size=None, scale_factor=None, mode="nearest", align_corne
         size = tuple(size)
     if isinstance(scale_factor, list):
         scale_factor = tuple(scale_factor)
-    try:  # native's own checks of sizes, scales, modes and dims, named
+    with _named(op):  # native's own checks of sizes, scales, modes and dims
         return Interpolate.apply(input, size, scale_factor, mode, align_corners, recompute_scale_factor)
-    except (RuntimeError, ValueError, NotImplementedError) as e:
-        if str(e).startswith("torchbp."):
-            raise
-        raise type(e)(f"torchbp.functional.{op}: {e}") from e
 
 
 def _size(input, size, scale_factor, recompute_scale_factor, op):
@@ -149,10 +145,8 @@ class PixelShuffle(DeltaFunction):
 
 def _shuffle(op, input, factor, inverse):
     check_tensor(op, "input", input)
-    try:
+    with _named(op):
         return PixelShuffle.apply(input, int(factor), inverse)
-    except RuntimeError as e:
-        raise RuntimeError(f"torchbp.functional.{op}: {e}") from e
 
 
 def pixel_shuffle(input, upscale_factor):
