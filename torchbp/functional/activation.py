@@ -613,8 +613,11 @@ def _unary(op, fn, input, *args, inplace=False, policy=None):
     check_tensor(op, "input", input)
     if not input.is_floating_point():
         check(False, op, f"input must be floating point, got {input.dtype}")
+    if inplace and not hasattr(fn, "delta_out"):
+        # f' needs z, which the output overwrites: the δ runs on a copy of z (native saves one too, e.g.
+        # silu_) and the result is written back into ``input``
+        return input.copy_(_unary(op, fn, input.clone(), *args, policy=policy))
     if inplace:
-        check(hasattr(fn, "delta_out"), op, "inplace=True is not supported for this op")
         if (input._is_view() and isinstance(input.grad_fn, torch.autograd.function.BackwardCFunction)) \
                 or _functorch_active is None or _functorch_active():
             # a view returned by a custom Function (a δ flatten) may not be modified in place under
@@ -659,10 +662,7 @@ def gelu(input, approximate="none"):
 
 
 def silu(input, inplace=False):
-    if not inplace:
-        return _unary("silu", SiLU, input)
-    # f' needs z, which in-place overwrites: keep a copy of z (as native silu_ does), write a back
-    return input.copy_(_unary("silu", SiLU, input.clone()))
+    return _unary("silu", SiLU, input, inplace=inplace)
 
 
 def softplus(input, beta=1.0, threshold=20.0):
@@ -703,23 +703,17 @@ def log_softmax(input, dim=None, _stacklevel=3, dtype=None):
     return _unary("log_softmax", LogSoftmax, input, dim, policy=FP32_CUDA)
 
 
-def _via_copy(op, fn, input, *args):
-    """In place where f' needs z, which the output overwrites: the δ runs on a copy of z (native
-    saves one too) and the result is written back into ``input``."""
-    return input.copy_(_unary(op, fn, input.clone(), *args))
-
-
 def hardswish(input, inplace=False):
-    return _via_copy("hardswish", Hardswish, input) if inplace else _unary("hardswish", Hardswish, input)
+    return _unary("hardswish", Hardswish, input, inplace=inplace)
 
 
 def hardsigmoid(input, inplace=False):
     # f' is not read from a: a bound of 1 is reached by rounding just inside z = 3
-    return _via_copy("hardsigmoid", Hardsigmoid, input) if inplace else _unary("hardsigmoid", Hardsigmoid, input)
+    return _unary("hardsigmoid", Hardsigmoid, input, inplace=inplace)
 
 
 def mish(input, inplace=False):
-    return _via_copy("mish", Mish, input) if inplace else _unary("mish", Mish, input)
+    return _unary("mish", Mish, input, inplace=inplace)
 
 
 def selu(input, inplace=False):
@@ -745,8 +739,7 @@ def tanhshrink(input):
 
 def threshold(input, threshold, value, inplace=False):
     # in place f' is not read from a: a = value may lie on either side of the threshold
-    args = ("threshold", Threshold, input, float(threshold), float(value))
-    return _via_copy(*args) if inplace else _unary(*args)
+    return _unary("threshold", Threshold, input, float(threshold), float(value), inplace=inplace)
 
 
 def hardshrink(input, lambd=0.5):
