@@ -283,7 +283,10 @@ def test_class_losses_gradcheck(reduction):
     y = torch.tensor([[0, 2], [-100, 1]])
     gradchecks(tbf.nll_loss, (z, y), {"weight": w, "reduction": reduction})
     gradchecks(tbf.cross_entropy, (z, y), {"weight": w, "reduction": reduction, "label_smoothing": 0.2})
-    gradchecks(tbf.cross_entropy, (z[:, :, 0], y[:, 1]), {"reduction": reduction})
+    gradchecks(tbf.cross_entropy, (z[:, :, 0], y[:, 1]), {"reduction": reduction})  # 2-D, no target ignored
+    gradchecks(tbf.cross_entropy, (z[:, :, 1], y[:, 0]), {"reduction": reduction})  # 2-D, one ignored
+    gradchecks(tbf.cross_entropy, (z[:, :, 1], y[:, 0]), {"weight": w, "reduction": reduction, "label_smoothing": 0.3})
+    gradchecks(tbf.cross_entropy, (z[0, :, 0], y[0, 1]), {"reduction": reduction})  # 1-D input, 0-D target
     p = torch.randn(2, 3, 2).softmax(1).requires_grad_()
     gradchecks(tbf.cross_entropy, (z, p, w.clone().requires_grad_()), {"reduction": reduction, "label_smoothing": 0.1})
 

@@ -20,6 +20,7 @@ from torch.nn import _reduction as _Reduction
 from ._common import FP32, DeltaFunction, _named, apply, check, check_compatible, check_tensor, inplace_ok, scale_
 
 _REDUCTIONS = ("none", "mean", "sum")
+_ENUM = {"none": 0, "mean": 1, "sum": 2}  # torch's Reduction enum, for its loss kernels
 
 
 def _reduce(l, reduction):
@@ -300,48 +301,83 @@ class CrossEntropy(DeltaFunction):
     "mean" divides Σ_n ℓ_n by Σ_n w_{y_n} over the non-ignored n (by their count without weights).
 
     With q[n, c] = (1 − ε)·w_{y_n}·[c = y_n] + (ε/C)·w_c (0 rows for ignored targets),
-    ℓ_n = −Σ_c q[n, c]·logp[n, c], and since ∂logp_c/∂z_k = [c = k] − softmax_k:
-      δ_z[n, c] = δ_ℓn·(softmax(z)[n, c]·Σ_k q[n, k] − q[n, c]).
-    softmax is recomputed from the saved z (as much memory as native's saved log_softmax, and it
-    keeps double backward exact).
+    ℓ_n = −Σ_c q[n, c]·logp[n, c], and since ∂logp_c/∂z_k = [c = k] − p_k, p = softmax(z) = e^logp:
+      δ_z[n, c] = δ_ℓn·(p[n, c]·Σ_k q[n, k] − q[n, c]).
+    forward returns (J, logp, Σ_n w_{y_n}); the caller keeps J. logp is what backward reads, as native keeps
+    its log_softmax (p = e^logp is one pass where softmax(z) is three). Being an output, logp stays connected
+    to z, so a create_graph backward differentiates e^logp exactly: its δ comes back here as δ_logp, and
+    log_softmax's δ, δ_z = δ_logp − p·Σ_c δ_logp, is added.
     """
 
     @staticmethod
     def forward(z, y, w, reduction, ignore_index, eps):
-        return F.cross_entropy(z, y, w, ignore_index=ignore_index, reduction=reduction, label_smoothing=eps)
+        cd = _class_dim(z)
+        logp = torch.log_softmax(z, cd)  # torch's cross_entropy: nll_loss(log_softmax(z)) (+ smoothing)
+        if z.dim() <= 2:  # torch's kernel also returns the "mean" divisor Σ_n w_{y_n}
+            loss, total = torch.ops.aten.nll_loss_forward(logp, y, w, _ENUM[reduction], ignore_index)
+        else:
+            loss, total = F.nll_loss(logp, y, w, ignore_index=ignore_index, reduction=reduction), None
+        if eps:
+            keep, _, wy = _targets(y, w, ignore_index, logp.dtype)
+            smooth = torch.where(keep, -(logp if w is None else logp * _class_view(w, logp)).sum(cd), 0)
+            smooth = smooth if reduction == "none" else smooth.sum() / wy.sum() if reduction == "mean" \
+                else smooth.sum()
+            loss = (1 - eps) * loss + (eps / z.shape[cd]) * smooth
+        return loss, logp, total
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        z, y, w, ctx.reduction, ctx.ignore_index, ctx.eps = inputs
-        ctx.save_for_backward(z, y, w)
+        _, y, w, ctx.reduction, ctx.ignore_index, ctx.eps = inputs
+        _, logp, total = output
+        if total is not None:
+            ctx.mark_non_differentiable(total)
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(logp, y, w, total)
 
     @staticmethod
-    def backward(ctx, g):
-        if not ctx.needs_input_grad[0]:
-            return (None,) * 6
-        z, y, w = ctx.saved_tensors
-        cd, eps = _class_dim(z), ctx.eps
-        if w is None and not eps:  # the common case, q = onehot(y), in as few ops as it takes (each costs µs)
-            keep = y != ctx.ignore_index
-            s = g / keep.sum() if ctx.reduction == "mean" else g
-            # δ_ℓn, exactly 0 for an ignored target (which then points at class 0), as native never
-            # touches those rows: a select, as δ_J/0 = inf for an all-ignored batch ("mean") and 0·inf = NaN
-            r = torch.where(keep, s, 0).unsqueeze(cd)
-            y0 = (y * keep).unsqueeze(cd)
-            delta = scale_(torch.softmax(z, cd), r)  # softmax·δ_ℓ − δ_ℓ at the target: native's order
-            delta = delta.scatter_add_(cd, y0, r.neg()) if inplace_ok() else delta.scatter_add(cd, y0, -r)
-            return delta, None, None, None, None, None
-        C = z.shape[cd]
-        keep, y0, wy = _targets(y, w, ctx.ignore_index, z.dtype)
-        wy, keep, y0 = wy.unsqueeze(cd), keep.unsqueeze(cd), y0.unsqueeze(cd)
-        s = torch.where(keep, _class_spread(g, wy, ctx.reduction, z), 0)  # ignored rows: exactly 0 (see above)
-        sum_q = (1 - eps) * wy + keep.to(z.dtype) * (eps / C * (C if w is None else w.sum())) if eps else wy
-        onehot_q = (-(1 - eps) * s * wy).expand(y0.shape)
-        delta = scale_(torch.softmax(z, cd), s * sum_q)  # the softmax buffer, updated in place when safe
-        delta = delta.scatter_add_(cd, y0, onehot_q) if inplace_ok() else delta.scatter_add(cd, y0, onehot_q)
-        if eps:
-            delta = delta - (eps / C) * (s if w is None else s * _class_view(w, z))
+    def backward(ctx, g, g_logp, _):
+        logp, y, w, total = ctx.saved_tensors
+        cd, eps = _class_dim(logp), ctx.eps
+        delta = None
+        if g is not None and ctx.needs_input_grad[0]:
+            delta = _ce_delta(g, logp, y, w, total, cd, eps, ctx.reduction, ctx.ignore_index)
+        if g_logp is not None:  # create_graph only: the δ of e^logp above, through log_softmax
+            d = g_logp - torch.exp(logp) * g_logp.sum(cd, keepdim=True)
+            delta = d if delta is None else delta + d
         return delta, None, None, None, None, None
+
+
+def _ce_delta(g, logp, y, w, total, cd, eps, reduction, ignore_index):
+    """δ_z = δ_ℓ·(p·Σq − q) (CrossEntropy's docstring), the softmax buffer p = e^logp updated in place when safe."""
+    if w is None and not eps and reduction != "none":
+        # no target ignored (torch counted them in forward; a free look on the CPU, where no transform
+        # such as vmap is active, which inplace_ok also asks): δ_z = (p − onehot)·δ_ℓ
+        if total is not None and logp.device.type == "cpu" and inplace_ok() and total.item() == y.numel():
+            s = g / total if reduction == "mean" else g
+            y1 = y.unsqueeze(cd)
+            return _add_at(scale_(torch.exp(logp), s), cd, y1, s.neg().expand(y1.shape))
+        keep = y != ignore_index
+        s = g / (keep.sum() if total is None else total) if reduction == "mean" else g
+        # δ_ℓn exactly 0 for an ignored target (which then points at class 0), as native never touches those
+        # rows: a select, as δ_J/0 = inf for an all-ignored batch ("mean") and 0·inf = NaN
+        r = torch.where(keep, s, 0).unsqueeze(cd)
+        delta = scale_(torch.exp(logp), r)  # p·δ_ℓ − δ_ℓ at the target: native's order
+        return _add_at(delta, cd, (y * keep).unsqueeze(cd), r.neg())
+    C = logp.shape[cd]
+    keep, y0, wy = _targets(y, w, ignore_index, logp.dtype)
+    wy, keep, y0 = wy.unsqueeze(cd), keep.unsqueeze(cd), y0.unsqueeze(cd)
+    s = torch.where(keep, _class_spread(g, wy, reduction, logp), 0)  # ignored rows: exactly 0 (see above)
+    sum_q = (1 - eps) * wy + keep.to(logp.dtype) * (eps / C * (C if w is None else w.sum())) if eps else wy
+    delta = scale_(torch.exp(logp), s * sum_q)
+    delta = _add_at(delta, cd, y0, (-(1 - eps) * s * wy).expand(y0.shape))
+    if eps:
+        delta = delta - (eps / C) * (s if w is None else s * _class_view(w, logp))
+    return delta
+
+
+def _add_at(delta, cd, index, src):
+    """delta[n, index[n]] += src[n] along the class dim, in place on backward's own buffer when safe."""
+    return delta.scatter_add_(cd, index, src) if inplace_ok() else delta.scatter_add(cd, index, src)
 
 
 class CrossEntropyProbs(DeltaFunction):
@@ -392,7 +428,6 @@ class CrossEntropyProbs(DeltaFunction):
 # (its values; cosine and triplet keep their per-example statistics for backward); backward the formula.
 # Inputs broadcast as torch lets them; each δ is summed back to its input's shape.
 
-_ENUM = {"none": 0, "mean": 1, "sum": 2}
 _EPSILON = 1e-12  # torch's EPSILON in cosine_embedding_loss
 
 
@@ -931,7 +966,7 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
     target = _check_index_target(op, input, target, ignore_index)
     check(target.device == input.device, op, f"target is on {target.device} but input is on {input.device}")
     with _named(op):
-        return apply(CrossEntropy, FP32, input, target, weight, reduction, int(ignore_index), eps)
+        return apply(CrossEntropy, FP32, input, target, weight, reduction, int(ignore_index), eps)[0]
 
 
 def soft_margin_loss(input, target, size_average=None, reduce=None, reduction="mean"):
