@@ -951,6 +951,16 @@ def kl_div(input, target, size_average=None, reduce=None, reduction="mean", log_
 def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-100, reduce=None,
                   reduction="mean", label_smoothing=0.0):
     op = "cross_entropy"
+    # the common call (class indices (N,), logits (N, C), no weights or smoothing) in one guard: every
+    # Python line costs ~1 µs inside a training step (measured: each check below adds 5-10 µs to
+    # mlp-small's bf16 step); anything else, or any doubt, takes the checked path below
+    if weight is None and not label_smoothing and size_average is None and reduce is None \
+            and (reduction == "mean" or reduction == "sum") and type(input) is torch.Tensor \
+            and type(target) is torch.Tensor and input.dim() == 2 and target.dim() == 1 \
+            and target.dtype == torch.long and input.is_floating_point() and target.device == input.device \
+            and target.shape[0] == input.shape[0]:
+        with _named(op):
+            return apply(CrossEntropy, FP32, input, target, None, reduction, int(ignore_index), 0.0)[0]
     reduction = _reduction(op, reduction, size_average, reduce)
     _check_class_input(op, input, target, weight)
     check(0.0 <= label_smoothing <= 1.0, op, f"label_smoothing must be between 0.0 and 1.0, got {label_smoothing}")

@@ -18,44 +18,58 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._common import LOWER, DeltaFunction, apply
+from ._common import DeltaFunction, _any_autocast, _apply_autocast_off, _autocast_state, _cast
 
 # whether the running backward keeps the graph (retain_graph): then ctx must keep the run's tensors
 _keep_graph = getattr(getattr(torch._C, "_autograd", None), "_get_current_graph_task_keep_graph", None)
 
 
 class DenseStack(DeltaFunction):
-    """``acts[l]``: None or (activation Function class, its extra args); ``params``: W0, b0, W1, b1, …
-    (a b may be None). ``x`` is 2-D (``dense_stack`` folds leading dims)."""
+    """``acts[l]``: None or (activation Function class, its extra args); ``dtype``: autocast's dtype or
+    None; ``params``: W0, b0, W1, b1, … (a b may be None). ``x`` is 2-D (``dense_stack`` folds leading dims)."""
 
     generate_vmap_rule = False  # saves intermediates (ctx-style forward): callers fall back under vmap
 
     @staticmethod
-    def forward(ctx, x, acts, *params):
-        a, inputs, kept = _run(x, acts, params)
-        ctx.acts, ctx.L = acts, len(acts)
+    def forward(ctx, x, acts, dtype, *params):
+        # Under autocast (dtype: its dtype), x, W and b are cast here, as autocast casts linear's inputs,
+        # instead of by the caller: no ToCopy node per parameter in the graph (native has one each). Each
+        # ∂J/∂W(l) is cast back to W(l)'s dtype as soon as it is made, as ToCopy's δ would (x's δ by the engine).
+        xc, pc = (x, params) if dtype is None else (_cast(dtype, (x,))[0], _cast(dtype, params))
+        a, inputs, kept = _run(xc, acts, pc)
+        ctx.acts, ctx.L, ctx.dtype = acts, len(acts), dtype
+        ctx.pdtypes = None if dtype is None else [None if p is None else p.dtype for p in params]
         # What the caller can reach (x, the output, the parameters) is saved the checked way (an in-place
-        # change before backward raises); the run's inner tensors nobody else holds are kept on ctx, so
-        # backward can drop each layer's as soon as it is done (per-layer Functions free theirs likewise)
+        # change before backward raises); the run's inner tensors nobody else holds (the casts too) are
+        # kept on ctx, so backward can drop each layer's as soon as it is done (per-layer Functions free
+        # theirs likewise)
         last = kept[-1] is a
         ctx.save_for_backward(x, a if last else None, *params)
-        ctx.inner = ([None] + inputs[1:], kept[:-1] + [None] if last else kept)
+        ctx.inner = ([None if xc is x else xc] + inputs[1:], kept[:-1] + [None] if last else kept,
+                     None if pc is params else pc)
         return a
 
     @staticmethod
     def backward(ctx, delta):
         x, out, *params = ctx.saved_tensors
-        L, Ws = ctx.L, params[0::2]
+        L = ctx.L
         if torch.is_grad_enabled():
             # create_graph: the intermediates were made inside forward and carry no graph to x and the
-            # W, b; replay the run through the per-layer δ Functions so second derivatives are right
+            # W, b; replay the run (and the casts) through the per-layer δ Functions so second derivatives
+            # are right
+            if ctx.dtype is not None:
+                x, params = _cast(ctx.dtype, (x,))[0], _cast(ctx.dtype, params)
             _, inputs, kept = _run(x, ctx.acts, params, replay=True)
         else:
-            inputs, kept = ctx.inner
-            inputs, kept = [x] + inputs[1:], kept[:-1] + [out if out is not None else kept[-1]]
+            inputs, kept, cast = ctx.inner
+            inputs, kept = [inputs[0] if inputs[0] is not None else x] + inputs[1:], \
+                kept[:-1] + [out if out is not None else kept[-1]]
+            params, cast = cast if cast is not None else params, None
             if _keep_graph is not None and not _keep_graph():
                 ctx.inner = None  # ctx lets go: each layer's tensors are freed once its step below is done
-        need = ctx.needs_input_grad
+        Ws = list(params[0::2])
+        del params
+        need, pdt = ctx.needs_input_grad, ctx.pdtypes
         grads = [None] * (2 * L)
         for l in reversed(range(L)):
             act = ctx.acts[l]
@@ -63,16 +77,17 @@ class DenseStack(DeltaFunction):
                 cls, args = act
                 delta = cls.delta(delta, kept[l], *args)
             kept[l] = None
-            if need[2 + 2 * l]:
+            if need[3 + 2 * l]:
                 grads[2 * l] = torch.mm(delta.t(), inputs[l])
             inputs[l] = None
-            if need[3 + 2 * l]:
+            if need[4 + 2 * l]:
                 grads[2 * l + 1] = delta.sum(0)
-            if l == 0 and not need[0]:
-                delta = None
-                break
-            delta = torch.mm(delta, Ws[l])
-        return (delta, None, *grads)
+            delta = torch.mm(delta, Ws[l]) if l > 0 or need[0] else None
+            Ws[l] = None  # autocast's copy of W(l) goes now, as native's goes with its layer's node
+            if pdt is not None:  # then the casts back (ToCopy's δ): one half-precision ∂J/∂W alive at a time
+                grads[2 * l: 2 * l + 2] = [g if g is None else g.to(pdt[i]) for i, g in
+                                           enumerate(grads[2 * l: 2 * l + 2], 2 * l)]
+        return (delta, None, None, *grads)
 
 
 def _run(x, acts, params, replay=False):
@@ -106,7 +121,11 @@ def dense_stack(input, layers):
     acts = tuple(act for _, _, act in layers)
     params = [t for W, b, _ in layers for t in (W, b)]
     x = input if input.dim() == 2 else input.reshape(-1, input.shape[-1])
-    out = apply(DenseStack, LOWER, x, acts, *params)  # autocast: x, W, b cast as for linear
+    dtype = _autocast_state(x.device.type) if _any_autocast() else None  # autocast: cast as for linear
+    if dtype is None:
+        out = DenseStack.apply(x, acts, None, *params)
+    else:
+        out = _apply_autocast_off(DenseStack, x.device.type, (x, acts, dtype, *params))
     return out if input.dim() == 2 else out.reshape(*input.shape[:-1], out.shape[-1])
 
 
