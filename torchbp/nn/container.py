@@ -7,6 +7,8 @@ container would: hooks (the audit hooks every module, so it still sees each laye
 ``forward``, grad mode off, torch.func transforms, torch.compile tracing; inputs a run's layers would
 refuse send that run down the per-layer path, whose errors name the problem.
 """
+import itertools
+import operator
 import weakref
 
 import torch
@@ -43,10 +45,7 @@ _GLOBAL_HOOKS = tuple(getattr(_module, n) for n in ("_global_forward_hooks", "_g
 _PLANS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
-def _plain(m) -> bool:
-    """No hook on the module and its forward is its class's."""
-    return not (m._forward_hooks or m._forward_pre_hooks or m._backward_hooks
-                or getattr(m, "_backward_pre_hooks", None) or "forward" in m.__dict__)
+_contains, _FORWARD, _WEIGHT = operator.contains, itertools.repeat("forward"), itertools.repeat("weight")
 
 
 def _plan(mods, types):
@@ -66,7 +65,12 @@ def _plan(mods, types):
         else:
             steps.append(i)
             i += 1
-    return steps, tuple(watched)
+    # what the call checks of the runs' modules, as the dicts themselves (checked by C-level any/map, not a
+    # Python function per module: inside a training step every Python line costs ~1 µs)
+    hooks = [d for m in watched for d in (m._forward_hooks, m._forward_pre_hooks, m._backward_hooks,
+                                          getattr(m, "_backward_pre_hooks", None)) if d is not None]
+    return steps, tuple(watched), hooks, [m.__dict__ for m in watched], \
+        [m._parameters for m in watched if type(m) is Linear]
 
 
 class Sequential(torch.nn.Sequential):
@@ -80,10 +84,10 @@ class Sequential(torch.nn.Sequential):
         if plan is None or plan[0] != mods or plan[1] != types:
             plan = mods, types, *_plan(mods, types)
             _PLANS[self] = plan
-        steps, watched = plan[2], plan[3]
+        steps, watched, hooks, dicts, params = plan[2:]
         # the runs' layers as they are now: any hook, patched forward or missing weight means per-layer
-        if not watched or not all(map(_plain, watched)) \
-                or not all("weight" in m._parameters for m in watched if type(m) is Linear):
+        if not watched or any(hooks) or any(map(_contains, dicts, _FORWARD)) \
+                or not all(map(_contains, params, _WEIGHT)):
             return super().forward(input)
         for step in steps:
             if step.__class__ is int:
