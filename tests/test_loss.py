@@ -940,3 +940,13 @@ def test_margin_losses_torch_func(i):
     gn = torch.func.vmap(torch.func.grad(lambda a, b: F.gaussian_nll_loss(a, b, v), argnums=(0, 1)))(*args[:2])
     for s, n in zip(gs, gn):
         torch.testing.assert_close(s, n, rtol=1e-10, atol=1e-12)
+
+
+def test_cross_entropy_empty_batch_like_native():
+    z = torch.randn(0, 5, dtype=torch.float64, requires_grad=True)
+    y = torch.zeros(0, dtype=torch.long)
+    for reduction in REDUCTIONS:
+        ours, native = tbf.cross_entropy(z, y, reduction=reduction), F.cross_entropy(z, y, reduction=reduction)
+        assert torch.equal(ours.isnan(), native.isnan()) and ours.shape == native.shape
+        (g,) = torch.autograd.grad(ours.sum(), z)
+        assert g.shape == (0, 5)

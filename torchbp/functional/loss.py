@@ -351,11 +351,12 @@ def _ce_delta(g, logp, y, w, total, cd, eps, reduction, ignore_index):
     """δ_z = δ_ℓ·(p·Σq − q) (CrossEntropy's docstring), the softmax buffer p = e^logp updated in place when safe."""
     if w is None and not eps and reduction != "none":
         # no target ignored (torch counted them in forward; a free look on the CPU, where no transform
-        # such as vmap is active, which inplace_ok also asks): δ_z = (p − onehot)·δ_ℓ
-        if total is not None and logp.device.type == "cpu" and inplace_ok() and total.item() == y.numel():
-            s = g / total if reduction == "mean" else g
-            y1 = y.unsqueeze(cd)
-            return _add_at(scale_(torch.exp(logp), s), cd, y1, s.neg().expand(y1.shape))
+        # such as vmap is active, which inplace_ok also asks): δ_z = (p − onehot)·δ_J (/N for "mean"),
+        # in place in as few distinct ops as it takes (inside a training step each costs ~2-3 µs cold)
+        n = total.item() if total is not None and logp.device.type == "cpu" and inplace_ok() else -1
+        if n == y.numel() > 0:
+            delta = torch.exp(logp).scatter_(cd, y.unsqueeze(cd), -1.0, reduce="add").mul_(g)
+            return delta.mul_(1.0 / n) if reduction == "mean" else delta
         keep = y != ignore_index
         s = g / (keep.sum() if total is None else total) if reduction == "mean" else g
         # δ_ℓn exactly 0 for an ignored target (which then points at class 0), as native never touches those
