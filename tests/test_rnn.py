@@ -63,6 +63,23 @@ def test_float64_matches_native(cell, num_layers, bidirectional, batch_first, bi
 
 
 @pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("use", ["h_n", "c_n", "output"])
+def test_loss_from_one_output_only(cell, use):
+    """Only some outputs reach the loss: the δ of the others is None (not materialised zeros) in backward."""
+    if use == "c_n" and cell != "LSTM":
+        pytest.skip("only LSTM has a cell state")
+    nat, ours = make(cell, num_layers=2)
+    grads, base = [], args_for(cell, nat)
+    for mod in (nat, ours):
+        args = tuple(a.detach().clone().requires_grad_() for a in base)
+        out, hx = call(mod)(*args)
+        pick = {"output": out, "h_n": hx[0] if cell == "LSTM" else hx, "c_n": hx[1] if cell == "LSTM" else None}[use]
+        grads.append(torch.autograd.grad(pick.square().sum(), args))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("bidirectional", [False, True])
 @pytest.mark.parametrize("h0", [True, False])
 def test_unbatched(cell, bidirectional, h0):

@@ -144,6 +144,7 @@ class GRULayer(DeltaFunction):
         x, h0, W_ih, W_hh, b_ih, b_hh, ctx.reverse = inputs
         out, ws = output
         ctx.mark_non_differentiable(ws)
+        ctx.set_materialize_grads(False)  # no (T, N, 4H) zeros for the workspace's δ, which is never used
         ctx.save_for_backward(x, h0, W_ih, W_hh, b_ih, b_hh, out, ws)
 
     @staticmethod
@@ -152,6 +153,7 @@ class GRULayer(DeltaFunction):
         if torch.is_grad_enabled():  # double backward: the gates as a function of the inputs
             out, ws = _gru_steps(x, h0, W_ih, W_hh, b_ih, b_hh, ctx.reverse)
         T, reverse, H = x.shape[0], ctx.reverse, h0.shape[-1]
+        d_out = d_out if d_out is not None else torch.zeros_like(out)
         dh, d_in, d_hid = None, [], []
         for t in _order(T, not reverse):
             dh = d_out[t] if dh is None else d_out[t] + dh
@@ -209,6 +211,7 @@ class LSTMLayer(DeltaFunction):
         x, h0, c0, W_ih, W_hh, b_ih, b_hh, ctx.reverse = inputs
         out, c_n, cs, gs = output
         ctx.mark_non_differentiable(cs, gs)
+        ctx.set_materialize_grads(False)  # no (T, N, 5H) zeros for cs, gs, whose δ is never used
         ctx.save_for_backward(x, h0, c0, W_ih, W_hh, b_ih, b_hh, out, cs, gs)
 
     @staticmethod
@@ -217,13 +220,15 @@ class LSTMLayer(DeltaFunction):
         if torch.is_grad_enabled():  # double backward: the gates and cells as functions of the inputs
             out, cs, gs = _lstm_steps(x, h0, c0, W_ih, W_hh, b_ih, b_hh, ctx.reverse)
         T, reverse = x.shape[0], ctx.reverse
+        d_out = d_out if d_out is not None else torch.zeros_like(out)  # (only c_n was used)
         dh, dc, dzs = None, d_cn, []
         for t in _order(T, not reverse):
             dh = d_out[t] if dh is None else d_out[t] + dh
             i, f, g, o = gs[t].chunk(4, 1)
             tc = torch.tanh(cs[t])
             c_prev = c0 if t == (T - 1 if reverse else 0) else cs[t + 1 if reverse else t - 1]
-            dc = dc + A.Tanh.delta(dh * o, tc)  # the gates' f' are the activations' own δ
+            dct = A.Tanh.delta(dh * o, tc)  # the gates' f' are the activations' own δ
+            dc = dct if dc is None else dc + dct  # (dc None: c_n was not used)
             dz = torch.cat([A.Sigmoid.delta(dc * g, i), A.Sigmoid.delta(dc * c_prev, f), A.Tanh.delta(dc * i, g),
                             A.Sigmoid.delta(dh * tc, o)], 1)
             dzs.append(dz)
