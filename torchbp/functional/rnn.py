@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from . import activation as A
-from ._common import FP32, LOWER, DeltaFunction, apply, check, check_compatible
+from ._common import FP32, LOWER, DeltaFunction, apply, check, check_compatible, scale_
 
 
 def _order(T, reverse):
@@ -33,6 +33,33 @@ def _proj(x, W, b):
 
 def _stack(items, reverse):
     return torch.stack(items[::-1] if reverse else items)
+
+
+def _prev(states, first, reverse):
+    """The state each step starts from, for every t at once: (first, s_0, …, s_{T−2}) in time order,
+    (s_1, …, s_{T−1}, first) for a reversed direction."""
+    first = first.unsqueeze(0)
+    return torch.cat([states[1:], first] if reverse else [first, states[:-1]])
+
+
+def _bptt(d_out, dz_h_of, W_hh, carry_of, h0, T, reverse):
+    """The loop every cell's backward shares, backward in time: δ_{h_t} = ∂J/∂out_t + what step t+1 sent
+    back; step t sends back W_hhᵀ ``dz_h_of(t, δ_{h_t})`` (its δ at W_hh h + b_hh), plus ``carry_of(t, δ_{h_t})``
+    where h_{t−1} also enters h_t directly (GRU). The caller computes every factor that does not depend on
+    the δ's for all t at once, so a step is a handful of ops (a GPU step is launch-bound), and then builds the
+    δz's from the returned δ_h's for all t at once too: one pass, instead of a list of per-step pieces and a
+    stacked copy of them. Returns the δ_{h_t} stacked in time order and δ_{h0}.
+    (d_out None: only LSTM's c_n reached the loss.)"""
+    order = list(_order(T, not reverse))
+    dh, dhs = torch.zeros_like(h0) if d_out is None else d_out[order[0]], []
+    for k, t in enumerate(order):
+        dhs.append(dh)
+        dz_h = dz_h_of(t, dh)
+        carry = carry_of(t, dh) if carry_of is not None else None
+        nxt = order[k + 1] if k + 1 < T else None
+        base = carry if nxt is None or d_out is None else d_out[nxt] if carry is None else d_out[nxt] + carry
+        dh = dz_h @ W_hh if base is None else torch.addmm(base, dz_h, W_hh)
+    return _stack(dhs, not reverse), dh
 
 
 def _grads_w(ctx, dz_in, dz_h, x, h0, out, W_ih, reverse, i_w):
@@ -92,16 +119,10 @@ class RNNLayer(DeltaFunction):
         x, h0, W_ih, W_hh, b_ih, b_hh, out = ctx.saved_tensors
         if torch.is_grad_enabled():  # double backward: the states as a function of the inputs
             out = _rnn_steps(x, h0, W_ih, W_hh, b_ih, b_hh, ctx.relu, ctx.reverse)
-        T, reverse = x.shape[0], ctx.reverse
-        dh, dzs = None, []
-        for t in _order(T, not reverse):  # backward in time: the reverse of forward's order
-            dh = d_out[t] if dh is None else d_out[t] + dh
-            dz = (A.ReLU if ctx.relu else A.Tanh).delta(dh, out[t])  # f' from the output, as the layers do
-            dzs.append(dz)
-            dh = dz @ W_hh
-        dz = _stack(dzs, not reverse)
-        grads = _grads_w(ctx, dz, dz, x, h0, out, W_ih, reverse, 2)
-        dx, dW_ih, dW_hh, db_ih, db_hh = grads
+        fp = (A.ReLU if ctx.relu else A.Tanh).delta(out.new_ones(()).expand_as(out), out)  # f'(z_t), every t
+        dhs, dh = _bptt(d_out, lambda t, dh: dh * fp[t], W_hh, None, h0, x.shape[0], ctx.reverse)
+        dz = scale_(fp, dhs)  # δz_t = δ_{h_t} ⊙ f'(z_t), every t
+        dx, dW_ih, dW_hh, db_ih, db_hh = _grads_w(ctx, dz, dz, x, h0, out, W_ih, ctx.reverse, 2)
         return dx, dh if ctx.needs_input_grad[1] else None, dW_ih, dW_hh, db_ih, db_hh, None, None
 
 
@@ -152,23 +173,19 @@ class GRULayer(DeltaFunction):
         x, h0, W_ih, W_hh, b_ih, b_hh, out, ws = ctx.saved_tensors
         if torch.is_grad_enabled():  # double backward: the gates as a function of the inputs
             out, ws = _gru_steps(x, h0, W_ih, W_hh, b_ih, b_hh, ctx.reverse)
-        T, reverse, H = x.shape[0], ctx.reverse, h0.shape[-1]
-        d_out = d_out if d_out is not None else torch.zeros_like(out)
-        dh, d_in, d_hid = None, [], []
-        for t in _order(T, not reverse):
-            dh = d_out[t] if dh is None else d_out[t] + dh
-            w = ws[t]
-            r, z, n, hn = w[:, :H], w[:, H:2 * H], w[:, 2 * H:3 * H], w[:, 3 * H:]
-            h_prev = h0 if t == (T - 1 if reverse else 0) else out[t + 1 if reverse else t - 1]
-            da_n = A.Tanh.delta(dh * (1 - z), n)  # the gates' f' are the activations' own δ
-            da_z = A.Sigmoid.delta(dh * (h_prev - n), z)
-            da_r = A.Sigmoid.delta(da_n * hn, r)
-            dz_h = torch.cat([da_r, da_z, da_n * r], 1)
-            d_in.append(torch.cat([da_r, da_z, da_n], 1))
-            d_hid.append(dz_h)
-            dh = dh * z + dz_h @ W_hh
-        dz_in, dz_h = _stack(d_in, not reverse), _stack(d_hid, not reverse)
-        dx, dW_ih, dW_hh, db_ih, db_hh = _grads_w(ctx, dz_in, dz_h, x, h0, out, W_ih, reverse, 2)
+        T, H = x.shape[0], h0.shape[-1]
+        r, z, n, hn = ws.chunk(4, 2)
+        # δ_h's factors for every t at once (the gates' f' are the activations' own δ):
+        #   δa_n = δ_h ⊙ k_n,  k_n = (1 − z)(1 − n²);   δa_z = δ_h ⊙ (h_{t−1} − n) z(1 − z);   δa_r = δ_h ⊙ k_n hn r(1 − r)
+        k_n = A.Tanh.delta(1 - z, n)
+        k_in = torch.cat([A.Sigmoid.delta(k_n * hn, r), A.Sigmoid.delta(_prev(out, h0, ctx.reverse) - n, z), k_n], 2)
+        k_hid = torch.cat([k_in[..., :2 * H], k_n * r], 2)  # at W_hh h + b_hh, n's part is δa_n ⊙ r
+        k_in, k_hid = k_in.view(T, -1, 3, H), k_hid.view(T, -1, 3, H)
+        dhs, dh = _bptt(d_out, lambda t, dh: (k_hid[t] * dh.unsqueeze(-2)).flatten(-2), W_hh,
+                        lambda t, dh: dh * z[t], h0, T, ctx.reverse)
+        dhs = dhs.unsqueeze(-2)
+        dz_in, dz_h = scale_(k_in, dhs).flatten(-2), scale_(k_hid, dhs).flatten(-2)
+        dx, dW_ih, dW_hh, db_ih, db_hh = _grads_w(ctx, dz_in, dz_h, x, h0, out, W_ih, ctx.reverse, 2)
         return dx, dh if ctx.needs_input_grad[1] else None, dW_ih, dW_hh, db_ih, db_hh, None
 
 
@@ -180,9 +197,10 @@ def _lstm_steps(x, h0, c0, W_ih, W_hh, b_ih, b_hh, reverse):
     z_x, h, c, outs, cs, gs = _proj(x, W_ih, b), h0, c0, [], [], []
     for t in _order(x.shape[0], reverse):
         z = torch.addmm(z_x[t], h, W_hh.t())
-        g = torch.cat([torch.sigmoid(z[:, :2 * H]), torch.tanh(z[:, 2 * H:3 * H]), torch.sigmoid(z[:, 3 * H:])], 1)
+        s = torch.sigmoid(z)  # all four blocks in one op (a step is launch-bound on a GPU); g's is replaced
+        g = torch.cat([s[:, :2 * H], torch.tanh(z[:, 2 * H:3 * H]), s[:, 3 * H:]], 1)
         i, f, gg, o = g.chunk(4, 1)
-        c = f * c + i * gg
+        c = torch.addcmul(f * c, i, gg)  # f ⊙ c + i ⊙ g
         h = o * torch.tanh(c)
         outs.append(h), cs.append(c), gs.append(g)
     return _stack(outs, reverse), _stack(cs, reverse), _stack(gs, reverse)
@@ -219,25 +237,28 @@ class LSTMLayer(DeltaFunction):
         x, h0, c0, W_ih, W_hh, b_ih, b_hh, out, cs, gs = ctx.saved_tensors
         if torch.is_grad_enabled():  # double backward: the gates and cells as functions of the inputs
             out, cs, gs = _lstm_steps(x, h0, c0, W_ih, W_hh, b_ih, b_hh, ctx.reverse)
-        T, reverse = x.shape[0], ctx.reverse
-        d_out = d_out if d_out is not None else torch.zeros_like(out)  # (only c_n was used)
-        dh, dc, dzs = None, d_cn, []
-        for t in _order(T, not reverse):
-            dh = d_out[t] if dh is None else d_out[t] + dh
-            i, f, g, o = gs[t].chunk(4, 1)
-            tc = torch.tanh(cs[t])
-            c_prev = c0 if t == (T - 1 if reverse else 0) else cs[t + 1 if reverse else t - 1]
-            dct = A.Tanh.delta(dh * o, tc)  # the gates' f' are the activations' own δ
-            dc = dct if dc is None else dc + dct  # (dc None: c_n was not used)
-            dz = torch.cat([A.Sigmoid.delta(dc * g, i), A.Sigmoid.delta(dc * c_prev, f), A.Tanh.delta(dc * i, g),
-                            A.Sigmoid.delta(dh * tc, o)], 1)
-            dzs.append(dz)
-            dc = dc * f
-            dh = dz @ W_hh
-        dz = _stack(dzs, not reverse)
-        dx, dW_ih, dW_hh, db_ih, db_hh = _grads_w(ctx, dz, dz, x, h0, out, W_ih, reverse, 3)
+        T, H = x.shape[0], h0.shape[-1]
+        i, f, g, o = gs.chunk(4, 2)
+        tc = torch.tanh(cs)
+        # the δ's factors for every t at once (the gates' f' are the activations' own δ):
+        #   δc_t += δh_t ⊙ k_c,  k_c = o(1 − tc²);   δz_t = [δc_t ⊙ k_i | δc_t ⊙ k_f | δc_t ⊙ k_g | δh_t ⊙ k_o]
+        #   k_i = g i(1 − i),  k_f = c_{t−1} f(1 − f),  k_g = i(1 − g²),  k_o = tc o(1 − o)
+        k_c = A.Tanh.delta(o, tc)
+        k = torch.cat([A.Sigmoid.delta(g, i), A.Sigmoid.delta(_prev(cs, c0, ctx.reverse), f), A.Tanh.delta(i, g),
+                       A.Sigmoid.delta(tc, o)], 2).view(T, -1, 4, H)
+        dc, dcs = [d_cn], []  # δ_c carried back from step t+1 (δc_T = ∂J/∂c_T; None when c_n was not used)
+
+        def dz_h_of(t, dh):
+            dct = dh * k_c[t] if dc[0] is None else torch.addcmul(dc[0], dh, k_c[t])
+            dcs.append(dct)
+            dc[0] = dct * f[t]
+            return (k[t] * torch.stack([dct, dct, dct, dh], -2)).flatten(-2)
+        dhs, dh = _bptt(d_out, dz_h_of, W_hh, None, h0, T, ctx.reverse)
+        dcs = _stack(dcs, not ctx.reverse).unsqueeze(-2)
+        dz = scale_(k, torch.cat([dcs.expand(-1, -1, 3, -1), dhs.unsqueeze(-2)], -2)).flatten(-2)
+        dx, dW_ih, dW_hh, db_ih, db_hh = _grads_w(ctx, dz, dz, x, h0, out, W_ih, ctx.reverse, 3)
         need = ctx.needs_input_grad
-        return dx, dh if need[1] else None, dc if need[2] else None, dW_ih, dW_hh, db_ih, db_hh, None
+        return dx, dh if need[1] else None, dc[0] if need[2] else None, dW_ih, dW_hh, db_ih, db_hh, None
 
 
 # --- the entries: layers × directions, with torch.rnn_tanh / torch.gru / torch.lstm's signatures -----------
