@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from . import activation as A
-from ._common import FP32, LOWER, DeltaFunction, apply, check, check_compatible, scale_
+from ._common import FP32, LOWER, DeltaFunction, apply, check, check_compatible, inplace_ok, scale_
 
 
 def _order(T, reverse):
@@ -64,23 +64,27 @@ def _bptt(d_out, dz_h_of, W_hh, carry_of, h0, T, reverse):
 
 def _grads_w(ctx, dz_in, dz_h, x, h0, out, W_ih, reverse, i_w):
     """What every cell shares: δ_x, ∂J/∂W_ih, ∂J/∂W_hh, ∂J/∂b_ih, ∂J/∂b_hh from the stacked δz's.
-    dz_in: δ at W_ih x_t + b_ih (T, N, G); dz_h: δ at W_hh h_{t−1} + b_hh (the same tensor except for GRU).
+    dz_in: δ at W_ih x_t + b_ih (T, N, G); dz_h: δ at W_hh h_{t−1} + b_hh (the same tensor, or for GRU a
+    function making it from dz_in, called once dz_in's own sums are done).
     x is input 0 of the Function, W_ih, W_hh, b_ih, b_hh inputs i_w .. i_w + 3."""
     need_x, (need_wih, need_whh, need_bih, need_bhh) = ctx.needs_input_grad[0], ctx.needs_input_grad[i_w:i_w + 4]
     T, N, G = dz_in.shape
     dzi = dz_in.reshape(T * N, G)
     dx = (dzi @ W_ih).reshape(T, N, -1) if need_x else None
     dW_ih = dzi.t() @ x.reshape(T * N, -1) if need_wih else None
+    db_ih = dzi.sum(0) if need_bih else None
+    same = dz_h is dz_in
+    if callable(dz_h):  # GRU: made from dz_in now that dz_in is used (possibly in dz_in's buffer)
+        dz_h = dz_h() if need_whh or need_bhh else None
     dW_hh = None
     if need_whh:  # h_{t−1} is out[t−1] (out[t+1] reversed), h0 at the first step: no copy of the states
         first, rest_z, rest_h = (T - 1, dz_h[:-1], out[1:]) if reverse else (0, dz_h[1:], out[:-1])
         dW_hh = dz_h[first].t() @ h0
         if T > 1:
-            dW_hh = dW_hh + rest_z.reshape(-1, G).t() @ rest_h.reshape(-1, rest_h.shape[-1])
-    db_ih = dzi.sum(0) if need_bih else None
+            dW_hh = torch.addmm(dW_hh, rest_z.reshape(-1, G).t(), rest_h.reshape(-1, rest_h.shape[-1]))
     db_hh = None
     if need_bhh:
-        db_hh = db_ih if dz_h is dz_in and db_ih is not None else dz_h.reshape(T * N, G).sum(0)
+        db_hh = db_ih if same and db_ih is not None else dz_h.reshape(T * N, G).sum(0)
     return dx, dW_ih, dW_hh, db_ih, db_hh
 
 
@@ -128,19 +132,45 @@ class RNNLayer(DeltaFunction):
 
 # --- GRU --------------------------------------------------------------------------------------------------
 
+def _buffers(x, h0, widths):
+    """(T, N, width) buffers the Function's forward writes each step's results into (out=), so they are not
+    held twice (a list of steps and its stacked copy) at the end of forward; None where ops are recorded
+    (the create_graph replay) or batched (vmap): there the steps are collected and stacked."""
+    if not inplace_ok():
+        return None
+    return [x.new_empty(x.shape[0], *h0.shape[:-1], w) for w in widths]
+
+
+def _step_outs(bufs, t, n):
+    """Step t's slices of the buffers (the ops' ``out=``), or n Nones."""
+    return (None,) * n if bufs is None else [b[t] for b in bufs]
+
+
 def _gru_steps(x, h0, W_ih, W_hh, b_ih, b_hh, reverse):
     H = h0.shape[-1]
     a_x, h, outs, saves = _proj(x, W_ih, b_ih), h0, [], []
+    bufs = _buffers(x, h0, (H, 4 * H))
     for t in _order(x.shape[0], reverse):
         a_h = h @ W_hh.t() if b_hh is None else torch.addmm(b_hh, h, W_hh.t())
         rz = torch.sigmoid(a_x[t, :, :2 * H] + a_h[:, :2 * H])
         r, z = rz[:, :H], rz[:, H:]
         hn = a_h[:, 2 * H:]
         n = torch.tanh(a_x[t, :, 2 * H:] + r * hn)
-        h = n + z * (h - n)  # (1 − z) n + z h
-        outs.append(h)
-        saves.append(torch.cat([rz, n, hn], 1))
-    return _stack(outs, reverse), _stack(saves, reverse)
+        o_t, w_t = _step_outs(bufs, t, 2)
+        h = torch.add(n, z * (h - n), out=o_t)  # (1 − z) n + z h
+        w = torch.cat([rz, n, hn], 1, out=w_t)
+        if bufs is None:
+            outs.append(h), saves.append(w)
+    return tuple(bufs) if bufs is not None else (_stack(outs, reverse), _stack(saves, reverse))
+
+
+def _gru_hid(d, r):
+    """GRU's δ at W_hh h + b_hh from its δ at W_ih x + b_ih, d = [δa_r | δa_z | δa_n] (…, 3, H): n's part is
+    δa_n ⊙ r there (the rest is shared). In d's own buffer where that is safe (a first-order backward)."""
+    if inplace_ok():
+        d[..., 2, :].mul_(r)
+        return d
+    return torch.cat([d[..., :2, :], (d[..., 2, :] * r).unsqueeze(-2)], -2)
 
 
 class GRULayer(DeltaFunction):
@@ -178,14 +208,13 @@ class GRULayer(DeltaFunction):
         # δ_h's factors for every t at once (the gates' f' are the activations' own δ):
         #   δa_n = δ_h ⊙ k_n,  k_n = (1 − z)(1 − n²);   δa_z = δ_h ⊙ (h_{t−1} − n) z(1 − z);   δa_r = δ_h ⊙ k_n hn r(1 − r)
         k_n = A.Tanh.delta(1 - z, n)
-        k_in = torch.cat([A.Sigmoid.delta(k_n * hn, r), A.Sigmoid.delta(_prev(out, h0, ctx.reverse) - n, z), k_n], 2)
-        k_hid = torch.cat([k_in[..., :2 * H], k_n * r], 2)  # at W_hh h + b_hh, n's part is δa_n ⊙ r
-        k_in, k_hid = k_in.view(T, -1, 3, H), k_hid.view(T, -1, 3, H)
-        dhs, dh = _bptt(d_out, lambda t, dh: (k_hid[t] * dh.unsqueeze(-2)).flatten(-2), W_hh,
+        k = torch.cat([A.Sigmoid.delta(k_n * hn, r), A.Sigmoid.delta(_prev(out, h0, ctx.reverse) - n, z), k_n], 2)
+        k = k.view(T, -1, 3, H)
+        dhs, dh = _bptt(d_out, lambda t, dh: _gru_hid(k[t] * dh.unsqueeze(-2), r[t]).flatten(-2), W_hh,
                         lambda t, dh: dh * z[t], h0, T, ctx.reverse)
-        dhs = dhs.unsqueeze(-2)
-        dz_in, dz_h = scale_(k_in, dhs).flatten(-2), scale_(k_hid, dhs).flatten(-2)
-        dx, dW_ih, dW_hh, db_ih, db_hh = _grads_w(ctx, dz_in, dz_h, x, h0, out, W_ih, ctx.reverse, 2)
+        dz_in = scale_(k, dhs.unsqueeze(-2))  # k's buffer when safe
+        dx, dW_ih, dW_hh, db_ih, db_hh = _grads_w(ctx, dz_in.flatten(-2), lambda: _gru_hid(dz_in, r).flatten(-2),
+                                                  x, h0, out, W_ih, ctx.reverse, 2)
         return dx, dh if ctx.needs_input_grad[1] else None, dW_ih, dW_hh, db_ih, db_hh, None
 
 
@@ -195,15 +224,18 @@ def _lstm_steps(x, h0, c0, W_ih, W_hh, b_ih, b_hh, reverse):
     H = h0.shape[-1]
     b = b_ih + b_hh if b_ih is not None else None
     z_x, h, c, outs, cs, gs = _proj(x, W_ih, b), h0, c0, [], [], []
+    bufs = _buffers(x, h0, (H, H, 4 * H))
     for t in _order(x.shape[0], reverse):
         z = torch.addmm(z_x[t], h, W_hh.t())
         s = torch.sigmoid(z)  # all four blocks in one op (a step is launch-bound on a GPU); g's is replaced
-        g = torch.cat([s[:, :2 * H], torch.tanh(z[:, 2 * H:3 * H]), s[:, 3 * H:]], 1)
+        o_t, c_t, g_t = _step_outs(bufs, t, 3)
+        g = torch.cat([s[:, :2 * H], torch.tanh(z[:, 2 * H:3 * H]), s[:, 3 * H:]], 1, out=g_t)
         i, f, gg, o = g.chunk(4, 1)
-        c = torch.addcmul(f * c, i, gg)  # f ⊙ c + i ⊙ g
-        h = o * torch.tanh(c)
-        outs.append(h), cs.append(c), gs.append(g)
-    return _stack(outs, reverse), _stack(cs, reverse), _stack(gs, reverse)
+        c = torch.addcmul(f * c, i, gg, out=c_t)  # f ⊙ c + i ⊙ g
+        h = torch.mul(o, torch.tanh(c), out=o_t)
+        if bufs is None:
+            outs.append(h), cs.append(c), gs.append(g)
+    return tuple(bufs) if bufs is not None else (_stack(outs, reverse), _stack(cs, reverse), _stack(gs, reverse))
 
 
 class LSTMLayer(DeltaFunction):
