@@ -49,7 +49,7 @@ class DeltaFunction(torch.autograd.Function):
             return super().apply(*args, **kwargs)
         if not torch.is_grad_enabled() and cls.setup_context is not _NO_SETUP:
             # no_grad / inference_mode: no graph to record, and forward (new style: no ctx) is torch's
-            # own ops, so call it directly (a swapped model's inference: seed net 60 → 30 µs, native 28)
+            # own ops, so call it directly (a swapped model's inference: seed net 60 → 40 µs, native 28)
             return cls.forward(*args)
         return super(torch.autograd.Function, cls).apply(  # torch._C._FunctionBase.apply
             *[_unwrap_if_dead(a) if isinstance(a, torch.Tensor) else a for a in args])
