@@ -37,7 +37,8 @@ falls back to the native loss for both sides, and the row says so.
 
 Models: mlp (784-1024-1024-1024-10, batch 256), mlp-small (784-256-256-10, batch 64), mlp-wide
 (4096-wide, 4 layers, batch 8192; run by default on CUDA only), seed (the seed's 4-layer sigmoid net),
-cnn, transformer (one pre-norm block).
+cnn (two small convs, no normalization), resnet (a CIFAR-style stem and two basic blocks at 64 channels,
+BatchNorm, 32×32, batch 32), transformer (one pre-norm block).
 
   python scripts/bench.py [--quick] [--models mlp,seed,cnn,transformer] [--device cpu|cuda|all]
                           [--dtypes float32,bfloat16] [--pairs N] [--threads N] [--json bench.json]
@@ -90,6 +91,19 @@ class TransformerBlock(nn.Module):
         return self.head(h)
 
 
+class BasicBlock(nn.Module):
+    """ResNet's basic block: conv-BN-ReLU-conv-BN plus the identity, then ReLU (in place, as torchvision's)."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)
+        self.conv2, self.bn2 = nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x):
+        return self.relu(x + self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x))))))
+
+
 def _half_squared_error(h, y):  # the seed's cost, ½‖y − h‖² per example, mean over the batch
     return 0.5 * ((y - h) ** 2).sum(-1).mean()
 
@@ -123,6 +137,12 @@ def build(name, quick):
                               nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10))
         return model, torch.randn(batch, 3, side, side, generator=g), \
             torch.randint(0, 10, (batch,), generator=g), _ce, "CrossEntropyLoss"
+    if name == "resnet":  # CIFAR-style: a stem and two basic blocks at 64 channels, with BatchNorm
+        batch, side, c = (4, 8, 8) if quick else (32, 32, 64)
+        model = nn.Sequential(nn.Conv2d(3, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True),
+                              BasicBlock(c), BasicBlock(c), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, 10))
+        return model, torch.randn(batch, 3, side, side, generator=g), \
+            torch.randint(0, 10, (batch,), generator=g), _ce, "CrossEntropyLoss"
     if name == "transformer":
         batch, seq, vocab, d, ff = (2, 8, 50, 32, 64) if quick else (8, 128, 1000, 256, 1024)
         model = TransformerBlock(vocab, d, 4, ff)
@@ -131,9 +151,9 @@ def build(name, quick):
     raise ValueError(f"unknown model {name!r}")
 
 
-MODELS = ("mlp", "mlp-small", "mlp-wide", "seed", "cnn", "transformer")
-DEFAULT_MODELS = ("mlp", "mlp-small", "seed", "cnn", "transformer")  # mlp-wide: 3 x 4096², batch 8192 (GPU)
-CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict, TransformerBlock)
+MODELS = ("mlp", "mlp-small", "mlp-wide", "seed", "cnn", "resnet", "transformer")
+DEFAULT_MODELS = ("mlp", "mlp-small", "seed", "cnn", "resnet", "transformer")  # mlp-wide: 3 x 4096², batch 8192 (GPU)
+CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict, TransformerBlock, BasicBlock)
 
 
 def missing_twins(model) -> list[str]:

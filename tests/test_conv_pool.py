@@ -553,3 +553,17 @@ def test_unet_like_model_swapped_and_audited():
             assert torch.equal(a, b)
     r = torchbp.audit(_unet().double(), torch.randn(2, 3, 9, 7, dtype=torch.float64))
     assert r.ok and r.coverage == 1.0, r
+
+
+@pytest.mark.parametrize("dtype", LOW)
+def test_conv2d_half_weight_gradient_in_batch_chunks(dtype):
+    """CPU half precision: ∂J/∂W summed over batch chunks sized by δ's positions (2 samples a chunk at
+    32², 4 at 30²: several chunks here), each chunk's part added in float32; the same against the float64
+    oracle as native."""
+    for shape, kw in (((6, 16, 32, 32), dict(padding=1)), ((8, 3, 32, 32), dict()),
+                      ((5, 8, 20, 20), dict(stride=2, groups=2))):
+        native, twin = _pair(nn.Conv2d, dict(in_channels=shape[1], out_channels=8, kernel_size=3, **kw))
+        fs, ps = _module_fn(twin)
+        fn, _ = _module_fn(native)
+        x = torch.randn(shape, requires_grad=True)
+        assert_matches_native(fs, fn, (x, *[p.float() for p in ps]), dtype=dtype)

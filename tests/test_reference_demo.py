@@ -166,7 +166,8 @@ def test_bench_quick_end_to_end(tmp_path):
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])  # --device all, the default
     rows = {(r["model"], r["device"], r["dtype"]): r for r in doc["results"]}
     assert set(rows) == {(m, dev, d) for dev in devices
-                         for m in ("mlp", "mlp-small", "seed", "cnn", "transformer") + (("mlp-wide",) if dev == "cuda" else ())
+                         for m in ("mlp", "mlp-small", "seed", "cnn", "resnet", "transformer")
+                         + (("mlp-wide",) if dev == "cuda" else ())
                          for d in ("float32", "bfloat16")}
     for r in rows.values():
         assert r["status"] == "ok" or r["status"].startswith("skipped (missing: ")

@@ -5,6 +5,8 @@ convolution; the backward is the seed's three formulas, each itself a convolutio
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -83,13 +85,24 @@ def _param_grads(x, k, delta, s, p, d, g, K, need_W, need_b):
         # with k (the kernel) channels-last, i.e. the samples innermost, 16 of them (one AVX-512 vector)
         # per chunk (bench CNN conv2: 4.7 -> 2.7 ms). Measured slower with < 16 channels (C=3, 8) and
         # in bfloat16.
-        cl = n == 2 and delta.dtype == torch.float32 and delta.device.type == "cpu" and x.shape[1] >= 16 * g
+        cpu2d = n == 2 and delta.device.type == "cpu"
+        cl = cpu2d and delta.dtype == torch.float32 and x.shape[1] >= 16 * g
         nc = max(n_chunks, -(-delta.shape[0] // 16)) if cl else n_chunks
+        if cpu2d and delta.dtype in (torch.float16, torch.bfloat16):
+            # half precision: oneDNN's algorithm for this convolution changes with the batch chunk (its input
+            # channels); fastest with chunk × δ's positions ≈ 4096, at least 2 (bf16, batch 32, 3×3 ResNet
+            # stages: 56² -> 2 a chunk, 32² -> 4, 14² -> 16, 7² -> 32, 0.7-1.1x native's wgrad where the
+            # 512K-element chunks took up to 1.7x (32²: 8 a chunk, 12.0 ms vs 7.4); 7×7 stride-2 stem on
+            # 224²: 2 a chunk, 29 ms vs 47). One exception seen: 3 -> 32 channels on 32² is faster in chunks
+            # of 8-32 (1.4 ms vs 1.9, native 0.9).
+            per = min(32, max(2, 1 << max(0, (4096 // max(1, math.prod(k.shape[2:]))).bit_length() - 1)))
+            nc = max(nc, -(-delta.shape[0] // per))
+        low_W = nc > 1 and delta.dtype in (torch.float16, torch.bfloat16)
         for x_c, k_c in zip(x.chunk(nc), k.chunk(nc)):
             gw = _grad_W(x_c, k_c, s, p, d, g, K, cl)
-            gw = gw.float() if low else gw
+            gw = gw.float() if low_W else gw
             grad_W = gw if grad_W is None else grad_W.add_(gw) if inplace_ok() else grad_W + gw
-        grad_W = grad_W.to(delta.dtype) if low else grad_W
+        grad_W = grad_W.to(delta.dtype) if low_W else grad_W
     if need_b:
         dims = [0, *range(2, 2 + n)]
         grad_b = sum(d_c.sum(dims, dtype=torch.float32) for d_c in delta.chunk(n_chunks)).to(delta.dtype) \
