@@ -588,6 +588,21 @@ def test_low_precision(name, ours, native, make, dtype, device):
     assert_matches_native(ours, native, make(), dtype=dtype, device=device)
 
 
+@pytest.mark.parametrize("dtype", LOW)
+def test_half_precision_cpu_backward_in_batch_chunks(dtype):
+    """float16 / bfloat16 on the CPU: batch_norm's and group_norm's backward take the batch in chunks of
+    512K elements (two and three here; group_norm's statistics are per sample, so they are chunked too),
+    against the float64 oracle as native."""
+    C = 16
+    for args, ours, native in (
+            ((torch.randn(10, C, 64, 64, requires_grad=True), None, None, torch.randn(C, requires_grad=True),
+              torch.randn(C, requires_grad=True), True), tbf.batch_norm, F.batch_norm),
+            ((torch.randn(9, 32, 48, 48, requires_grad=True) + 3, 4, torch.randn(32, requires_grad=True),
+              torch.randn(32, requires_grad=True)), tbf.group_norm, F.group_norm)):
+        assert args[0].numel() > 1 << 19
+        assert_matches_native(ours, native, args, dtype=dtype)
+
+
 @pytest.mark.parametrize("name,ours,native,make,pos", NORMS, ids=[c[0] for c in NORMS])
 def test_norm_compiles_in_one_graph(name, ours, native, make, pos):
     """torch.compile traces forward and backward without a graph break, and its gradients are native's."""
