@@ -279,6 +279,23 @@ def test_activation_kinks_equal_native_float64(ours, native, kw, points):
         torch.testing.assert_close(gs, gn, rtol=1e-13, atol=0)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16])
+def test_gelu_special_values_like_native(dtype):
+    """GELU's first-order δ reads Φ(z) as gelu(z)/z: exact ½ at ±0 and subnormals, native's values at large
+    |z|, NaN where native's is NaN (±inf, NaN)."""
+    z = torch.cat([_around(0.0, -10.0, -30.0, 40.0), torch.tensor([float("inf"), -float("inf"), float("nan")],
+                                                                    dtype=torch.float64)]).to(dtype)
+    g = torch.randn_like(z)
+    zs, zn = z.clone().requires_grad_(), z.clone().requires_grad_()
+    (gs,) = torch.autograd.grad(tbf.gelu(zs), zs, g)
+    (gn,) = torch.autograd.grad(F.gelu(zn), zn, g)
+    assert torch.equal(gs.isnan(), gn.isnan())
+    fin = ~gn.isnan()
+    tol = {torch.float64: 1e-13, torch.float32: 1e-6}.get(dtype, 1e-2)
+    torch.testing.assert_close(gs[fin], gn[fin], rtol=tol, atol=tol * g.abs().max().item())
+    assert torch.equal(gs[z == 0], g[z == 0] * 0.5)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_hardtanh_bound_bf16_cannot_hold_takes_natives_branch(device):
     """max_val=0.7 is no bf16 number: z just inside and the clamped output round alike, so f' must
