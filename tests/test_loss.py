@@ -361,6 +361,7 @@ AUTOCAST = [  # (ours, native, args builder, kwargs)
     (tbf.cross_entropy, F.cross_entropy, lambda: (torch.randn(4, C, requires_grad=True), torch.tensor([0, 1, 4, -100])),
      {"weight": torch.rand(C), "label_smoothing": 0.1}),
     (tbf.cross_entropy, F.cross_entropy, lambda: (torch.randn(4, C, requires_grad=True), torch.rand(4, C).softmax(1)), {}),
+    (tbf.cross_entropy, F.cross_entropy, lambda: (torch.randn(4, C, requires_grad=True), torch.tensor([0, 1, 4, 2])), {}),
     (tbf.nll_loss, F.nll_loss, lambda: (torch.randn(4, C, requires_grad=True), torch.tensor([0, 1, 4, 2])), {}),
     (tbf.kl_div, F.kl_div, lambda: (torch.randn(4, C).log_softmax(1).requires_grad_(), torch.rand(4, C).softmax(1)),
      {"reduction": "batchmean"}),

@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch.nn import _reduction as _Reduction
 
-from ._common import FP32, DeltaFunction, _named, apply, check, check_compatible, check_tensor, inplace_ok, scale_
+from ._common import _CASTABLE, FP32, DeltaFunction, _any_autocast, _autocast_state, _named, apply, check, \
+    check_compatible, check_tensor, inplace_ok, scale_
 
 _REDUCTIONS = ("none", "mean", "sum")
 _ENUM = {"none": 0, "mean": 1, "sum": 2}  # torch's Reduction enum, for its loss kernels
@@ -310,7 +311,9 @@ class CrossEntropy(DeltaFunction):
     """
 
     @staticmethod
-    def forward(z, y, w, reduction, ignore_index, eps):
+    def forward(z, y, w, reduction, ignore_index, eps, dtype):
+        if dtype is not None:  # autocast: float32 here, not by the caller (no ToCopy node; the engine casts δ_z)
+            z, w = z.to(dtype), (w.to(dtype) if w is not None else None)
         cd = _class_dim(z)
         logp = torch.log_softmax(z, cd)  # torch's cross_entropy: nll_loss(log_softmax(z)) (+ smoothing)
         if z.dim() <= 2:  # torch's kernel also returns the "mean" divisor Σ_n w_{y_n}
@@ -327,8 +330,9 @@ class CrossEntropy(DeltaFunction):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        _, y, w, ctx.reduction, ctx.ignore_index, ctx.eps = inputs
+        _, y, w, ctx.reduction, ctx.ignore_index, ctx.eps, dtype = inputs
         _, logp, total = output
+        w = w.to(dtype) if dtype is not None and w is not None else w
         if total is not None:
             ctx.mark_non_differentiable(total)
         ctx.set_materialize_grads(False)
@@ -344,7 +348,14 @@ class CrossEntropy(DeltaFunction):
         if g_logp is not None and ctx.needs_input_grad[0]:  # create_graph only: e^logp's δ, through log_softmax
             d = g_logp - torch.exp(logp) * g_logp.sum(cd, keepdim=True)
             delta = d if delta is None else delta + d
-        return delta, None, None, None, None, None
+        return delta, None, None, None, None, None, None
+
+
+def _fp32_under_autocast(x):
+    """torch.float32 where autocast is on for x's device and would cast x (autocast runs losses in float32),
+    else None."""
+    return torch.float32 if _any_autocast() and x.dtype in _CASTABLE and _autocast_state(x.device.type) is not None \
+        else None
 
 
 def _ce_delta(g, logp, y, w, total, cd, eps, reduction, ignore_index):
@@ -961,7 +972,8 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
             and target.dtype == torch.long and input.is_floating_point() and target.device == input.device \
             and target.shape[0] == input.shape[0]:
         with _named(op):
-            return apply(CrossEntropy, FP32, input, target, None, reduction, int(ignore_index), 0.0)[0]
+            return CrossEntropy.apply(input, target, None, reduction, int(ignore_index), 0.0,
+                                      _fp32_under_autocast(input))[0]
     reduction = _reduction(op, reduction, size_average, reduce)
     _check_class_input(op, input, target, weight)
     check(0.0 <= label_smoothing <= 1.0, op, f"label_smoothing must be between 0.0 and 1.0, got {label_smoothing}")
@@ -977,7 +989,8 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
     target = _check_index_target(op, input, target, ignore_index)
     check(target.device == input.device, op, f"target is on {target.device} but input is on {input.device}")
     with _named(op):
-        return apply(CrossEntropy, FP32, input, target, weight, reduction, int(ignore_index), eps)[0]
+        return CrossEntropy.apply(input, target, weight, reduction, int(ignore_index), eps,
+                                  _fp32_under_autocast(input))[0]
 
 
 def soft_margin_loss(input, target, size_average=None, reduce=None, reduction="mean"):
