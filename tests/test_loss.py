@@ -399,12 +399,34 @@ def test_cpu_autocast_bf16(ours, native, make, kw, in_dtype):
 
 
 def test_half_squared_error_autocast_runs_in_float32():
+    """Under autocast the seed's cost is computed in float32 inside its Function (no ToCopy node in the
+    graph); δ_h and δ_y are the float32 formula cast to h's and y's dtypes."""
     h = torch.randn(4, 3, dtype=torch.bfloat16, requires_grad=True)
+    y = torch.randn(4, 3, dtype=torch.bfloat16, requires_grad=True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        J = tbf.half_squared_error(h, torch.randn(4, 3))
+        J = tbf.half_squared_error(h, y)
     assert J.dtype == torch.float32
+    assert [type(f).__name__ for f, _ in J.grad_fn.next_functions] == ["AccumulateGrad", "AccumulateGrad"]
+    d = h.detach().float() - y.detach().float()
+    torch.testing.assert_close(J.detach(), 0.5 * d.square().sum() / 4, rtol=1e-6, atol=0)
     J.backward()
-    assert h.grad.dtype == torch.bfloat16
+    assert h.grad.dtype == y.grad.dtype == torch.bfloat16
+    assert torch.equal(h.grad, (d / 4).bfloat16()) and torch.equal(y.grad, (-d / 4).bfloat16())
+
+
+def test_half_squared_error_mixed_dtypes_promote_like_native():
+    """bfloat16 h, float32 y (no autocast): computed in float32 as torch's own ops would, δ cast back."""
+    h = torch.randn(5, 3, dtype=torch.bfloat16, requires_grad=True)
+    y = torch.randn(5, 3, requires_grad=True)
+    J = tbf.half_squared_error(h, y)
+    hn, yn = h.detach().requires_grad_(), y.detach().requires_grad_()
+    Jn = 0.5 * ((yn - hn) ** 2).sum(-1).mean()
+    assert J.dtype == Jn.dtype == torch.float32
+    torch.testing.assert_close(J, Jn, rtol=1e-6, atol=0)
+    g, gn = torch.autograd.grad(J, (h, y)), torch.autograd.grad(Jn, (hn, yn))
+    assert [t.dtype for t in g] == [t.dtype for t in gn] == [torch.bfloat16, torch.float32]
+    for a, b in zip(g, gn):
+        torch.testing.assert_close(a, b, rtol=1e-2, atol=1e-6)
 
 
 # --- twins, routing -------------------------------------------------------------------------------------

@@ -213,7 +213,9 @@ class HalfSquaredError(DeltaFunction):
     """
 
     @staticmethod
-    def forward(h, y, reduction):
+    def forward(h, y, reduction, dtype):
+        if dtype is not None:  # autocast: float32 here, not by the caller (no ToCopy nodes; the engine casts δ)
+            h, y = h.to(dtype), y.to(dtype)
         if reduction != "none":  # one fused pass: Σ_n J_n = ½ Σ (h − y)², times ½ (or ½/N for "mean")
             n = h.shape[0] if reduction == "mean" and h.dim() >= 2 else 1
             return F.mse_loss(h, y, reduction="sum") * (0.5 / n)
@@ -222,7 +224,7 @@ class HalfSquaredError(DeltaFunction):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        h, y, ctx.reduction = inputs
+        h, y, ctx.reduction, ctx.dtype = inputs
         ctx.n = h.shape[0] if h.dim() >= 2 else 1
         ctx.save_for_backward(h, y)
 
@@ -231,12 +233,14 @@ class HalfSquaredError(DeltaFunction):
         h, y = ctx.saved_tensors
         need_h, need_y = ctx.needs_input_grad[:2]
         if not (need_h or need_y):
-            return None, None, None
+            return None, None, None, None
+        if ctx.dtype is not None:
+            h, y = h.to(ctx.dtype), y.to(ctx.dtype)
         s = _spread(g, ctx.n, ctx.reduction)
         if ctx.reduction == "none" and h.dim() >= 2:
             s = s.reshape(s.shape + (1,) * (h.dim() - 1))  # one δ_J per example, over its elements
         d = scale_(h - y, s)  # −(y − h), the seed's output δ
-        return (d if need_h else None), (-d if need_y else None), None
+        return (d if need_h else None), (-d if need_y else None), None, None
 
 
 # --- class losses: NLL and cross-entropy over a class dim --------------------------------------------
@@ -841,10 +845,18 @@ def half_squared_error(input, target, reduction="mean"):
     """The seed's cost J = ½‖y − h‖² per example (dim 0), mean over the batch by default."""
     op = "half_squared_error"
     reduction = _reduction(op, reduction)
-    input, target = _promote(op, input=input, target=target)
+    if type(input) is torch.Tensor and type(target) is torch.Tensor and input.is_floating_point() \
+            and target.is_floating_point() and input.device == target.device:
+        # autocast's float32, or the promotion of mixed dtypes (bf16 h, float32 y -> float32), done inside
+        # the Function: no ToCopy node, and the engine casts each δ back to its input's dtype
+        dtype = _fp32_under_autocast(input) or (torch.promote_types(input.dtype, target.dtype)
+                                                if input.dtype != target.dtype else None)
+    else:
+        input, target = _promote(op, input=input, target=target)  # its checks name what is wrong
+        dtype = _fp32_under_autocast(input)
     if input.shape != target.shape:
         check(False, op, f"input of shape {list(input.shape)} and target of shape {list(target.shape)} must match")
-    return apply(HalfSquaredError, FP32, input, target, reduction)
+    return HalfSquaredError.apply(input, target, reduction, dtype)
 
 
 def mse_loss(input, target, size_average=None, reduce=None, reduction="mean", weight=None):
