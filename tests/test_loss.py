@@ -973,3 +973,20 @@ def test_cross_entropy_empty_batch_like_native():
         assert torch.equal(ours.isnan(), native.isnan()) and ours.shape == native.shape
         (g,) = torch.autograd.grad(ours.sum(), z)
         assert g.shape == (0, 5)
+
+
+def test_cross_entropy_compiles_in_one_graph():
+    """torch.compile traces cross_entropy's forward and backward without a graph break (the CPU fast path's
+    look at the target count is skipped while tracing), and its gradient is native's."""
+    dynamo = pytest.importorskip("torch._dynamo")
+    z = torch.randn(6, C, dtype=torch.float64, requires_grad=True)
+    y = torch.tensor([0, 1, 2, 3, 4, 0])
+
+    def cost(z):
+        return tbf.cross_entropy(z, y)
+
+    dynamo.reset()
+    assert dynamo.explain(cost)(z).graph_break_count == 0
+    (g,) = torch.autograd.grad(torch.compile(cost, backend="aot_eager")(z), z)
+    (gn,) = torch.autograd.grad(F.cross_entropy(z, y), z)
+    torch.testing.assert_close(g, gn, rtol=1e-12, atol=0)

@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch.nn import _reduction as _Reduction
 
-from ._common import _CASTABLE, FP32, DeltaFunction, _any_autocast, _autocast_state, _named, apply, check, \
-    check_compatible, check_tensor, inplace_ok, scale_
+from ._common import _CASTABLE, FP32, DeltaFunction, _any_autocast, _autocast_state, _compiling, _named, apply, \
+    check, check_compatible, check_tensor, inplace_ok, scale_
 
 _REDUCTIONS = ("none", "mean", "sum")
 _ENUM = {"none": 0, "mean": 1, "sum": 2}  # torch's Reduction enum, for its loss kernels
@@ -366,9 +366,11 @@ def _ce_delta(g, logp, y, w, total, cd, eps, reduction, ignore_index):
     """δ_z = δ_ℓ·(p·Σq − q) (CrossEntropy's docstring), the softmax buffer p = e^logp updated in place when safe."""
     if w is None and not eps and reduction != "none":
         # no target ignored (torch counted them in forward; a free look on the CPU, where no transform
-        # such as vmap is active, which inplace_ok also asks): δ_z = (p − onehot)·δ_J (/N for "mean"),
-        # in place in as few distinct ops as it takes (inside a training step each costs ~2-3 µs cold)
-        n = total.item() if total is not None and logp.device.type == "cpu" and inplace_ok() else -1
+        # such as vmap is active, which inplace_ok also asks, and nothing is traced: .item() would break a
+        # torch.compile graph): δ_z = (p − onehot)·δ_J (/N for "mean"), in place in as few distinct ops as
+        # it takes (inside a training step each costs ~2-3 µs cold)
+        n = total.item() if total is not None and logp.device.type == "cpu" and inplace_ok() \
+            and not (_compiling is not None and _compiling()) else -1
         if n == y.numel() > 0:
             delta = torch.exp(logp).scatter_(cd, y.unsqueeze(cd), -1.0, reduce="add").mul_(g)
             return delta.mul_(1.0 / n) if reduction == "mean" else delta
