@@ -32,6 +32,11 @@ through mallopt, so both sides reuse the heap, much as PyTorch's caching allocat
 
 Audit overhead: ``torchbp.audit`` wall time / native step time, when torchbp.audit exists.
 
+``--phases``: also the median time of each phase of a step (forward, loss, backward, optimizer with
+zero_grad), both sides alternating, printed as native's time and δ's difference. For small steps this is
+what shows where δ's extra time goes; torch.profiler's per-op times do not (they leave out the cold cost
+of each distinct op and autograd node, and its own overhead dwarfs it).
+
 Models whose layers have no δ twin yet are reported as "skipped (missing: …)"; a loss without a twin
 falls back to the native loss for both sides, and the row says so.
 
@@ -42,7 +47,7 @@ BatchNorm, 32×32, batch 32), transformer (one pre-norm block).
 
   python scripts/bench.py [--quick] [--models mlp,seed,cnn,transformer] [--device cpu|cuda|all]
                           [--dtypes float32,bfloat16] [--pairs N] [--threads N] [--json bench.json]
-                          [--baseline old.json]
+                          [--baseline old.json] [--phases]
 """
 from __future__ import annotations
 
@@ -212,6 +217,46 @@ def make_step(model, loss_fn, x, y, amp):
     return step
 
 
+PHASES = ("forward", "loss", "backward", "optimizer")
+
+
+def make_phase_step(model, loss_fn, x, y, amp, opt):
+    """One training step that records how long each phase took (forward, loss, backward, optimizer incl.
+    zero_grad), synchronising the device between phases on CUDA."""
+    device, pc = x.device.type, time.perf_counter
+
+    def step(acc):
+        t0 = pc()
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=amp):
+            out = model(x)
+            sync(device)
+            t1 = pc()
+            loss = loss_fn(out, y)
+        sync(device)
+        t2 = pc()
+        loss.backward()
+        sync(device)
+        t3 = pc()
+        opt.step()
+        sync(device)
+        t4 = pc()
+        acc.append((t1 - t0, t2 - t1, t3 - t2, t4 - t3))
+    return step
+
+
+def phase_times(steps, pairs, reps):
+    """Median seconds per phase for each side, from alternating samples of ``reps`` steps: where a step's
+    time goes inside the training loop, which the profiler's per-op times do not show for small steps."""
+    acc = {side: [] for side in steps}
+    for i in range(pairs):
+        for side in (list(steps) if i % 2 == 0 else list(reversed(list(steps)))):
+            steps[side](acc[side])  # a step to warm what the other side's steps evicted
+            for _ in range(reps):
+                steps[side](acc[side])
+    return {side: {ph: statistics.median(v) for ph, v in zip(PHASES, zip(*rows))} for side, rows in acc.items()}
+
+
 def make_graphed_step(model, loss_fn, x, y, amp):
     """The same training step captured once in a CUDA graph and replayed (PyTorch's whole-network
     capture recipe): what remains is the GPU's work, without the per-op Python and launch cost that
@@ -341,6 +386,11 @@ def bench_one(name, device, dtype_name, args, mode="eager"):
     mem = {side: peak_memory(s, device) for side, s in steps.items()}
     row.update(native_peak_mib=mem["native"] / 2**20, manual_peak_mib=mem["manual"] / 2**20,
                mem_ratio=mem["manual"] / mem["native"] if mem["native"] else float("nan"))
+    if getattr(args, "phases", False):
+        sides = {"native": (model, native_loss), "manual": (manual, manual_loss)}
+        ph = phase_times({s: make_phase_step(m, f, x, y, amp, steps[s].opt) for s, (m, f) in sides.items()},
+                         args.pairs, max(1, min(reps, 20)))
+        row["phases_ms"] = {s: {k: 1e3 * v for k, v in d.items()} for s, d in ph.items()}
 
     if hasattr(torchbp, "audit"):
         try:
@@ -402,6 +452,25 @@ def table(rows) -> str:
     return text + ("\n\nnotes:\n  " + "\n  ".join(notes) if notes else "")
 
 
+def phase_table(rows) -> str:
+    """Per phase, native's median and δ's difference from it (µs): forward, loss, backward, optimizer."""
+    from tabulate import tabulate
+
+    out = []
+    for r in rows:
+        ph = r.get("phases_ms")
+        if not ph:
+            continue
+        n, m = ph["native"], ph["manual"]
+        out.append([r["model"], r["device"], r["dtype"]] +
+                   [f"{1e3 * n[k]:.0f} {1e3 * (m[k] - n[k]):+.0f}" for k in PHASES])
+    if not out:
+        return ""
+    return "phases (µs: native, then δ − native; the device is synchronised between phases):\n" + \
+        tabulate(out, headers=["model", "device", "dtype", *PHASES], disable_numparse=True,
+                 colalign=("left", "left", "left") + ("right",) * len(PHASES))
+
+
 def compare_runs(old_doc, rows) -> str:
     """Old and new time and memory ratios side by side, matched by (model, device, dtype)."""
     from tabulate import tabulate
@@ -436,6 +505,8 @@ def main(argv=None) -> int:
     p.add_argument("--malloc", choices=("heap", "default"), default="heap",
                    help="glibc allocator setting (see the module doc; default heap)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    p.add_argument("--phases", action="store_true",
+                   help="also time each phase of a step (forward, loss, backward, optimizer), both sides alternating")
     p.add_argument("--graphs", choices=("yes", "no"), default="yes",
                    help="on CUDA, also time both steps captured in a CUDA graph (default yes)")
     args = p.parse_args(argv)
@@ -478,6 +549,8 @@ def main(argv=None) -> int:
                         + (f", ratio {rows[-1]['time_ratio']:.3f}" if "time_ratio" in rows[-1] else "")
                         + f" ({time.perf_counter() - t:.1f} s)")
     print(table(rows))
+    if any(r.get("phases_ms") for r in rows):
+        print("\n" + phase_table(rows))
     if args.baseline:
         with open(args.baseline) as f:
             print("\nagainst " + args.baseline + ":\n" + compare_runs(json.load(f), rows))

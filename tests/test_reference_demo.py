@@ -176,11 +176,15 @@ def test_bench_quick_end_to_end(tmp_path):
         assert r["status"] == "ok" and r["time_ratio"] > 0 and r["native_peak_mib"] > 0 and len(r["ratios"]) == 2
     # a second run set beside the first
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench.py"), "--quick", "--threads", "1",
-                           "--pairs", "1", "--models", "seed", "--dtypes", "float32", "--json",
+                           "--pairs", "1", "--models", "seed", "--dtypes", "float32", "--phases", "--json",
                            str(tmp_path / "b2.json"), "--baseline", str(out)],
                           capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "time × before" in proc.stdout
+    assert "time × before" in proc.stdout and "phases (µs" in proc.stdout
+    (row,) = json.loads((tmp_path / "b2.json").read_text())["results"]
+    assert set(row["phases_ms"]) == {"native", "manual"}
+    assert all(set(p) == {"forward", "loss", "backward", "optimizer"} and min(p.values()) > 0
+               for p in row["phases_ms"].values())
 
 
 def test_conv_wgrad_forms_agree_with_native(capsys):
