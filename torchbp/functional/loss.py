@@ -22,6 +22,7 @@ from ._common import _CASTABLE, FP32, DeltaFunction, _any_autocast, _autocast_st
 
 _REDUCTIONS = ("none", "mean", "sum")
 _ENUM = {"none": 0, "mean": 1, "sum": 2}  # torch's Reduction enum, for its loss kernels
+_NLL_FORWARD = torch.ops.aten.nll_loss_forward.default  # (loss, total weight); the overload, resolved once
 
 
 def _reduce(l, reduction):
@@ -321,7 +322,7 @@ class CrossEntropy(DeltaFunction):
         cd = _class_dim(z)
         logp = torch.log_softmax(z, cd)  # torch's cross_entropy: nll_loss(log_softmax(z)) (+ smoothing)
         if z.dim() <= 2:  # torch's kernel also returns the "mean" divisor Σ_n w_{y_n}
-            loss, total = torch.ops.aten.nll_loss_forward(logp, y, w, _ENUM[reduction], ignore_index)
+            loss, total = _NLL_FORWARD(logp, y, w, _ENUM[reduction], ignore_index)
         else:
             loss, total = F.nll_loss(logp, y, w, ignore_index=ignore_index, reduction=reduction), None
         if eps:
