@@ -201,19 +201,30 @@ def _cast(dtype, args):
                  for a in args)
 
 
-def apply(fn: type[torch.autograd.Function], policy: str, *args):
-    """``fn.apply(*args)``, with autocast's casts for ``policy`` applied first when autocast is on."""
+def autocast_dtype(policy: str, args):
+    """The dtype autocast would run an op of ``policy`` in, for these args (the first one's device decides),
+    or None: autocast off there, or the policy leaves the op alone on that device. ``_cast`` applies it
+    (float64 stays float64)."""
     if not _any_autocast():  # one C call instead of a device lookup and a per-device query
-        return fn.apply(*args)
+        return None
     x = args[0]
     dtype = _autocast_state(x.device.type) if isinstance(x, torch.Tensor) else None
+    if dtype is None or policy == LOWER:
+        return dtype
+    cuda = x.device.type == "cuda"
+    if policy == FP32 or (policy == FP32_CUDA and cuda):
+        return torch.float32
+    if policy == PROMOTE_CUDA and cuda:
+        return functools.reduce(torch.promote_types,
+                                [a.dtype for a in args if isinstance(a, torch.Tensor) and a.dtype in _CASTABLE])
+    return None
+
+
+def apply(fn: type[torch.autograd.Function], policy: str, *args):
+    """``fn.apply(*args)``, with autocast's casts for ``policy`` applied first when autocast is on (a few
+    Functions take the dtype and cast inside instead, so the graph has no cast node: dense_stack,
+    cross_entropy, half_squared_error)."""
+    dtype = autocast_dtype(policy, args)
     if dtype is None:
         return fn.apply(*args)
-    if policy == FP32 or (policy == FP32_CUDA and x.device.type == "cuda"):
-        dtype = torch.float32
-    elif policy == PROMOTE_CUDA and x.device.type == "cuda":
-        dtype = functools.reduce(torch.promote_types,
-                                 [a.dtype for a in args if isinstance(a, torch.Tensor) and a.dtype in _CASTABLE])
-    elif policy != LOWER:
-        return fn.apply(*args)
-    return _apply_autocast_off(fn, x.device.type, _cast(dtype, args))
+    return _apply_autocast_off(fn, args[0].device.type, _cast(dtype, args))

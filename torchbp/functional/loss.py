@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch.nn import _reduction as _Reduction
 
-from ._common import _CASTABLE, FP32, DeltaFunction, _any_autocast, _autocast_state, _compiling, _named, apply, \
-    check, check_compatible, check_tensor, inplace_ok, scale_
+from ._common import FP32, DeltaFunction, _cast, _compiling, _named, apply, autocast_dtype, check, \
+    check_compatible, check_tensor, inplace_ok, scale_
 
 _REDUCTIONS = ("none", "mean", "sum")
 _ENUM = {"none": 0, "mean": 1, "sum": 2}  # torch's Reduction enum, for its loss kernels
@@ -216,7 +216,7 @@ class HalfSquaredError(DeltaFunction):
     @staticmethod
     def forward(h, y, reduction, dtype):
         if dtype is not None:  # autocast: float32 here, not by the caller (no ToCopy nodes; the engine casts δ)
-            h, y = h.to(dtype), y.to(dtype)
+            h, y = _cast(dtype, (h, y))
         if reduction != "none":  # one fused pass: Σ_n J_n = ½ Σ (h − y)², times ½ (or ½/N for "mean")
             n = h.shape[0] if reduction == "mean" and h.dim() >= 2 else 1
             return F.mse_loss(h, y, reduction="sum") * (0.5 / n)
@@ -235,8 +235,8 @@ class HalfSquaredError(DeltaFunction):
         need_h, need_y = ctx.needs_input_grad[:2]
         if not (need_h or need_y):
             return None, None, None, None
-        if ctx.dtype is not None:
-            h, y = h.to(ctx.dtype), y.to(ctx.dtype)
+        if ctx.dtype is not None:  # (h, y saved as given, not their float32 copies: native's memory)
+            h, y = _cast(ctx.dtype, (h, y))
         s = _spread(g, ctx.n, ctx.reduction)
         if ctx.reduction == "none" and h.dim() >= 2:
             s = s.reshape(s.shape + (1,) * (h.dim() - 1))  # one δ_J per example, over its elements
@@ -318,7 +318,7 @@ class CrossEntropy(DeltaFunction):
     @staticmethod
     def forward(z, y, w, reduction, ignore_index, eps, dtype):
         if dtype is not None:  # autocast: float32 here, not by the caller (no ToCopy node; the engine casts δ_z)
-            z, w = z.to(dtype), (w.to(dtype) if w is not None else None)
+            z, w = _cast(dtype, (z, w))
         cd = _class_dim(z)
         logp = torch.log_softmax(z, cd)  # torch's cross_entropy: nll_loss(log_softmax(z)) (+ smoothing)
         if z.dim() <= 2:  # torch's kernel also returns the "mean" divisor Σ_n w_{y_n}
@@ -337,7 +337,7 @@ class CrossEntropy(DeltaFunction):
     def setup_context(ctx, inputs, output):
         _, y, w, ctx.reduction, ctx.ignore_index, ctx.eps, dtype = inputs
         _, logp, total = output
-        w = w.to(dtype) if dtype is not None and w is not None else w
+        w = _cast(dtype, (w,))[0] if dtype is not None else w  # (C,): cast again rather than kept from forward
         if total is not None:
             ctx.mark_non_differentiable(total)
         ctx.set_materialize_grads(False)
@@ -354,13 +354,6 @@ class CrossEntropy(DeltaFunction):
             d = g_logp - torch.exp(logp) * g_logp.sum(cd, keepdim=True)
             delta = d if delta is None else delta + d
         return delta, None, None, None, None, None, None
-
-
-def _fp32_under_autocast(x):
-    """torch.float32 where autocast is on for x's device and would cast x (autocast runs losses in float32),
-    else None."""
-    return torch.float32 if _any_autocast() and x.dtype in _CASTABLE and _autocast_state(x.device.type) is not None \
-        else None
 
 
 def _ce_delta(g, logp, y, w, total, cd, eps, reduction, ignore_index):
@@ -852,11 +845,11 @@ def half_squared_error(input, target, reduction="mean"):
             and target.is_floating_point() and input.device == target.device:
         # autocast's float32, or the promotion of mixed dtypes (bf16 h, float32 y -> float32), done inside
         # the Function: no ToCopy node, and the engine casts each δ back to its input's dtype
-        dtype = _fp32_under_autocast(input) or (torch.promote_types(input.dtype, target.dtype)
-                                                if input.dtype != target.dtype else None)
+        dtype = autocast_dtype(FP32, (input,)) or (torch.promote_types(input.dtype, target.dtype)
+                                                   if input.dtype != target.dtype else None)
     else:
         input, target = _promote(op, input=input, target=target)  # its checks name what is wrong
-        dtype = _fp32_under_autocast(input)
+        dtype = autocast_dtype(FP32, (input,))
     if input.shape != target.shape:
         check(False, op, f"input of shape {list(input.shape)} and target of shape {list(target.shape)} must match")
     return HalfSquaredError.apply(input, target, reduction, dtype)
@@ -988,7 +981,7 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
             and target.shape[0] == input.shape[0]:
         with _named(op):
             return CrossEntropy.apply(input, target, None, reduction, int(ignore_index), 0.0,
-                                      _fp32_under_autocast(input))[0]
+                                      autocast_dtype(FP32, (input,)))[0]
     reduction = _reduction(op, reduction, size_average, reduce)
     _check_class_input(op, input, target, weight)
     check(0.0 <= label_smoothing <= 1.0, op, f"label_smoothing must be between 0.0 and 1.0, got {label_smoothing}")
@@ -1005,7 +998,7 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
     check(target.device == input.device, op, f"target is on {target.device} but input is on {input.device}")
     with _named(op):
         return CrossEntropy.apply(input, target, weight, reduction, int(ignore_index), eps,
-                                  _fp32_under_autocast(input))[0]
+                                  autocast_dtype(FP32, (input,)))[0]
 
 
 def soft_margin_loss(input, target, size_average=None, reduce=None, reduction="mean"):

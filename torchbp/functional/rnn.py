@@ -278,19 +278,20 @@ class LSTMLayer(DeltaFunction):
         k_c = A.Tanh.delta(o, tc)
         k = torch.cat([A.Sigmoid.delta(g, i), A.Sigmoid.delta(_prev(cs, c0, ctx.reverse), f), A.Tanh.delta(i, g),
                        A.Sigmoid.delta(tc, o)], 2).view(T, -1, 4, H)
-        dc, dcs = [d_cn], []  # δ_c carried back from step t+1 (δc_T = ∂J/∂c_T; None when c_n was not used)
+        dc, dcs = d_cn, []  # δ_c carried back from step t+1 (δc_T = ∂J/∂c_T; None when c_n was not used)
 
         def dz_h_of(t, dh):
-            dct = dh * k_c[t] if dc[0] is None else torch.addcmul(dc[0], dh, k_c[t])
+            nonlocal dc
+            dct = dh * k_c[t] if dc is None else torch.addcmul(dc, dh, k_c[t])
             dcs.append(dct)
-            dc[0] = dct * f[t]
+            dc = dct * f[t]
             return (k[t] * torch.stack([dct, dct, dct, dh], -2)).flatten(-2)
         dhs, dh = _bptt(d_out, dz_h_of, W_hh, None, h0, T, ctx.reverse)
         dcs = _stack(dcs, not ctx.reverse).unsqueeze(-2)
         dz = scale_(k, torch.cat([dcs.expand(-1, -1, 3, -1), dhs.unsqueeze(-2)], -2)).flatten(-2)
         dx, dW_ih, dW_hh, db_ih, db_hh = _grads_w(ctx, dz, dz, x, h0, out, W_ih, ctx.reverse, 3)
         need = ctx.needs_input_grad
-        return dx, dh if need[1] else None, dc[0] if need[2] else None, dW_ih, dW_hh, db_ih, db_hh, None
+        return dx, dh if need[1] else None, dc if need[2] else None, dW_ih, dW_hh, db_ih, db_hh, None
 
 
 # --- the entries: layers × directions, with torch.rnn_tanh / torch.gru / torch.lstm's signatures -----------

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._common import DeltaFunction, _any_autocast, _apply_autocast_off, _autocast_state, _cast
+from ._common import LOWER, DeltaFunction, _apply_autocast_off, _cast, autocast_dtype
 
 # whether the running backward keeps the graph (retain_graph): then ctx must keep the run's tensors
 _keep_graph = getattr(getattr(torch._C, "_autograd", None), "_get_current_graph_task_keep_graph", None)
@@ -38,7 +38,6 @@ class DenseStack(DeltaFunction):
         xc, pc = (x, params) if dtype is None else (_cast(dtype, (x,))[0], _cast(dtype, params))
         a, inputs, kept = _run(xc, acts, pc)
         ctx.acts, ctx.L, ctx.dtype = acts, len(acts), dtype
-        ctx.pdtypes = None if dtype is None else [None if p is None else p.dtype for p in params]
         # What the caller can reach (x, the output, the parameters) is saved the checked way (an in-place
         # change before backward raises); the run's inner tensors nobody else holds (the casts too) are
         # kept on ctx, so backward can drop each layer's as soon as it is done (per-layer Functions free
@@ -53,6 +52,7 @@ class DenseStack(DeltaFunction):
     def backward(ctx, delta):
         x, out, *params = ctx.saved_tensors
         L = ctx.L
+        pdt = None if ctx.dtype is None else [None if p is None else p.dtype for p in params]  # for the casts back
         if torch.is_grad_enabled():
             # create_graph: the intermediates were made inside forward and carry no graph to x and the
             # W, b; replay the run (and the casts) through the per-layer δ Functions so second derivatives
@@ -69,7 +69,7 @@ class DenseStack(DeltaFunction):
                 ctx.inner = None  # ctx lets go: each layer's tensors are freed once its step below is done
         Ws = list(params[0::2])
         del params
-        need, pdt = ctx.needs_input_grad, ctx.pdtypes
+        need = ctx.needs_input_grad
         grads = [None] * (2 * L)
         for l in reversed(range(L)):
             act = ctx.acts[l]
@@ -121,7 +121,7 @@ def dense_stack(input, layers):
     acts = tuple(act for _, _, act in layers)
     params = [t for W, b, _ in layers for t in (W, b)]
     x = input if input.dim() == 2 else input.reshape(-1, input.shape[-1])
-    dtype = _autocast_state(x.device.type) if _any_autocast() else None  # autocast: cast as for linear
+    dtype = autocast_dtype(LOWER, (x,))  # autocast: cast as for linear
     if dtype is None:
         out = DenseStack.apply(x, acts, None, *params)
     else:
