@@ -27,7 +27,7 @@ _HALF = (torch.float16, torch.bfloat16)
 
 
 @functools.lru_cache(maxsize=256)
-def _plan(L, O, scale, mode, align_corners, taps):
+def _cached_plan(L, O, scale, mode, align_corners, taps):
     """One dim's (B, rows, r) on the CPU (small; read there without a device sync), the same for every
     step of a training run, hence cached: B (L × O) float64 with column y the weights of the inputs output
     y reads, rows (k × O) their row indices, r the whole factor when nearest copies each input to r
@@ -37,6 +37,16 @@ def _plan(L, O, scale, mode, align_corners, taps):
     rows = B.abs().topk(k, dim=0).indices if k > 1 else B.argmax(0, keepdim=True)
     r = O // L if taps == 1 and O % L == 0 and torch.equal(rows[0], torch.arange(O) // (O // L)) else None
     return B, rows, r
+
+
+def _plan(L, O, scale, mode, align_corners, taps):
+    """``_cached_plan``; under torch.compile called as it is (its tensors become constants of the graph)
+    instead of traced: its ``torch.equal`` would break the graph, and dynamo ignores lru_cache anyway."""
+    return _cached_plan(L, O, scale, mode, align_corners, taps)
+
+
+if hasattr(torch, "compiler") and hasattr(torch.compiler, "assume_constant_result"):
+    _plan = torch.compiler.assume_constant_result(_plan)
 
 
 def _weights(L, O, scale, mode, align_corners):
