@@ -12,6 +12,10 @@ On CUDA each model is also timed in "graph" mode (``--graphs no`` to skip): both
 captured in a CUDA graph and replayed, so the ratio is the GPU work of the δ formulas against native
 autograd's, without the per-op Python/launch cost that dominates small models in "eager" mode.
 
+``--compile`` adds "compiled" rows on every device: both models through ``torch.compile`` (inductor), the
+loss and optimizer eager; the δ Functions' backwards are traced into the compiled backward graph (each
+swapped layer compiles in one graph: tests/test_compile.py). Compilation happens before the warm-up.
+
 bfloat16 means mixed precision through ``torch.autocast(device, torch.bfloat16)`` with float32
 parameters, on CPU and CUDA alike: how bf16 training is run in practice, and the path through
 torchbp's autocast handling.
@@ -47,7 +51,7 @@ BatchNorm, 32×32, batch 32), transformer (one pre-norm block).
 
   python scripts/bench.py [--quick] [--models mlp,seed,cnn,transformer] [--device cpu|cuda|all]
                           [--dtypes float32,bfloat16] [--pairs N] [--threads N] [--json bench.json]
-                          [--baseline old.json] [--phases]
+                          [--baseline old.json] [--phases] [--compile]
 """
 from __future__ import annotations
 
@@ -362,6 +366,17 @@ def bench_one(name, device, dtype_name, args, mode="eager"):
         except Exception as e:  # a side that cannot be captured is reported, not debugged
             row["status"] = f"capture failed: {type(e).__name__}: {str(e).splitlines()[0][:120]}"
             return row
+    elif mode == "compiled":  # each side's model through torch.compile (default inductor), the loss eager
+        steps = {"native": make_step(torch.compile(model), native_loss, x, y, amp),
+                 "manual": make_step(torch.compile(manual), manual_loss, x, y, amp)}
+        try:
+            t = time.perf_counter()
+            for s in steps.values():
+                s()  # the compilation, outside the warm-up count
+            row["note"] = f"compiled in {time.perf_counter() - t:.0f} s (both sides)"
+        except Exception as e:  # a side that does not compile is reported, not debugged
+            row["status"] = f"compile failed: {type(e).__name__}: {str(e).splitlines()[0][:120]}"
+            return row
     else:
         steps = {"native": make_step(model, native_loss, x, y, amp), "manual": make_step(manual, manual_loss, x, y, amp)}
 
@@ -380,7 +395,7 @@ def bench_one(name, device, dtype_name, args, mode="eager"):
     row.update(native_ms=1e3 * statistics.median(times["native"]), manual_ms=1e3 * statistics.median(times["manual"]),
                time_ratio=med, ratio_iqr=[q1, q3], ratios=ratios, reps_per_sample=reps, pairs=args.pairs)
 
-    if mode == "graph":  # memory and audit overhead: see the eager rows
+    if mode != "eager":  # memory and audit overhead: see the eager rows
         row.update(native_peak_mib=None, manual_peak_mib=None, mem_ratio=None, audit_overhead=None)
         return row
     mem = {side: peak_memory(s, device) for side, s in steps.items()}
@@ -509,6 +524,8 @@ def main(argv=None) -> int:
                    help="also time each phase of a step (forward, loss, backward, optimizer), both sides alternating")
     p.add_argument("--graphs", choices=("yes", "no"), default="yes",
                    help="on CUDA, also time both steps captured in a CUDA graph (default yes)")
+    p.add_argument("--compile", action="store_true",
+                   help="also time both models through torch.compile (\"compiled\" rows; compiling takes a while)")
     args = p.parse_args(argv)
     args.pairs = args.pairs or (3 if args.quick else 20)
     args.warmup = args.warmup if args.warmup is not None else (1 if args.quick else 5)
@@ -537,7 +554,9 @@ def main(argv=None) -> int:
     for device in devices:
         for name in models or DEFAULT_MODELS + (("mlp-wide",) if device == "cuda" else ()):
             for dtype in dtypes:
-                for mode in ("eager", "graph") if device == "cuda" and args.graphs == "yes" else ("eager",):
+                modes = ("eager",) + (("graph",) if device == "cuda" and args.graphs == "yes" else ()) \
+                    + (("compiled",) if args.compile else ())
+                for mode in modes:
                     log(f"bench: {name} on {device}, {dtype}, {mode} ...")
                     t = time.perf_counter()
                     try:
