@@ -75,7 +75,10 @@ POOL_CASES = [
     (nn.AvgPool2d, dict(kernel_size=3, stride=2, divisor_override=4), (2, 3, 9, 9)),
     (nn.AdaptiveAvgPool1d, dict(output_size=4), (2, 3, 10)),
     (nn.AdaptiveAvgPool1d, dict(output_size=7), (3, 5)),  # upsampling windows overlap
-    (nn.AdaptiveAvgPool2d, dict(output_size=1), (2, 3, 7, 6)),
+    (nn.AdaptiveAvgPool2d, dict(output_size=1), (2, 3, 7, 6)),  # global pooling: δ times one (H, W) map
+    (nn.AdaptiveAvgPool1d, dict(output_size=1), (3, 5)),
+    (nn.AvgPool2d, dict(kernel_size=(4, 3), padding=1, count_include_pad=False), (2, 3, 3, 2)),  # one window
+    (nn.AdaptiveAvgPool2d, dict(output_size=(1, None)), (2, 3, 4, 5)),
     (nn.AdaptiveAvgPool2d, dict(output_size=(3, 4)), (2, 3, 7, 10)),
     (nn.AdaptiveAvgPool2d, dict(output_size=(None, 2)), (3, 7, 5)),
     (nn.AdaptiveAvgPool2d, dict(output_size=5), (2, 3, 3, 4)),
@@ -138,6 +141,7 @@ GRADCHECK = [  # small: gradgradcheck costs O(numel²)
     (nn.AvgPool2d, dict(kernel_size=3, stride=2, padding=1, ceil_mode=True, count_include_pad=False), (1, 2, 5, 4)),
     (nn.AvgPool1d, dict(kernel_size=2, padding=1), (2, 5)),
     (nn.AdaptiveAvgPool2d, dict(output_size=(2, 3)), (1, 2, 5, 4)),
+    (nn.AdaptiveAvgPool2d, dict(output_size=1), (1, 2, 3, 4)),
 ]
 
 
@@ -247,6 +251,21 @@ def test_manual_backward_routes_to_delta_functions():
         names.append(type(fn).__name__)
         fn = fn.next_functions[0][0] if fn.next_functions else None
     assert names[:4] == ["AvgPoolBackward", "AvgPoolBackward", "MaxPoolBackward", "ConvBackward"], names
+
+
+@pytest.mark.parametrize("kw", [dict(kernel_size=2), dict(kernel_size=3, stride=2, padding=1), None],
+                         ids=["2x2", "3x3-s2-p1", "global"])
+def test_avg_pool_2d_delta_is_contiguous(kw):
+    """δ_prev of a 2-D average pool comes out in the input's layout: a transposed δ made the δ ops before it
+    (a ReLU's f' product before the global pool of a ResNet) several times slower."""
+    x = torch.randn(2, 3, 8, 6, dtype=torch.float64, requires_grad=True)
+    ours = (lambda t: tbf.avg_pool2d(t, **kw)) if kw else (lambda t: tbf.adaptive_avg_pool2d(t, 1))
+    native = (lambda t: F.avg_pool2d(t, **kw)) if kw else (lambda t: F.adaptive_avg_pool2d(t, 1))
+    out = ours(x)
+    v = torch.randn_like(out)
+    (g,) = torch.autograd.grad(out, x, v)
+    assert g.is_contiguous(), g.stride()
+    torch.testing.assert_close(g, torch.autograd.grad(native(x), x, v)[0], rtol=1e-12, atol=0)
 
 
 def test_max_pool_ties_follow_native():
