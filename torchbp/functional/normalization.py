@@ -136,22 +136,33 @@ def _cells(delta, x, mu, r, w, red, pdims, cell, training, need_x, need_w, need_
     a time, P = δ ⊙ (x − μ) and then δ_x (native allocates δ_x too).
     float16 / bfloat16 on the CPU: the batch is taken in chunks, so the float32 temporaries (and the float32
     copies the CPU makes of a half operand in a mixed op) are a chunk's, and δ_x goes into one buffer of x's
-    dtype (bench ResNet bf16 peak 1.07 → 0.95 of native)."""
+    dtype (bench ResNet bf16 peak 1.07 → 0.95 of native). Each chunk is converted to float32 once, up front:
+    the CPU's mixed-dtype kernels convert element by element, and a vectorised copy then float32 ops is
+    ~15% faster over the whole backward (ResNet bf16 BatchNorm 2.3 → 1.95 ms), with the same bits."""
     stats = need_x and training
     N = x.shape[0]
-    nc = max(1, min(N, -(-x.numel() // _HALF_CHUNK))) if x.dtype in _LOW and x.device.type == "cpu" else 1
+    half_cpu = x.dtype in _LOW and x.device.type == "cpu"
+    nc = max(1, min(N, -(-x.numel() // _HALF_CHUNK))) if half_cpu else 1
     step = max(1, -(-N // nc))
     chunks = [slice(i, i + step) for i in range(0, N, step)] or [slice(0, 0)]
 
     def part(t, s):  # a chunk's rows of a per-sample factor (group_norm's); batch_norm's are one row
         return t if len(chunks) == 1 or t is None or t.shape[0] != N else t[s]
 
-    def over_chunks(f):  # a per-cell sum over the chunks: added where the cell spans the batch, else stacked
-        parts = [f(s) for s in chunks]
-        return sum(parts[1:], parts[0]) if 0 in cell else torch.cat(parts)
-    c1 = over_chunks(lambda s: delta[s].sum(cell, keepdim=True, dtype=r.dtype)) if need_b or stats else None
-    c2 = over_chunks(lambda s: torch.sub(x[s], part(mu, s)).mul_(delta[s]).sum(cell, keepdim=True)) \
-        if need_w or stats else None
+    def chunk(t, s):  # a chunk of x or δ, as a fresh float32 copy where x is half precision on the CPU
+        return t[s].to(torch.float32, copy=True) if half_cpu else t[s]
+
+    def sums(s):  # a chunk's Σδ and Σ δ ⊙ (x − μ) per cell
+        d = chunk(delta, s)
+        s1 = d.sum(cell, keepdim=True, dtype=r.dtype) if need_b or stats else None
+        if need_w or stats:
+            xc = chunk(x, s).sub_(part(mu, s)) if half_cpu else torch.sub(x[s], part(mu, s))
+            return s1, xc.mul_(d).sum(cell, keepdim=True)
+        return s1, None
+
+    # per-cell sums over the chunks: added where the cell spans the batch, else stacked
+    parts = list(zip(*[sums(s) for s in chunks]))
+    c1, c2 = (None if p[0] is None else sum(p[1:], p[0]) if 0 in cell else torch.cat(p) for p in parts)
     gw = (c2 * r).sum(pdims) if need_w else None
     gb = c1.sum(pdims) if need_b else None
     grad_x = None
@@ -165,9 +176,9 @@ def _cells(delta, x, mu, r, w, red, pdims, cell, training, need_x, need_w, need_
             a = c2.sum(red, keepdim=True).mul_(r.pow(3)).div_(-M)
             b = c1.sum(red, keepdim=True).mul_(r).div_(-M).sub_(mu * a)
         for s in chunks:
-            g = delta[s] * part(k, s)
+            g = chunk(delta, s).mul_(part(k, s)) if half_cpu else delta[s] * part(k, s)
             if training:
-                g.addcmul_(x[s], part(a, s)).add_(part(b, s))
+                g.addcmul_(chunk(x, s), part(a, s)).add_(part(b, s))
             if len(chunks) == 1:
                 grad_x = g
             else:
