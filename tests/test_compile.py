@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 
 import torchbp
+from util import DEVICES
 
 dynamo = pytest.importorskip("torch._dynamo")
 if not (hasattr(torch, "compile") and dynamo.is_dynamo_supported()):
@@ -77,14 +78,15 @@ def _cost(model, inputs):
     return out.square().sum()
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name,module,inputs", CASES, ids=IDS)
-def test_swapped_model_compiles_in_one_graph(name, module, inputs):
+def test_swapped_model_compiles_in_one_graph(name, module, inputs, device):
     if module is None:
         module = _Loss()
-    twin = torchbp.swap(copy.deepcopy(module).double())
+    twin = torchbp.swap(copy.deepcopy(module).double()).to(device)
     if name == "mse-huber-l1":  # a plain nn.Module holding no twins: its losses are routed
         twin = _Routed()
-    leaves = _leaves(inputs)
+    leaves = _leaves([t.to(device) for t in inputs])
     params = [p for p in twin.parameters() if p.requires_grad]
     wrt = [t for t in leaves if t.requires_grad] + params
     ref = torch.autograd.grad(_cost(twin, leaves), wrt)
