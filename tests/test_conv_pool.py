@@ -268,6 +268,19 @@ def test_avg_pool_2d_delta_is_contiguous(kw):
     torch.testing.assert_close(g, torch.autograd.grad(native(x), x, v)[0], rtol=1e-12, atol=0)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("create_graph", [False, True])
+def test_global_avg_pool_half_rounds_once(dtype, create_graph):
+    """The global pool's δ in half precision: weights 1/(H·W) in float32 and the product rounded once, as
+    native's kernel (bf16 weights rounded per dim gave 3x native's error at 13×13)."""
+    x = torch.randn(4, 8, 13, 13, dtype=dtype, requires_grad=True)
+    v = torch.randn(4, 8, 1, 1, dtype=dtype, requires_grad=create_graph)
+    (g,) = torch.autograd.grad(tbf.adaptive_avg_pool2d(x, 1), x, v, create_graph=create_graph)
+    (ref,) = torch.autograd.grad(F.adaptive_avg_pool2d(x, 1), x, v)
+    assert g.dtype == dtype
+    torch.testing.assert_close(g.detach(), ref, rtol=0, atol=0)
+
+
 def test_max_pool_ties_follow_native():
     x = torch.zeros(1, 2, 6, 6, dtype=torch.float64, requires_grad=True)  # every window is one big tie
     for kw in (dict(kernel_size=2), dict(kernel_size=3, stride=1, padding=1), dict(kernel_size=3, stride=2,
