@@ -271,8 +271,8 @@ def test_avg_pool_2d_delta_is_contiguous(kw):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("create_graph", [False, True])
 def test_global_avg_pool_half_rounds_once(dtype, create_graph):
-    """The global pool's δ in half precision: weights 1/(H·W) in float32 and the product rounded once, as
-    native's kernel (bf16 weights rounded per dim gave 3x native's error at 13×13)."""
+    """The global pool's δ in half precision: δ / (H·W) in float32, rounded once, as native's kernel (bf16
+    weights rounded per dim gave 3x native's error at 13×13), with no full-size float32 temporary."""
     x = torch.randn(4, 8, 13, 13, dtype=dtype, requires_grad=True)
     v = torch.randn(4, 8, 1, 1, dtype=dtype, requires_grad=create_graph)
     (g,) = torch.autograd.grad(tbf.adaptive_avg_pool2d(x, 1), x, v, create_graph=create_graph)

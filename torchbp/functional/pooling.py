@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._common import DeltaFunction, check, check_tensor, inplace_ok
+from ._common import DeltaFunction, check, check_tensor
 
 _MAX = {1: torch.max_pool1d_with_indices, 2: torch._C._nn.max_pool2d_with_indices}
 _ADAPTIVE_MAX = {1: torch.adaptive_max_pool1d, 2: torch._C._nn.adaptive_max_pool2d}  # (out, indices)
@@ -71,12 +71,9 @@ class MaxPool(DeltaFunction):
         return g.view(shape), None, None, None, None, None, None
 
 
-def _window_matrices(ctx, delta, dtype=None):
-    """Per spatial dim, B (L × O) with B[j, y] = [j in window y] / divisor share of y: the averaging is
-    separable, so the pooled map is Bᵀ a_prev along every dim and its transpose is B δ. In ``dtype``
-    (default δ's)."""
-    dtype = dtype or delta.dtype
-    mats = []
+def _windows(ctx, delta):
+    """Per spatial dim, ([j in window y] as an L × O bool, the divisor of each window y)."""
+    out = []
     for i, (L, O) in enumerate(zip(ctx.x_shape[-ctx.n:], delta.shape[-ctx.n:])):
         y = torch.arange(O, device=delta.device)
         if ctx.adaptive:  # window y = [⌊yL/O⌋, ⌈(y+1)L/O⌉)
@@ -93,8 +90,14 @@ def _window_matrices(ctx, delta, dtype=None):
             if ctx.divisor_override:
                 div = torch.full_like(div, ctx.divisor_override if i == 0 else 1)
         j = torch.arange(L, device=delta.device)[:, None]
-        mats.append(((j >= start) & (j < end)).to(dtype) / div.to(dtype))
-    return mats
+        out.append(((j >= start) & (j < end), div))
+    return out
+
+
+def _window_matrices(ctx, delta):
+    """Per spatial dim, B (L × O) with B[j, y] = [j in window y] / divisor share of y: the averaging is
+    separable, so the pooled map is Bᵀ a_prev along every dim and its transpose is B δ."""
+    return [inside.to(delta.dtype) / div.to(delta.dtype) for inside, div in _windows(ctx, delta)]
 
 
 class AvgPool(DeltaFunction):
@@ -123,18 +126,15 @@ class AvgPool(DeltaFunction):
     @staticmethod
     def backward(ctx, delta):
         if all(o == 1 for o in delta.shape[-ctx.n:]):
-            # one window over the whole map (global pooling): B is one column, and B δ along every dim is δ
-            # times their outer product, one broadcast pass (the GEMMs with one inner element: 7x slower).
-            # Half precision: the weights in float32 and one rounding, of the product, as native's kernel.
-            mats = _window_matrices(ctx, delta, torch.float32 if delta.dtype in (torch.float16, torch.bfloat16) else None)
-            w = mats[0][:, 0] if ctx.n == 1 else mats[0] * mats[1].T  # (L,) or (H, W)
-            if w.dtype == delta.dtype:
-                return delta * w, None, None, None, None, None, None, None
-            if not inplace_ok():  # out= is not differentiable: two passes where backward is recorded
-                return (delta * w).to(delta.dtype), None, None, None, None, None, None, None
-            shape = torch.broadcast_shapes(delta.shape, w.shape)
-            g = torch.mul(delta, w, out=delta.new_empty(shape))  # float32 product, rounded once on store
-            return g, None, None, None, None, None, None, None
+            # one window over the whole map (global pooling): δ_prev[j] = [j in the window] · δ / divisor,
+            # δ / divisor for each (sample, channel) first (in float32 for half types, rounded once, as
+            # native's kernel), then one broadcast product with the 0/1 window (GEMMs with one inner element
+            # were 7x slower)
+            (in0, d0), *rest = _windows(ctx, delta)
+            inside, div = (in0[:, 0], d0) if ctx.n == 1 else (in0 & rest[0][0].T, d0 * rest[0][1])
+            opmath = torch.float32 if delta.dtype in (torch.float16, torch.bfloat16) else delta.dtype
+            share = (delta.to(opmath) / div.to(opmath)).to(delta.dtype)
+            return share * inside.to(delta.dtype), None, None, None, None, None, None, None
         mats = _window_matrices(ctx, delta)
         if ctx.n == 1:
             g = delta @ mats[0].T
