@@ -367,6 +367,7 @@ def bench_one(name, device, dtype_name, args, mode="eager"):
             row["status"] = f"capture failed: {type(e).__name__}: {str(e).splitlines()[0][:120]}"
             return row
     elif mode == "compiled":  # each side's model through torch.compile (default inductor), the loss eager
+        torch._dynamo.reset()  # each row compiles afresh: no earlier row's code or recompile count carries over
         steps = {"native": make_step(torch.compile(model), native_loss, x, y, amp),
                  "manual": make_step(torch.compile(manual), manual_loss, x, y, amp)}
         try:
