@@ -21,6 +21,15 @@ def _x(*shape):
     return torch.randn(*shape, dtype=torch.float64)
 
 
+class _Routed(nn.Module):
+    """The regression losses (native modules) through ``torchbp.manual_backward``'s routing of functional
+    calls."""
+
+    def forward(self, h, y):
+        with torchbp.manual_backward():
+            return nn.MSELoss()(h, y) + nn.HuberLoss(delta=0.5)(h, y) + nn.L1Loss()(h, y) + nn.SmoothL1Loss()(h, y)
+
+
 # (id, module, inputs): one of each family and of every kind of δ path (in-place activations, a module's
 # own twin, a fused nn.Sequential run, recurrent loops, losses with their targets)
 CASES = [
@@ -54,18 +63,9 @@ CASES = [
     ("nll-ignore-index", nn.NLLLoss(ignore_index=1), (_x(6, 4).log_softmax(-1), torch.randint(0, 4, (6,)))),
     ("bce-with-logits", nn.BCEWithLogitsLoss(pos_weight=torch.rand(3, dtype=torch.float64)),
      (_x(4, 3), torch.rand(4, 3, dtype=torch.float64))),
-    ("mse-huber-l1", None, (_x(4, 3), _x(4, 3))),
+    ("routed-mse-huber-l1", _Routed(), (_x(4, 3), _x(4, 3))),
 ]
 IDS = [c[0] for c in CASES]
-
-
-def _losses(h, y):  # the regression losses together
-    return nn.MSELoss()(h, y) + nn.HuberLoss(delta=0.5)(h, y) + nn.L1Loss()(h, y) + nn.SmoothL1Loss()(h, y)
-
-
-class _Loss(nn.Module):
-    def forward(self, h, y):
-        return _losses(h, y)
 
 
 def _leaves(inputs):
@@ -81,11 +81,7 @@ def _cost(model, inputs):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name,module,inputs", CASES, ids=IDS)
 def test_swapped_model_compiles_in_one_graph(name, module, inputs, device):
-    if module is None:
-        module = _Loss()
     twin = torchbp.swap(copy.deepcopy(module).double()).to(device)
-    if name == "mse-huber-l1":  # a plain nn.Module holding no twins: its losses are routed
-        twin = _Routed()
     leaves = _leaves([t.to(device) for t in inputs])
     params = [p for p in twin.parameters() if p.requires_grad]
     wrt = [t for t in leaves if t.requires_grad] + params
@@ -94,20 +90,14 @@ def test_swapped_model_compiles_in_one_graph(name, module, inputs, device):
     try:
         explained = dynamo.explain(lambda *a: _cost(twin, a))(*leaves)
         assert explained.graph_break_count == 0, [str(r.reason).splitlines()[0] for r in explained.break_reasons]
+        # the δ Functions are in the graph as Functions (their backward traced), not bypassed
+        assert any("autograd_function_apply" in g.code for g in explained.graphs)
         compiled = torch.compile(lambda *a: _cost(twin, a), backend="aot_eager")
         got = torch.autograd.grad(compiled(*leaves), wrt)
     finally:
         dynamo.reset()
     for a, b in zip(got, ref):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
-
-
-class _Routed(nn.Module):
-    """The regression losses through ``torchbp.manual_backward``'s routing of functional calls."""
-
-    def forward(self, h, y):
-        with torchbp.manual_backward():
-            return _losses(h, y)
 
 
 @pytest.mark.parametrize("name", ["relu", "elu", "silu", "hardtanh", "leaky_relu"])
