@@ -172,6 +172,11 @@ _compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None)
 _function_mode_on = getattr(torch._C, "_is_torch_function_mode_enabled", None)
 
 
+def compiling() -> bool:
+    """Whether torch.compile is tracing this call (False on a torch that cannot tell)."""
+    return _compiling is not None and _compiling()
+
+
 def _apply_autocast_off(fn, device_type, args):
     """``fn.apply(*args)`` under ``torch.autocast(device_type, enabled=False)``, entered (when autocast
     is on for ``device_type``). The context manager's Python bookkeeping costs ~2.5 µs per op; on this

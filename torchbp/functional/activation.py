@@ -15,8 +15,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ._common import FP32_CUDA, LOWER, DeltaFunction, _compiling, _functorch_active, apply, check, \
-    check_compatible, check_tensor, scale_
+from ._common import FP32_CUDA, LOWER, DeltaFunction, _functorch_active, apply, check, check_compatible, \
+    check_tensor, compiling, scale_
 
 
 class _Pointwise(DeltaFunction):
@@ -613,7 +613,7 @@ def _unary(op, fn, input, *args, inplace=False, policy=None):
     check_tensor(op, "input", input)
     if not input.is_floating_point():
         check(False, op, f"input must be floating point, got {input.dtype}")
-    if inplace and ((_compiling is not None and _compiling()) or not hasattr(fn, "delta_out")):
+    if inplace and (compiling() or not hasattr(fn, "delta_out")):
         # f' needs z, which the output overwrites: the δ runs on a copy of z (native saves one too, e.g.
         # silu_) and the result is written back into ``input``. Also the path under torch.compile: dynamo
         # traces neither ``hasattr`` on a Function nor its ctx.mark_dirty (a graph break per activation),

@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch.nn import _reduction as _Reduction
 
-from ._common import FP32, DeltaFunction, _cast, _compiling, _named, apply, autocast_dtype, check, \
-    check_compatible, check_tensor, inplace_ok, scale_
+from ._common import FP32, DeltaFunction, _cast, _named, apply, autocast_dtype, check, check_compatible, \
+    check_tensor, compiling, inplace_ok, scale_
 
 _REDUCTIONS = ("none", "mean", "sum")
 _ENUM = {"none": 0, "mean": 1, "sum": 2}  # torch's Reduction enum, for its loss kernels
@@ -364,7 +364,7 @@ def _ce_delta(g, logp, y, w, total, cd, eps, reduction, ignore_index):
         # torch.compile graph): δ_z = (p − onehot)·δ_J (/N for "mean"), in place in as few distinct ops as
         # it takes (inside a training step each costs ~2-3 µs cold)
         n = total.item() if total is not None and logp.device.type == "cpu" and inplace_ok() \
-            and not (_compiling is not None and _compiling()) else -1
+            and not compiling() else -1
         if n == y.numel() > 0:
             delta = torch.exp(logp).scatter_(cd, y.unsqueeze(cd), -1.0, reduce="add").mul_(g)
             return delta.mul_(1.0 / n) if reduction == "mean" else delta

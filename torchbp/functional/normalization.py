@@ -29,7 +29,7 @@ import numbers
 import torch
 import torch.nn.functional as F
 
-from ._common import FP32_CUDA, DeltaFunction, _autocast_state, apply, check, check_tensor
+from ._common import FP32_CUDA, DeltaFunction, _autocast_state, apply, check, check_tensor, compiling
 
 _LOW = (torch.float16, torch.bfloat16)
 
@@ -70,11 +70,10 @@ def _in_place_ok(delta):
     is_grads_batched), where an in-place op fails on a tensor batched less than its operand."""
     if torch.is_grad_enabled() or torch._C._are_functorch_transforms_active():
         return False
-    return _compiling() or not _legacy_batched(delta)  # (dynamo cannot trace the latter: a graph break)
+    return compiling() or not _legacy_batched(delta)  # (dynamo cannot trace the latter: a graph break)
 
 
 _legacy_batched = getattr(torch._C._functorch, "is_legacy_batchedtensor", lambda t: False)
-_compiling = getattr(torch.compiler, "is_compiling", lambda: False)
 
 
 def _plain(delta, x, mu, r, w, red, pdims, training, need_x, need_w, need_b):

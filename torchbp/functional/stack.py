@@ -64,7 +64,8 @@ class DenseStack(DeltaFunction):
             inputs, kept, cast = ctx.inner
             inputs, kept = [inputs[0] if inputs[0] is not None else x] + inputs[1:], \
                 kept[:-1] + [out if out is not None else kept[-1]]
-            params, cast = cast if cast is not None else params, None
+            params = cast if cast is not None else params  # autocast's copies of W, b when there are
+            del cast  # (the last reference besides params: each Ws[l] = None below frees one)
             if _keep_graph is not None and not _keep_graph():
                 ctx.inner = None  # ctx lets go: each layer's tensors are freed once its step below is done
         Ws = list(params[0::2])

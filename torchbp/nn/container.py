@@ -15,7 +15,7 @@ import torch
 from torch.nn.modules import module as _module
 
 from ..functional import activation as A
-from ..functional._common import _compiling, _functorch_active
+from ..functional._common import _functorch_active, compiling
 from ..functional.stack import dense_stack
 from . import activation as act
 from .linear import Linear
@@ -76,7 +76,7 @@ def _plan(mods, types):
 class Sequential(torch.nn.Sequential):
     def forward(self, input):
         if (not isinstance(input, torch.Tensor) or not torch.is_grad_enabled() or any(_GLOBAL_HOOKS)
-                or _functorch_active is None or _functorch_active() or (_compiling is not None and _compiling())):
+                or _functorch_active is None or _functorch_active() or compiling()):
             return super().forward(input)
         mods = tuple(self._modules.values())
         types = tuple(map(type, mods))
