@@ -184,14 +184,15 @@ def missing_twins(model) -> list[str]:
 
 
 def twin_loss(name, native_loss):
-    """torchbp's twin of the loss when it exists (same call signature as ``native_loss``), else None."""
-    cls = getattr(torchbp.nn, name, None)
-    if cls is None:
-        return None
-    fn = cls()
+    """torchbp's form of the loss, called as ``native_loss`` is: both bench losses are plain functions, so
+    the δ side calls torchbp.functional's (a twin module's ``__call__`` would add a cost native does not pay).
+    Another loss: its torchbp.nn twin when there is one, else None."""
     if native_loss is _ce:
-        return lambda out, y: fn(out.reshape(-1, out.shape[-1]), y.reshape(-1))
-    return fn
+        return lambda out, y: torchbp.functional.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1))
+    if native_loss is _half_squared_error:
+        return torchbp.functional.half_squared_error
+    cls = getattr(torchbp.nn, name, None)
+    return None if cls is None else cls()
 
 
 def heap_malloc() -> bool:
