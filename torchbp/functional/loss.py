@@ -361,13 +361,14 @@ def _ce_delta(g, logp, y, w, total, cd, eps, reduction, ignore_index):
     if w is None and not eps and reduction != "none":
         # no target ignored (torch counted them in forward; a free look on the CPU, where no transform
         # such as vmap is active, which inplace_ok also asks, and nothing is traced: .item() would break a
-        # torch.compile graph): δ_z = (p − onehot)·δ_J (/N for "mean"), in place in as few distinct ops as
-        # it takes (inside a training step each costs ~2-3 µs cold)
+        # torch.compile graph): δ_z = p·s − s·onehot with s = δ_J (/N for "mean") read as a number (no graph
+        # is recorded here), in place in as few distinct ops as it takes (inside a training step each costs
+        # ~2-3 µs cold): p·s − s at the target is native's order (its nll δ −s, then log_softmax's δ).
         n = total.item() if total is not None and logp.device.type == "cpu" and inplace_ok() \
             and not compiling() else -1
         if n == y.numel() > 0:
-            delta = torch.exp(logp).scatter_(cd, y.unsqueeze(cd), -1.0, reduce="add").mul_(g)
-            return delta.mul_(1.0 / n) if reduction == "mean" else delta
+            s = g.item() / n if reduction == "mean" else g.item()
+            return torch.exp(logp).mul_(s).scatter_(cd, y.unsqueeze(cd), -s, reduce="add")
         keep = y != ignore_index
         s = g / (keep.sum() if total is None else total) if reduction == "mean" else g
         # δ_ℓn exactly 0 for an ignored target (which then points at class 0), as native never touches those
