@@ -340,20 +340,51 @@ def test_distributed_audit_leaves_ddp_training_untouched(audited):
         assert res["untouched"] and res["after"]
 
 
+def _kill_tree(pid):
+    """SIGKILL ``pid`` and every process below it, found through /proc (children first listed, then
+    killed together, so none is re-parented away before it is seen)."""
+    children = {}
+    for d in os.listdir("/proc") if os.path.isdir("/proc") else ():
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(d))
+    tree, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        tree.append(p)
+        todo += children.get(p, [])
+    for p in tree:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except OSError:
+            pass
+    try:
+        os.killpg(pid, signal.SIGKILL)  # and torchrun's own group, where there is no /proc to walk
+    except OSError:
+        pass
+
+
 def test_torchrun_example(tmp_path):
     """The README's command: torchrun with a c10d rendezvous on 127.0.0.1 (a free port)."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", f"--nproc-per-node={WORLD}",
            "--rdzv-backend=c10d", "--rdzv-endpoint=127.0.0.1:0", "-m", "torchbp.distributed",
            "--json", str(tmp_path / "merged.json")]
     env = dict(os.environ, GLOO_SOCKET_IFNAME=_LOOPBACK, OMP_NUM_THREADS="1")
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)  # its own process group: torchrun and its workers
-    try:
-        out, _ = proc.communicate(timeout=JOIN_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        pytest.fail(f"torchrun still running after {JOIN_TIMEOUT}s (killed)")
+    # Output to a file, not a pipe: a worker that outlives torchrun would hold a pipe open forever.
+    log = tmp_path / "torchrun.log"
+    with open(log, "w") as f:
+        proc = subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            proc.wait(timeout=JOIN_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            _kill_tree(proc.pid)  # torchrun starts each worker in a session of its own: kill them by parent
+            proc.wait()
+            pytest.fail(f"torchrun still running after {JOIN_TIMEOUT}s (killed):\n{log.read_text()}")
+    out = log.read_text()
     assert proc.returncode == 0, out
     assert "rank 1: swapped DDP vs native DDP" in out and "torchbp.audit: OK" in out
     rep = json.loads((tmp_path / "merged.json").read_text())

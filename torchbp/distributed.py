@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from typing import TYPE_CHECKING
 
 import torch
@@ -158,8 +159,18 @@ def main(argv=None) -> int:
             report.to_json(args.json)
         return 0 if report.ok and worst <= 1e-10 else 1
     finally:
+        # Shut down in order. Left to interpreter exit, the last DDP's Reducer frees the gloo process
+        # group while holding the GIL; the group's destructor joins its worker thread, which may still
+        # be freeing the gather's work and waits for the GIL to drop a tensor: a deadlock seen here
+        # (one rank never exits, torchrun waits forever). The barrier retires every queued work; the
+        # models go before the group does.
+        native = ours = opts = m = opt = None  # noqa: F841
         if own:
-            dist.destroy_process_group()
+            try:
+                if sys.exc_info()[0] is None:  # after an error the peers may never reach the barrier
+                    dist.barrier()
+            finally:
+                dist.destroy_process_group()
 
 
 if __name__ == "__main__":
