@@ -107,9 +107,6 @@ def main(argv=None) -> int:
     import argparse
 
     import torch.distributed as dist
-    from torch.nn.parallel import DistributedDataParallel as DDP
-
-    from .swap import swap
     p = argparse.ArgumentParser(prog="torchrun --nproc-per-node=N -m torchbp.distributed",
                                 description=main.__doc__.split("\n\n")[0])
     p.add_argument("--backend", help="default: nccl when there is a GPU per process, else gloo")
@@ -127,50 +124,58 @@ def main(argv=None) -> int:
     if own:
         dist.init_process_group(backend)
     try:
-        rank = dist.get_rank()
-
-        def make():
-            torch.manual_seed(0)  # DDP wants the same initial weights everywhere
-            return torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.Tanh(), torch.nn.Linear(32, 32),
-                                       torch.nn.ReLU(), torch.nn.Linear(32, 4)).to(device, torch.float64)
-
-        ids = [device.index] if device.type == "cuda" else None
-        native, ours = DDP(make(), device_ids=ids), DDP(swap(make()), device_ids=ids)
-        opts = [torch.optim.SGD(m.parameters(), lr=0.1) for m in (native, ours)]
-        worst = 0.0
-        for step in range(args.steps):
-            g = torch.Generator().manual_seed(1000 * rank + step)  # each rank its own batch
-            x = torch.randn(8, 16, generator=g, dtype=torch.float64).to(device)
-            y = torch.randn(8, 4, generator=g, dtype=torch.float64).to(device)
-            for m, opt in zip((native, ours), opts):
-                opt.zero_grad()
-                (0.5 * (y - m(x)).pow(2).sum() / len(x)).backward()  # DDP averages here
-            for a, b in zip(ours.parameters(), native.parameters()):
-                worst = max(worst, float((a.grad - b.grad).norm() / b.grad.norm()))
-            for opt in opts:
-                opt.step()
-        print(f"rank {rank}: swapped DDP vs native DDP, {args.steps} steps ({backend}, {device}): "
-              f"worst gradient rel err {worst:.2e}", flush=True)
-        report = audit(ours, x, y)
-        if report is None:
-            return 0 if worst <= 1e-10 else 1
-        print(report, flush=True)
-        if args.json:
-            report.to_json(args.json)
-        return 0 if report.ok and worst <= 1e-10 else 1
+        return _compare_and_audit(args, backend, device)
     finally:
-        # Shut down in order. Left to interpreter exit, the last DDP's Reducer frees the gloo process
-        # group while holding the GIL; the group's destructor joins its worker thread, which may still
-        # be freeing the gather's work and waits for the GIL to drop a tensor: a deadlock seen here
-        # (one rank never exits, torchrun waits forever). The barrier retires every queued work; the
-        # models go before the group does.
-        native = ours = opts = m = opt = None  # noqa: F841
+        # Shut down in order: the DDP models died with _compare_and_audit's frame; the barrier retires
+        # every queued work; then the group goes. Left to interpreter exit, the last DDP's Reducer frees
+        # the gloo group while holding the GIL, and the group's destructor joins a worker thread that
+        # may still be freeing the gather's work and waits for the GIL: a deadlock seen here (one rank
+        # never exits, torchrun waits forever).
         if own:
             try:
                 if sys.exc_info()[0] is None:  # after an error the peers may never reach the barrier
                     dist.barrier()
             finally:
                 dist.destroy_process_group()
+
+
+def _compare_and_audit(args, backend, device) -> int:
+    """main's work, in a frame of its own so that its DDP models are freed when it returns."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    from .swap import swap
+    rank = dist.get_rank()
+
+    def make():
+        torch.manual_seed(0)  # DDP wants the same initial weights everywhere
+        return torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.Tanh(), torch.nn.Linear(32, 32),
+                                   torch.nn.ReLU(), torch.nn.Linear(32, 4)).to(device, torch.float64)
+
+    ids = [device.index] if device.type == "cuda" else None
+    native, ours = DDP(make(), device_ids=ids), DDP(swap(make()), device_ids=ids)
+    opts = [torch.optim.SGD(m.parameters(), lr=0.1) for m in (native, ours)]
+    worst = 0.0
+    for step in range(args.steps):
+        g = torch.Generator().manual_seed(1000 * rank + step)  # each rank its own batch
+        x = torch.randn(8, 16, generator=g, dtype=torch.float64).to(device)
+        y = torch.randn(8, 4, generator=g, dtype=torch.float64).to(device)
+        for m, opt in zip((native, ours), opts):
+            opt.zero_grad()
+            (0.5 * (y - m(x)).pow(2).sum() / len(x)).backward()  # DDP averages here
+        for a, b in zip(ours.parameters(), native.parameters()):
+            worst = max(worst, float((a.grad - b.grad).norm() / b.grad.norm()))
+        for opt in opts:
+            opt.step()
+    print(f"rank {rank}: swapped DDP vs native DDP, {args.steps} steps ({backend}, {device}): "
+          f"worst gradient rel err {worst:.2e}", flush=True)
+    report = audit(ours, x, y)
+    if report is None:
+        return 0 if worst <= 1e-10 else 1
+    print(report, flush=True)
+    if args.json:
+        report.to_json(args.json)
+    return 0 if report.ok and worst <= 1e-10 else 1
 
 
 if __name__ == "__main__":
