@@ -1,4 +1,4 @@
-"""Shared test helpers: compare a δ callable with its native counterpart, the DESIGN.md way."""
+"""Shared test helpers: compare a δ callable with its native counterpart, as docs/design.md prescribes."""
 from __future__ import annotations
 
 import pytest

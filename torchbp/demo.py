@@ -22,7 +22,7 @@ import torch
 SIZES = (4, 6, 5, 4, 3)  # s_j, s_i, s_k, s_q, s_p
 NAMES = ("j", "i", "k", "q", "p")
 OFFSETS = ("n_l−4", "n_l−3", "n_l−2", "n_l−1", "n_l")
-TOL64 = 1e-10            # DESIGN.md: float64 passes at rel err <= 1e-10
+TOL64 = 1e-10            # docs/design.md: float64 passes at rel err <= 1e-10
 FLOOR32 = 1e-5           # lower precision: err vs the float64 oracle <= 2 * native's + floor
 
 
