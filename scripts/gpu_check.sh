@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check of issue 6, in one run of a few minutes on a machine with a CUDA device:
+# The GPU check, in one run of a few minutes on a machine with a CUDA device:
 #   1. the test suite's CUDA variants (pytest -k cuda: the CPU ones run in CI; PYTEST_SELECT="" for all),
 #      with pytest -n WORKERS when pytest-xdist is there;
 #   2. scripts/bench.py on CUDA (float32 and bfloat16 autocast; the default models plus mlp-wide);

@@ -1,4 +1,4 @@
-"""GPU audits (issue 6): TF32 named in the verdict, a float64 oracle on the CPU, determinism recorded and
+"""GPU audits: TF32 named in the verdict, a float64 oracle on the CPU, determinism recorded and
 non-reproducible layers named. Every test here needs a CUDA device and is skipped cleanly without one;
 the per-op CUDA variants live beside their CPU tests (util.DEVICES)."""
 from __future__ import annotations
