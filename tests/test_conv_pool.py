@@ -407,7 +407,7 @@ def test_twins_state_dict_and_isinstance():
         twin = torchbp.swap(cls(**kw))
         assert isinstance(twin, cls) and type(twin).forward is not cls.forward
         assert list(twin.state_dict()) == list(native.state_dict())
-        assert repr(twin) == repr(native)
+        assert repr(twin).replace("[δ]", "") == repr(native)
         twin.load_state_dict(native.state_dict())
         assert type(torchbp.unswap(twin)) is cls
 

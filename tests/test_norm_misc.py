@@ -894,7 +894,7 @@ def test_embedding_bag_twin_swapped(kw):
     native = nn.EmbeddingBag(10, 4, **kw).double()
     twin = torchbp.swap(copy.deepcopy(native))
     assert type(twin) is torchbp.nn.EmbeddingBag and isinstance(twin, nn.EmbeddingBag)
-    assert repr(twin) == repr(native) and twin.state_dict().keys() == native.state_dict().keys()
+    assert repr(twin).replace("[δ]", "") == repr(native) and twin.state_dict().keys() == native.state_dict().keys()
     idx, offsets, _ = _bag_args("last_offset" if kw.get("include_last_offset") else "offsets",
                                 kw.get("include_last_offset", False))
     args = [(idx, offsets), (idx.reshape(5, 2),)]

@@ -27,8 +27,7 @@ def unswappable(model: torch.nn.Module) -> list[tuple[str, str]]:
 
 
 def _swap(model: torch.nn.Module, strict: bool) -> list[torch.nn.Module]:
-    if not isinstance(model, torch.nn.Module):
-        raise TypeError(f"torchbp.swap expects a torch.nn.Module, got {type(model).__name__}")
+    _check_module(model, "swap")
     left = unswappable(model)
     if left and strict:
         listing = "\n".join(f"  {name or '<root>'}: {cls}" for name, cls in left)
@@ -42,10 +41,26 @@ def _swap(model: torch.nn.Module, strict: bool) -> list[torch.nn.Module]:
             m.__class__ = twin
             changed.append(m)
     if left:
-        listing = ", ".join(f"{name or '<root>'} ({cls})" for name, cls in left)
-        warnings.warn(f"torchbp.swap: left native (no δ twin; their gradients stay native): {listing}",
-                      stacklevel=3)
+        warnings.warn(f"torchbp.swap: {len(left)} module(s) left native (no δ twin; their gradients stay "
+                      f"native):\n{_by_class(left)}", stacklevel=3)
     return changed
+
+
+def _by_class(left: list[tuple[str, str]], shown: int = 4) -> str:
+    """One line per class: ``  CNBlock ×18: features.1.0, features.1.1, … (+14 more)``."""
+    groups: dict[str, list[str]] = {}
+    for name, cls in left:
+        groups.setdefault(cls, []).append(name or "<root>")
+    lines = []
+    for cls, names in groups.items():
+        more = f", … (+{len(names) - shown} more)" if len(names) > shown else ""
+        lines.append(f"  {cls} ×{len(names)}: {', '.join(names[:shown])}{more}")
+    return "\n".join(lines)
+
+
+def _check_module(model, fn: str) -> None:
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"torchbp.{fn} expects a torch.nn.Module, got {type(model).__name__}")
 
 
 def swap(model: torch.nn.Module, *, strict: bool = False) -> torch.nn.Module:
@@ -60,6 +75,7 @@ def swap(model: torch.nn.Module, *, strict: bool = False) -> torch.nn.Module:
 
 def unswap(model: torch.nn.Module) -> torch.nn.Module:
     """Restore the exact native class of every swapped module, in place. Returns ``model``."""
+    _check_module(model, "unswap")
     for m in model.modules():
         native = registry.native_for(type(m))
         if native is not None:

@@ -23,3 +23,15 @@ from .sparse import *  # noqa: F401,F403
 from .upsampling import *  # noqa: F401,F403
 from .lazy import *  # noqa: F401,F403
 from .rnn import *  # noqa: F401,F403
+
+
+def _get_name(self) -> str:
+    """The class name ``print(model)`` shows: a twin reads ``Linear[δ](...)``, so a swapped model does not
+    look native (its class name, state_dict keys and isinstance are unchanged)."""
+    return type(self).__name__ + "[δ]"
+
+
+for _family in FAMILIES:
+    for _twin in _family.TWINS.values():
+        if "_get_name" not in vars(_twin):
+            _twin._get_name = _get_name
