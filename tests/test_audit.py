@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import torchbp
-from torchbp.audit import AuditReport, compare_reports
+from torchbp.checker import AuditReport, compare_reports
 from torchbp.functional._common import DeltaFunction
 
 
@@ -344,7 +344,7 @@ def test_plot_needs_matplotlib_or_writes(tmp_path):
 
 def test_floor_table_lives_in_compare():
     import util
-    from torchbp.audit.compare import FLOOR
+    from torchbp.checker.compare import FLOOR
     assert util.FLOOR is FLOOR
 
 
@@ -433,16 +433,16 @@ def test_oracle_auto_skips_oracle_when_close_and_runs_it_on_failure():
     assert torchbp.audit(deep(2), torch.randn(2, 16, dtype=torch.float64), oracle="auto").environment["oracle"] is None
 
 
-def test_audit_is_callable_and_its_submodules_import():
-    """torchbp.audit is the package and the function at once: every import form works."""
-    import importlib
+def test_audit_is_a_function_and_the_checker_modules_import():
+    """torchbp.audit is a plain function; the checker's modules import under torchbp.checker."""
+    import inspect
     import subprocess
     import sys
-    code = ("import torchbp.audit.compare as c, torchbp.audit.report as r, torch, torchbp\n"
-            "from torchbp.audit import audit, AuditReport\n"
+    code = ("import torchbp.checker.compare as c, torchbp.checker.report as r, torch, torchbp\n"
+            "from torchbp.checker import audit, AuditReport\n"
             "m = torch.nn.Linear(3, 2).double()\n"
             "rep = torchbp.audit(m, torch.randn(2, 3, dtype=torch.float64))\n"
-            "assert rep.ok and isinstance(rep, r.AuditReport) and c.FLOOR and audit is torchbp.audit.audit\n")
+            "assert rep.ok and isinstance(rep, r.AuditReport) and c.FLOOR and audit is torchbp.audit\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert callable(importlib.import_module("torchbp.audit"))
+    assert inspect.isfunction(torchbp.audit) and torchbp.AuditReport is AuditReport

@@ -143,7 +143,7 @@ def test_console_entry_via_subprocess(models):
 def test_options_defined_once():
     import argparse
 
-    from torchbp.audit.options import OPTIONS, add_options
+    from torchbp.checker.options import OPTIONS, add_options
     p = argparse.ArgumentParser()
     add_options(p.add_argument, prefix="--torchbp-", names={"device", "dtype"})
     ns = p.parse_args(["--torchbp-dtype", "float32", "--torchbp-device", "cpu"])

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import torchbp
-from torchbp.audit import AuditReport
+from torchbp import AuditReport
 
 pytest_plugins = ["pytester"]
 
@@ -275,15 +275,15 @@ def _python(code, cwd):
 
 def test_plugin_module_imports_no_torch(tmp_path):
     """The plugin and the option table it shares with the CLI defer torch (and the audit runner) to the
-    first audit. The packages torchbp and torchbp.audit are stood in for by empty ones, so that only
+    first audit. The packages torchbp and torchbp.checker are stood in for by empty ones, so that only
     those two files run."""
     loaded = _python(f'''
 import sys, types
-for name, path in (("torchbp", {str(ROOT / "torchbp")!r}), ("torchbp.audit", {str(ROOT / "torchbp" / "audit")!r})):
+for name, path in (("torchbp", {str(ROOT / "torchbp")!r}), ("torchbp.checker", {str(ROOT / "torchbp" / "checker")!r})):
     sys.modules[name] = types.ModuleType(name)
     sys.modules[name].__path__ = [path]
 import torchbp.pytest_plugin
-print("torch" in sys.modules, "torchbp.audit.runner" in sys.modules)''', tmp_path)
+print("torch" in sys.modules, "torchbp.checker.runner" in sys.modules)''', tmp_path)
     assert loaded == ["False", "False"]
 
 

@@ -10,8 +10,8 @@ DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda,
                                               pytest.mark.skipif(not CUDA, reason="no CUDA device")])]
 LOW = [torch.float32, torch.bfloat16, torch.float16]
 # the floor(dtype) of the comparison policy (what a correct low-precision result may still be off by):
-# one table, in torchbp/audit/compare.py
-from torchbp.audit.compare import FLOOR  # noqa: E402
+# one table, in torchbp/checker/compare.py
+from torchbp.checker.compare import FLOOR  # noqa: E402
 
 
 def rel_err(s: torch.Tensor, r: torch.Tensor) -> float:

@@ -8,10 +8,11 @@ __version__ = "0.1.0"
 
 # Public names load on first use (PEP 562): pytest imports this package at start-up for the
 # torchbp.pytest_plugin entry point, and must not pay for importing torch there.
-# torchbp.audit is the audit package, callable: torchbp.audit(model, x) runs the audit
-_SUBMODULES = ("functional", "nn", "registry", "audit")
+# torchbp.audit is a function; the checker behind it is the package torchbp.checker
+_SUBMODULES = ("functional", "nn", "registry", "checker")
 _FROM = {"manual_backward": "intercept", "register": "registry", "swap": "swap", "swapped": "swap",
-         "unswap": "swap", "unswappable": "swap", "assert_gradients_match": "audit", "AuditReport": "audit"}
+         "unswap": "swap", "unswappable": "swap", "audit": "checker", "assert_gradients_match": "checker",
+         "AuditReport": "checker"}
 __all__ = [*_SUBMODULES, *_FROM, "__version__"]
 
 

@@ -21,7 +21,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
-    from .audit.options import add_options
+    from .checker.options import add_options
     p = _Parser(prog="torchbp", description="Hand-derived back-propagation (δ formulas) checked against "
                                             "native autograd, layer by layer.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -80,7 +80,7 @@ def _audit(args) -> int:
     import torch
 
     from . import audit
-    from .audit.options import audit_kwargs
+    from .checker.options import audit_kwargs
     fn = _load(args.target)
     try:
         made = fn()
@@ -122,7 +122,7 @@ def _audit(args) -> int:
 def _compare(args) -> int:
     from tabulate import tabulate
 
-    from .audit.report import AuditReport, compare_reports
+    from .checker.report import AuditReport, compare_reports
     reports = []
     for path in (args.a, args.b):
         try:
@@ -148,7 +148,7 @@ def _env(args) -> int:
 
     import torch
 
-    from .audit import environment
+    from .checker import environment
     dev = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     env = environment(device=dev)
     if args.json:

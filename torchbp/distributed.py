@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import torch
 
 if TYPE_CHECKING:  # (imported lazily at run time: torchbp.audit loads on first use)
-    from .audit import AuditReport
+    from .checker import AuditReport
 
 __all__ = ["audit", "merge", "local_module", "main"]
 
@@ -34,7 +34,7 @@ def merge(reports, ranks=None, *, backend=None, full: bool = False) -> "AuditRep
     ``first_divergence`` that of the lowest failing rank (prefixed the same way), ``coverage`` the
     lowest. The environment is rank ``ranks[0]``'s plus ``world_size``, ``backend``, ``ranks`` and
     ``per_rank`` = {setting: [value on each rank]} for the settings that differ between ranks."""
-    from .audit import AuditReport
+    from .checker import AuditReport
     ranks = list(range(len(reports))) if ranks is None else list(ranks)
     rows, first = [], None
     for r, rep in zip(ranks, reports):
@@ -67,8 +67,8 @@ def audit(model, inputs, target=None, *, dst: int = 0, group=None, **audit_kwarg
     """
     import torch.distributed as dist
 
-    from .audit import AuditReport
-    from .audit import audit as _audit
+    from .checker import AuditReport
+    from .checker import audit as _audit
     if not (dist.is_available() and dist.is_initialized()):
         raise RuntimeError("torchbp.distributed.audit: no default process group; call "
                            "torch.distributed.init_process_group first (or use torchbp.audit)")

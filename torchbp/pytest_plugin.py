@@ -1,7 +1,7 @@
 """pytest plugin: gradient audits in any project's test suite.
 
 Loaded through the ``pytest11`` entry point ``torchbp``.  This module and the option table it shares
-with the CLI (torchbp/audit/options.py) import no torch: torch and the audit runner are imported on the
+with the CLI (torchbp/checker/options.py) import no torch: torch and the audit runner are imported on the
 first audit (or when ``--torchbp-device=all`` must ask which devices exist), so a suite that never
 audits pays nothing for them -- provided the package ``__init__`` files are lazy too.
 
@@ -21,7 +21,7 @@ import os
 
 import pytest
 
-from .audit.options import BY_NAME, DTYPES, add_options, audit_kwargs
+from .checker.options import BY_NAME, DTYPES, add_options, audit_kwargs
 
 # the audit options the plugin takes from the shared table (defined once for the CLI and the plugin),
 # with the plugin's own defaults and help where they differ from the CLI's
@@ -147,7 +147,7 @@ def torchbp_audit(request: pytest.FixtureRequest, torchbp_device: str):
 
     def audit(model, inputs, target=None, **audit_kwargs):
         import torch
-        from torchbp.audit import audit as run_audit
+        from torchbp.checker import audit as run_audit
         kwargs = {**audit_kwargs_from(request.config), "progress": False, **marker, "device": torchbp_device,
                   **audit_kwargs}
         _check_dtype(kwargs["dtype"])

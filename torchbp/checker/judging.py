@@ -1,0 +1,107 @@
+"""Judging: the sinks that turn each gradient into a verdict the moment it arrives (against the kept
+reference, and below float64 against the float64 oracle), and the report's rows."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from . import compare
+from .capture import kind
+from .report import Row
+from .state import digest
+
+
+def module_name(key: str) -> str:
+    """The qualified module name of a capture key (``name#n`` is the n-th call of ``name``)."""
+    return key.split("#", 1)[0]
+
+
+class ErrorsVsOracle:
+    """A sink reducing each native grad at once to its relative error against the oracle's."""
+
+    def __init__(self, oracle):
+        self.oracle, self.err, self.norms = oracle, {}, {}  # norms: the oracle's, reused by the subject
+
+    def __call__(self, key, qty, g):
+        k = (key, qty)
+        o = self.oracle.get(k)
+        if o is not None and k not in self.err:
+            m = compare.metrics(g, o)
+            self.err[k], self.norms[k] = m["rel_err"], m["ref_norm"]
+
+
+class Judge:
+    """The subject's sink: compares each grad the moment it arrives and drops the kept one."""
+
+    def __init__(self, kept, dtype, native_err=None, ref_norms=None):
+        self.kept, self.dtype, self.native_err, self.ref_norms = kept, dtype, native_err, ref_norms or {}
+        self.results, self.digests, self.unstable, self.repeating = {}, {}, set(), False
+        self.scale = {}  # key -> norm of the reference δ arriving at that layer
+
+    def __call__(self, key, qty, g):
+        k = (key, qty)
+        if self.repeating:
+            if k in self.digests and digest(g) != self.digests[k]:
+                self.unstable.add(k)
+            return
+        if k in self.results:
+            return
+        self._judge(k, g.detach(), self.kept.pop(k, None))
+
+    def _judge(self, k, subject, reference):
+        if subject is None:
+            subject = torch.zeros_like(reference)
+        if reference is None:
+            reference = torch.zeros(subject.shape, dtype=torch.float64, device=subject.device)
+        m = compare.metrics(subject, reference, self.ref_norms.get(k))
+        native = self.native_err.get(k, math.nan) if self.native_err is not None else None
+        key, qty = k
+        if qty.startswith("grad_output"):
+            self.scale[key] = math.hypot(self.scale.get(key, 0.0), m["ref_norm"])
+            factor = 1.0
+        else:
+            factor = compare.scale_factor(m["ref_norm"], self.scale.get(key))
+        tol, status = compare.judge(m["rel_err"], self.dtype, native, factor)
+        self.results[k] = dict(m, shape=tuple(subject.shape), tolerance=tol, status=status,
+                               native_rel_err=native, sha256=digest(subject))
+        self.digests[k] = self.results[k]["sha256"]
+
+    def finish(self):
+        """Quantities the reference produced but the subject did not: the subject's is zero."""
+        for k in list(self.kept):
+            self._judge(k, None, self.kept.pop(k))
+
+
+def build_rows(judge, subject_pass, subject_model, routed):
+    """(rows in forward order, keys of the layers with a failing or nonfinite row)."""
+    capture = subject_pass.capture
+    modules = dict(subject_model.named_modules())
+    order = capture.order
+
+    def kind_of(key):
+        if key in capture.kinds:
+            return capture.kinds[key]
+        m = modules.get(module_name(key))
+        return kind(m) if m is not None else "?"
+
+    def rank(item):
+        (key, qty), _ = item
+        group = 0 if qty.startswith("grad_output") else 1 if qty.startswith("grad_input") else 2
+        return (order.get(key, len(order)), group)
+
+    rows, bad = [], []
+    for (key, qty), res in sorted(judge.results.items(), key=rank):
+        status = res["status"]
+        is_param = not (qty.startswith("grad_output") or qty.startswith("grad_input"))
+        pname = f"{key}.{qty}" if key else qty
+        if routed and is_param and status != compare.NONFINITE and pname not in (subject_pass.covered or ()):
+            status = compare.NATIVE
+        rows.append(Row(layer=key, kind=kind_of(key), quantity=qty, shape=res["shape"],
+                        max_abs_err=res["max_abs_err"], rel_err=res["rel_err"], cosine=res["cosine"],
+                        tolerance=res["tolerance"], status=status, native_rel_err=res["native_rel_err"],
+                        norm=res["norm"], ref_norm=res["ref_norm"], sha256=res["sha256"],
+                        reproducible=(None if not judge.repeating else (key, qty) not in judge.unstable)))
+        if status in (compare.FAIL, compare.NONFINITE) and key not in bad:
+            bad.append(key)
+    return rows, bad
