@@ -1,4 +1,4 @@
-"""The comparison policy (DESIGN.md "Comparison policy"), in one place: metrics, floors, verdicts.
+"""The comparison policy (docs/design.md, "Comparison policy"), in one place: metrics, floors, verdicts.
 
 Every metric is computed in float64. ``FLOOR`` is what a correct low-precision result may still be off
 by; tests/util.py reads it from here.
