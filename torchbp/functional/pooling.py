@@ -10,8 +10,12 @@ import torch.nn.functional as F
 
 from ._common import DeltaFunction, check, check_tensor
 
-_MAX = {1: torch.max_pool1d_with_indices, 2: torch._C._nn.max_pool2d_with_indices}
-_ADAPTIVE_MAX = {1: torch.adaptive_max_pool1d, 2: torch._C._nn.adaptive_max_pool2d}  # (out, indices)
+_MAX = {1: torch.max_pool1d_with_indices, 2: torch._C._nn.max_pool2d_with_indices,
+        3: torch._C._nn.max_pool3d_with_indices}
+_ADAPTIVE_MAX = {1: torch.adaptive_max_pool1d, 2: torch._C._nn.adaptive_max_pool2d,
+                 3: torch._C._nn.adaptive_max_pool3d}  # (out, indices)
+_ADAPTIVE_AVG = {1: F.adaptive_avg_pool1d, 2: torch._C._nn.adaptive_avg_pool2d,
+                 3: torch._C._nn.adaptive_avg_pool3d}
 _is_batched = getattr(torch._C._functorch, "is_batchedtensor", lambda x: False)
 
 
@@ -111,9 +115,12 @@ class AvgPool(DeltaFunction):
     @staticmethod
     def forward(x, n, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override):
         if kernel_size is None:
-            return (F.adaptive_avg_pool1d if n == 1 else torch._C._nn.adaptive_avg_pool2d)(x, stride)
+            return _ADAPTIVE_AVG[n](x, stride)
         if n == 1:
             return torch.avg_pool1d(x, kernel_size, stride, padding, ceil_mode, count_include_pad)
+        if n == 3:
+            return torch._C._nn.avg_pool3d(x, kernel_size, stride, padding, ceil_mode, count_include_pad,
+                                           divisor_override)
         return torch._C._nn.avg_pool2d(x, kernel_size, stride, padding, ceil_mode, count_include_pad,
                                        divisor_override)
 
@@ -132,12 +139,17 @@ class AvgPool(DeltaFunction):
             # were 7x slower)
             (in0, d0), *rest = _windows(ctx, delta)
             inside, div = (in0[:, 0], d0) if ctx.n == 1 else (in0 & rest[0][0].T, d0 * rest[0][1])
+            if ctx.n == 3:  # the (D, H, W) window: D's 0/1 column times the (H, W) one of H and W
+                inside, div = in0[:, :, None] & (rest[0][0] & rest[1][0].T), div * rest[1][1]
             opmath = torch.float32 if delta.dtype in (torch.float16, torch.bfloat16) else delta.dtype
             share = (delta.to(opmath) / div.to(opmath)).to(delta.dtype)
             return share * inside.to(delta.dtype), None, None, None, None, None, None, None
         mats = _window_matrices(ctx, delta)
         if ctx.n == 1:
             g = delta @ mats[0].T
+        elif ctx.n == 3:  # along W, then H, then D (B_D on the left of the flattened (H, W) planes)
+            g = mats[1] @ (delta @ mats[2].T)
+            g = (mats[0] @ g.flatten(-2)).view(*g.shape[:-3], mats[0].shape[0], *g.shape[-2:])
         else:  # along W, then along H with B on the left: δ_prev comes out contiguous (a transposed
             # δ_prev made the ops after it, e.g. the ReLU δ before a global pool, 4x slower), at GEMM speed
             g = mats[0] @ (delta @ mats[1].T)
@@ -273,6 +285,51 @@ def adaptive_avg_pool2d(input, output_size):
     return _adaptive("adaptive_avg_pool2d", 2, input, output_size)
 
 
+# --- 3-D pooling (video models): the same Functions over (D, H, W) ---------------------------------------
+
+def max_pool3d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
+    """δ twin of ``torch.nn.functional.max_pool3d``."""
+    return _max_pool("max_pool3d", 3, input, kernel_size, stride, padding, dilation, ceil_mode, return_indices)
+
+
+def max_pool3d_with_indices(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
+                            return_indices=False):
+    """δ twin of ``F.max_pool3d_with_indices`` (always returns the indices, as it does)."""
+    return _max_pool("max_pool3d", 3, input, kernel_size, stride, padding, dilation, ceil_mode, True)
+
+
+def avg_pool3d(input, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
+               divisor_override=None):
+    """δ twin of ``torch.nn.functional.avg_pool3d``."""
+    return _avg_pool("avg_pool3d", 3, input, kernel_size, stride, padding, ceil_mode, count_include_pad,
+                     divisor_override)
+
+
+def adaptive_avg_pool3d(input, output_size):
+    """δ twin of ``torch.nn.functional.adaptive_avg_pool3d``."""
+    return _adaptive("adaptive_avg_pool3d", 3, input, output_size)
+
+
+def adaptive_max_pool3d(input, output_size, return_indices=False):
+    """δ twin of ``torch.nn.functional.adaptive_max_pool3d``."""
+    return _adaptive_max("adaptive_max_pool3d", 3, input, output_size, return_indices)
+
+
+def adaptive_max_pool3d_with_indices(input, output_size, return_indices=False):
+    """δ twin of ``F.adaptive_max_pool3d_with_indices`` (always returns the indices, as it does)."""
+    return _adaptive_max("adaptive_max_pool3d", 3, input, output_size, True)
+
+
+_ROUTES_3D = {  # F.avg_pool3d is torch._C._nn.avg_pool3d
+    F.max_pool3d: max_pool3d, F.max_pool3d_with_indices: max_pool3d_with_indices,
+    torch.max_pool3d: _torch_max_pool(3), torch._C._nn.max_pool3d_with_indices: max_pool3d_with_indices,
+    F.avg_pool3d: avg_pool3d, F.adaptive_avg_pool3d: adaptive_avg_pool3d,
+    torch._C._nn.adaptive_avg_pool3d: adaptive_avg_pool3d,
+    F.adaptive_max_pool3d: adaptive_max_pool3d,
+    F.adaptive_max_pool3d_with_indices: adaptive_max_pool3d_with_indices,
+    torch._C._nn.adaptive_max_pool3d: adaptive_max_pool3d_with_indices,
+}
+
 # native callable -> δ twin with the same signature; read by torchbp.registry. F.max_pool1d/2d are
 # Python dispatchers distinct from torch.max_pool1d/2d (both are routed); F.avg_pool1d is torch.avg_pool1d,
 # F.avg_pool2d is torch._C._nn.avg_pool2d, F.adaptive_avg_pool1d is torch.adaptive_avg_pool1d.
@@ -289,8 +346,11 @@ ROUTES = {
     F.adaptive_max_pool2d_with_indices: adaptive_max_pool2d_with_indices,
     torch.adaptive_max_pool1d: adaptive_max_pool1d_with_indices,  # returns (out, indices), as this does
     torch._C._nn.adaptive_max_pool2d: adaptive_max_pool2d_with_indices,
+    **_ROUTES_3D,
 }
 
 __all__ = ["max_pool1d", "max_pool2d", "max_pool1d_with_indices", "max_pool2d_with_indices",
            "avg_pool1d", "avg_pool2d", "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_max_pool1d",
-           "adaptive_max_pool2d", "adaptive_max_pool1d_with_indices", "adaptive_max_pool2d_with_indices"]
+           "adaptive_max_pool2d", "adaptive_max_pool1d_with_indices", "adaptive_max_pool2d_with_indices",
+           "max_pool3d", "max_pool3d_with_indices", "avg_pool3d", "adaptive_avg_pool3d", "adaptive_max_pool3d",
+           "adaptive_max_pool3d_with_indices"]
