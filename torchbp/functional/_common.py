@@ -71,6 +71,12 @@ def scale_(t, s):
     return t * s
 
 
+def unbroadcast(g, shape):
+    """δ of an operand that was broadcast to ``g``'s shape: summed back to ``shape`` (the transpose of
+    broadcasting: each element of the operand received δ from every position it was copied to)."""
+    return g if g.shape == shape else g.sum_to_size(shape)
+
+
 # --- checks: errors at least as clear as torch's own, naming the op -------------------------------
 
 def check(cond: bool, op: str, message: str) -> None:
