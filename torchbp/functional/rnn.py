@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from . import activation as A
-from ._common import FP32, LOWER, DeltaFunction, apply, check, check_compatible, inplace_ok, scale_
+from ._common import FP32, LOWER, DeltaFunction, apply, check, check_compatible, check_tensor, inplace_ok, scale_
 
 
 def _order(T, reverse):
@@ -294,25 +294,104 @@ class LSTMLayer(DeltaFunction):
         return dx, dh if need[1] else None, dc if need[2] else None, dW_ih, dW_hh, db_ih, db_hh, None
 
 
+# --- LSTM with a projection (proj_size > 0) ----------------------------------------------------------------
+
+def _lstmp_steps(x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr, reverse):
+    H = c0.shape[-1]
+    b = b_ih + b_hh if b_ih is not None else None
+    z_x, h, c, outs, cs, gs = _proj(x, W_ih, b), h0, c0, [], [], []
+    for t in _order(x.shape[0], reverse):
+        z = torch.addmm(z_x[t], h, W_hh.t())
+        s = torch.sigmoid(z)
+        g = torch.cat([s[:, :2 * H], torch.tanh(z[:, 2 * H:3 * H]), s[:, 3 * H:]], 1)
+        i, f, gg, o = g.chunk(4, 1)
+        c = torch.addcmul(f * c, i, gg)
+        h = (o * torch.tanh(c)) @ W_hr.t()
+        outs.append(h), cs.append(c), gs.append(g)
+    return _stack(outs, reverse), _stack(cs, reverse), _stack(gs, reverse)
+
+
+class LSTMProjLayer(DeltaFunction):
+    """One layer, one direction of nn.LSTM(proj_size=P): the LSTM cell of LSTMLayer, whose output is projected,
+      [i|f|g|o] = [σ|σ|tanh|σ](W_ih x_t + b_ih + W_hh h_{t−1} + b_hh),  c_t = f ⊙ c_{t−1} + i ⊙ g,
+      m_t = o ⊙ tanh(c_t),  h_t = W_hr m_t   (h: P wide, c and m: H wide, W_hh: 4H × P).
+
+    backward (BPTT), from the last step down, δ_h = ∂J/∂h_t + W_hhᵀ δz_{t+1}:
+      δ_m = W_hrᵀ δ_h,   δ_c ← δ_c + δ_m ⊙ o ⊙ (1 − tanh² c_t)
+      δz_t = [δ_c ⊙ g ⊙ i(1−i) | δ_c ⊙ c_{t−1} ⊙ f(1−f) | δ_c ⊙ i ⊙ (1−g²) | δ_m ⊙ tanh c_t ⊙ o(1−o)]
+      δ_{c_{t−1}} = δ_c ⊙ f,   ∂J/∂W_hr = Σ_t δ_h,t m_tᵀ,   the other weight sums as in the module doc.
+    Returns (output (T, N, P), c_T).
+    """
+
+    @staticmethod
+    def forward(x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr, reverse):
+        out, cs, gs = _lstmp_steps(x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr, reverse)
+        return out, cs[0 if reverse else -1].clone(), cs, gs
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr, ctx.reverse = inputs
+        out, c_n, cs, gs = output
+        ctx.mark_non_differentiable(cs, gs)
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr, out, cs, gs)
+
+    @staticmethod
+    def backward(ctx, d_out, d_cn, _cs, _gs):
+        x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr, out, cs, gs = ctx.saved_tensors
+        if torch.is_grad_enabled():  # double backward: the gates and cells as functions of the inputs
+            out, cs, gs = _lstmp_steps(x, h0, c0, W_ih, W_hh, b_ih, b_hh, W_hr, ctx.reverse)
+        T, H = x.shape[0], c0.shape[-1]
+        i, f, g, o = gs.chunk(4, 2)
+        tc = torch.tanh(cs)
+        k_c = A.Tanh.delta(o, tc)  # o(1 − tc²)
+        k = torch.cat([A.Sigmoid.delta(g, i), A.Sigmoid.delta(_prev(cs, c0, ctx.reverse), f), A.Tanh.delta(i, g),
+                       A.Sigmoid.delta(tc, o)], 2).view(T, -1, 4, H)
+        dc, dcs, dms = d_cn, [], []
+
+        def dz_h_of(t, dh):
+            nonlocal dc
+            dm = dh @ W_hr  # δ_m = W_hrᵀ δ_h
+            dms.append(dm)
+            dct = dm * k_c[t] if dc is None else torch.addcmul(dc, dm, k_c[t])
+            dcs.append(dct)
+            dc = dct * f[t]
+            return (k[t] * torch.stack([dct, dct, dct, dm], -2)).flatten(-2)
+        dhs, dh = _bptt(d_out, dz_h_of, W_hh, None, h0, T, ctx.reverse)
+        dcs = _stack(dcs, not ctx.reverse).unsqueeze(-2)
+        dms = _stack(dms, not ctx.reverse).unsqueeze(-2)
+        dz = (k * torch.cat([dcs.expand(-1, -1, 3, -1), dms], -2)).flatten(-2)
+        dx, dW_ih, dW_hh, db_ih, db_hh = _grads_w(ctx, dz, dz, x, h0, out, W_ih, ctx.reverse, 3)
+        need = ctx.needs_input_grad
+        dW_hr = dhs.reshape(-1, dhs.shape[-1]).t() @ (o * tc).reshape(-1, H) if need[7] else None
+        return (dx, dh if need[1] else None, dc if need[2] else None, dW_ih, dW_hh, db_ih, db_hh, dW_hr, None)
+
+
 # --- the entries: layers × directions, with torch.rnn_tanh / torch.gru / torch.lstm's signatures -----------
 
 def _packed_error(op):
-    check(False, op, "PackedSequence input is not supported (torch.nn.utils.rnn.pack_padded_sequence); "
-                     "unswap this module or pad the sequences")
+    check(False, op, "a PackedSequence goes in as its data and batch_sizes (torch.nn.RNN's packed call), "
+                     "not as the input tensor")
 
 
 def _run(op, input, hx, params, has_biases, num_layers, dropout, train, bidirectional, batch_first):
     """The stack shared by the four entries. hx: a tensor, or (h0, c0) for lstm."""
-    if isinstance(hx, torch.Tensor) and hx.dim() == 1 or not isinstance(input, torch.Tensor):
-        _packed_error(op)  # the packed overload: (data, batch_sizes, hx, params, ...)
+    if isinstance(hx, torch.Tensor) and hx.dim() == 1:
+        # the packed overload, (data, batch_sizes, hx, params, has_biases, num_layers, dropout, train,
+        # bidirectional): every argument one place on
+        return _run_packed(op, input, hx, params, has_biases, num_layers, dropout, train, bidirectional,
+                           batch_first)
+    if not isinstance(input, torch.Tensor):
+        _packed_error(op)
     is_lstm = op == "lstm"
     h0, c0 = (hx[0], hx[1]) if is_lstm else (hx, None)
-    D, per = 2 if bidirectional else 1, 4 if has_biases else 2
+    proj = is_lstm and h0.shape[-1] != c0.shape[-1]  # proj_size > 0: h is P wide, c is H wide (as torch tells)
+    D, per = 2 if bidirectional else 1, (4 if has_biases else 2) + proj
     check(input.dim() in (2, 3), op, f"input must be 2-D (unbatched) or 3-D, got shape {list(input.shape)}")
     check(len(params) == num_layers * D * per, op,
           f"expected {num_layers * D * per} weights for {num_layers} layer(s), "
-          f"{'bi' if D == 2 else 'uni'}directional, bias={has_biases}; got {len(params)} "
-          "(proj_size > 0 is not supported)")
+          f"{'bi' if D == 2 else 'uni'}directional, bias={has_biases}{', with projections' if proj else ''}; "
+          f"got {len(params)}")
     check(h0.dim() == input.dim(), op, f"hx must be {input.dim()}-D for a {input.dim()}-D input, got "
                                        f"{h0.dim()}-D")
     check_compatible(op, input=input, h0=h0, c0=c0, weight=params[0])
@@ -325,8 +404,9 @@ def _run(op, input, hx, params, has_biases, num_layers, dropout, train, bidirect
     H = params[1].shape[1]
     check(tuple(h0.shape) == (num_layers * D, N, H), op, f"expected hidden state of shape "
           f"{[num_layers * D, N, H]}, got {list(h0.shape)}")
-    check(c0 is None or tuple(c0.shape) == (num_layers * D, N, H), op, f"expected cell state of shape "
-          f"{[num_layers * D, N, H]}, got {list(c0.shape) if c0 is not None else None}")
+    Hc = params[1].shape[0] // 4  # LSTM's cell width (H, or the one beside a projection)
+    check(c0 is None or tuple(c0.shape) == (num_layers * D, N, Hc), op, f"expected cell state of shape "
+          f"{[num_layers * D, N, Hc]}, got {list(c0.shape) if c0 is not None else None}")
     # autocast: torch runs all three in the autocast dtype on CUDA (cudnn's cast wrapper) and LSTM, RNN on CPU
     # (their matmuls); CPU's GRU keeps float32 outputs, so ours runs in float32 there
     gru_policy = FP32 if input.device.type == "cpu" else LOWER
@@ -336,9 +416,12 @@ def _run(op, input, hx, params, has_biases, num_layers, dropout, train, bidirect
         for d in range(D):
             k = layer * D + d
             W_ih, W_hh, *b = params[k * per:(k + 1) * per]
+            W_hr = b.pop() if proj else None
             b_ih, b_hh = b if has_biases else (None, None)
             if is_lstm:
-                out, c_n, _, _ = apply(LSTMLayer, LOWER, x, h0[k], c0[k], W_ih, W_hh, b_ih, b_hh, d == 1)
+                out, c_n, _, _ = apply(LSTMLayer, LOWER, x, h0[k], c0[k], W_ih, W_hh, b_ih, b_hh, d == 1) \
+                    if W_hr is None else \
+                    apply(LSTMProjLayer, LOWER, x, h0[k], c0[k], W_ih, W_hh, b_ih, b_hh, W_hr, d == 1)
                 cs.append(c_n)
             elif op == "gru":
                 out, _ = apply(GRULayer, gru_policy, x, h0[k], W_ih, W_hh, b_ih, b_hh, d == 1)
@@ -378,7 +461,133 @@ def lstm(input, hx, params, has_biases, num_layers, dropout, train, bidirectiona
     return _run("lstm", input, hx, params, has_biases, num_layers, dropout, train, bidirectional, batch_first)
 
 
-# native callable -> δ twin with the same signature; read by torchbp.registry
-ROUTES = {torch.rnn_tanh: rnn_tanh, torch.rnn_relu: rnn_relu, torch.gru: gru, torch.lstm: lstm}
+# --- one step: the cells (nn.RNNCell / GRUCell / LSTMCell) and packed sequences ------------------------------
+# A cell is one step of its layer, so it is the layer's δ Function over a sequence of length 1 (its formula and
+# backward, with T = 1). A PackedSequence runs, per layer and direction, one such step per time step over the
+# sequences still running then (batch_sizes[t] of them, longest first); a sequence's state stops where it ends
+# (forward) or starts from h0 where it begins (reverse).
 
-__all__ = ["rnn_tanh", "rnn_relu", "gru", "lstm"]
+def _step(op, x_t, h, c, W_ih, W_hh, b_ih, b_hh, W_hr, policy):
+    """(h', c') after one step from (h, c) on x_t (N, I); c None except for lstm."""
+    x_t = x_t.unsqueeze(0)
+    if op == "lstm":
+        out, c_n, _, _ = apply(LSTMLayer, policy, x_t, h, c, W_ih, W_hh, b_ih, b_hh, False) if W_hr is None \
+            else apply(LSTMProjLayer, policy, x_t, h, c, W_ih, W_hh, b_ih, b_hh, W_hr, False)
+        return out[0], c_n
+    if op == "gru":
+        return apply(GRULayer, policy, x_t, h, W_ih, W_hh, b_ih, b_hh, False)[0][0], None
+    return apply(RNNLayer, policy, x_t, h, W_ih, W_hh, b_ih, b_hh, op == "rnn_relu", False)[0], None
+
+
+def _cell(op, input, hx, w_ih, w_hh, b_ih, b_hh):
+    is_lstm = op == "lstm_cell"
+    h, c = (hx[0], hx[1]) if is_lstm else (hx, None)
+    check_tensor(op, "input", input)
+    check(input.dim() in (1, 2), op, f"input must be 1-D (unbatched) or 2-D, got shape {list(input.shape)}")
+    check(h.dim() == input.dim() and (c is None or c.dim() == input.dim()), op,
+          f"hx must be {input.dim()}-D like the input, got {h.dim()}-D")
+    check_compatible(op, input=input, hx=h, weight_ih=w_ih, weight_hh=w_hh)
+    check(input.shape[-1] == w_ih.shape[1], op, f"input has {input.shape[-1]} features, weight_ih expects "
+                                                f"{w_ih.shape[1]}")
+    check(h.shape[-1] == w_hh.shape[1] and h.shape[:-1] == input.shape[:-1], op,
+          f"hidden state of shape {list(h.shape)} does not fit input {list(input.shape)} and weight_hh "
+          f"{list(w_hh.shape)}")
+    unbatched = input.dim() == 1
+    if unbatched:
+        input, h, c = input.unsqueeze(0), h.unsqueeze(0), None if c is None else c.unsqueeze(0)
+    h, c = _step(op[:-5], input, h, c, w_ih, w_hh, b_ih, b_hh, None, LOWER)
+    if unbatched:
+        h, c = h.squeeze(0), None if c is None else c.squeeze(0)
+    return (h, c) if is_lstm else h
+
+
+def rnn_tanh_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None):
+    """δ twin of ``torch.rnn_tanh_cell`` (nn.RNNCell): h' = tanh(W_ih x + b_ih + W_hh h + b_hh), one step of
+    RNNLayer: δz = δ_{h'} ⊙ (1 − h'²), δ_x = W_ihᵀ δz, δ_h = W_hhᵀ δz, ∂J/∂W_ih = δz xᵀ, ∂J/∂W_hh = δz hᵀ."""
+    return _cell("rnn_tanh_cell", input, hx, w_ih, w_hh, b_ih, b_hh)
+
+
+def rnn_relu_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None):
+    """δ twin of ``torch.rnn_relu_cell`` (nn.RNNCell(nonlinearity='relu')): RNNLayer's step with f = relu,
+    f'(z) = [h' > 0]."""
+    return _cell("rnn_relu_cell", input, hx, w_ih, w_hh, b_ih, b_hh)
+
+
+def gru_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None):
+    """δ twin of ``torch.gru_cell`` (nn.GRUCell): one step of GRULayer (its gates and δ's with T = 1)."""
+    return _cell("gru_cell", input, hx, w_ih, w_hh, b_ih, b_hh)
+
+
+def lstm_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None):
+    """δ twin of ``torch.lstm_cell`` (nn.LSTMCell): (h', c'), one step of LSTMLayer (δ_c = δ_{c'} + δ_{h'} ⊙ o ⊙
+    (1 − tanh² c'), the gates' δz, δ_c ⊙ f to c, W_hhᵀ δz to h)."""
+    return _cell("lstm_cell", input, hx, w_ih, w_hh, b_ih, b_hh)
+
+
+def _packed_direction(op, x, sizes, h0, c0, weights, reverse, policy):
+    """One layer, one direction over packed data x (Σ sizes, I): (output data, h_n, c_n)."""
+    starts = [0]
+    for b in sizes[:-1]:
+        starts.append(starts[-1] + b)
+    outs = [None] * len(sizes)
+    if not reverse:  # the first sizes[t] sequences run at step t; the others keep their final state
+        h, c = h0, c0
+        for t, b in enumerate(sizes):
+            hn, cn = _step(op, x[starts[t]:starts[t] + b], h[:b], None if c is None else c[:b], *weights, policy)
+            outs[t] = hn
+            h = hn if b == h.shape[0] else torch.cat([hn, h[b:]])
+            c = cn if c is None or b == c.shape[0] else torch.cat([cn, c[b:]])
+    else:  # from the last step down; a sequence starts from h0 at its own last element
+        h, c = h0[:sizes[-1]], None if c0 is None else c0[:sizes[-1]]
+        for t in range(len(sizes) - 1, -1, -1):
+            b, m = sizes[t], h.shape[0]
+            if b > m:
+                h = torch.cat([h, h0[m:b]])
+                c = None if c is None else torch.cat([c, c0[m:b]])
+            h, c = _step(op, x[starts[t]:starts[t] + b], h, c, *weights, policy)
+            outs[t] = h
+    return torch.cat(outs), h, c
+
+
+def _run_packed(op, data, batch_sizes, hx, params, has_biases, num_layers, dropout, train, bidirectional):
+    """The packed overload of the entries (what nn.RNN / GRU / LSTM call with a PackedSequence)."""
+    is_lstm = op == "lstm"
+    h0, c0 = (hx[0], hx[1]) if is_lstm else (hx, None)
+    check(data.dim() == 2, op, f"packed data must be 2-D (Σ lengths, features), got shape {list(data.shape)}")
+    proj = is_lstm and h0.shape[-1] != c0.shape[-1]
+    D, per = 2 if bidirectional else 1, (4 if has_biases else 2) + proj
+    check(len(params) == num_layers * D * per, op,
+          f"expected {num_layers * D * per} weights for {num_layers} layer(s), "
+          f"{'bi' if D == 2 else 'uni'}directional, bias={has_biases}{', with projections' if proj else ''}; "
+          f"got {len(params)}")
+    check_compatible(op, input=data, h0=h0, c0=c0, weight=params[0])
+    sizes = [int(b) for b in batch_sizes.tolist()]
+    check(sum(sizes) == data.shape[0], op, f"batch_sizes sum to {sum(sizes)}, data has {data.shape[0]} rows")
+    H = params[1].shape[1]
+    check(tuple(h0.shape) == (num_layers * D, sizes[0], H), op, f"expected hidden state of shape "
+          f"{[num_layers * D, sizes[0], H]}, got {list(h0.shape)}")
+    policy = FP32 if op == "gru" and data.device.type == "cpu" else LOWER
+    x, hs, cs = data, [], []
+    for layer in range(num_layers):
+        outs = []
+        for d in range(D):
+            k = layer * D + d
+            W_ih, W_hh, *b = params[k * per:(k + 1) * per]
+            W_hr = b.pop() if proj else None
+            b_ih, b_hh = b if has_biases else (None, None)
+            out, h_n, c_n = _packed_direction(op, x, sizes, h0[k], None if c0 is None else c0[k],
+                                              (W_ih, W_hh, b_ih, b_hh, W_hr), d == 1, policy)
+            outs.append(out), hs.append(h_n), cs.append(c_n)
+        x = outs[0] if D == 1 else torch.cat(outs, 1)
+        if dropout > 0 and train and layer < num_layers - 1:
+            from .dropout import dropout as _dropout
+            x = _dropout(x, dropout, True)
+    return (x, torch.stack(hs), torch.stack(cs)) if is_lstm else (x, torch.stack(hs))
+
+
+# native callable -> δ twin with the same signature; read by torchbp.registry
+ROUTES = {torch.rnn_tanh: rnn_tanh, torch.rnn_relu: rnn_relu, torch.gru: gru, torch.lstm: lstm,
+          torch.rnn_tanh_cell: rnn_tanh_cell, torch.rnn_relu_cell: rnn_relu_cell, torch.gru_cell: gru_cell,
+          torch.lstm_cell: lstm_cell}
+
+__all__ = ["rnn_tanh", "rnn_relu", "gru", "lstm", "rnn_tanh_cell", "rnn_relu_cell", "gru_cell", "lstm_cell"]
