@@ -2,8 +2,11 @@
 δ twins, so models written functionally (and unswapped modules) get δ-formula gradients too."""
 from __future__ import annotations
 
+import threading
+
 import torch
-from torch.overrides import TorchFunctionMode
+import torch.utils.checkpoint as _checkpoint
+from torch.overrides import TorchFunctionMode, _get_current_function_mode_stack
 
 from . import registry
 
@@ -18,6 +21,20 @@ def _needs_grad(args, kwargs) -> bool:
 
 
 class _Router(TorchFunctionMode):
+    def __enter__(self):
+        _checkpoint_routing.acquire()
+        try:
+            return super().__enter__()
+        except BaseException:
+            _checkpoint_routing.release()
+            raise
+
+    def __exit__(self, *exc):
+        try:
+            return super().__exit__(*exc)
+        finally:
+            _checkpoint_routing.release()
+
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         target = registry.function_for(func)
@@ -29,10 +46,82 @@ class _Router(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
+def _routing_active() -> bool:
+    return any(isinstance(mode, _Router) for mode in _get_current_function_mode_stack())
+
+
+def _routed(fn):
+    """``fn``, run under the routing wherever it is called from. A checkpointed function runs again
+    during backward (its recompute), usually after the ``with manual_backward()`` block has closed: it
+    must build the same graph, δ Functions included, as its forward did."""
+    def run_routed(*args, **kwargs):
+        if _routing_active():
+            return fn(*args, **kwargs)
+        with _Router():
+            return fn(*args, **kwargs)
+    return run_routed
+
+
+class _RoutedCheckpointFunction(_checkpoint.CheckpointFunction):
+    """``checkpoint(..., use_reentrant=True)``: its backward re-runs the function and back-propagates
+    through that graph; the function is handed over routed."""
+
+    @classmethod
+    def apply(cls, function, preserve_rng_state, *args):
+        if _routing_active():
+            function = _routed(function)
+        return _checkpoint_routing.reentrant.apply(function, preserve_rng_state, *args)
+
+
+def _routed_checkpoint_generator(fn, *args, **kwargs):
+    """``checkpoint(..., use_reentrant=False)``: the forward runs ``fn`` itself, under the routing; the
+    recompute, in backward, runs the ``fn`` given to this generator: routed too."""
+    if _routing_active():
+        fn = _routed(fn)
+    return _checkpoint_routing.non_reentrant(fn, *args, **kwargs)
+
+
+class _CheckpointRouting:
+    """While any ``manual_backward()`` is open, torch.utils.checkpoint's two kinds hand their function
+    over routed (above). ``checkpoint`` looks both up in its module on every call, so this also reaches
+    callers holding ``checkpoint`` itself (transformers' gradient checkpointing). A checkpoint called
+    outside the routing, in any thread, runs as torch's own; the module is restored when the last
+    block closes."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._depth = 0
+        self.reentrant = _checkpoint.CheckpointFunction
+        self.non_reentrant = _checkpoint._checkpoint_without_reentrant_generator
+
+    def acquire(self):
+        with self._lock:
+            if self._depth == 0:
+                self.reentrant = _checkpoint.CheckpointFunction
+                self.non_reentrant = _checkpoint._checkpoint_without_reentrant_generator
+                _checkpoint.CheckpointFunction = _RoutedCheckpointFunction
+                _checkpoint._checkpoint_without_reentrant_generator = _routed_checkpoint_generator
+            self._depth += 1
+
+    def release(self):
+        with self._lock:
+            self._depth -= 1
+            if self._depth == 0:
+                if _checkpoint.CheckpointFunction is _RoutedCheckpointFunction:
+                    _checkpoint.CheckpointFunction = self.reentrant
+                if _checkpoint._checkpoint_without_reentrant_generator is _routed_checkpoint_generator:
+                    _checkpoint._checkpoint_without_reentrant_generator = self.non_reentrant
+
+
+_checkpoint_routing = _CheckpointRouting()
+
+
 def manual_backward() -> TorchFunctionMode:
     """Context manager: inside it, every call with a registered δ twin uses the twin.
 
     ``with torchbp.manual_backward(): loss = model(x).sum()`` then ``loss.backward()`` (inside or out)
-    runs the hand-derived backward for every routed op.
+    runs the hand-derived backward for every routed op. Gradient checkpointing
+    (``torch.utils.checkpoint``, either kind) inside the block recomputes through the same routing
+    during backward, inside the block or after it.
     """
     return _Router()
