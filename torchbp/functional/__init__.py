@@ -4,12 +4,12 @@ Each family module exports functional forms with ``torch.nn.functional``'s signa
 table (native callable -> δ twin) that :mod:`torchbp.registry` reads.
 """
 from . import (activation, attention, conv, dropout, flatten, linear, loss, normalization, pooling,
-               sparse, stack, upsampling, rnn, pointwise, reduction, indexing)
+               sparse, stack, upsampling, rnn, pointwise, reduction, indexing, distance)
 from ._common import DeltaFunction  # noqa: F401 (public: the base class of every δ Function)
 
 # Bound before the star imports below, which rebind names such as `linear` to the functions.
 FAMILIES = (linear, activation, loss, conv, pooling, normalization, sparse, dropout,
-            flatten, attention, stack, upsampling, rnn, pointwise, reduction, indexing)
+            flatten, attention, stack, upsampling, rnn, pointwise, reduction, indexing, distance)
 
 from .activation import *  # noqa: F401,F403
 from .attention import *  # noqa: F401,F403
@@ -27,3 +27,4 @@ from .rnn import *  # noqa: F401,F403
 from .pointwise import *  # noqa: F401,F403
 from .reduction import *  # noqa: F401,F403
 from .indexing import *  # noqa: F401,F403
+from .distance import *  # noqa: F401,F403
