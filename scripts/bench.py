@@ -136,9 +136,9 @@ def build(name, quick):
         return model, torch.randn(batch, sizes[0], generator=g), \
             torch.randint(0, sizes[-1], (batch,), generator=g), _ce, "CrossEntropyLoss"
     if name == "seed":
-        from torchbp.demo import seed_network
+        from torchbp.demo import derivation_network
         batch = 8 if quick else 64
-        return seed_network(0, torch.float32), torch.randn(batch, 4, generator=g), \
+        return derivation_network(0, torch.float32), torch.randn(batch, 4, generator=g), \
             torch.rand(batch, 3, generator=g), _half_squared_error, "HalfSquaredError"
     if name == "cnn":
         batch, side = (4, 8) if quick else (64, 32)

@@ -49,12 +49,24 @@ MODELS = textwrap.dedent('''
         raise ValueError("no model today")
 
     not_callable = 3
+
+    def unseeded():  # default initialisation: the weights come from torch's global generator
+        return torch.nn.Sequential(torch.nn.Linear(10, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+
+    def exits():
+        import sys
+        sys.exit("no GPU on this machine")
+
+    def exits_zero():
+        import sys
+        sys.exit(0)
 ''')
 
 
 @pytest.fixture
 def models(tmp_path, monkeypatch):
     (tmp_path / "cli_models.py").write_text(MODELS)
+    (tmp_path / "exit_at_import.py").write_text('import sys\nsys.exit("cannot start: no data")\n')
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
     return tmp_path
@@ -92,18 +104,29 @@ def test_audit_disagreement_exit_1(models, capsys):
     (["audit", "cli_models:nope", "--input-shape", "2"], "no attribute"),
     (["audit", "cli_models:mlp"], "--input-shape"),
     (["audit", "cli_models:mlp", "--input-shape", "a,b"], "comma-separated"),
-    (["audit", "cli_models:mlp", "--input-shape", "4,11"], "audit failed"),
+    (["audit", "cli_models:mlp", "--input-shape", "4,11"], "cannot run on these inputs"),
     (["audit", "cli_models:broken", "--input-shape", "4,10"], "no model today"),
     (["audit", "cli_models:not_callable"], "not callable"),
     (["audit", "cli_models"], "MODULE:CALLABLE"),
-    (["audit", "cli_models:mlp", "--dtype", "float8"], "invalid choice"),
-    (["frobnicate"], "invalid choice"),
     (["compare", "missing.json", "missing.json"], "cannot read"),
 ])
 def test_usage_errors_exit_2_one_line(models, capsys, argv, msg):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert msg in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+@pytest.mark.parametrize("argv, usage, msg", [
+    (["audit", "cli_models:mlp", "--dtype", "float8"], "usage: torchbp audit MODULE:CALLABLE", "invalid choice"),
+    (["frobnicate"], "usage: torchbp", "invalid choice"),
+    ([], "usage: torchbp", "required: {demo,audit,compare,env}"),
+    (["compare", "a.json"], "usage: torchbp compare A.json B.json", "required: B.json"),
+    (["env", "--bogus"], "usage: torchbp env", "unrecognized arguments: --bogus"),
+])
+def test_bad_command_lines_give_one_usage_line_and_the_error(models, capsys, argv, usage, msg):
+    assert main(argv) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 2 and lines[0].startswith(usage) and msg in lines[1] and lines[1].startswith("torchbp")
 
 
 def test_compare_equal_and_different(models, capsys):
@@ -160,3 +183,129 @@ def test_demo_delegates(monkeypatch):
     import torchbp
     monkeypatch.setattr(torchbp, "demo", fake, raising=False)
     assert main(["demo", "--x"]) == 0 and seen["argv"] == ["--x"]
+
+
+def _cli(*argv, cwd):
+    return subprocess.run([sys.executable, "-m", "torchbp", *argv], capture_output=True, text=True, cwd=cwd)
+
+
+@pytest.mark.parametrize("target, msg", [
+    ("cli_models:exits", "cli_models:exits() called sys.exit('no GPU on this machine')"),
+    ("cli_models:exits_zero", "cli_models:exits_zero() called sys.exit(0)"),
+    ("exit_at_import:make", "importing 'exit_at_import' called sys.exit('cannot start: no data')"),
+])
+def test_sys_exit_in_the_users_code_is_not_agreement(models, target, msg):
+    r = _cli("audit", target, "--input-shape", "4,10", cwd=models)
+    assert r.returncode == 2 and msg in r.stderr and r.stdout == ""
+
+
+def test_internal_error_exit_3_with_traceback(models, capsys, monkeypatch):
+    import torchbp
+
+    def broken_audit(*args, **kwargs):
+        raise KeyError("a bug inside torchbp")
+    monkeypatch.setattr(torchbp, "audit", broken_audit)
+    assert main(["audit", "cli_models:mlp", "--input-shape", "4,10"]) == 3
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "a bug inside torchbp" in err and "internal error" in err
+
+
+@pytest.mark.parametrize("flag", ["--json", "--markdown", "--markdown-append"])
+@pytest.mark.parametrize("where, msg", [("missing/r.out", "does not exist"), (".", "is a directory")])
+def test_output_paths_checked_before_the_audit(models, capsys, flag, where, msg):
+    assert main(["audit", "cli_models:mlp", "--input-shape", "4,10", flag, where]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and msg in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("argv, msg", [
+    (["--input-shape=-1,4"], "sizes cannot be negative"),
+    (["--input-shape", "4,10", "--target-shape=-3,2"], "sizes cannot be negative"),
+    (["--input-shape", "100000000,100000000"], "more than this machine's memory"),
+    (["--input-shape", "4,10", "--device", "bogus"], "is not a device"),
+    (["--input-shape", "4,10", "--oracle-device", "cuda:x"], "is not a device"),
+    (["--input-shape", "4,10", "--repeat", "-1"], "--repeat must be 0 or more"),
+])
+def test_bad_shapes_and_devices_exit_2(models, capsys, argv, msg):
+    assert main(["audit", "cli_models:mlp", *argv]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and msg in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the message on a machine without a GPU")
+@pytest.mark.parametrize("argv", [["env", "--device", "cuda"],
+                                  ["audit", "cli_models:mlp", "--input-shape", "4,10", "--device", "cuda"]])
+def test_cuda_without_a_gpu_is_a_usage_error(models, capsys, argv):
+    assert main(argv) == 2
+    assert "no CUDA device on this machine" in capsys.readouterr().err
+
+
+def test_env_bad_device_subprocess(models):
+    r = _cli("env", "--device", "bogus", cwd=models)
+    assert r.returncode == 2 and "is not a device" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("content, msg", [
+    ("[1, 2, 3]", "its top level is list"),
+    ("null", "its top level is null"),
+    ("{", "not JSON"),
+    ('{"schema": 2, "rows": []}', "schema 2, expected 1"),
+    ('{"schema": "torchbp-pytest/1", "audits": []}', "a pytest --torchbp-report file"),
+    ('{"schema": 1, "ok": "yes", "rows": [], "environment": {}, "first_divergence": null, "coverage": 1}',
+     "field 'ok'"),
+    ('{"schema": 1, "ok": true, "rows": [1], "environment": {}, "first_divergence": null, "coverage": 1}',
+     "row 0 is not an object"),
+    ('{"schema": 1, "ok": true, "rows": [{"layer": "0", "kind": "Linear", "quantity": "weight", "status": "ok",'
+     ' "shape": "3x4"}], "environment": {}, "first_divergence": null, "coverage": 1}', "row 0: field 'shape'"),
+])
+def test_compare_refuses_what_is_not_a_report(models, capsys, content, msg):
+    assert main(["audit", "cli_models:mlp", "--input-shape", "4,10", "--json", "a.json"]) == 0
+    (models / "bad.json").write_text(content)
+    capsys.readouterr()
+    assert main(["compare", "a.json", "bad.json"]) == 2
+    err = capsys.readouterr().err
+    assert "bad.json is not a torchbp audit report" in err or "cannot read report bad.json" in err
+    assert msg in err and len(err.strip().splitlines()) == 1
+
+
+def test_compare_bad_rtol_and_help(models, capsys):
+    assert main(["compare", "a.json", "b.json", "--rtol", "-1"]) == 2
+    assert "--rtol must be" in capsys.readouterr().err
+    assert main(["compare", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "the first report" in out and "--bitwise" in out and "Exit codes" in out
+
+
+def test_demo_bad_flag_usage_line_and_error(models):
+    r = _cli("demo", "--bogus-flag", cwd=models)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 2 and lines[0].startswith("usage: torchbp demo [--seed N]")
+    assert "unrecognized arguments: --bogus-flag" in lines[1]
+
+
+def test_seed_seeds_the_model_too_so_two_runs_compare_equal(models, capsys):
+    for name in ("a.json", "b.json"):
+        assert main(["audit", "cli_models:unseeded", "--input-shape", "4,10", "--json", name]) == 0
+    rows = [json.loads((models / n).read_text())["rows"] for n in ("a.json", "b.json")]
+    assert rows[0] == rows[1]
+    capsys.readouterr()
+    assert main(["compare", "a.json", "b.json", "--bitwise"]) == 0
+    assert main(["audit", "cli_models:unseeded", "--input-shape", "4,10", "--seed", "1", "--json", "c.json"]) == 0
+    assert main(["compare", "a.json", "c.json", "--bitwise"]) == 1  # another seed, other weights
+
+
+def test_markdown_writes_and_markdown_append_appends(models):
+    argv = ["audit", "cli_models:mlp", "--input-shape", "4,10"]
+    (models / "w.md").write_text("old content\n")
+    for _ in range(2):
+        assert main([*argv, "--markdown", "w.md", "--markdown-append", "summary.md"]) == 0
+    written, appended = (models / "w.md").read_text(), (models / "summary.md").read_text()
+    assert "old content" not in written and written.count("### ") == 1
+    assert appended.count("### ") == 2
+
+
+def test_default_dtype_is_float64(models, capsys):
+    assert main(["audit", "cli_models:unseeded", "--input-shape", "4,10", "--json", "d.json"]) == 0
+    assert json.loads((models / "d.json").read_text())["environment"]["dtype"] == "float64"
+    assert main(["audit", "--help"]) == 0
+    assert "float64 (the default)" in capsys.readouterr().out

@@ -170,7 +170,7 @@ def test_swapped_model_under_cuda_autocast_matches_native(amp):
 def test_cli_audit_on_cuda(tmp_path, capsys):
     from torchbp.checker.report import AuditReport
     from torchbp.cli import main
-    code = main(["audit", "torchbp.demo:seed_network", "--input-shape", "8,4", "--target-shape", "8,3",
+    code = main(["audit", "torchbp.demo:derivation_network", "--input-shape", "8,4", "--target-shape", "8,3",
                  "--device", "cuda", "--dtype", "float32", "--oracle-device", "cpu",
                  "--json", str(tmp_path / "r.json")])
     assert code == 0, capsys.readouterr().out

@@ -1,10 +1,11 @@
-"""``torchbp demo``: the seed's five-layer network, back-propagated three ways.
+"""``torchbp demo``: the five-layer network of the derivation, back-propagated three ways.
 
-Layers j, i, k, q, p as in the seed's Figure 1 (l = n_l−4 … n_l), sizes 4-6-5-4-3, sigmoid units and
+The derivation is the document the δ formulas follow, "Derivation of the back-propagation algorithm"
+(see docs/design.md and the README). Layers j, i, k, q, p as in its Figure 1 (l = n_l−4 … n_l), sizes 4-6-5-4-3, sigmoid units and
 the cost J = ½‖y − h‖² (mean over the batch). Each layer's δ(l) = ∂J/∂z(l) and the gradients
 ∂J/∂W(l) = δ(l+1) a(l)ᵀ, ∂J/∂b(l) = δ(l+1) are computed by
 
-  1. torchbp's δ layers (the model swapped to its twins; each backward is the seed's formula),
+  1. torchbp's δ layers (the model swapped to its twins; each backward is the derivation's formula),
   2. native PyTorch autograd (δ read from the pre-activations with ``retain_grad``),
   3. :mod:`torchbp.reference`, an independent float64 NumPy implementation,
 
@@ -26,8 +27,8 @@ TOL64 = 1e-10            # docs/design.md: float64 passes at rel err <= 1e-10
 FLOOR32 = 1e-5           # lower precision: err vs the float64 oracle <= 2 * native's + floor
 
 
-def seed_network(seed: int = 0, dtype=torch.float64) -> torch.nn.Sequential:
-    """The seed's network: Linear + Sigmoid for each of the four weight layers j→i→k→q→p."""
+def derivation_network(seed: int = 0, dtype=torch.float64) -> torch.nn.Sequential:
+    """The derivation's network: Linear + Sigmoid for each of the four weight layers j→i→k→q→p."""
     g = torch.Generator().manual_seed(seed)
     layers = []
     for s_in, s_out in zip(SIZES[:-1], SIZES[1:]):
@@ -81,7 +82,7 @@ def compare(seed: int = 0, batch: int = 8, dtype=torch.float64):
     import torchbp
     from torchbp import reference
 
-    native = seed_network(seed, dtype)
+    native = derivation_network(seed, dtype)
     manual = torchbp.swap(copy.deepcopy(native), strict=True)
     g = torch.Generator().manual_seed(seed + 1)
     x = torch.randn(batch, SIZES[0], generator=g, dtype=torch.float64).to(dtype)
@@ -121,7 +122,9 @@ def compare(seed: int = 0, batch: int = 8, dtype=torch.float64):
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
-        prog="torchbp demo", description="The seed's five-layer network, back-propagated three ways and compared.")
+        prog="torchbp demo", usage="torchbp demo [--seed N] [--batch N] [--dtype {float64,float32}]",
+        description="The derivation's five-layer network, back-propagated three ways and compared. "
+                    "Exit codes: 0 all three agree, 1 they do not, 2 usage error.")
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights and data (default 0)")
     parser.add_argument("--batch", type=int, default=8, help="examples in the batch (default 8)")
     parser.add_argument("--dtype", choices=("float64", "float32"), default="float64",
@@ -134,7 +137,7 @@ def main(argv=None) -> int:
 
     rows, ok = compare(args.seed, args.batch, dtype)
     sizes = "-".join(map(str, SIZES))
-    print(f"The seed's network: layers j-i-k-q-p = {sizes}, sigmoid units, cost J = ½‖y − h‖²\n"
+    print(f"The derivation's network: layers j-i-k-q-p = {sizes}, sigmoid units, cost J = ½‖y − h‖²\n"
           f"(mean over a batch of {args.batch}, {args.dtype}). δ(l) = ∂J/∂z(l), ∂J/∂W(l) = δ(l+1) a(l)ᵀ and\n"
           "∂J/∂b(l) = δ(l+1), computed three ways: torchbp's δ layers, native autograd, and an\n"
           "independent NumPy reference. Cells: relative error ‖s − r‖ / ‖r‖ between two of them.\n")
@@ -146,7 +149,7 @@ def main(argv=None) -> int:
         f"δ layers within 2× native's error vs NumPy + {FLOOR32:g}"
     if ok:
         print(f"\nAll three agree on all {len(rows)} quantities ({rule}):\n"
-              "the δ layers back-propagate as the seed derives.")
+              "the δ layers back-propagate as the derivation prescribes.")
         return 0
     print(f"\nDISAGREEMENT on {bad} of {len(rows)} quantities ({rule} not met).\n"
           "The first FAIL row from the top (the output side) is where the δ recursion goes wrong.")
