@@ -15,9 +15,12 @@ keyword arguments of the call itself.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import re
+import tempfile
 
 import pytest
 
@@ -78,18 +81,51 @@ def _check_dtype(dtype) -> None:
         raise ValueError(f"torchbp_audit: unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
 
 
+_PLAIN_DEVICE = re.compile(r"(cpu|all|cuda(:\d+)?)")
+
+
+def _check_device(value: str) -> None:
+    """A device torch knows, or "all": a usage error at start-up, not an error in every audit test.
+    The common spellings are checked without importing torch; others are asked of torch.device."""
+    if _PLAIN_DEVICE.fullmatch(value):
+        return
+    import torch
+    try:
+        torch.device(value)
+    except (RuntimeError, ValueError, TypeError) as exc:
+        raise pytest.UsageError(f"torchbp: --torchbp-device {value!r} is not a device: cpu, cuda, cuda:N, "
+                                f"all, or another device torch knows ({str(exc).splitlines()[0]})") from None
+
+
+def _check_report_path(path: str) -> None:
+    """The report's directory is created and a file written there now, so a path that cannot take the
+    report is a usage error before any test runs, not a crash after all of them."""
+    if os.path.isdir(path):
+        raise pytest.UsageError(f"torchbp: --torchbp-report {path}: is a directory")
+    parent = os.path.dirname(path) or "."
+    try:
+        os.makedirs(parent, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=parent, prefix=".torchbp-report-check-"):
+            pass
+    except OSError as exc:
+        raise pytest.UsageError(f"torchbp: --torchbp-report {path}: cannot write there ({exc})") from None
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "torchbp(device=None, dtype=None, **audit_kwargs): settings of the torchbp_audit "
                    "fixture for this test (override --torchbp-device / --torchbp-dtype and the ini)")
     for name in NAMES:
         _setting(config, name)  # a bad ini value is a usage error now, not in every test
+    _check_device(str(_setting(config, "device")))
     report = config.getoption("torchbp_report")
     if report is not None:
         report = os.path.join(config.invocation_params.dir, report)
     elif config.getini("torchbp_report"):
         base = config.inipath.parent if config.inipath else config.rootpath
         report = os.path.join(base, config.getini("torchbp_report"))
+    if report is not None and not hasattr(config, "workerinput"):  # the controller writes it
+        _check_report_path(report)
     config.stash[_KEY] = _Session(report)
 
 
@@ -182,6 +218,7 @@ class _Session:
 
     def __init__(self, report_path):
         self.report_path = report_path
+        self.write_error: str | None = None
         self.audits: list[dict] = []
 
     def record(self, nodeid, device, dtype, report):
@@ -204,11 +241,28 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         audits = sorted(state.audits, key=lambda a: a["nodeid"])  # stable order whatever the scheduling
         failed = sum(not a["ok"] for a in audits)
         doc = {"schema": SCHEMA, "audits_run": len(audits), "audits_failed": failed, "audits": audits}
-        os.makedirs(os.path.dirname(state.report_path) or ".", exist_ok=True)
-        tmp = f"{state.report_path}.tmp{os.getpid()}"
+        text = json.dumps(doc, indent=1, default=str)
+        try:
+            _write_atomically(state.report_path, text)
+        except OSError as exc:  # the path went bad during the session: keep the report elsewhere
+            fd, spare = tempfile.mkstemp(prefix="torchbp-report-", suffix=".json")
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+            state.write_error = f"could not write {state.report_path} ({exc}); the report is in {spare}"
+
+
+def _write_atomically(path: str, text: str) -> None:
+    """Write to a temporary file beside ``path``, then rename it; no temporary file is left behind."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
         with open(tmp, "w") as f:
-            json.dump(doc, f, indent=1, default=str)
-        os.replace(tmp, state.report_path)
+            f.write(text)
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -220,6 +274,9 @@ def pytest_testnodedown(node, error) -> None:  # xdist controller: merge the wor
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config) -> None:
     state = config.stash.get(_KEY, None)
+    if state is not None and state.write_error:
+        terminalreporter.write_sep("-", "torchbp gradient audits")
+        terminalreporter.write_line(f"torchbp: {state.write_error}", red=True)
     if state is None or hasattr(config, "workeroutput") or not state.audits:
         return
     audits = state.audits
@@ -239,5 +296,5 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
         tr.write_line(f"FAIL {a['nodeid']}: first divergence {where}")
     if failed > 10:
         tr.write_line(f"... and {failed - 10} more failed audits")
-    if state.report_path:
+    if state.report_path and not state.write_error:
         tr.write_line(f"report: {state.report_path}")
