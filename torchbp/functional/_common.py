@@ -239,3 +239,15 @@ def apply(fn: type[torch.autograd.Function], policy: str, *args):
     if dtype is None:
         return fn.apply(*args)
     return _apply_autocast_off(fn, args[0].device.type, _cast(dtype, args))
+
+
+# max(0, u) as native computes it (clamp_min with a number for bound): torch < 2.14 passes δ where u
+# equals the bound (gradient 1), torch >= 2.14 does not (gradient 0). The δ formulas of ops that native
+# writes with such a clamp (the margin losses) follow the torch they run on, so both sides agree.
+CLAMP_PASSES_AT_BOUND = tuple(int(p) for p in torch.__version__.split(".")[:2]) < (2, 14)
+
+
+def above_bound(u: torch.Tensor, bound=0) -> torch.Tensor:
+    """The derivative of max(bound, u) in u, as native's clamp takes it: [u ≥ bound] on torch < 2.14,
+    [u > bound] on torch >= 2.14 (the two differ only where u equals the bound)."""
+    return u >= bound if CLAMP_PASSES_AT_BOUND else u > bound

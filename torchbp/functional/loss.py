@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn import _reduction as _Reduction
 
-from ._common import FP32, DeltaFunction, _cast, _named, apply, autocast_dtype, check, check_compatible, \
+from ._common import FP32, DeltaFunction, _cast, _named, above_bound, apply, autocast_dtype, check, check_compatible, \
     check_tensor, compiling, inplace_ok, scale_
 
 _REDUCTIONS = ("none", "mean", "sum")
@@ -513,7 +513,8 @@ class MultilabelSoftMargin(DeltaFunction):
 
 
 class MarginRanking(DeltaFunction):
-    """u = −y·(h1 − h2) + margin,  ℓ = max(0, u);  with a = [u ≥ 0] (torch's clamp passes δ at u = 0):
+    """u = −y·(h1 − h2) + margin,  ℓ = max(0, u);  with a = ∂ℓ/∂u = [u > 0] (at u = 0 as native's
+    clamp takes it, _common.above_bound):
     δ_h1 = −δ_ℓ·a·y,  δ_h2 = δ_ℓ·a·y,  δ_y = −δ_ℓ·a·(h1 − h2)."""
 
     @staticmethod
@@ -533,7 +534,7 @@ class MarginRanking(DeltaFunction):
         if not (need1 or need2 or need_y):
             return (None,) * 5
         d = h1 - h2
-        s = _spread(g, ctx.n, ctx.reduction) * (ctx.margin - y * d >= 0)  # δ_ℓ·a
+        s = _spread(g, ctx.n, ctx.reduction) * above_bound(ctx.margin - y * d)  # δ_ℓ·a
         sy = s * y if need1 or need2 else None
         return (_sum_to(-sy, h1) if need1 else None, _sum_to(sy, h2) if need2 else None,
                 _sum_to(-s * d, y) if need_y else None, None, None)
@@ -541,8 +542,8 @@ class MarginRanking(DeltaFunction):
 
 class HingeEmbedding(DeltaFunction):
     """ℓ = [y ≠ −1]·h + [y ≠ 1]·max(0, margin − h)  (h where y = 1, max(0, margin − h) where y = −1,
-    both elsewhere, as torch);  ∂ℓ/∂h = [y ≠ −1] − [y ≠ 1]·[margin − h ≥ 0].  torch does not
-    differentiate y."""
+    both elsewhere, as torch);  ∂ℓ/∂h = [y ≠ −1] − [y ≠ 1]·[margin − h > 0] (at 0 as native's clamp
+    takes it).  torch does not differentiate y."""
 
     @staticmethod
     def forward(h, y, margin, reduction):
@@ -560,7 +561,7 @@ class HingeEmbedding(DeltaFunction):
             return None, None, None, None
         h, y = ctx.saved_tensors
         s = _spread(g, ctx.n, ctx.reduction)
-        d = (y != -1).to(h.dtype) - ((y != 1) & (ctx.margin - h >= 0)).to(h.dtype)
+        d = (y != -1).to(h.dtype) - ((y != 1) & above_bound(ctx.margin - h)).to(h.dtype)
         return _sum_to(scale_(d, s), h), None, None, None
 
 
@@ -568,7 +569,7 @@ class CosineEmbedding(DeltaFunction):
     """Per example n (rows of 2-D inputs; a 1-D pair is one example), torch's formula:
     p = Σ x1 x2,  m_i = Σ x_i² + ε (ε = 1e-12),  D = √(m1 m2),  c = p / D;
     ℓ = 1 − c where y = 1, max(0, c − margin) where y = −1, 0 elsewhere.
-    ∂ℓ/∂c = −[y = 1] + [y = −1]·[c ≥ margin] (torch's clamp passes δ at c = margin), and
+    ∂ℓ/∂c = −[y = 1] + [y = −1]·[c > margin] (at c = margin as native's clamp takes it), and
     ∂c/∂x1 = x2/D − c·x1/m1,  ∂c/∂x2 = x1/D − c·x2/m2:
       δ_x1 = δ_ℓn·∂ℓ/∂c·(x2/D − c·x1/m1),  δ_x2 = δ_ℓn·∂ℓ/∂c·(x1/D − c·x2/m2).  y gets no δ (torch's
     neither)."""
@@ -596,7 +597,7 @@ class CosineEmbedding(DeltaFunction):
         k = y.dim()
         if torch.is_grad_enabled():  # backward differentiated (create_graph): c, D, m as functions of x
             c, D, m1, m2 = _cosine(x1, x2, k)
-        dc = ((y == -1) & (c >= ctx.margin)).to(c.dtype) - (y == 1).to(c.dtype)
+        dc = ((y == -1) & above_bound(c, ctx.margin)).to(c.dtype) - (y == 1).to(c.dtype)
         t = _spread(g, ctx.n, ctx.reduction) * dc  # δ_ℓn·∂ℓ/∂c
         tD, tc = (t / D).unsqueeze(k), (t * c).unsqueeze(k)
         g1 = _sum_to(x2 * tD - x1 * (tc / m1.unsqueeze(k)), x1) if need1 else None
@@ -635,7 +636,7 @@ def _norm_delta(x, D, G, p):
 class TripletMargin(DeltaFunction):
     """Per example (last dim the features), torch's pairwise distance d(u, v) = ‖u − v + ε‖_p:
     d⁺ = d(a, p),  d⁻ = d(a, n), or with swap min(d(a, n), d(p, n)) (a tie shares δ half-half, as torch);
-    ℓ = max(0, margin + d⁺ − d⁻),  b = [margin + d⁺ − d⁻ ≥ 0] (torch's clamp passes δ at 0).
+    ℓ = max(0, margin + d⁺ − d⁻),  b = [margin + d⁺ − d⁻ > 0] (at 0 as native's clamp takes it).
     With ∂‖v‖_p/∂v = sign(v)|v|^{p−1} / ‖v‖_p^{p−1} (torch's special cases at p ∈ {1, 2, ∞}, 0 at ‖v‖ = 0):
       δ_a = δ_ℓ·b·(∂d⁺/∂a − ∂d⁻/∂a),  δ_p = δ_ℓ·b·(∂d⁺/∂p − ∂d⁻/∂p),  δ_n = −δ_ℓ·b·∂d⁻/∂n.
     """
@@ -666,7 +667,7 @@ class TripletMargin(DeltaFunction):
         if d[0] is not None:  # backward differentiated (create_graph): the distances as functions of a, p, n
             dp, dn, ds = d
         dneg = torch.minimum(dn, ds) if swap else dn
-        s = _spread(g, ctx.n, ctx.reduction) * (ctx.margin + dp - dneg >= 0)  # δ_ℓ·b
+        s = _spread(g, ctx.n, ctx.reduction) * above_bound(ctx.margin + dp - dneg)  # δ_ℓ·b
         gn = -s
         if swap:  # δ of min(dn, ds): to the smaller one, half each on a tie
             half = torch.where(dn == ds, gn / 2, gn)
