@@ -318,7 +318,8 @@ def test_fast_apply_matches_torch_apply():
     x, W, b = (torch.randn(4, 5, dtype=torch.float64, requires_grad=True), torch.randn(3, 5, dtype=torch.float64,
                requires_grad=True), torch.randn(3, dtype=torch.float64, requires_grad=True))
     fast = Linear.apply(x, W, b)
-    slow = torch.autograd.Function.apply.__func__(Linear, x, W, b)  # torch's own apply
+    torch_apply = vars(torch.autograd.Function)["apply"].__get__(None, Linear)  # torch's own apply, bound to
+    slow = torch_apply(x, W, b)  # Linear (a classmethod in Python before torch 2.14, in C++ from 2.14 on)
     assert type(fast.grad_fn) is type(slow.grad_fn) and type(fast.grad_fn)._forward_cls is Linear
     assert torch.equal(fast, slow)
     assert all(torch.equal(p, q) for p, q in zip(torch.autograd.grad(fast.sum(), (x, W, b)),
