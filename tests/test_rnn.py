@@ -134,8 +134,13 @@ def test_autocast(cell, device):
     x = torch.randn(5, 2, 8, device=device, requires_grad=True)
     res = []
     for m in (nat, ours):
-        with torch.autocast(device, dtype=dtype):
-            out, h_n = m(x)
+        try:
+            with torch.autocast(device, dtype=dtype):
+                out, h_n = m(x)
+        except RuntimeError as exc:  # oneDNN has no bfloat16 LSTM primitive for some CPUs (AVX2 only)
+            if m is nat and "could not create a primitive" in str(exc):
+                pytest.skip(f"native {cell} cannot run under {dtype} autocast on this CPU: {str(exc).splitlines()[0]}")
+            raise
         h_n = h_n if isinstance(h_n, tuple) else (h_n,)
         res.append((out, *h_n, *torch.autograd.grad(out.float().sum(), [x, *m.parameters()])))
     for a, b in zip(*res):
