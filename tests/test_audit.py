@@ -36,14 +36,15 @@ class _PlantedTwin(PlantedTanh):
 
 
 class Unswappable(torch.nn.Module):
-    """Owns a parameter, has no twin and calls no routed op: its gradient stays native."""
+    """Owns a parameter, has no twin and calls no routed op (an aten op called directly): its
+    gradient stays native."""
 
     def __init__(self, n):
         super().__init__()
         self.scale = torch.nn.Parameter(torch.linspace(0.5, 1.5, n))
 
     def forward(self, x):
-        return x * self.scale
+        return torch.ops.aten.mul.Tensor(x, self.scale)
 
 
 def deep(n=6, width=16, bug_at=None, dtype=torch.float64):
@@ -88,13 +89,13 @@ def test_mlp_ok_float64_full_coverage():
 def test_planted_bug_is_first_divergence(dtype, bug_at):
     torch.manual_seed(0)
     model = deep(6, bug_at=bug_at, dtype=dtype)
-    r = torchbp.audit(model, torch.randn(8, 16, dtype=dtype))
+    r = torchbp.audit(model, torch.randn(8, 16, dtype=dtype), dtype=dtype)
     assert not r.ok
     assert r.first_divergence == str(2 * bug_at + 1)  # the PlantedTanh, not its downstream echo
     bad = [row for row in r.rows if row.status == "fail"]
     assert bad and all(int(row.layer or 999) <= 2 * bug_at + 1 for row in bad if row.layer)
     with pytest.raises(AssertionError, match="first divergence: '%d'" % (2 * bug_at + 1)):
-        torchbp.assert_gradients_match(model, torch.randn(8, 16, dtype=dtype))
+        torchbp.assert_gradients_match(model, torch.randn(8, 16, dtype=dtype), dtype=dtype)
 
 
 def test_planted_bug_in_nested_block_names_innermost():
@@ -108,7 +109,7 @@ def test_planted_bug_in_nested_block_names_innermost():
 
 def test_float32_oracle_rule_reports_both_errors():
     torch.manual_seed(0)
-    r = torchbp.audit(deep(3, dtype=torch.float32), torch.randn(8, 16))
+    r = torchbp.audit(deep(3, dtype=torch.float32), torch.randn(8, 16), dtype=torch.float32)
     assert r.ok and r.environment["dtype"] == "float32"
     for row in r.rows:
         assert row.native_rel_err is not None
@@ -137,10 +138,10 @@ def test_dropout_batchnorm_train_mode_pass_and_state_untouched(dtype):
     model[0].weight.grad = torch.ones_like(model[0].weight)  # a .grad that must survive; others None
     x, y = torch.randn(16, 10, dtype=dtype), torch.randn(16, 4, dtype=dtype)
     before = state(model)
-    r1 = torchbp.audit(model, x, y)
+    r1 = torchbp.audit(model, x, y, dtype=dtype)
     assert r1.ok, str(r1)
     assert_same_state(before, state(model))
-    r2 = torchbp.audit(model, x, y)  # auditing twice: identical rows
+    r2 = torchbp.audit(model, x, y, dtype=dtype)  # auditing twice: identical rows
     assert json.loads(r1.to_json())["rows"] == json.loads(r2.to_json())["rows"]
 
 
@@ -369,7 +370,7 @@ def test_small_cnn_inplace_after_custom_function_outputs(dtype):
                               torch.nn.Flatten(), torch.nn.Linear(8 * 2 * 2, 10)).to(dtype)
     x = torch.randn(2, 3, 8, 8, dtype=dtype)
     before = state(cnn)
-    r = torchbp.audit(cnn, x)
+    r = torchbp.audit(cnn, x, dtype=dtype)
     assert r.ok, str(r)
     assert_same_state(before, state(cnn))
     qs = {(row.layer, row.quantity) for row in r.rows}
@@ -424,10 +425,10 @@ def test_progress_goes_to_stderr(capsys):
 def test_oracle_auto_skips_oracle_when_close_and_runs_it_on_failure():
     torch.manual_seed(0)
     x = torch.randn(8, 16)
-    r = torchbp.audit(deep(3, dtype=torch.float32), x, oracle="auto")
+    r = torchbp.audit(deep(3, dtype=torch.float32), x, oracle="auto", dtype=torch.float32)
     assert r.ok and r.environment["oracle"].startswith("skipped")
     assert all(row.native_rel_err is None and row.tolerance >= 1e-5 for row in r.rows)
-    bad = torchbp.audit(deep(3, bug_at=1, dtype=torch.float32), x, oracle="auto")
+    bad = torchbp.audit(deep(3, bug_at=1, dtype=torch.float32), x, oracle="auto", dtype=torch.float32)
     assert not bad.ok and bad.first_divergence == "3" and bad.environment["oracle"] == "float64"
     assert all(row.native_rel_err is not None for row in bad.rows)
     assert torchbp.audit(deep(2), torch.randn(2, 16, dtype=torch.float64), oracle="auto").environment["oracle"] is None

@@ -91,6 +91,9 @@ class Capture:
         self._stack = defaultdict(list)
         self._pending = []  # (base kept until resolve(), its version, hook on the view, fallback, switch)
         self._handles = []
+        # False once the forward pass is done: the hooks stay installed (so a checkpointed segment
+        # recomputed during backward takes the same per-layer path as its forward) but record nothing
+        self.recording = True
 
     # -- install / remove --------------------------------------------------------------------------
     def __enter__(self):
@@ -140,9 +143,11 @@ class Capture:
                               fallback, use))
 
     def resolve(self):
-        """Choose, of each view/fallback pair, the hook that will see this tensor's gradient (see the
-        module docstring). Hooks are switched off by a flag, not removed: removing one of several
-        hooks on a tensor modified in place can silence the others."""
+        """After the forward pass: stop recording module calls, and choose, of each view/fallback pair,
+        the hook that will see this tensor's gradient (see the module docstring). Hooks are switched
+        off by a flag, not removed: removing one of several hooks on a tensor modified in place can
+        silence the others."""
+        self.recording = False
         for i, (base, version, on_view, fallback, use) in enumerate(self._pending):
             if use is None:
                 continue
@@ -150,6 +155,8 @@ class Capture:
             self._pending[i] = (None, version, on_view, fallback, use)  # let the base go
 
     def _pre(self, m, args, kwargs):
+        if not self.recording:
+            return None
         self.calls[m] += 1
         n = self.calls[m]
         key = self.names[m] + (f"#{n}" if n > 1 else "")
@@ -185,6 +192,8 @@ class Capture:
         return remap(args, alias), remap(kwargs, alias)
 
     def _post(self, m, args, kwargs, output):
+        if not self.recording:
+            return None
         key = self._stack[m].pop()
         if not torch.is_grad_enabled():
             return None

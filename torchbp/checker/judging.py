@@ -34,10 +34,17 @@ class ErrorsVsOracle:
 class Judge:
     """The subject's sink: compares each grad the moment it arrives and drops the kept one."""
 
-    def __init__(self, kept, dtype, native_err=None, ref_norms=None):
+    def __init__(self, kept, dtype, native_err=None, ref_norms=None, scale=None):
         self.kept, self.dtype, self.native_err, self.ref_norms = kept, dtype, native_err, ref_norms or {}
         self.results, self.digests, self.unstable, self.repeating = {}, {}, set(), False
-        self.scale = {}  # key -> norm of the reference δ arriving at that layer
+        self.scale = {} if scale is None else scale  # key -> norm of the reference δ arriving at that layer
+        # the parameters' references, kept for the as-trained pass (the same tensors: no copy)
+        self.parameter_refs = {k: v for k, v in kept.items() if _is_parameter(k[1])}
+
+    def for_parameters(self):
+        """A judge of the parameter gradients again, against the same references and δ scales (the
+        subject's as-trained pass)."""
+        return Judge(dict(self.parameter_refs), self.dtype, self.native_err, self.ref_norms, self.scale)
 
     def __call__(self, key, qty, g):
         k = (key, qty)
@@ -64,7 +71,7 @@ class Judge:
             factor = compare.scale_factor(m["ref_norm"], self.scale.get(key))
         tol, status = compare.judge(m["rel_err"], self.dtype, native, factor)
         self.results[k] = dict(m, shape=tuple(subject.shape), tolerance=tol, status=status,
-                               native_rel_err=native, sha256=digest(subject))
+                               native_rel_err=native, sha256=digest(subject), tolerance_scale=factor)
         self.digests[k] = self.results[k]["sha256"]
 
     def finish(self):
@@ -73,8 +80,17 @@ class Judge:
             self._judge(k, None, self.kept.pop(k))
 
 
-def build_rows(judge, subject_pass, subject_model, routed):
-    """(rows in forward order, keys of the layers with a failing or nonfinite row)."""
+def _is_parameter(qty: str) -> bool:
+    return not (qty.startswith("grad_output") or qty.startswith("grad_input"))
+
+
+AS_TRAINED = " (as trained)"
+
+
+def build_rows(judge, subject_pass, subject_model, routed, as_trained=None):
+    """(rows in forward order, keys of the layers with a failing or nonfinite row). ``as_trained``:
+    the judge of the subject's unhooked pass; a parameter gradient it saw differ from the hooked
+    pass's gets a row of its own (quantity "weight (as trained)")."""
     capture = subject_pass.capture
     modules = dict(subject_model.named_modules())
     order = capture.order
@@ -90,17 +106,24 @@ def build_rows(judge, subject_pass, subject_model, routed):
         group = 0 if qty.startswith("grad_output") else 1 if qty.startswith("grad_input") else 2
         return (order.get(key, len(order)), group)
 
+    results = list(judge.results.items())
+    if as_trained is not None:
+        results += [((key, qty + AS_TRAINED), res) for (key, qty), res in as_trained.results.items()
+                    if judge.results.get((key, qty), {}).get("sha256") != res["sha256"]]
     rows, bad = [], []
-    for (key, qty), res in sorted(judge.results.items(), key=rank):
+    for (key, qty), res in sorted(results, key=rank):
         status = res["status"]
-        is_param = not (qty.startswith("grad_output") or qty.startswith("grad_input"))
-        pname = f"{key}.{qty}" if key else qty
-        if routed and is_param and status != compare.NONFINITE and pname not in (subject_pass.covered or ()):
+        is_param = _is_parameter(qty)
+        pname = f"{key}.{qty.removesuffix(AS_TRAINED)}" if key else qty.removesuffix(AS_TRAINED)
+        # `native`: native autograd computed this gradient on both sides (and they agree); a gradient
+        # that any autograd.Function touched, or that disagrees, is judged
+        if routed and is_param and status == compare.OK and pname not in (subject_pass.custom or ()):
             status = compare.NATIVE
         rows.append(Row(layer=key, kind=kind_of(key), quantity=qty, shape=res["shape"],
                         max_abs_err=res["max_abs_err"], rel_err=res["rel_err"], cosine=res["cosine"],
                         tolerance=res["tolerance"], status=status, native_rel_err=res["native_rel_err"],
                         norm=res["norm"], ref_norm=res["ref_norm"], sha256=res["sha256"],
+                        tolerance_scale=res["tolerance_scale"] if res["tolerance_scale"] > 1 else None,
                         reproducible=(None if not judge.repeating else (key, qty) not in judge.unstable)))
         if status in (compare.FAIL, compare.NONFINITE) and key not in bad:
             bad.append(key)

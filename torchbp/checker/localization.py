@@ -29,22 +29,27 @@ def _depth(key):
 
 
 def from_rows(bad_keys, rows, order):
-    """The innermost layer whose incoming δ agrees but whose outgoing gradients do not (rows only)."""
+    """The innermost layer whose incoming δ agrees but whose outgoing gradients do not (rows only).
+    When every failing layer already receives a wrong δ, that δ was sent by code of the module around
+    the most downstream of them (its own forward, between its children): that module is named."""
     incoming_bad = {r.layer for r in rows
                     if r.quantity.startswith("grad_output") and r.status in (compare.FAIL, compare.NONFINITE)}
     candidates = [k for k in bad_keys if k not in incoming_bad]
-    candidates = [k for k in candidates if not any(_inside(o, k) for o in candidates)] or \
-                 [k for k in bad_keys if not any(_inside(o, k) for o in bad_keys)]
+    if not candidates and bad_keys:
+        last = module_name(max(bad_keys, key=lambda k: order.get(k, -1)))
+        return last.rpartition(".")[0] if last else None
+    candidates = [k for k in candidates if not any(_inside(o, k) for o in candidates)]
     return max(candidates, key=lambda k: order.get(k, -1)) if candidates else None
 
 
 def isolated_check(bad_keys, subject_capture, reference_model, subject_model, inputs, target, loss,
-                   dtype, device, seed, route, fork, say):
+                   dtype, device, seed, route, fork, say, context=()):
     """The innermost failing layer that is wrong on its own (the reference's input and δ), or None."""
     say(f"localizing: isolated check of {len(bad_keys)} layer(s)")
     keys = [k for k in bad_keys if k in subject_capture.order]
     keep = KeepGrads(set(keys))
-    replay = Pass(reference_model, inputs, target, loss, keep, seed=seed, device=device, keep_inputs=keys)
+    replay = Pass(reference_model, inputs, target, loss, keep, seed=seed, device=device, keep_inputs=keys,
+                  context=context)
     saved_inputs = replay.capture.inputs
     wrong = []
     for key in sorted(keys, key=_depth, reverse=True):
@@ -55,7 +60,7 @@ def isolated_check(bad_keys, subject_capture, reference_model, subject_model, in
         ref_module = replay.capture.modules.get(key)
         name = module_name(key)
         sub_module = ref_module if route else subject_model.get_submodule(name) if name else subject_model
-        if _layer_is_wrong(sub_module, ref_module, saved, deltas, dtype, route):
+        if _layer_is_wrong(sub_module, ref_module, saved, deltas, dtype, route, context):
             wrong.append(key)
     if not wrong:
         return None
@@ -63,7 +68,7 @@ def isolated_check(bad_keys, subject_capture, reference_model, subject_model, in
     return max(inner, key=lambda k: subject_capture.order.get(k, -1))
 
 
-def _layer_is_wrong(sub_module, ref_module, saved, deltas, dtype, route) -> bool | None:
+def _layer_is_wrong(sub_module, ref_module, saved, deltas, dtype, route, context=()) -> bool | None:
     """Feed the subject's layer and native autograd the reference's own input and incoming δ; True
     when the subject's layer is wrong, False when it agrees, None when it could not be run."""
     def run(module, to64=False, routed=False):
@@ -82,6 +87,8 @@ def _layer_is_wrong(sub_module, ref_module, saved, deltas, dtype, route) -> bool
                 warnings.simplefilter("ignore")
                 ctx.enter_context(swapped(module))
             ctx.enter_context(manual_backward())
+        for cm in context:
+            ctx.enter_context(cm)
         with ctx, torch.enable_grad():
             out = module(*args, **kwargs)
         outs = [(p, t) for p, t in leaves(out) if differentiable(t)]

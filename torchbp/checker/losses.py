@@ -11,6 +11,8 @@ def half_squared_error(h, y):
     d = h - y
     if d.dim() == 0:
         return 0.5 * d * d
+    if d.shape[0] == 0:  # an empty batch: J = 0 (the mean over no examples would be NaN)
+        return 0.5 * (d * d).sum()
     return 0.5 * (d * d).reshape(d.shape[0], -1).sum(1).mean()
 
 

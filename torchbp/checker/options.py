@@ -31,8 +31,8 @@ class Option:
 
 
 OPTIONS = (
-    Option("dtype", "dtype of the audit (default: the model's); below float64 each gradient is held "
-                    "against a float64 oracle", choices=DTYPES),
+    Option("dtype", "dtype of the audit (default float64: a float64 copy of the model, the strongest "
+                    "check); below float64 each gradient is held against a float64 oracle", choices=DTYPES),
     Option("device", "device of the audit, e.g. cpu, cuda, cuda:1 (default: the model's)"),
     Option("seed", "seed of the random numbers both passes share (dropout masks, the default loss's v)",
            default=0, type=int, metavar="N"),

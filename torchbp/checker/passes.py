@@ -12,7 +12,7 @@ from .. import registry
 from ..intercept import manual_backward
 from ..swap import swapped
 from .capture import Capture, differentiable, leaves
-from .state import buffers_kept, fresh, seed_generators, split_inputs
+from .state import ModelState, fresh, seed_generators, split_inputs
 
 # autograd nodes that only cast / reshape / view a tensor: a parameter reaching a δ Function through
 # them still has a δ-produced gradient
@@ -30,9 +30,16 @@ def _is_delta(node) -> bool:
     return registry.is_delta_function(getattr(type(node), "_forward_cls", None))
 
 
+def _is_custom(node) -> bool:
+    """Any autograd.Function's node: a δ Function, a user's own Function (a twin may call one)."""
+    return getattr(type(node), "_forward_cls", None) is not None
+
+
 def coverage_walk(loss, params):
-    """(covered, reached): ids of parameter tensors whose AccumulateGrad is reached from ``loss``,
-    and those of them whose every consumer (looking through casts and views) is a δ Function."""
+    """(covered, custom, reached): ids of parameter tensors whose AccumulateGrad is reached from
+    ``loss``; of them those whose every consumer (looking through casts and views) is a δ Function
+    (``covered``), and those with some consumer that is any autograd.Function, δ or a user's own
+    (``custom``: their gradient is not native autograd's alone)."""
     ids = {id(p) for p in params}
     parents, accumulators, seen = {}, {}, set()
     stack = [loss.grad_fn] if loss.grad_fn is not None else []
@@ -49,61 +56,146 @@ def coverage_walk(loss, params):
                 parents.setdefault(child, []).append(node)
                 stack.append(child)
 
-    def covered(node, depth=0):
+    def every_consumer(node, is_formula, depth=0):
         consumers = parents.get(node, [])
         if not consumers or depth > 64:
             return False
         for c in consumers:
-            if _is_delta(c):
+            if is_formula(c):
                 continue
-            if _node_name(c) in _PASSTHROUGH and covered(c, depth + 1):
+            if _node_name(c) in _PASSTHROUGH and every_consumer(c, is_formula, depth + 1):
                 continue
             return False
         return True
 
-    return {i for i, n in accumulators.items() if covered(n)}, set(accumulators)
+    def some_consumer(node, depth=0):
+        for c in parents.get(node, []):
+            if _is_custom(c) or (depth < 64 and _node_name(c) in _PASSTHROUGH and some_consumer(c, depth + 1)):
+                return True
+        return False
+
+    covered = {i for i, n in accumulators.items() if every_consumer(n, _is_delta)}
+    custom = {i for i, n in accumulators.items() if i in covered or some_consumer(n)}
+    return covered, custom, set(accumulators)
+
+
+def _has_reentrant_checkpoint(loss) -> bool:
+    """Whether the graph holds ``torch.utils.checkpoint(..., use_reentrant=True)``, which refuses
+    ``torch.autograd.grad``."""
+    seen, stack = set(), [loss.grad_fn] if loss.grad_fn is not None else []
+    while stack:
+        node = stack.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        if type(node).__name__.startswith("CheckpointFunctionBackward"):
+            return True
+        stack.extend(child for child, _ in node.next_functions if child is not None)
+    return False
+
+
+def _refuse_delta_nodes(loss):
+    seen, stack, found = set(), [loss.grad_fn] if loss.grad_fn is not None else [], set()
+    while stack:
+        node = stack.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        if _is_delta(node):
+            found.add(type(node).__name__.removesuffix("Backward"))
+        stack.extend(child for child, _ in node.next_functions if child is not None)
+    if found:
+        raise RuntimeError(
+            "torchbp.audit: the reference pass (native autograd) ran torchbp δ Functions "
+            f"({', '.join(sorted(found))}): the model's own forward routes through torchbp (manual_backward() or "
+            "a δ function called inside it), so there is no native reference to compare with. Audit the "
+            "model written with native torch calls; the audit routes them itself.")
+
+
+def _gradients(loss, wrt, retain):
+    """d loss / d wrt (None where unused) by ``torch.autograd.grad``; through ``.backward()`` where a
+    reentrant checkpoint refuses that, each tensor's own ``.grad`` set aside and put back."""
+    if not _has_reentrant_checkpoint(loss):
+        return torch.autograd.grad(loss, wrt, allow_unused=True, retain_graph=retain)
+    held = [t.grad for t in wrt]
+    for t in wrt:
+        t.grad = None
+    try:
+        loss.backward(retain_graph=retain)
+        return [t.grad for t in wrt]
+    finally:
+        for t, g in zip(wrt, held):
+            t.grad = g
 
 
 class Pass:
     """One forward + backward of ``model`` with hooks calling ``sink(key, quantity, grad)``;
-    parameter gradients arrive as (module name, parameter name). ``walk``: record which parameter
-    gradients δ formulas produced (``covered``) of those the loss reaches (``reached``)."""
+    parameter gradients arrive as (module name, parameter name).
 
-    def __init__(self, model, inputs, target, loss_fn, sink, *, seed, device, ctx=None,
-                 keep_inputs=(), walk=False, repeat=0, on_repeat=None):
-        self.capture = Capture(model, sink, keep_inputs, device)
-        self.covered = self.reached = None
-        with buffers_kept(model):
+    - ``context``: context managers entered around forward and backward (the subject's routing,
+      float64 throughout): a checkpointed segment recomputed during backward runs as it did forward.
+    - ``hooked=False``: no per-layer hooks, the model runs exactly as it trains (fused runs and fast
+      paths that hooks switch off); only parameter gradients reach the sink.
+    - ``random``: a :class:`RandomSources` rewound before the forward (generators the model owns,
+      numpy's and Python's state); torch's default generators are seeded with ``seed``.
+    - ``walk``: record which parameter gradients δ formulas produced (``covered``) of those the loss
+      reaches (``reached``).
+    - ``native_only``: a reference pass; refuse when its graph holds a δ Function (the model's own
+      forward routes through torchbp): never δ against δ.
+
+    Every parameter and buffer of ``model`` is restored afterwards (:class:`ModelState`).
+    """
+
+    def __init__(self, model, inputs, target, loss_fn, sink, *, seed, device, context=(), random=None,
+                 keep_inputs=(), walk=False, repeat=0, on_repeat=None, hooked=True, native_only=False):
+        self.capture = Capture(model, sink if hooked else _ignore, keep_inputs, device)
+        self.covered = self.custom = self.reached = None
+        state = ModelState(model)
+        try:
             seed_generators(seed, device)
+            if random is not None:
+                random.rewind(model)
             args, kwargs = split_inputs(fresh(inputs))
-            try:
-                with torch.enable_grad(), self.capture, (ctx or contextlib.nullcontext()):
-                    out = model(*args, **kwargs)
-                    loss = loss_fn(out, target)
-                    if isinstance(loss, torch.Tensor) and loss.numel() == 1:
-                        loss = loss.reshape(())
+            with contextlib.ExitStack() as stack:
+                stack.enter_context(torch.enable_grad())
+                for cm in context:
+                    stack.enter_context(cm)
+                if hooked:
+                    stack.enter_context(self.capture)
+                out = model(*args, **kwargs)
+                loss = loss_fn(out, target)
+                if isinstance(loss, torch.Tensor) and loss.numel() == 1:
+                    loss = loss.reshape(())
                 self.capture.resolve()
                 if not (isinstance(loss, torch.Tensor) and loss.numel() == 1 and loss.requires_grad):
                     raise RuntimeError("torchbp.audit: the loss must be a scalar tensor that requires grad, "
                                        f"got {type(loss).__name__} {getattr(loss, 'shape', '')}")
+                if native_only:
+                    _refuse_delta_nodes(loss)
                 named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
                 ins = [t for _, t in leaves((args, kwargs)) if differentiable(t)]
                 wrt = [p for _, p in named] + ins
                 if walk:
-                    covered, reached = coverage_walk(loss, [p for _, p in named])
+                    covered, custom, reached = coverage_walk(loss, [p for _, p in named])
                     self.covered = {n for n, p in named if id(p) in covered}
+                    self.custom = {n for n, p in named if id(p) in custom}
                     self.reached = {n for n, p in named if id(p) in reached}
                 for i in range(1 + repeat):
                     if i:
                         on_repeat()
-                    grads = torch.autograd.grad(loss, wrt, allow_unused=True, retain_graph=i < repeat)
+                    grads = _gradients(loss, wrt, retain=i < repeat)
                     for (n, _), g in zip(named, grads):
                         if g is not None:
                             module, _, pname = n.rpartition(".")
                             sink(module, pname, g)
                     del grads
-            finally:
-                self.capture.remove_tensor_hooks()
+        finally:
+            self.capture.remove_tensor_hooks()
+            state.restore()
+
+
+def _ignore(key, qty, g):
+    pass
 
 
 @contextlib.contextmanager

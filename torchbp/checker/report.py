@@ -19,8 +19,17 @@ class Row:
     (lower precision, where ``native_rel_err`` is native autograd's own error against the oracle and
     ``tolerance`` = 2·native_rel_err + floor). ``norm``/``sha256``: the subject's gradient;
     ``ref_norm``: the reference's. ``reproducible``: with ``repeat=N``, whether N more backward
-    passes gave bitwise the same gradient (None when not repeated).
+    passes gave bitwise the same gradient (None when not repeated). ``tolerance_scale``: set (> 1)
+    when the gradient is much smaller than the δ it was computed from (cancellation) and its
+    tolerance was widened by that factor (shown as ``ok*``).
     """
+
+    @property
+    def zero(self) -> bool:
+        """Exactly zero on both sides (with elements): nothing was really compared."""
+        return self.norm == 0 and self.ref_norm == 0 and math.prod(self.shape) > 0 \
+            and self.status not in BAD
+
 
     layer: str
     kind: str
@@ -36,6 +45,7 @@ class Row:
     ref_norm: float | None = None
     sha256: str | None = None
     reproducible: bool | None = None
+    tolerance_scale: float | None = None
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -92,12 +102,22 @@ class AuditReport:
         """Layers whose gradients changed between repeated backward passes (``repeat=N``)."""
         return sorted({r.layer for r in self.rows if r.reproducible is False})
 
+    @property
+    def zero_rows(self) -> list:
+        """Rows whose gradient is exactly zero on both sides: not really checked."""
+        return [r for r in self.rows if r.zero]
+
+    @property
+    def scaled_rows(self) -> list:
+        """Passing rows whose tolerance was widened for cancellation (``ok*``)."""
+        return [r for r in self.rows if r.tolerance_scale and r.status not in BAD]
+
     def verdict(self) -> str:
         env = self.environment
         parts = [f"torchbp.audit: {'OK' if self.ok else 'FAIL'}"]
         if not self.ok:
             nonfinite = sum(r.status == "nonfinite" for r in self.rows)
-            parts.append(f"first divergence: {self.first_divergence!r}" if self.first_divergence is not None
+            parts.append(f"first divergence: {self.first_divergence or '<root>'!r}" if self.first_divergence is not None
                          else "first divergence: not located")
             if nonfinite:
                 parts.append(f"{nonfinite} nonfinite")
@@ -106,11 +126,24 @@ class AuditReport:
         if w is not None:
             parts.append(f"worst rel err {w.rel_err:.2e} (tol {w.tolerance:.1e}, {w.layer or '<root>'} {w.quantity})")
         parts.append(f"{len(self.rows)} rows, {env.get('dtype')} on {env.get('device')}")
+        zero = self.zero_rows
+        if zero:
+            names = [f"{r.layer or '<root>'} {r.quantity}" for r in zero]
+            shown = ", ".join(names[:4]) + (f", … ({len(names) - 4} more)" if len(names) > 4 else "")
+            parts.append(f"not checked: {len(zero)} of {len(self.rows)} gradients exactly zero on both sides ({shown})")
+        if self.scaled_rows:
+            parts.append(f"{len(self.scaled_rows)} ok* (tolerance scaled for cancellation)")
+        if env.get("float64_upgraded"):
+            parts.append(f"float64 throughout (upgraded: {', '.join(env['float64_upgraded'])})")
         if env.get("tf32"):
             parts.append("TF32 on")
         if self.not_reproducible:
             parts.append(f"not bitwise reproducible: {', '.join(l or '<root>' for l in self.not_reproducible)}")
         return " | ".join(parts)
+
+    LEGEND = ("ok*: passed with a tolerance scaled for cancellation (the gradient is much smaller than the δ "
+              "it was computed from, so its error is judged against that δ's norm); "
+              "zero: exactly zero on both sides, nothing compared")
 
     # -- renderings ----------------------------------------------------------------------------------
     HEADERS = ("layer", "kind", "quantity", "shape", "max abs err", "rel err", "cosine", "tolerance", "status")
@@ -125,7 +158,8 @@ class AuditReport:
         return shown, len(rows) - len(shown)
 
     def _cells(self, r: Row) -> list:
-        status = r.status + ("" if r.reproducible is not False else " (not reproducible)")
+        status = "zero" if r.zero else r.status + ("*" if r.tolerance_scale and r.status not in BAD else "")
+        status += "" if r.reproducible is not False else " (not reproducible)"
         return [r.layer or "<root>", r.kind, r.quantity, "×".join(map(str, r.shape)) or "scalar",
                 _fmt(r.max_abs_err), _fmt(r.rel_err), _fmt(r.cosine), _fmt(r.tolerance), status]
 
@@ -134,6 +168,8 @@ class AuditReport:
         shown, folded = (rows, 0) if rows is not None else self._table_rows(full)
         text = tabulate([self._cells(r) for r in shown], headers=self.HEADERS, tablefmt=fmt,
                         disable_numparse=True) if shown else ""
+        if any(r.zero or (r.tolerance_scale and r.status not in BAD) for r in shown):
+            text += "\n" + self.LEGEND
         if folded:
             text += f"\n({folded} passing rows folded; full=True or --full to show them)"
         return text

@@ -2,11 +2,13 @@
 
 1. plan (this module): dtype, device, oracle, the losses, the inputs converted once;
 2. passes (passes.py), from the same state with the same random numbers, at most one extra copy of
-   the model alive at a time (two only with ``against=`` when both models must change dtype/device):
+   the model alive at a time (two only with ``against=`` when both models must change dtype/device);
+   the reference's passes run natively (twins unswapped, the caller's routing suspended: state.py):
    - below float64 only: the float64 oracle pass (a float64 copy of the reference), grads kept;
    - the reference pass (native autograd); float64: grads kept; lower precision: each grad reduced
      at once to its error against the oracle;
-   - the subject pass; each grad judged the moment its hook fires (judging.py);
+   - the subject pass, hooked per layer; each grad judged the moment its hook fires (judging.py);
+   - the subject as it trains (no hooks: fused runs, fast paths); its parameter gradients judged;
 3. localization (localization.py), only when a row fails;
 4. the report (report.py), with the environment (environment.py).
 """
@@ -22,8 +24,11 @@ from .judging import ErrorsVsOracle, Judge, build_rows, module_name
 from .localization import from_rows, isolated_check
 from .losses import losses_for
 from .passes import KeepGrads, Pass, routing
+from .precision import Float64Throughout
 from .report import AuditReport
-from .state import convert, converted_copy, first_float, working_model
+from .state import (RandomSources, convert, converted_copy, first_float, function_modes_suspended,
+                    has_lazy_parameters, modes_entered, native_classes, seed_generators, split_inputs,
+                    working_model)
 
 
 @dataclass
@@ -41,6 +46,9 @@ class _Plan:
     routed: bool          # subject = the model routed through δ formulas (no ``against``)
     repeat: int
     fork: list            # CUDA devices whose generators the audit forks
+    random: RandomSources
+    float64: Float64Throughout  # shared by every float64 pass: lower-precision islands upgraded
+    caller_modes: list    # the caller's TorchFunctionModes, suspended (re-entered for an ``against`` subject)
 
     @property
     def low(self) -> bool:
@@ -54,6 +62,15 @@ class _Plan:
             return [False]
         return [True] if self.oracle == "always" else [False, True]
 
+    def native_context(self, dtype):
+        """Context of a native pass in ``dtype``: float64 throughout in a float64 pass."""
+        return (self.float64,) if dtype == torch.float64 else ()
+
+    def subject_context(self, subject_model):
+        """The subject's routing (or, with ``against``, the caller's own modes), float64 on top."""
+        routing_context = routing(subject_model) if self.routed else modes_entered(self.caller_modes)
+        return (routing_context, *self.native_context(self.dtype))
+
 
 def _cuda_index(device: torch.device) -> torch.device:
     if device.type == "cuda" and device.index is None:
@@ -61,21 +78,33 @@ def _cuda_index(device: torch.device) -> torch.device:
     return device
 
 
-def _check_arguments(model, against, oracle):
+def _check_arguments(model, against, oracle, seed, repeat):
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"torchbp.audit expects a torch.nn.Module, got {type(model).__name__}")
     if against is not None and not isinstance(against, torch.nn.Module):
         raise TypeError(f"torchbp.audit: against must be a torch.nn.Module, got {type(against).__name__}")
     if oracle not in ("always", "auto"):
         raise ValueError(f"torchbp.audit: oracle must be 'always' or 'auto', got {oracle!r}")
+    if isinstance(repeat, bool) or not isinstance(repeat, int) or repeat < 0:
+        raise ValueError(f"torchbp.audit: repeat must be an integer >= 0 (extra backward passes), got {repeat!r}")
+    try:
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise TypeError
+        torch.Generator().manual_seed(seed)
+    except (TypeError, ValueError, RuntimeError, OverflowError):
+        raise ValueError(f"torchbp.audit: seed must be an integer in [-2**63, 2**64), got {seed!r}") from None
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError("torchbp.audit cannot run under torch.inference_mode(): inference mode records no "
+                           "gradients at all; call the audit outside the inference_mode block")
 
 
-def _plan(model, inputs, target, loss_fn, against, dtype, device, oracle, oracle_device, seed, repeat):
+def _plan(model, inputs, target, loss_fn, against, dtype, device, oracle, oracle_device, seed, repeat,
+          caller_modes):
     reference_model = against if against is not None else model
     first = first_float(reference_model, inputs)
-    dtype = dtype or (first.dtype if first is not None else torch.get_default_dtype())
-    if isinstance(dtype, str):
-        dtype = getattr(torch, dtype)
+    dtype = torch.float64 if dtype is None else getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise ValueError(f"torchbp.audit: dtype must be a floating torch.dtype, got {dtype!r}")
     if device is None:
         p = next(iter(reference_model.parameters()), None)
         device = p.device if p is not None else (first.device if first is not None else torch.device("cpu"))
@@ -86,7 +115,23 @@ def _plan(model, inputs, target, loss_fn, against, dtype, device, oracle, oracle
                  inputs=convert(inputs, dtype, device), target=convert(target, dtype, device),
                  reference_loss=reference_loss, subject_loss=subject_loss if against is None else reference_loss,
                  routed=against is None, repeat=repeat,
-                 fork=sorted({d.index for d in (device, oracle_device) if d.type == "cuda"}))
+                 fork=sorted({d.index for d in (device, oracle_device) if d.type == "cuda"}),
+                 random=RandomSources(model), float64=Float64Throughout(), caller_modes=caller_modes)
+
+
+def _working_reference(plan, original):
+    """The model the reference pass runs: ``original`` itself when it fits the audit's dtype and
+    device, else a converted copy. A model with lazy (uninitialised) parameters is materialised once,
+    on a copy, so that every pass (oracle included) sees the same weights and the user's model stays
+    uninitialised."""
+    if not has_lazy_parameters(original):
+        return working_model(original, plan.dtype, plan.device)
+    materialised = converted_copy(original, plan.dtype, plan.device)
+    args, kwargs = split_inputs(plan.inputs)
+    with torch.no_grad():
+        seed_generators(plan.seed, plan.device)
+        materialised(*args, **kwargs)
+    return materialised
 
 
 def _oracle_pass(plan, reference_model, original, say):
@@ -99,7 +144,8 @@ def _oracle_pass(plan, reference_model, original, say):
         oracle_model = reference_model.double()  # a working copy already: converted back below
     Pass(oracle_model, convert(plan.inputs, torch.float64, plan.oracle_device),
          convert(plan.target, torch.float64, plan.oracle_device), plan.reference_loss, keep,
-         seed=plan.seed, device=plan.oracle_device)
+         seed=plan.seed, device=plan.oracle_device, random=plan.random,
+         context=plan.native_context(torch.float64), native_only=True)
     if oracle_model is reference_model:
         reference_model.to(plan.dtype)
     return keep.store
@@ -108,45 +154,57 @@ def _oracle_pass(plan, reference_model, original, say):
 def _reference_pass(plan, reference_model, oracle_grads, say):
     """The reference's gradients kept (no oracle), or reduced to their errors against the oracle."""
     say("reference pass (native autograd)")
+    sink = KeepGrads() if oracle_grads is None else ErrorsVsOracle(oracle_grads)
+    Pass(reference_model, plan.inputs, plan.target, plan.reference_loss, sink, seed=plan.seed,
+         device=plan.device, random=plan.random, context=plan.native_context(plan.dtype), native_only=True)
     if oracle_grads is None:
-        keep = KeepGrads()
-        Pass(reference_model, plan.inputs, plan.target, plan.reference_loss, keep, seed=plan.seed,
-             device=plan.device)
-        return keep.store, None, None
-    errors = ErrorsVsOracle(oracle_grads)
-    Pass(reference_model, plan.inputs, plan.target, plan.reference_loss, errors, seed=plan.seed,
-         device=plan.device)
-    return oracle_grads, errors.err, errors.norms
+        return sink.store, None, None
+    return oracle_grads, sink.err, sink.norms
 
 
 def _subject_pass(plan, subject_model, judge, say):
-    """The subject's forward and backward, each gradient judged as it arrives."""
+    """The subject's forward and backward with a hook on every layer, each gradient judged as it
+    arrives."""
     say("subject pass (δ formulas)" if plan.routed else "subject pass")
     subject = Pass(subject_model, plan.inputs, plan.target, plan.subject_loss, judge, seed=plan.seed,
-                   device=plan.device, ctx=routing(subject_model) if plan.routed else None, walk=True,
-                   repeat=plan.repeat, on_repeat=lambda: setattr(judge, "repeating", True))
+                   device=plan.device, random=plan.random, context=plan.subject_context(subject_model),
+                   walk=True, repeat=plan.repeat, on_repeat=lambda: setattr(judge, "repeating", True))
     judge.finish()
     return subject
+
+
+def _as_trained_pass(plan, subject_model, judge, say):
+    """The subject exactly as it trains: no hooks, so fused runs (a swapped ``nn.Sequential``'s
+    dense_stack) and every fast path the hooks would switch off run; its parameter gradients are
+    judged against the same reference."""
+    say("subject pass as trained (no hooks)")
+    trained = judge.for_parameters()
+    Pass(subject_model, plan.inputs, plan.target, plan.subject_loss, trained, seed=plan.seed,
+         device=plan.device, random=plan.random, context=plan.subject_context(subject_model), hooked=False)
+    trained.finish()
+    return trained
 
 
 def audit(model, inputs, target=None, *, loss_fn=None, against=None, dtype=None, device=None,
           reference=None, seed: int = 0, repeat: int = 0, full: bool = False, localize: bool = True,
           oracle: str = "always", oracle_device=None, progress: bool | None = None) -> AuditReport:
     """Compare ``model``'s gradients, layer by layer, through torchbp's δ formulas (the subject) and
-    native autograd (the reference). See docs/design.md, "The audit" and "Comparison policy".
+    native autograd (the reference). See DESIGN.md "Public API" and "Comparison policy".
 
     - ``inputs``: a tensor, a tuple (positional arguments) or a dict (keyword arguments).
     - ``loss_fn(output, target) -> scalar``; default: the seed's ½‖y − h‖² (mean over the batch) with a
       target, ``<v, output>`` for a seeded random v without.
     - ``against=ref``: the subject is ``model`` as given (its own backward), the reference ``ref``
       under native autograd; layers matched by qualified name.
-    - ``dtype`` / ``device``: audit a converted copy (the model itself is never converted).
-      float64 passes at rel err <= 1e-10; lower precision against a float64 oracle.
+    - ``dtype``: default float64 (a float64 copy when the model is not float64: the strongest check,
+      rel err <= 1e-10; requests for lower precision inside the model are upgraded, on both sides,
+      and listed in ``environment["float64_upgraded"]``). A lower dtype audits a copy in that dtype
+      against a float64 oracle. ``device``: default the model's. The model itself is never converted.
     - ``reference="numpy"``: also hold a float64 copy of the subject against torchbp.reference's
       independent NumPy back-propagation (an ``nn.Sequential`` of Linear + activation, with a target
       and the default loss); those rows have quantities "grad_output (numpy)", "weight (numpy)", ….
-    - ``repeat=N``: run the subject's backward N more times; rows whose gradient changed bitwise get
-      ``reproducible=False`` (shown in the verdict; does not make the report fail).
+    - ``repeat=N`` (N >= 0): run the subject's backward N more times; rows whose gradient changed
+      bitwise get ``reproducible=False`` (shown in the verdict; does not make the report fail).
     - ``full``: ``str(report)`` shows every row, not only failing ones, on big models.
     - ``localize``: on a failure, run the isolated per-layer check that names ``first_divergence``.
     - ``oracle`` (below float64): "always" runs the float64 oracle and reports both errors; "auto"
@@ -159,56 +217,80 @@ def audit(model, inputs, target=None, *, loss_fn=None, against=None, dtype=None,
       in train mode needs the oracle on its own device.
     - ``progress``: phase messages on stderr (default: when stderr is a terminal).
 
-    The model is left exactly as found: parameters, buffers, ``.grad``, training flags, RNG states.
+    The reference is native autograd whatever state the model and the caller are in: modules already
+    swapped to their twins run natively there, and the caller's ``manual_backward()`` (any
+    TorchFunctionMode) is suspended. The subject runs twice: hooked per layer, and as it trains (fused
+    runs, no hooks), whose parameter gradients are judged too. The model is left exactly as found:
+    parameters and buffers (the same objects, bit for bit), ``.grad``, training flags, classes, RNG
+    states (torch's, generators the model holds, numpy's and Python's).
     """
-    _check_arguments(model, against, oracle)
+    _check_arguments(model, against, oracle, seed, repeat)
     progress = sys.stderr.isatty() if progress is None else progress
 
     def say(msg):
         if progress:
             print(f"torchbp.audit: {msg}", file=sys.stderr, flush=True)
 
-    plan = _plan(model, inputs, target, loss_fn, against, dtype, device, oracle, oracle_device, seed, repeat)
-    env = environment(plan.dtype, plan.device, seed)
-    if plan.low:
-        env["oracle_device"] = str(plan.oracle_device)
     original_reference = against if against is not None else model
-
-    with torch.random.fork_rng(devices=plan.fork):
-        reference_model = working_model(original_reference, plan.dtype, plan.device)
-        subject_model = None
+    with function_modes_suspended() as caller_modes, native_classes(original_reference) as twins:
+        plan = _plan(model, inputs, target, loss_fn, against, dtype, device, oracle, oracle_device, seed, repeat,
+                     caller_modes)
+        env = environment(plan.dtype, plan.device, seed)
+        if plan.low:
+            env["oracle_device"] = str(plan.oracle_device)
         try:
-            for use_oracle in plan.oracle_rounds():
-                oracle_grads = _oracle_pass(plan, reference_model, original_reference, say) if use_oracle else None
-                kept, native_err, ref_norms = _reference_pass(plan, reference_model, oracle_grads, say)
-                del oracle_grads
-                if subject_model is None:
-                    subject_model = reference_model if plan.routed else working_model(model, plan.dtype, plan.device)
-                judge = Judge(kept, plan.dtype, native_err, ref_norms)
-                subject = _subject_pass(plan, subject_model, judge, say)
-                del kept
-                rows, bad_keys = build_rows(judge, subject, subject_model, plan.routed)
-                if not bad_keys:
-                    break
-            env["oracle"] = "float64" if (plan.low and use_oracle) else (
-                "skipped: subject within floor of native" if plan.low else None)
-            coverage = len(subject.covered) / len(subject.reached) if subject.reached else 0.0
-            if reference is not None:
-                from .numpy_reference import numpy_rows
-                rows += numpy_rows(reference, model, plan.inputs, plan.target, loss_fn, plan.device)
-            first = None
-            if bad_keys:
-                if localize:
-                    first = isolated_check(bad_keys, subject.capture, reference_model, subject_model, plan.inputs,
-                                           plan.target, plan.reference_loss, plan.dtype, plan.device, plan.seed,
-                                           route=plan.routed, fork=plan.fork, say=say)
-                if first is None:
-                    first = from_rows(bad_keys, rows, subject.capture.order)
+            with torch.random.fork_rng(devices=plan.fork):
+                report = _run(plan, model, against, original_reference, reference, loss_fn, localize, env, say)
         finally:
-            reference_model = subject_model = None  # drop the working copies (if any) before returning
+            plan.random.restore()
+    if twins:
+        env["native_reference_for_swapped"] = twins
+    if caller_modes:
+        env["caller_modes_suspended_for_reference"] = [type(m).__qualname__ for m in caller_modes]
+    if plan.float64.upgraded:
+        env["float64_upgraded"] = sorted(plan.float64.upgraded)
+    report.full = full
+    return report
+
+
+def _run(plan, model, against, original_reference, reference, loss_fn, localize, env, say):
+    """The passes, the judging and the localization (see the module docstring)."""
+    reference_model = _working_reference(plan, original_reference)
+    subject_model = None
+    try:
+        for use_oracle in plan.oracle_rounds():
+            oracle_grads = _oracle_pass(plan, reference_model, original_reference, say) if use_oracle else None
+            kept, native_err, ref_norms = _reference_pass(plan, reference_model, oracle_grads, say)
+            del oracle_grads
+            if subject_model is None:
+                subject_model = reference_model if plan.routed else working_model(model, plan.dtype, plan.device)
+            judge = Judge(kept, plan.dtype, native_err, ref_norms)
+            subject = _subject_pass(plan, subject_model, judge, say)
+            trained = _as_trained_pass(plan, subject_model, judge, say)
+            del kept
+            rows, bad_keys = build_rows(judge, subject, subject_model, plan.routed, as_trained=trained)
+            if not bad_keys:
+                break
+        env["oracle"] = "float64" if (plan.low and use_oracle) else (
+            "skipped: subject within floor of native" if plan.low else None)
+        coverage = len(subject.covered) / len(subject.reached) if subject.reached else 0.0
+        if reference is not None:
+            from .numpy_reference import numpy_rows
+            rows += numpy_rows(reference, model, plan.inputs, plan.target, loss_fn, plan.device)
+        first = None
+        if bad_keys:
+            if localize:
+                first = isolated_check(bad_keys, subject.capture, reference_model, subject_model, plan.inputs,
+                                       plan.target, plan.reference_loss, plan.dtype, plan.device, plan.seed,
+                                       route=plan.routed, fork=plan.fork, say=say,
+                                       context=plan.native_context(plan.dtype))
+            if first is None:
+                first = from_rows(bad_keys, rows, subject.capture.order)
+    finally:
+        reference_model = subject_model = None  # drop the working copies (if any) before returning
     ok = not any(r.status in ("fail", "nonfinite") for r in rows)
     return AuditReport(ok=ok, rows=rows, first_divergence=module_name(first) if first is not None else None,
-                       coverage=coverage, environment=env, full=full)
+                       coverage=coverage, environment=env)
 
 
 def assert_gradients_match(model, inputs, target=None, **kwargs) -> AuditReport:

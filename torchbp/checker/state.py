@@ -1,13 +1,17 @@
 """The model's and the inputs' state around the passes: working copies in the audit's dtype and
-device, fresh leaf inputs, buffers restored, the generators seeded."""
+device, fresh leaf inputs, the model's tensors restored after every pass, every random source the audit
+can reach rewound before each pass, the caller's routing suspended for native autograd."""
 from __future__ import annotations
 
 import contextlib
 import copy
 import hashlib
+import random
+import sys
 
 import torch
 
+from .. import registry
 from .capture import leaves, remap
 
 
@@ -33,17 +37,132 @@ def buffers_kept(model):
 
 
 def converted_copy(model, dtype, device):
-    """A converted deep copy, without copying the original's .grad tensors."""
+    """A converted deep copy, without copying the original's .grad tensors. Tensors a module computes
+    from its parameters and keeps as attributes (``torch.nn.utils.prune``'s and the legacy
+    ``weight_norm``'s ``weight``, recomputed by a forward pre-hook) are not graph leaves, which
+    deepcopy refuses: the copy gets a detached clone of each (its hook recomputes it)."""
     params = list(model.parameters())
     grads = [p.grad for p in params]
+    memo = {}
+    for m in model.modules():
+        for value in vars(m).values():
+            if isinstance(value, torch.Tensor) and not value.is_leaf:
+                memo[id(value)] = value.detach().clone()
     for p in params:
         p.grad = None
     try:
-        duplicate = copy.deepcopy(model)
+        duplicate = copy.deepcopy(model, memo)
     finally:
         for p, g in zip(params, grads):
             p.grad = g
     return duplicate.to(device=device, dtype=dtype)
+
+
+def has_lazy_parameters(model) -> bool:
+    """Whether some module still holds an uninitialised (lazy) parameter or buffer."""
+    uninitialized = torch.nn.parameter.is_lazy
+    return any(uninitialized(t) for t in list(model.parameters()) + list(model.buffers()))
+
+
+class ModelState:
+    """The tensor objects every module holds (``_parameters``, ``_buffers``) and their values: a
+    forward that reassigns a buffer (``self.steps = self.steps + 1``) or changes a parameter in place
+    (``nn.Embedding(max_norm=...)``) is undone by ``restore()``, bit for bit, with the same objects."""
+
+    def __init__(self, model):
+        self.slots = []
+        for m in model.modules():
+            for table in (m._parameters, m._buffers):
+                self.slots.append((m, table, dict(table)))
+        seen, self.values = set(), []
+        for _, _, held in self.slots:
+            for t in held.values():
+                if t is not None and id(t) not in seen and not torch.nn.parameter.is_lazy(t):
+                    seen.add(id(t))
+                    self.values.append((t, t.detach().clone()))
+
+    def restore(self):
+        for m, table, held in self.slots:
+            if table.keys() != held.keys() or any(table[k] is not v for k, v in held.items()):
+                table.clear()
+                table.update(held)
+        # every value copied back: kernels update buffers in place without a version bump (BatchNorm)
+        with torch.no_grad():
+            for t, value in self.values:
+                t.copy_(value)
+
+
+class RandomSources:
+    """Every random source the audit can reach besides torch's default generators (which are seeded
+    per pass): generators a module holds as attributes, numpy's and Python's global state. ``rewind``
+    gives a model's generators (found at the same attribute paths, in a copy too) and the global
+    states the values they had when the audit began; ``restore`` does so for the original model."""
+
+    def __init__(self, model):
+        self.model = model
+        self.generators = {path: g.get_state() for path, g in _module_generators(model)}
+        self.python = random.getstate()
+        numpy = sys.modules.get("numpy")
+        self.numpy = numpy.random.get_state() if numpy is not None else None
+
+    def rewind(self, model=None):
+        for path, g in _module_generators(model if model is not None else self.model):
+            if path in self.generators:
+                g.set_state(self.generators[path])
+        random.setstate(self.python)
+        if self.numpy is not None:
+            sys.modules["numpy"].random.set_state(self.numpy)
+
+    def restore(self):
+        self.rewind(self.model)
+
+
+def _module_generators(model):
+    for name, m in model.named_modules():
+        for attr, value in vars(m).items():
+            if isinstance(value, torch.Generator):
+                yield (name, attr), value
+
+
+@contextlib.contextmanager
+def function_modes_suspended():
+    """The caller's TorchFunctionModes (``torchbp.manual_backward()``, a user's own) off inside: native
+    autograd is the reference whatever context the audit is called from. Yields the suspended modes."""
+    modes = []
+    while torch._C._len_torch_function_stack() > 0:
+        modes.append(torch._C._pop_torch_function_stack())
+    try:
+        yield modes
+    finally:
+        for mode in reversed(modes):
+            torch._C._push_on_torch_function_stack(mode)
+
+
+@contextlib.contextmanager
+def modes_entered(modes):
+    """The suspended caller's modes (as ``function_modes_suspended`` yielded them) entered again."""
+    for mode in reversed(modes):
+        torch._C._push_on_torch_function_stack(mode)
+    try:
+        yield
+    finally:
+        for _ in modes:
+            torch._C._pop_torch_function_stack()
+
+
+@contextlib.contextmanager
+def native_classes(model):
+    """Modules already swapped to their twins back to their native class inside; exactly as found
+    afterwards. Yields the qualified names of the modules that were twins."""
+    twins = [(name, m, type(m)) for name, m in model.named_modules()
+             if registry.native_for(type(m)) is not None]
+    for _, m, twin in twins:
+        m.__class__ = registry.native_for(twin)
+    try:
+        yield [name for name, _, _ in twins]
+    finally:
+        for _, m, twin in twins:
+            m.__class__ = twin
 
 
 def fits(model, dtype, device) -> bool:

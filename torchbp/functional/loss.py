@@ -218,7 +218,7 @@ class HalfSquaredError(DeltaFunction):
         if dtype is not None:  # autocast: float32 here, not by the caller (no ToCopy nodes; the engine casts δ)
             h, y = _cast(dtype, (h, y))
         if reduction != "none":  # one fused pass: Σ_n J_n = ½ Σ (h − y)², times ½ (or ½/N for "mean")
-            n = h.shape[0] if reduction == "mean" and h.dim() >= 2 else 1
+            n = max(h.shape[0], 1) if reduction == "mean" and h.dim() >= 2 else 1  # an empty batch: J = 0
             return F.mse_loss(h, y, reduction="sum") * (0.5 / n)
         d = h - y
         return 0.5 * (d * d).sum(_per_example_dims(h)) if h.dim() else 0.5 * d * d
@@ -226,7 +226,7 @@ class HalfSquaredError(DeltaFunction):
     @staticmethod
     def setup_context(ctx, inputs, output):
         h, y, ctx.reduction, ctx.dtype = inputs
-        ctx.n = h.shape[0] if h.dim() >= 2 else 1
+        ctx.n = max(h.shape[0], 1) if h.dim() >= 2 else 1
         ctx.save_for_backward(h, y)
 
     @staticmethod
