@@ -9,6 +9,7 @@ import torch.utils.checkpoint as _checkpoint
 from torch.overrides import TorchFunctionMode, _get_current_function_mode_stack
 
 from . import registry
+from .functional._common import compiling
 
 
 def _needs_grad(args, kwargs) -> bool:
@@ -21,19 +22,24 @@ def _needs_grad(args, kwargs) -> bool:
 
 
 class _Router(TorchFunctionMode):
+    # (torch.compile traces a checkpoint as one region of its own, recompute included: nothing to hand over)
     def __enter__(self):
-        _checkpoint_routing.acquire()
+        self._checkpoints = not compiling()
+        if self._checkpoints:
+            _checkpoint_routing.acquire()
         try:
             return super().__enter__()
         except BaseException:
-            _checkpoint_routing.release()
+            if self._checkpoints:
+                _checkpoint_routing.release()
             raise
 
     def __exit__(self, *exc):
         try:
             return super().__exit__(*exc)
         finally:
-            _checkpoint_routing.release()
+            if self._checkpoints:
+                _checkpoint_routing.release()
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
