@@ -12,6 +12,7 @@ import warnings
 import torch
 
 from . import registry
+from .routed import has_forward, routable, routed_twin
 
 
 def _owns_parameters(m: torch.nn.Module) -> bool:
@@ -30,17 +31,24 @@ def _swap(model: torch.nn.Module, strict: bool) -> list[torch.nn.Module]:
     _check_module(model, "swap")
     left = unswappable(model)
     if left and strict:
-        listing = "\n".join(f"  {name or '<root>'}: {cls}" for name, cls in left)
-        raise TypeError("torchbp.swap(strict=True): these modules own parameters but have no δ twin "
-                        f"(nothing was swapped):\n{listing}\n"
-                        "Register a twin with torchbp.register(NativeClass, TwinClass), or swap with strict=False.")
+        # strict: these get routed twins (torchbp.routed); only a module whose forward cannot be routed is refused
+        mods = dict(model.named_modules())
+        stuck = [(name, cls) for name, cls in left if has_forward(type(mods[name])) and not routable(type(mods[name]))]
+        if stuck:
+            listing = "\n".join(f"  {name or '<root>'}: {cls}" for name, cls in stuck)
+            raise TypeError("torchbp.swap(strict=True): these modules own parameters but have no δ twin and a "
+                            f"forward that cannot be routed (nothing was swapped):\n{listing}\n"
+                            "Register a twin with torchbp.register(NativeClass, TwinClass), or swap with strict=False.")
     changed = []
     for _, m in model.named_modules(remove_duplicate=True):
         twin = registry.twin_for(type(m))
+        if twin is None and strict and registry.native_for(type(m)) is None and _owns_parameters(m) \
+                and routable(type(m)):
+            twin = routed_twin(type(m))
         if twin is not None:
             m.__class__ = twin
             changed.append(m)
-    if left:
+    if left and not strict:
         warnings.warn(f"torchbp.swap: {len(left)} module(s) left native (no δ twin; their gradients stay "
                       f"native):\n{_by_class(left)}", stacklevel=3)
     return changed
@@ -66,8 +74,12 @@ def _check_module(model, fn: str) -> None:
 def swap(model: torch.nn.Module, *, strict: bool = False) -> torch.nn.Module:
     """Swap every supported module of ``model`` to its δ twin, in place; idempotent. Returns ``model``.
 
-    ``strict=True`` first checks that every module owning parameters can be swapped and raises one
-    TypeError naming all that cannot, changing nothing. Otherwise those are left native, with a warning.
+    A module that owns parameters but has no twin is left native, with a warning (its functional calls still
+    get δ formulas inside ``manual_backward()``). ``strict=True`` instead gives each such module a routed twin
+    (``torchbp.routed``): its own forward, run under ``manual_backward()``, which raises a TypeError naming the
+    module, the parameter and the op the first time a parameter meets an op with no δ formula (a gradient
+    native autograd would produce). A module whose forward cannot be routed (a ScriptModule) makes strict
+    raise at once, changing nothing.
     """
     _swap(model, strict)
     return model

@@ -377,6 +377,23 @@ class Tanh(_Unary):
     df = staticmethod(lambda d, out, x: d * (1 - out * out))
 
 
+class Addmm(_Elementwise):
+    """out = β M + α A B (here for ``M.addmm_(A, B)``; torch.addmm is the linear family's);
+    δ_M = β δ,  δ_A = α δ Bᵀ,  δ_B = α Aᵀ δ."""
+
+    f_ = staticmethod(lambda M, A, B, beta, alpha: M.addmm_(A, B, beta=beta, alpha=alpha))
+
+    @staticmethod
+    def f(M, A, B, beta, alpha):
+        return torch.addmm(M, A, B, beta=beta, alpha=alpha)
+
+    @staticmethod
+    def grads(d, out, args, needs):
+        M, A, B, beta, alpha = args
+        return (d * beta if needs[0] else None, alpha * (d @ B.mT) if needs[1] else None,
+                alpha * (A.mT @ d) if needs[2] else None, None, None)
+
+
 # --- in place: x ← f(x, *args) ----------------------------------------------------------------------
 
 class _InplaceOf(DeltaFunction):
@@ -565,6 +582,12 @@ def _clamp_args(min=None, max=None):
     return min, max
 
 
+def _addmm_inplace(M, mat1, mat2, *, beta=1, alpha=1):
+    if _complex(M, mat1, mat2):
+        return M.addmm_(mat1, mat2, beta=beta, alpha=alpha)
+    return _inplace(Addmm, M, mat1, mat2, beta, alpha)
+
+
 def _div_inplace(x, other, *, rounding_mode=None):
     if rounding_mode is not None or _complex(x, other):
         return x.div_(other, rounding_mode=rounding_mode)
@@ -590,7 +613,7 @@ ROUTES = {
     _T.__neg__: neg, _T.__abs__: abs,
     # in place
     _T.add_: _inplace_route(Add, _T.add_, _alpha_args), _T.sub_: _inplace_route(Sub, _T.sub_, _alpha_args),
-    _T.mul_: _inplace_route(Mul, _T.mul_), _T.div_: _div_inplace,
+    _T.mul_: _inplace_route(Mul, _T.mul_), _T.div_: _div_inplace, _T.addmm_: _addmm_inplace,
     _T.pow_: _inplace_route(Pow, _T.pow_), _T.masked_fill_: _inplace_route(MaskedFill, _T.masked_fill_),
     _T.clamp_: _inplace_route(Clamp, _T.clamp_, _clamp_args), _T.clip_: _inplace_route(Clamp, _T.clip_, _clamp_args),
     _T.sigmoid_: _inplace_route(Sigmoid, _T.sigmoid_), torch.sigmoid_: _inplace_route(Sigmoid, torch.sigmoid_),
