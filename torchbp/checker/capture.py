@@ -6,8 +6,9 @@ module's output and changes firing order when inputs need no grad. Instead:
 
 - grad_output: a hook on each output tensor, registered when the module returns.
 - grad_input: each input that needs grad is handed to the module as an alias (``x.view_as(x)``) and
-  the alias is hooked, so the hook sees this module's contribution only (not a residual branch's).
-  An input that is itself a view is hooked directly (its total gradient), since an alias of it could
+  the alias is hooked, so the hook sees this module's contribution only (not a residual branch's, not
+  a sibling's reading the same tensor: q, k and v projections). Only a view made by a multi-output op
+  or inside a custom Function is hooked directly (its total gradient), since an alias of it would
   inherit a view mode that forbids the module's in-place ops.
 - in-place: a hook on a *view* is lost when that view (or its base) is modified in place later, so
   every hook on a view is doubled by one on its base (when the view spans the base) or on the node
@@ -181,8 +182,8 @@ class Capture:
             if not differentiable(t):
                 return t
             q = quantity("grad_input", paths, next(it)[1:])
-            if t._is_view():
-                # a view of a view may inherit a creation mode that forbids in-place ops on it (made
+            if t._is_view() and not _plain_view(t):
+                # a view of a view inherits a creation mode that forbids in-place ops on it (made
                 # inside a custom Function, by a multi-output op): hook t itself (its total gradient)
                 self._hook(t, key, q)
                 return t
@@ -205,6 +206,16 @@ class Capture:
             self.outputs[key].append((q, p))
             self._hook(t, key, q)
         return None
+
+
+def _plain_view(t: torch.Tensor) -> bool:
+    """Whether a view's creation mode allows in-place ops on views of it (so an alias of it may be
+    hooked: the module's own share of its gradient, not the total that sibling readers add to)."""
+    get = getattr(torch._C._autograd, "_get_creation_meta", None)
+    try:
+        return get is not None and get(t) == torch._C._autograd.CreationMeta.DEFAULT
+    except RuntimeError:
+        return False
 
 
 def _snapshot(t: torch.Tensor) -> torch.Tensor:

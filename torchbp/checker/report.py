@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 SCHEMA = 1
 FOLD_ABOVE = 40  # rows; above this, passing rows fold into a count unless full=True
 BAD = ("fail", "nonfinite")
+SCALED = 10.0  # a tolerance widened at least this much for cancellation is marked ok*
 
 
 @dataclass
@@ -20,9 +21,14 @@ class Row:
     ``tolerance`` = 2·native_rel_err + floor). ``norm``/``sha256``: the subject's gradient;
     ``ref_norm``: the reference's. ``reproducible``: with ``repeat=N``, whether N more backward
     passes gave bitwise the same gradient (None when not repeated). ``tolerance_scale``: set (> 1)
-    when the gradient is much smaller than the δ it was computed from (cancellation) and its
-    tolerance was widened by that factor (shown as ``ok*``).
+    when the gradient is smaller than the δ it was computed from (cancellation) and its tolerance
+    was widened by that factor (shown as ``ok*`` from 10× on).
     """
+
+    @property
+    def scaled(self) -> bool:
+        """Passed only thanks to a tolerance widened >= 10× for cancellation (shown ``ok*``)."""
+        return bool(self.tolerance_scale and self.tolerance_scale >= SCALED and self.status not in BAD)
 
     @property
     def zero(self) -> bool:
@@ -110,7 +116,7 @@ class AuditReport:
     @property
     def scaled_rows(self) -> list:
         """Passing rows whose tolerance was widened for cancellation (``ok*``)."""
-        return [r for r in self.rows if r.tolerance_scale and r.status not in BAD]
+        return [r for r in self.rows if r.scaled]
 
     def verdict(self) -> str:
         env = self.environment
@@ -141,8 +147,8 @@ class AuditReport:
             parts.append(f"not bitwise reproducible: {', '.join(l or '<root>' for l in self.not_reproducible)}")
         return " | ".join(parts)
 
-    LEGEND = ("ok*: passed with a tolerance scaled for cancellation (the gradient is much smaller than the δ "
-              "it was computed from, so its error is judged against that δ's norm); "
+    LEGEND = ("ok*: passed with a tolerance scaled >= 10x for cancellation (the gradient is much smaller than "
+              "the δ it was computed from, so its error is judged against that δ's norm); "
               "zero: exactly zero on both sides, nothing compared")
 
     # -- renderings ----------------------------------------------------------------------------------
@@ -158,7 +164,7 @@ class AuditReport:
         return shown, len(rows) - len(shown)
 
     def _cells(self, r: Row) -> list:
-        status = "zero" if r.zero else r.status + ("*" if r.tolerance_scale and r.status not in BAD else "")
+        status = "zero" if r.zero else r.status + ("*" if r.scaled else "")
         status += "" if r.reproducible is not False else " (not reproducible)"
         return [r.layer or "<root>", r.kind, r.quantity, "×".join(map(str, r.shape)) or "scalar",
                 _fmt(r.max_abs_err), _fmt(r.rel_err), _fmt(r.cosine), _fmt(r.tolerance), status]
@@ -168,7 +174,7 @@ class AuditReport:
         shown, folded = (rows, 0) if rows is not None else self._table_rows(full)
         text = tabulate([self._cells(r) for r in shown], headers=self.HEADERS, tablefmt=fmt,
                         disable_numparse=True) if shown else ""
-        if any(r.zero or (r.tolerance_scale and r.status not in BAD) for r in shown):
+        if any(r.zero or r.scaled for r in shown):
             text += "\n" + self.LEGEND
         if folded:
             text += f"\n({folded} passing rows folded; full=True or --full to show them)"
