@@ -218,3 +218,84 @@ def test_transformers_gradient_checkpointing(kind, reentrant, mode, delta_calls)
     assert sorted(delta_calls) == unchecked
     worst = _worst(ours, native)
     assert worst[0] <= 1e-10, worst
+
+
+# -- the audit of a checkpointed model --------------------------------------------------------------------
+
+class FunctionalBlock(nn.Module):
+    """A block written partly in functional calls (F.gelu, F.linear on its own parameter): under
+    checkpointing their δ formulas come only from the routing, in the forward and in the recompute."""
+
+    def __init__(self, width):
+        super().__init__()
+        self.fc = nn.Linear(width, 2 * width)
+        self.weight = nn.Parameter(torch.randn(width, 2 * width) / (2 * width) ** 0.5)
+
+    def forward(self, x):
+        return x + nn.functional.linear(nn.functional.gelu(self.fc(x)), self.weight)
+
+
+def _functional_net(use_reentrant=None):
+    torch.manual_seed(0)
+    model = Net()
+    model.blocks = nn.ModuleList([FunctionalBlock(6), FunctionalBlock(6)])
+    model.use_reentrant = use_reentrant
+    return model.double()
+
+
+class PlantedGELU(torch.autograd.Function):
+    """gelu with δ_x = 1.5 · δ f'(x): a wrong backward inside the checkpointed blocks."""
+
+    @staticmethod
+    def forward(x):
+        return nn.functional.gelu(x)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[0])
+
+    @staticmethod
+    def backward(ctx, delta):
+        x, = ctx.saved_tensors
+        cdf = 0.5 * (1 + torch.erf(x / 2 ** 0.5))
+        pdf = torch.exp(-0.5 * x * x) / (2 * torch.pi) ** 0.5
+        return 1.5 * delta * (cdf + x * pdf)
+
+
+@pytest.fixture
+def planted_gelu():
+    """F.gelu routed to PlantedGELU; the built-in route put back afterwards."""
+    builtin = registry.function_for(nn.functional.gelu)
+    torchbp.register(nn.functional.gelu, PlantedGELU)
+    try:
+        yield
+    finally:
+        registry.unregister(nn.functional.gelu)
+        torchbp.register(nn.functional.gelu, builtin)
+    assert registry.function_for(nn.functional.gelu) is builtin
+
+
+@pytest.mark.parametrize("state", ["native", "swapped", "inside_manual_backward"])
+def test_audit_of_a_non_reentrant_checkpointed_model(state):
+    x = torch.randn(8, 6, dtype=torch.float64)
+    plain = torchbp.audit(_functional_net(), x, dtype=torch.float64)
+    assert plain.ok and plain.coverage == 1.0, str(plain)
+    model = _functional_net(use_reentrant=False)
+    if state == "swapped":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the blocks' own weight has no twin
+            torchbp.swap(model)
+    if state == "inside_manual_backward":
+        with torchbp.manual_backward():
+            report = torchbp.audit(model, x, dtype=torch.float64)
+    else:
+        report = torchbp.audit(model, x, dtype=torch.float64)
+    assert report.ok and report.coverage == 1.0, str(report)
+    # every layer inside the checkpointed blocks is compared, as without checkpointing
+    assert {(r.layer, r.quantity) for r in report.rows} == {(r.layer, r.quantity) for r in plain.rows}
+
+
+def test_audit_finds_a_wrong_backward_inside_a_non_reentrant_checkpoint(planted_gelu):
+    model = _functional_net(use_reentrant=False)
+    report = torchbp.audit(model, torch.randn(8, 6, dtype=torch.float64), dtype=torch.float64)
+    assert not report.ok and report.first_divergence == "blocks.1", str(report)
