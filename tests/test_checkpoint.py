@@ -299,3 +299,10 @@ def test_audit_finds_a_wrong_backward_inside_a_non_reentrant_checkpoint(planted_
     model = _functional_net(use_reentrant=False)
     report = torchbp.audit(model, torch.randn(8, 6, dtype=torch.float64), dtype=torch.float64)
     assert not report.ok and report.first_divergence == "blocks.1", str(report)
+
+
+def test_audit_finds_a_wrong_backward_inside_a_reentrant_checkpoint(planted_gelu):
+    # the reentrant kind gives gradients only when an input of the checkpoint requires grad
+    x = torch.randn(8, 6, dtype=torch.float64, requires_grad=True)
+    report = torchbp.audit(_functional_net(use_reentrant=True), x, dtype=torch.float64)
+    assert not report.ok and report.first_divergence.startswith("blocks.1"), str(report)
