@@ -468,8 +468,8 @@ def test_pad_modules_swap_route_and_refuse_like_torch():
     x = torch.randn(2, 3, 4, dtype=torch.float64, requires_grad=True)
     with torchbp.manual_backward():
         assert type(F.pad(x, (1, 1), mode="reflect").grad_fn).__name__ == "PadBackward"
-    with pytest.raises(RuntimeError, match="torchbp.functional.pad: negative padding"):
-        tbf.pad(x, (-1, 1), mode="reflect")
+    for mode in ("reflect", "replicate", "circular"):  # negative pads crop in every mode, as native's
+        assert_matches_native(lambda t: tbf.pad(t, (-1, 2), mode=mode), lambda t: F.pad(t, (-1, 2), mode=mode), (x,))
     with pytest.raises((RuntimeError, ValueError), match="torchbp.functional.pad"):
         tbf.pad(x, (5, 5), mode="reflect")  # F.pad's own error: a reflection pad must be < the input size
 

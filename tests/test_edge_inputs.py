@@ -139,3 +139,56 @@ def test_inplace_dropout_on_a_leaf_names_the_layer():
     with pytest.raises(RuntimeError) as e_native:
         F.dropout(x, 0.5, True, True)
     assert "leaf" in str(e_native.value) and "leaf" in str(e.value)
+
+
+# --- refusals where native computes -----------------------------------------------------------------
+
+def _check(fn, args, kwargs=None, *, seed=0):
+    """fn under manual_backward() against native: outputs and gradients (float64, NaN where native's)."""
+    kwargs = kwargs or {}
+    results = []
+    for routed in (False, True):
+        a = [t.detach().clone().requires_grad_(t.requires_grad) if isinstance(t, torch.Tensor) else t
+             for t in args]
+        torch.manual_seed(seed)
+        if routed:
+            with torchbp.manual_backward():
+                out = fn(*a, **kwargs)
+            outs = [out] if isinstance(out, torch.Tensor) else [o for o in out if isinstance(o, torch.Tensor)]
+            if any(o.requires_grad for o in outs) and any(t.numel() for t in outs):
+                assert any(torchbp.registry.is_delta_function(getattr(type(f), "_forward_cls", None))
+                           for o in outs for f in _graph(o)), "no δ Function ran"
+        else:
+            out = fn(*a, **kwargs)
+        outs = [out] if isinstance(out, torch.Tensor) else [o for o in out if isinstance(o, torch.Tensor)]
+        leaves = [t for t in a if isinstance(t, torch.Tensor) and t.requires_grad]
+        results.append([o.detach() for o in outs] + _grads(outs, leaves))
+    for i, (s, n) in enumerate(zip(results[1], results[0])):
+        _same(s, n, f"item {i}")
+
+
+def _t(*shape, grad=True):
+    return torch.randn(*shape, dtype=torch.float64, requires_grad=grad)
+
+
+def test_hardtanh_with_equal_bounds():
+    _check(F.hardtanh, (_t(4, 5),), dict(min_val=0.0, max_val=0.0))
+    _check(F.hardtanh, (_t(4, 5),), dict(min_val=0.5, max_val=0.5))
+    with pytest.raises(ValueError, match="torchbp.functional.hardtanh.*greater"):
+        torchbp.functional.hardtanh(_t(3), 1.0, 0.0)
+
+
+@pytest.mark.parametrize("mode", ["reflect", "replicate", "circular"])
+@pytest.mark.parametrize("pad", [(-1, 1), (1, -1), (-1, 2, 0, 0), (2, -1, 1, 1), (-1, -1, 2, -1), (0, -2, -1, 1)])
+def test_negative_pads_in_every_mode(mode, pad):
+    _check(F.pad, (_t(2, 3, 5, 6) if len(pad) == 4 else _t(2, 3, 5),), dict(pad=pad, mode=mode))
+
+
+@pytest.mark.parametrize("call", [
+    lambda x: F.max_pool2d(x, (3,), (2,), (1,)),
+    lambda x: F.avg_pool2d(x, (3, 3), (1, 1), (1,), True, False, 2),
+    lambda x: F.avg_pool2d(x, (3,), stride=(2,)),
+    lambda x: F.max_pool1d(x.flatten(2), (3,), (2,)),
+])
+def test_pooling_with_one_element_tuples(call):
+    _check(call, (_t(2, 3, 7, 7),))

@@ -41,15 +41,9 @@ SKIP_OPS: dict[str, str] = {}
 XFAIL_OPS: dict[str, str] = {
     "matmul": "a zero-size contraction dim: the δ backward reshapes 0 elements to [-1, 0]",
     "__rmatmul__": "a zero-size contraction dim: the δ backward reshapes 0 elements to [-1, 0]",
-    "nn.functional.pad.reflect": "negative pads refused outside mode 'constant'",
-    "nn.functional.pad.replicate": "negative pads refused outside mode 'constant'",
-    "nn.functional.pad.replicate_negative": "negative pads refused outside mode 'constant'",
-    "nn.functional.pad.circular": "negative pads refused outside mode 'constant'",
     "nn.functional.interpolate.area": "mode 'area' refused on 5-D inputs",
-    "nn.functional.avg_pool2d": "1-element tuples for kernel_size / stride / padding refused",
     "nn.functional.batch_norm": "a 1-D empty input refused",
     "nn.functional.batch_norm.without_cudnn": "a 1-D empty input refused",
-    "nn.functional.hardtanh": "min_val == max_val refused",
     "take_along_dim": "an index that broadcasts against the input (index [1, 2], input [5, 5]) is refused",
 }
 # Module twins whose module_db inputs are not run, with the reason.

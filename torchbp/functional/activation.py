@@ -672,7 +672,9 @@ def softplus(input, beta=1.0, threshold=20.0):
 
 
 def hardtanh(input, min_val=-1.0, max_val=1.0, inplace=False):
-    check(min_val < max_val, "hardtanh", f"min_val ({min_val}) must be less than max_val ({max_val})")
+    if min_val > max_val:  # the type and message native gives (min_val == max_val: a constant, f' = 0)
+        raise ValueError(f"torchbp.functional.hardtanh: min_val cannot be greater than max_val, got min_val "
+                         f"{min_val} and max_val {max_val}")
     return _unary("hardtanh", Hardtanh, input, float(min_val), float(max_val), inplace=inplace)
 
 

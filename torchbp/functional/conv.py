@@ -198,8 +198,9 @@ class Pad(DeltaFunction):
                 t = (L - 1) - ((L - 1) - t.abs()).abs()
             elif ctx.mode == "replicate":
                 t = t.clamp(0, L - 1)
-            else:  # circular
-                t = t.remainder(L)
+            else:  # circular: a negative pad crops first, the positive pads wrap around what remains
+                c0, lc = max(-lo, 0), L - max(-lo, 0) - max(-hi, 0)
+                t = (t - c0).remainder(lc) + c0
             shape = list(g.shape)
             shape[dim] = L
             g = g.new_zeros(shape).index_add_(dim, t, g)
@@ -207,13 +208,11 @@ class Pad(DeltaFunction):
 
 
 def pad(input, pad, mode="constant", value=None):
-    """δ twin of ``F.pad``: "constant" (any value; negative pads crop), "reflect", "replicate",
-    "circular" (non-negative pads). Shape and size errors are F.pad's own, naming this op."""
+    """δ twin of ``F.pad``: "constant" (any value), "reflect", "replicate", "circular"; negative pads crop
+    in every mode, as native's. Shape and size errors are F.pad's own, naming this op."""
     op = "pad"
     check_tensor(op, "input", input)
     check(mode in ("constant", "reflect", "replicate", "circular"), op, f"unsupported mode {mode!r}")
-    check(mode == "constant" or all(q >= 0 for q in pad), op,
-          f"negative padding {list(pad)} is supported in mode 'constant' only")
     check(mode == "constant" or value is None, op, f"padding mode {mode!r} doesn't take in value argument")
     with _named(op):
         return Pad.apply(input, tuple(pad), mode, value)

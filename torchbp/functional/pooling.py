@@ -158,6 +158,8 @@ class AvgPool(DeltaFunction):
 
 def _tuple(v, n, op, name):
     v = tuple(v) if isinstance(v, (tuple, list)) else (v,) * n
+    if len(v) == 1:  # a 1-element tuple holds for every dim, as native reads it
+        v = v * n
     check(len(v) == n and all(isinstance(i, int) for i in v), op,
           f"{name} must be an int or a tuple of {n} ints, got {v}")
     return v
