@@ -98,11 +98,11 @@ class _CheckpointRouting:
         self._lock = threading.Lock()
         self._depth = 0
         self.reentrant = _checkpoint.CheckpointFunction
-        self.non_reentrant = _checkpoint._checkpoint_without_reentrant_generator
+        self.non_reentrant = getattr(_checkpoint, "_checkpoint_without_reentrant_generator", None)
 
     def acquire(self):
         with self._lock:
-            if self._depth == 0:
+            if self._depth == 0 and self.non_reentrant is not None:
                 self.reentrant = _checkpoint.CheckpointFunction
                 self.non_reentrant = _checkpoint._checkpoint_without_reentrant_generator
                 _checkpoint.CheckpointFunction = _RoutedCheckpointFunction
@@ -115,7 +115,7 @@ class _CheckpointRouting:
             if self._depth == 0:
                 if _checkpoint.CheckpointFunction is _RoutedCheckpointFunction:
                     _checkpoint.CheckpointFunction = self.reentrant
-                if _checkpoint._checkpoint_without_reentrant_generator is _routed_checkpoint_generator:
+                if getattr(_checkpoint, "_checkpoint_without_reentrant_generator", None) is _routed_checkpoint_generator:
                     _checkpoint._checkpoint_without_reentrant_generator = self.non_reentrant
 
 
