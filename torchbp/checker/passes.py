@@ -112,16 +112,33 @@ def _refuse_delta_nodes(loss):
             "model written with native torch calls; the audit routes them itself.")
 
 
+try:  # the engine itself: torch.autograd.grad / .backward are torch functions, and every
+    # TorchFunctionMode (the routing, float64 throughout) takes itself off the stack while it handles
+    # one, so a checkpointed segment recomputed during backward would run without them
+    from torch.autograd.graph import _engine_run_backward
+except ImportError:  # pragma: no cover
+    _engine_run_backward = None
+
+
 def _gradients(loss, wrt, retain):
-    """d loss / d wrt (None where unused) by ``torch.autograd.grad``; through ``.backward()`` where a
-    reentrant checkpoint refuses that, each tensor's own ``.grad`` set aside and put back."""
-    if not _has_reentrant_checkpoint(loss):
-        return torch.autograd.grad(loss, wrt, allow_unused=True, retain_graph=retain)
+    """d loss / d wrt (None where unused), with the pass's modes active throughout the backward; by
+    ``.backward()`` where a reentrant checkpoint refuses ``torch.autograd.grad``, each tensor's own
+    ``.grad`` set aside and put back."""
+    reentrant = _has_reentrant_checkpoint(loss)
+    if _engine_run_backward is None:
+        if not reentrant:
+            return torch.autograd.grad(loss, wrt, allow_unused=True, retain_graph=retain)
+    seed = (torch.ones_like(loss, memory_format=torch.preserve_format),)
+    if not reentrant:
+        return _engine_run_backward((loss,), seed, retain, False, tuple(wrt), True, accumulate_grad=False)
     held = [t.grad for t in wrt]
     for t in wrt:
         t.grad = None
     try:
-        loss.backward(retain_graph=retain)
+        if _engine_run_backward is None:
+            loss.backward(retain_graph=retain)
+        else:
+            _engine_run_backward((loss,), seed, retain, False, (), allow_unreachable=True, accumulate_grad=True)
         return [t.grad for t in wrt]
     finally:
         for t, g in zip(wrt, held):
