@@ -13,6 +13,7 @@ import torchbp
 from torchbp import registry
 
 from torchbp.functional import DeltaFunction
+from util import DEVICES
 
 REENTRANT = [pytest.param(False, id="non_reentrant"), pytest.param(True, id="reentrant")]
 # how the subject runs: swapped; forward inside manual_backward, backward after it (the usual way);
@@ -83,7 +84,7 @@ def _gradients(model, inputs, mode=None, call=None):
     with swapped:
         with routing:
             out = call(model, *inputs)
-            v = torch.randn(out.shape, generator=torch.Generator().manual_seed(2), dtype=out.dtype)
+            v = torch.randn(out.shape, generator=torch.Generator().manual_seed(2), dtype=out.dtype).to(out.device)
             loss = (out * v).sum()
             if mode == "manual_inside":
                 loss.backward()
@@ -109,10 +110,11 @@ def _worst(ours, native):
     return max((float((ours[k] - native[k]).norm()) / scale[k.rpartition(".")[0]], k) for k in native)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("reentrant", REENTRANT)
-def test_checkpointed_gradients_equal_native_and_come_from_delta(mode, reentrant, delta_calls):
-    model, x = _net(), torch.randn(8, 6, dtype=torch.float64)
+def test_checkpointed_gradients_equal_native_and_come_from_delta(mode, reentrant, device, delta_calls):
+    model, x = _net().to(device), torch.randn(8, 6, dtype=torch.float64, device=device)
     native = _gradients(model, [x.clone()])
     assert delta_calls == []
     _gradients(model, [x.clone()], mode)
