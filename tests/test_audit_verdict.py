@@ -321,6 +321,24 @@ def test_model_owned_generators_numpy_and_python_random_are_shared_and_restored(
     assert after[0] == np_state[0] and np.array_equal(after[1], np_state[1]) and after[2:] == np_state[2:]
 
 
+_OUTSIDE = torch.Generator().manual_seed(3)  # a generator the model does not hold: the audit cannot find it
+
+
+class OutsideNoise(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin, self.act = nn.Linear(8, 8), nn.Tanh()
+
+    def forward(self, x):
+        return self.act(self.lin(x) * torch.rand(8, generator=_OUTSIDE, dtype=x.dtype))
+
+
+def test_randomness_the_audit_cannot_share_is_named_not_blamed_on_a_layer():
+    r = torchbp.audit(OutsideNoise().double(), X)
+    assert not r.ok and r.first_divergence is None, str(r)
+    assert "forward results differ" in r.verdict() and "no layer is blamed" in r.verdict()
+
+
 # --- the audit changes nothing ---------------------------------------------------------------------------
 
 class Counting(nn.Module):

@@ -79,35 +79,29 @@ def coverage_walk(loss, params):
     return covered, custom, set(accumulators)
 
 
-def _has_reentrant_checkpoint(loss) -> bool:
-    """Whether the graph holds ``torch.utils.checkpoint(..., use_reentrant=True)``, which refuses
-    ``torch.autograd.grad``."""
+def scan_graph(loss):
+    """One walk of the graph: (whether it holds ``torch.utils.checkpoint(..., use_reentrant=True)``,
+    which refuses ``torch.autograd.grad``; the names of the δ Functions in it)."""
     seen, stack = set(), [loss.grad_fn] if loss.grad_fn is not None else []
+    reentrant, deltas = False, set()
     while stack:
         node = stack.pop()
         if node in seen:
             continue
         seen.add(node)
-        if type(node).__name__.startswith("CheckpointFunctionBackward"):
-            return True
-        stack.extend(child for child, _ in node.next_functions if child is not None)
-    return False
-
-
-def _refuse_delta_nodes(loss):
-    seen, stack, found = set(), [loss.grad_fn] if loss.grad_fn is not None else [], set()
-    while stack:
-        node = stack.pop()
-        if node in seen:
-            continue
-        seen.add(node)
+        name = type(node).__name__
+        reentrant = reentrant or name.startswith("CheckpointFunctionBackward")
         if _is_delta(node):
-            found.add(type(node).__name__.removesuffix("Backward"))
+            deltas.add(name.removesuffix("Backward"))
         stack.extend(child for child, _ in node.next_functions if child is not None)
-    if found:
+    return reentrant, deltas
+
+
+def _refuse_deltas(deltas):
+    if deltas:
         raise RuntimeError(
             "torchbp.audit: the reference pass (native autograd) ran torchbp δ Functions "
-            f"({', '.join(sorted(found))}): the model's own forward routes through torchbp (manual_backward() or "
+            f"({', '.join(sorted(deltas))}): the model's own forward routes through torchbp (manual_backward() or "
             "a δ function called inside it), so there is no native reference to compare with. Audit the "
             "model written with native torch calls; the audit routes them itself.")
 
@@ -120,11 +114,10 @@ except ImportError:  # pragma: no cover
     _engine_run_backward = None
 
 
-def _gradients(loss, wrt, retain):
+def _gradients(loss, wrt, retain, reentrant):
     """d loss / d wrt (None where unused), with the pass's modes active throughout the backward; by
     ``.backward()`` where a reentrant checkpoint refuses ``torch.autograd.grad``, each tensor's own
     ``.grad`` set aside and put back."""
-    reentrant = _has_reentrant_checkpoint(loss)
     if _engine_run_backward is None:
         if not reentrant:
             return torch.autograd.grad(loss, wrt, allow_unused=True, retain_graph=retain)
@@ -166,7 +159,7 @@ class Pass:
     def __init__(self, model, inputs, target, loss_fn, sink, *, seed, device, context=(), random=None,
                  keep_inputs=(), walk=False, repeat=0, on_repeat=None, hooked=True, native_only=False):
         self.capture = Capture(model, sink if hooked else _ignore, keep_inputs, device)
-        self.covered = self.custom = self.reached = None
+        self.covered = self.custom = self.reached = self.loss_value = None
         state = ModelState(model)
         try:
             seed_generators(seed, device)
@@ -187,8 +180,10 @@ class Pass:
                 if not (isinstance(loss, torch.Tensor) and loss.numel() == 1 and loss.requires_grad):
                     raise RuntimeError("torchbp.audit: the loss must be a scalar tensor that requires grad, "
                                        f"got {type(loss).__name__} {getattr(loss, 'shape', '')}")
+                reentrant, deltas = scan_graph(loss)
                 if native_only:
-                    _refuse_delta_nodes(loss)
+                    _refuse_deltas(deltas)
+                self.loss_value = float(loss.detach())
                 named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
                 ins = [t for _, t in leaves((args, kwargs)) if differentiable(t)]
                 wrt = [p for _, p in named] + ins
@@ -200,7 +195,7 @@ class Pass:
                 for i in range(1 + repeat):
                     if i:
                         on_repeat()
-                    grads = _gradients(loss, wrt, retain=i < repeat)
+                    grads = _gradients(loss, wrt, i < repeat, reentrant)
                     for (n, _), g in zip(named, grads):
                         if g is not None:
                             module, _, pname = n.rpartition(".")

@@ -123,8 +123,14 @@ class AuditReport:
         parts = [f"torchbp.audit: {'OK' if self.ok else 'FAIL'}"]
         if not self.ok:
             nonfinite = sum(r.status == "nonfinite" for r in self.rows)
-            parts.append(f"first divergence: {self.first_divergence or '<root>'!r}" if self.first_divergence is not None
-                         else "first divergence: not located")
+            gap = env.get("forward_differs")
+            if gap:
+                parts.append(f"the passes' forward results differ (loss {gap['reference_loss']:.6e} native vs "
+                             f"{gap['subject_loss']:.6e} subject): randomness the audit cannot share between passes "
+                             "(a generator held outside the model) or a forward that differs; no layer is blamed")
+            else:
+                parts.append(f"first divergence: {self.first_divergence or '<root>'!r}"
+                             if self.first_divergence is not None else "first divergence: not located")
             if nonfinite:
                 parts.append(f"{nonfinite} nonfinite")
         parts.append(f"coverage {self.coverage:.0%}")

@@ -14,11 +14,13 @@
 """
 from __future__ import annotations
 
+import math
 import sys
 from dataclasses import dataclass
 
 import torch
 
+from . import compare
 from .env import environment
 from .judging import ErrorsVsOracle, Judge, build_rows, module_name
 from .localization import from_rows, isolated_check
@@ -155,11 +157,26 @@ def _reference_pass(plan, reference_model, oracle_grads, say):
     """The reference's gradients kept (no oracle), or reduced to their errors against the oracle."""
     say("reference pass (native autograd)")
     sink = KeepGrads() if oracle_grads is None else ErrorsVsOracle(oracle_grads)
-    Pass(reference_model, plan.inputs, plan.target, plan.reference_loss, sink, seed=plan.seed,
-         device=plan.device, random=plan.random, context=plan.native_context(plan.dtype), native_only=True)
+    reference = Pass(reference_model, plan.inputs, plan.target, plan.reference_loss, sink, seed=plan.seed,
+                     device=plan.device, random=plan.random, context=plan.native_context(plan.dtype),
+                     native_only=True)
     if oracle_grads is None:
-        return sink.store, None, None
-    return oracle_grads, sink.err, sink.norms
+        return sink.store, None, None, reference.loss_value
+    return oracle_grads, sink.err, sink.norms, reference.loss_value
+
+
+def _forward_gap(plan, reference_loss, subject_loss):
+    """The two passes' losses when they differ by more than rounding (their forward computations
+    differ: randomness the audit cannot share, such as a generator held outside the model), else None."""
+    tol = 1e-6 if plan.dtype == torch.float64 else 10 * compare.floor(plan.dtype)
+    if reference_loss is None or subject_loss is None:
+        return None
+    if math.isfinite(reference_loss) and math.isfinite(subject_loss) and \
+            abs(subject_loss - reference_loss) <= tol * max(abs(reference_loss), abs(subject_loss), 1e-30):
+        return None
+    if not (math.isfinite(reference_loss) or math.isfinite(subject_loss)):
+        return None  # both nonfinite: the rows say so
+    return {"reference_loss": reference_loss, "subject_loss": subject_loss}
 
 
 def _subject_pass(plan, subject_model, judge, say):
@@ -260,7 +277,7 @@ def _run(plan, model, against, original_reference, reference, loss_fn, localize,
     try:
         for use_oracle in plan.oracle_rounds():
             oracle_grads = _oracle_pass(plan, reference_model, original_reference, say) if use_oracle else None
-            kept, native_err, ref_norms = _reference_pass(plan, reference_model, oracle_grads, say)
+            kept, native_err, ref_norms, reference_loss = _reference_pass(plan, reference_model, oracle_grads, say)
             del oracle_grads
             if subject_model is None:
                 subject_model = reference_model if plan.routed else working_model(model, plan.dtype, plan.device)
@@ -278,7 +295,10 @@ def _run(plan, model, against, original_reference, reference, loss_fn, localize,
             from .numpy_reference import numpy_rows
             rows += numpy_rows(reference, model, plan.inputs, plan.target, loss_fn, plan.device)
         first = None
-        if bad_keys:
+        gap = _forward_gap(plan, reference_loss, subject.loss_value)
+        if gap is not None and bad_keys:
+            env["forward_differs"] = gap  # the verdict names this instead of a layer
+        elif bad_keys:
             if localize:
                 first = isolated_check(bad_keys, subject.capture, reference_model, subject_model, plan.inputs,
                                        plan.target, plan.reference_loss, plan.dtype, plan.device, plan.seed,
