@@ -11,7 +11,6 @@ from torch.utils.checkpoint import checkpoint, checkpoint_sequential
 
 import torchbp
 from torchbp import registry
-
 from torchbp.functional import DeltaFunction
 from util import DEVICES
 
