@@ -44,7 +44,6 @@ XFAIL_OPS: dict[str, str] = {
     "nn.functional.interpolate.area": "mode 'area' refused on 5-D inputs",
     "nn.functional.batch_norm": "a 1-D empty input refused",
     "nn.functional.batch_norm.without_cudnn": "a 1-D empty input refused",
-    "take_along_dim": "an index that broadcasts against the input (index [1, 2], input [5, 5]) is refused",
 }
 # Module twins whose module_db inputs are not run, with the reason.
 SKIP_MODULES: dict[str, str] = {}

@@ -332,10 +332,18 @@ def take_along_dim(input, indices, dim=None, *, out=None):
     if out is not None or not _floating(input):
         return torch.take_along_dim(input, indices, dim, out=out)
     if dim is None:
-        return Gather.apply(input.reshape(-1), 0, indices.reshape(-1))
-    shape = list(torch.broadcast_shapes(input.shape, indices.shape))
-    shape_x, shape_i = list(shape), list(shape)
-    shape_x[dim], shape_i[dim] = input.shape[dim], indices.shape[dim]
+        input, indices, dim = input.reshape(-1), indices.reshape(-1), 0
+    n = input.shape[dim] if input.dim() else 1
+    indices = torch.where(indices < 0, indices + n, indices)  # take_along_dim counts from the end, gather does not
+    if input.dim() <= 1:
+        return Gather.apply(input, dim, indices)
+    check(input.dim() == indices.dim(), "take_along_dim",
+          f"input and indices need the same number of dims, got {input.dim()} and {indices.dim()}")
+    dim = dim % max(input.dim(), 1)
+    # every dim but ``dim`` broadcasts between input and indices (expand: structure)
+    shape = [max(a, b) if k != dim else None for k, (a, b) in enumerate(zip(input.shape, indices.shape))]
+    shape_x = [input.shape[k] if k == dim else n for k, n in enumerate(shape)]
+    shape_i = [indices.shape[k] if k == dim else n for k, n in enumerate(shape)]
     return Gather.apply(input.expand(shape_x), dim, indices.expand(shape_i))
 
 

@@ -237,6 +237,8 @@ class Prod(DeltaFunction):
                 delta = delta.unsqueeze(dim)
         if xs.dim() == 0:
             return delta, None, None, None
+        if xs.shape[dim] == 0:  # an empty product: x has no element to receive δ
+            return torch.zeros_like(x), None, None, None
         ones = torch.ones_like(xs.narrow(dim, 0, 1))
         # Π_{i<j} x_i · Π_{i>j} x_i: exclusive cumulative products from both ends
         before = torch.cat([ones, xs.narrow(dim, 0, xs.shape[dim] - 1)], dim).cumprod(dim)
