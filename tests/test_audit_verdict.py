@@ -3,6 +3,7 @@ model and the caller are in, the code that training runs is judged, what was not
 lower-precision islands and the model's own randomness give no false FAIL, and the audit changes
 nothing (buffers reassigned, parameters changed in place, lazy modules, generators)."""
 import random
+import warnings
 
 import numpy as np
 import pytest
@@ -400,7 +401,8 @@ def test_models_that_cannot_be_deep_copied_are_audited():
     torch.manual_seed(0)
     pruned = mlp(8, 8, 3, dtype=torch.float32)
     prune.l1_unstructured(pruned[0], "weight", amount=0.3)
-    with pytest.warns(FutureWarning):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the legacy weight_norm is deprecated
         normed = nn.Sequential(torch.nn.utils.weight_norm(nn.Linear(8, 8)), nn.Tanh(), nn.Linear(8, 3))
     x = torch.randn(4, 8)
     for model in (pruned, normed):
@@ -456,7 +458,11 @@ class Checkpointed(nn.Module):
 def test_gradient_checkpointing_is_audited(reentrant):
     torch.manual_seed(0)
     x = X.clone().requires_grad_(reentrant)  # reentrant checkpointing needs an input that requires grad
-    r = torchbp.audit(Checkpointed(reentrant).double(), x)
+    model = Checkpointed(reentrant).double()
+    model.head.weight.grad = torch.ones_like(model.head.weight)  # a .grad that must survive; others None
+    r = torchbp.audit(model, x)
     assert r.ok and r.coverage == 1.0, str(r)
+    assert torch.equal(model.head.weight.grad, torch.ones_like(model.head.weight)) and x.grad is None
+    assert all(p.grad is None for n, p in model.named_parameters() if n != "head.weight")
     bad = torchbp.audit(Checkpointed(reentrant, bug=True).double(), x)
     assert not bad.ok and bad.first_divergence.startswith("block"), str(bad)
