@@ -23,12 +23,8 @@ import traceback
 
 AGREE, DISAGREE, USAGE_ERROR, INTERNAL_ERROR = 0, 1, 2, 3
 
-# the shared audit options (torchbp/checker/options.py), as the CLI describes them
-HELP = {
-    "dtype": "dtype of the audit: float64 (the default), float32, bfloat16 or float16; below float64 each "
-             "gradient is held against a float64 oracle",
-    "markdown": "write the report as Markdown to PATH (replacing the file)",
-}
+# the shared audit options (torchbp/checker/options.py) where the CLI describes them its own way
+HELP = {"markdown": "write the report as Markdown to PATH (replacing the file; --markdown-append appends)"}
 
 
 class _Usage(Exception):
@@ -109,6 +105,8 @@ def _output(path: str | None, flag: str) -> None:
     """An output path must name a writable file in an existing directory."""
     if path is None:
         return
+    if not path:
+        raise _Usage(f"{flag}: the path is empty")
     if os.path.isdir(path):
         raise _Usage(f"{flag} {path}: is a directory")
     parent = os.path.dirname(os.path.abspath(path))
