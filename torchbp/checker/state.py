@@ -127,14 +127,20 @@ def _module_generators(model):
 @contextlib.contextmanager
 def function_modes_suspended():
     """The caller's TorchFunctionModes (``torchbp.manual_backward()``, a user's own) off inside: native
-    autograd is the reference whatever context the audit is called from. Yields the suspended modes."""
-    modes = []
+    autograd is the reference whatever context the audit is called from. torch's own modes (``with
+    torch.device("cuda"):``) stay. Yields the suspended modes, innermost first."""
+    stack = []
     while torch._C._len_torch_function_stack() > 0:
-        modes.append(torch._C._pop_torch_function_stack())
+        stack.append(torch._C._pop_torch_function_stack())
+    kept = [m for m in reversed(stack) if type(m).__module__.split(".")[0] == "torch"]
+    for mode in kept:
+        torch._C._push_on_torch_function_stack(mode)
     try:
-        yield modes
+        yield [m for m in stack if m not in kept]
     finally:
-        for mode in reversed(modes):
+        for _ in kept:
+            torch._C._pop_torch_function_stack()
+        for mode in reversed(stack):
             torch._C._push_on_torch_function_stack(mode)
 
 
