@@ -45,7 +45,7 @@ Models whose layers have no δ twin yet are reported as "skipped (missing: …)"
 falls back to the native loss for both sides, and the row says so.
 
 Models: mlp (784-1024-1024-1024-10, batch 256), mlp-small (784-256-256-10, batch 64), mlp-wide
-(4096-wide, 4 layers, batch 8192; run by default on CUDA only), seed (the seed's 4-layer sigmoid net),
+(4096-wide, 4 layers, batch 8192; run by default on CUDA only), seed (the derivation's 4-layer sigmoid net),
 cnn (two small convs, no normalization), resnet (a CIFAR-style stem and two basic blocks at 64 channels,
 BatchNorm, 32×32, batch 32), transformer (one pre-norm block).
 
@@ -113,7 +113,7 @@ class BasicBlock(nn.Module):
         return self.relu(x + self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x))))))
 
 
-def _half_squared_error(h, y):  # the seed's cost, ½‖y − h‖² per example, mean over the batch
+def _half_squared_error(h, y):  # the derivation's cost, ½‖y − h‖² per example, mean over the batch
     return 0.5 * ((y - h) ** 2).sum(-1).mean()
 
 

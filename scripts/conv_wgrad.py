@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Formulations of the convolution δ's ∂J/∂W, timed against native autograd's weight gradient.
 
-∂J/∂W = a ⋆ δ (the seed's δ aᵀ summed over the batch and the output positions) can be computed as
+∂J/∂W = a ⋆ δ (the derivation's δ aᵀ summed over the batch and the output positions) can be computed as
 - ``torchbp``: torchbp's conv2d δ as it runs (batch chunks on the CPU, δ channels-last there in float32);
 - ``kernel``: one convolution of a (batch and channels swapped) with δ as the kernel (torchbp's form,
   whole batch, plain layout);

@@ -100,7 +100,7 @@ def batch(rank, step=0):
 
 
 def cost(h, y):
-    return 0.5 * (y - h).pow(2).sum() / h.shape[0]  # the seed's ½‖y − h‖², mean over the batch
+    return 0.5 * (y - h).pow(2).sum() / h.shape[0]  # the derivation's ½‖y − h‖², mean over the batch
 
 
 def train(ddp, rank, steps, swap_at=None):

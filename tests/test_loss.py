@@ -17,7 +17,7 @@ SHAPES = [(5,), (4, 3), (2, 3, 4)]
 
 
 def half_squared_error_native(h, y, reduction="mean"):
-    """The seed's cost in plain autograd: ½‖y − h‖² per example (dim 0; 1-D = one example)."""
+    """The derivation's cost in plain autograd: ½‖y − h‖² per example (dim 0; 1-D = one example)."""
     per = 0.5 * ((y - h) ** 2).sum(tuple(range(1, h.dim()))) if h.dim() >= 2 else 0.5 * ((y - h) ** 2).sum()
     return per if reduction == "none" else per.sum() if reduction == "sum" else per.mean()
 
@@ -107,7 +107,7 @@ def test_elementwise_low_precision(ours, native, kw, dtype, device):
     assert_matches_native(ours, native, _pair((16, 33)), kw, dtype=dtype, device=device)
 
 
-# --- the seed's cost ----------------------------------------------------------------------------------
+# --- the derivation's cost ----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("reduction", REDUCTIONS)
@@ -399,7 +399,7 @@ def test_cpu_autocast_bf16(ours, native, make, kw, in_dtype):
 
 
 def test_half_squared_error_autocast_runs_in_float32():
-    """Under autocast the seed's cost is computed in float32 inside its Function (no ToCopy node in the
+    """Under autocast the derivation's cost is computed in float32 inside its Function (no ToCopy node in the
     graph); δ_h and δ_y are the float32 formula cast to h's and y's dtypes."""
     h = torch.randn(4, 3, dtype=torch.bfloat16, requires_grad=True)
     y = torch.randn(4, 3, dtype=torch.bfloat16, requires_grad=True)

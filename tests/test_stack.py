@@ -17,7 +17,7 @@ from util import grad_fn_names as names
 MODELS = {
     "relu": lambda: nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(inplace=True), nn.Linear(8, 3)),
     "seed": lambda: nn.Sequential(*[m for a, b in ((6, 6), (6, 5), (5, 4), (4, 3))
-                                    for m in (nn.Linear(a, b), nn.Sigmoid())]),  # the seed net, 6 inputs
+                                    for m in (nn.Linear(a, b), nn.Sigmoid())]),  # the derivation's network, 6 inputs
     "mixed": lambda: nn.Sequential(nn.Linear(6, 7, bias=False), nn.Tanh(), nn.Linear(7, 7), nn.GELU(),
                                    nn.Linear(7, 5), nn.SiLU(), nn.Linear(5, 4), nn.LeakyReLU(0.2),
                                    nn.Linear(4, 3), nn.GELU(approximate="tanh")),

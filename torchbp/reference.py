@@ -1,7 +1,7 @@
-"""An independent float64 NumPy implementation of the seed's back-propagation for dense networks.
+"""An independent float64 NumPy implementation of the derivation's back-propagation for dense networks.
 
 No torch inside the math: this is the third opinion the demo and the audit hold the δ layers and
-native autograd against. Notation as in the seed (layers j, i, k, q, p; l = 1 … n_l; batch of B rows):
+native autograd against. Notation as in the derivation (layers j, i, k, q, p; l = 1 … n_l; batch of B rows):
 
   forward    a(1) = x,   z(l+1) = W(l) a(l) + b(l),   a(l+1) = f(z(l+1))
   cost       J = (1/B) Σ_n ½‖y_n − h_n‖²  with h = a(n_l)   (reduction="mean"; "sum" drops the 1/B)
@@ -88,7 +88,7 @@ def forward(weights, biases, activations, x):
 
 
 def backprop(weights, biases, activations, x, y, reduction="mean"):
-    """The seed's algorithm for a dense network under the cost J = ½‖y − h‖² per example.
+    """The derivation's algorithm for a dense network under the cost J = ½‖y − h‖² per example.
 
     weights[l]: (s_{l+1}, s_l); biases[l]: (s_{l+1},) or None; activations[l]: the f applied to
     z(l+1) (a name of :data:`ACTIVATIONS`, or ``(name, kwargs)``); x: (B, s_1); y: (B, s_{n_l}).

@@ -1,4 +1,4 @@
-"""The audit's default losses: the seed's ½‖y − h‖² with a target, a seeded <v, output> without."""
+"""The audit's default losses: the derivation's ½‖y − h‖² with a target, a seeded <v, output> without."""
 from __future__ import annotations
 
 import torch
@@ -7,7 +7,7 @@ from .capture import differentiable, leaves
 
 
 def half_squared_error(h, y):
-    """The seed's cost ½‖y − h‖² per example, mean over the batch (native ops)."""
+    """The derivation's cost ½‖y − h‖² per example, mean over the batch (native ops)."""
     d = h - y
     if d.dim() == 0:
         return 0.5 * d * d

@@ -17,7 +17,7 @@ def numpy_rows(reference, model, x, y, loss_fn, device):
         raise ValueError(f"torchbp.audit: reference must be None or 'numpy', got {reference!r}")
     if loss_fn is not None or not isinstance(y, torch.Tensor) or not isinstance(x, torch.Tensor) or x.dim() != 2:
         raise ValueError("torchbp.audit(reference='numpy') needs a (batch, features) input tensor, a target "
-                         "tensor and the default loss (the seed's ½‖y − h‖², mean over the batch)")
+                         "tensor and the default loss (the derivation's ½‖y − h‖², mean over the batch)")
     from .. import reference as np_ref
     weights, biases, acts = np_ref.from_torch(model)
     x64, y64 = x.detach().double().cpu(), y.detach().double().cpu()

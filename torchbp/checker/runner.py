@@ -209,7 +209,7 @@ def audit(model, inputs, target=None, *, loss_fn=None, against=None, dtype=None,
     native autograd (the reference). See DESIGN.md "Public API" and "Comparison policy".
 
     - ``inputs``: a tensor, a tuple (positional arguments) or a dict (keyword arguments).
-    - ``loss_fn(output, target) -> scalar``; default: the seed's ½‖y − h‖² (mean over the batch) with a
+    - ``loss_fn(output, target) -> scalar``; default: the derivation's ½‖y − h‖² (mean over the batch) with a
       target, ``<v, output>`` for a seeded random v without.
     - ``against=ref``: the subject is ``model`` as given (its own backward), the reference ``ref``
       under native autograd; layers matched by qualified name.

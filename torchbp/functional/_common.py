@@ -42,14 +42,14 @@ class DeltaFunction(torch.autograd.Function):
     @classmethod
     def apply(cls, *args, **kwargs):
         # torch's Function.apply binds the args to forward's signature with inspect.signature on every
-        # call (~7 µs; the seed network's step makes 18 such calls: 482 → 355 µs without it). Where that
+        # call (~7 µs; the derivation's network's step makes 18 such calls: 482 → 355 µs without it). Where that
         # binding is the identity and no functorch transform (vmap, grad, ...) is active, do what it does
         # next: unwrap dead functorch wrappers, then the C++ apply. Anything else takes torch's path.
         if kwargs or not cls._bind_free or _functorch_active is None or _functorch_active():
             return super().apply(*args, **kwargs)
         if not torch.is_grad_enabled() and cls.setup_context is not _NO_SETUP:
             # no_grad / inference_mode: no graph to record, and forward (new style: no ctx) is torch's
-            # own ops, so call it directly (a swapped model's inference: seed net 60 → 40 µs, native 28)
+            # own ops, so call it directly (a swapped model's inference: derivation's network 60 → 40 µs, native 28)
             return cls.forward(*args)
         return super(torch.autograd.Function, cls).apply(  # torch._C._FunctionBase.apply
             *[_unwrap_if_dead(a) if isinstance(a, torch.Tensor) else a for a in args])

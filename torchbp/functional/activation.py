@@ -1,4 +1,4 @@
-"""Activations a = f(z): the seed's da/dz factor, δ_z = δ_a ⊙ f'(z).
+"""Activations a = f(z): the derivation's da/dz factor, δ_z = δ_a ⊙ f'(z).
 
 Each op states ``forward`` and ``delta(δ_a, t, *args) = δ_a ⊙ f'`` a few lines apart; ``t`` is the
 output ``a`` when f' is cheaper from it (``save_output = True``), otherwise the input ``z``.

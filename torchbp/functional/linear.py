@@ -1,4 +1,4 @@
-"""The affine layer of the seed: z(l+1) = W(l) a(l) + b(l), batched as ``z = a @ W.T + b``."""
+"""The affine layer of the derivation: z(l+1) = W(l) a(l) + b(l), batched as ``z = a @ W.T + b``."""
 from __future__ import annotations
 
 import torch
@@ -11,9 +11,9 @@ class Linear(DeltaFunction):
     """z = a Wᵀ + b, ``a`` of shape (N, in) (``linear`` folds any leading dims into N).
 
     backward, with δ = ∂J/∂z arriving from the layer above:
-      δ_a  = δ W          (the seed's Σ_q W_{q←k} δ_q, before the activation's f')
-      ∂J/∂W = δᵀ a        (the seed's δ(l+1) a(l)ᵀ, summed over the batch)
-      ∂J/∂b = Σ_batch δ   (the seed's δ(l+1))
+      δ_a  = δ W          (the derivation's Σ_q W_{q←k} δ_q, before the activation's f')
+      ∂J/∂W = δᵀ a        (the derivation's δ(l+1) a(l)ᵀ, summed over the batch)
+      ∂J/∂b = Σ_batch δ   (the derivation's δ(l+1))
     """
 
     @staticmethod
@@ -64,9 +64,9 @@ class Bilinear(DeltaFunction):
     any leading dims into N): the affine layer whose weight for a1 is Σ_j W_{o,:,j} a2_j.
 
     backward, with δ = ∂J/∂z (N, out):
-      δ_a1 = Σ_o δ_o W_o a2        (the seed's Wᵀδ, with the weight a2 has chosen)
+      δ_a1 = Σ_o δ_o W_o a2        (the derivation's Wᵀδ, with the weight a2 has chosen)
       δ_a2 = Σ_o δ_o W_oᵀ a1
-      ∂J/∂W_o = Σ_batch δ_o a1 a2ᵀ  (the seed's δ aᵀ, one outer product per output)
+      ∂J/∂W_o = Σ_batch δ_o a1 a2ᵀ  (the derivation's δ aᵀ, one outer product per output)
       ∂J/∂b = Σ_batch δ
     Each is one matmul over an (N, out, n) product of δ with an input, the size native's forward builds.
     """
@@ -148,7 +148,7 @@ class Matmul(DeltaFunction):
     broadcast).
 
     backward, with δ = ∂J/∂C:
-      δ_A = δ Bᵀ,   δ_B = Aᵀ δ      (the seed's δ W and δ aᵀ for a layer whose "weight" is B)
+      δ_A = δ Bᵀ,   δ_B = Aᵀ δ      (the derivation's δ W and δ aᵀ for a layer whose "weight" is B)
     each summed over the batch dims its operand was broadcast along, then squeezed back to its shape.
     """
 

@@ -1,6 +1,6 @@
 """Costs J(h, y): where back-propagation starts, δ at the output = ∂J/∂h.
 
-The seed's cost is ``HalfSquaredError``, J = ½‖y − h‖² per example, whose δ is −(y − h).
+The derivation's cost is ``HalfSquaredError``, J = ½‖y − h‖² per example, whose δ is −(y − h).
 Every loss reduces per-element (or per-example) terms ℓ: reduction "none" keeps them, "sum" adds
 them, "mean" divides the sum by their count (by the summed class weights for weighted NLL / CE).
 backward spreads the arriving δ_J back over the terms, δ_ℓ = δ_J (or δ_J / count for "mean"), and
@@ -201,14 +201,14 @@ class BCEWithLogits(_Elementwise):
         return d if w is None else d * w
 
 
-# --- the seed's cost ----------------------------------------------------------------------------------
+# --- the derivation's cost ----------------------------------------------------------------------------------
 
 def _per_example_dims(h):
     return tuple(range(1, h.dim())) if h.dim() >= 2 else tuple(range(h.dim()))
 
 
 class HalfSquaredError(DeltaFunction):
-    """The seed's cost, J_n = ½‖y_n − h_n‖² per example n (dim 0; a 1-D input is one example).
+    """The derivation's cost, J_n = ½‖y_n − h_n‖² per example n (dim 0; a 1-D input is one example).
 
     δ at the output: ∂J/∂h = −(y − h), times δ_J (÷ N for "mean" over the N examples); ∂J/∂y = y − h.
     """
@@ -240,7 +240,7 @@ class HalfSquaredError(DeltaFunction):
         s = _spread(g, ctx.n, ctx.reduction)
         if ctx.reduction == "none" and h.dim() >= 2:
             s = s.reshape(s.shape + (1,) * (h.dim() - 1))  # one δ_J per example, over its elements
-        d = scale_(h - y, s)  # −(y − h), the seed's output δ
+        d = scale_(h - y, s)  # −(y − h), the derivation's output δ
         return (d if need_h else None), (-d if need_y else None), None, None
 
 
@@ -840,7 +840,7 @@ def _pointwise(op, fn, input, target, reduction, p=None, weight=None, mean_by_we
 
 
 def half_squared_error(input, target, reduction="mean"):
-    """The seed's cost J = ½‖y − h‖² per example (dim 0), mean over the batch by default."""
+    """The derivation's cost J = ½‖y − h‖² per example (dim 0), mean over the batch by default."""
     op = "half_squared_error"
     reduction = _reduction(op, reduction)
     if type(input) is torch.Tensor and type(target) is torch.Tensor and input.is_floating_point() \

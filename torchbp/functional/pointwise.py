@@ -2,7 +2,7 @@
 
 The ops a model runs outside torch.nn layers (RMSNorm's ``x * rsqrt(mean(x²) + ε) * w``, a layer scale
 ``γ * x``, a position embedding ``x + p``). Each op states ``f`` (the native op: same values) and ``grads``:
-δ_input = δ ⊙ ∂f/∂input, the seed's δ ⊙ f'(z) with one factor per operand; an operand that was broadcast
+δ_input = δ ⊙ ∂f/∂input, the derivation's δ ⊙ f'(z), one factor per operand; an operand that was broadcast
 gets its δ summed back to its own shape (``unbroadcast``, shared by every family). Python numbers and
 tensors that need no gradient are constants. In-place variants (``x.mul_(y)``, ``x += y``, ``x.tanh_()``)
 run the same formula through one in-place Function (``_InplaceOf``).

@@ -1,4 +1,4 @@
-"""Pooling: layers without weights, so the seed's δ only passes through them to the layer below.
+"""Pooling: layers without weights, so the derivation's δ only passes through them to the layer below.
 
 Max pooling passes δ to the one input each window picked; average pooling spreads it over the window.
 Pooling runs in its input's dtype (autocast leaves it alone).

@@ -1,7 +1,7 @@
-"""A run of dense layers as one δ Function: the seed's back-propagation over the whole run.
+"""A run of dense layers as one δ Function: the derivation's back-propagation over the whole run.
 
 forward, for l = 0 … L−1:  z(l+1) = W(l) a(l) + b(l),  a(l+1) = f_l(z(l+1))  (f_l optional)
-backward, from the top of the run down (the seed's recursion, written once):
+backward, from the top of the run down (the derivation's recursion, written once):
   δ(l+1)  = δ_a(l+1) ⊙ f_l'(z(l+1))     (each activation's own ``delta``)
   ∂J/∂W(l) = δ(l+1)ᵀ a(l),   ∂J/∂b(l) = Σ_batch δ(l+1),   δ_a(l) = δ(l+1) W(l)
 

@@ -1,5 +1,5 @@
 """Upsampling (``F.interpolate``, ``nn.Upsample``) and pixel shuffling: layers without weights, so the
-seed's δ only passes through them to the layer below.
+derivation's δ only passes through them to the layer below.
 
 Interpolation is linear in its input and separable over the spatial dims: along dim d the output is
 a_up[y] = Σ_j B_d[j, y] a[j], with B_d (L × O) the per-dim interpolation weights (nearest: one 1 per

@@ -1,4 +1,4 @@
-"""Twins of torch.nn's loss modules, and the seed's cost ``HalfSquaredError``."""
+"""Twins of torch.nn's loss modules, and the derivation's cost ``HalfSquaredError``."""
 import torch
 from torch.nn.modules.loss import _Loss
 
@@ -6,7 +6,7 @@ from .. import functional as tbf
 
 
 class HalfSquaredError(_Loss):
-    """The seed's cost J = ½‖y − h‖² per example (dim 0), mean over the batch by default.
+    """The derivation's cost J = ½‖y − h‖² per example (dim 0), mean over the batch by default.
 
     ``reduction``: "mean" (over the examples), "sum", or "none" (one J per example).
     torch has no such module; it subclasses ``_Loss`` so it looks and behaves like torch's losses.
