@@ -53,6 +53,17 @@ def _transformers():
     return __import__("transformers")
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread: these small float64 models spend their time in many tiny kernels (a depthwise
+    convolution is one kernel per channel group), where a thread pool's barriers cost more than they save,
+    and far more on a busy machine (MobileNetV3's audit: 51 s with two threads under load, 2.5 s with one)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 # --- the comparison -------------------------------------------------------------------------------------
 
 def _grads(model, inputs, loss_fn, routed):
@@ -79,12 +90,10 @@ def _projection(seed=1):
 
 
 def _same_gradients(native, inputs, loss_fn):
-    """A swapped copy under manual_backward gives native's parameter gradients, and its loss graph holds
-    δ Functions (the routing really ran)."""
+    """A strictly swapped copy (modules without a twin get routed twins; strict would raise where a parameter
+    met an op without a δ formula) under manual_backward gives native's parameter gradients."""
     manual = copy.deepcopy(native)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torchbp.swap(manual)
+    torchbp.swap(manual, strict=True)
     gn = _grads(native, inputs, loss_fn, routed=False)
     gm = _grads(manual, inputs, loss_fn, routed=True)
     assert gn.keys() == gm.keys()
@@ -134,13 +143,14 @@ def _vision(name):
         # to ±1, whose δ_x is exactly 0: rounding noise on both sides, nothing to compare)
         return M.resnet18(num_classes=10), torch.randn(4, 3, 32, 32, dtype=torch.float64)
     if name == "mobilenet_v3_small":
+        # float64 depthwise convolutions are slow on the CPU (native's too): a narrow net on 16x16 images
         return M.mobilenet_v3_small(num_classes=10, dropout=0.0, width_mult=0.5), \
-            torch.randn(4, 3, 32, 32, dtype=torch.float64)
+            torch.randn(4, 3, 16, 16, dtype=torch.float64)
     if name == "efficientnet_b0":
         from torchvision.models.efficientnet import EfficientNet, _efficientnet_conf
         setting, last = _efficientnet_conf("efficientnet_b0", width_mult=0.25, depth_mult=0.25)
         return EfficientNet(setting, dropout=0.0, stochastic_depth_prob=0.0, num_classes=10,
-                            last_channel=last), torch.randn(4, 3, 32, 32, dtype=torch.float64)
+                            last_channel=last), torch.randn(4, 3, 16, 16, dtype=torch.float64)
     if name == "convnext_tiny":
         from torchvision.models.convnext import CNBlockConfig, ConvNeXt
         setting = [CNBlockConfig(8, 16, 1), CNBlockConfig(16, 32, 1), CNBlockConfig(32, None, 1)]
