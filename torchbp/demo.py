@@ -1,9 +1,9 @@
 """``torchbp demo``: the five-layer network of the derivation, back-propagated three ways.
 
 The derivation is the document the δ formulas follow, "Derivation of the back-propagation algorithm"
-(see docs/design.md and the README). Layers j, i, k, q, p as in its Figure 1 (l = n_l−4 … n_l), sizes 4-6-5-4-3, sigmoid units and
-the cost J = ½‖y − h‖² (mean over the batch). Each layer's δ(l) = ∂J/∂z(l) and the gradients
-∂J/∂W(l) = δ(l+1) a(l)ᵀ, ∂J/∂b(l) = δ(l+1) are computed by
+(see docs/design.md and the README). Layers j, i, k, q, p as in its Figure 1 (l = n_l−4 … n_l), sizes
+4-6-5-4-3, sigmoid units and the cost J = ½‖y − h‖² (mean over the batch). Each layer's δ(l) = ∂J/∂z(l)
+and the gradients ∂J/∂W(l) = δ(l+1) a(l)ᵀ, ∂J/∂b(l) = δ(l+1) are computed by
 
   1. torchbp's δ layers (the model swapped to its twins; each backward is the derivation's formula),
   2. native PyTorch autograd (δ read from the pre-activations with ``retain_grad``),

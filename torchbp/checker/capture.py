@@ -1,8 +1,8 @@
 """Per-module-call capture of the δ arriving at a layer (grad_output) and what it sends back
 (grad_input), through forward hooks and tensor hooks.
 
-``register_full_backward_hook`` is avoided (docs/design.md, "Known pitfalls"): it breaks in-place ops on a hooked
-module's output and changes firing order when inputs need no grad. Instead:
+``register_full_backward_hook`` is avoided (docs/design.md, "Known pitfalls"): it breaks in-place ops on a
+hooked module's output and changes firing order when inputs need no grad. Instead:
 
 - grad_output: a hook on each output tensor, registered when the module returns.
 - grad_input: each input that needs grad is handed to the module as an alias (``x.view_as(x)``) and

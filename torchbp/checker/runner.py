@@ -206,7 +206,7 @@ def audit(model, inputs, target=None, *, loss_fn=None, against=None, dtype=None,
           reference=None, seed: int = 0, repeat: int = 0, full: bool = False, localize: bool = True,
           oracle: str = "always", oracle_device=None, progress: bool | None = None) -> AuditReport:
     """Compare ``model``'s gradients, layer by layer, through torchbp's δ formulas (the subject) and
-    native autograd (the reference). See DESIGN.md "Public API" and "Comparison policy".
+    native autograd (the reference). See docs/design.md, "The audit" and "Comparison policy".
 
     - ``inputs``: a tensor, a tuple (positional arguments) or a dict (keyword arguments).
     - ``loss_fn(output, target) -> scalar``; default: the derivation's ½‖y − h‖² (mean over the batch) with a
