@@ -1,7 +1,7 @@
 """Attention: scaled dot-product attention as one δ Function, and multi-head attention built from the
 δ Functions (linear, matmul, softmax, scaled_dot_product_attention).
 
-In the seed's terms attention is two "layers" without weights of their own, S = s Q Kᵀ + M and
+In the derivation's terms attention is two "layers" without weights of their own, S = s Q Kᵀ + M and
 O = softmax(S) V, between the linear layers that project Q, K, V and the output.
 """
 from __future__ import annotations

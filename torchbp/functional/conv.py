@@ -1,7 +1,7 @@
-"""Convolution: the seed's affine layer with W shared across positions, z = W ⋆ a + b.
+"""Convolution: the derivation's affine layer with W shared across positions, z = W ⋆ a + b.
 
 Written once for any number of spatial dims n (conv1d, conv2d): the forward is the native
-convolution; the backward is the seed's three formulas, each itself a convolution.
+convolution; the backward is the derivation's three formulas, each itself a convolution.
 """
 from __future__ import annotations
 
@@ -20,9 +20,9 @@ class Conv(DeltaFunction):
     """z[o, y] = Σ_{c,i} W[o, c, i] a[c, s·y + d·i − p] + b[o]  (per group; y, i spatial multi-indices).
 
     backward, with δ = ∂J/∂z:
-      δ_a   = Wᵀ ⋆ δ: the transposed convolution of δ with W (the seed's Σ_q W_{q←k} δ_q, each input
+      δ_a   = Wᵀ ⋆ δ: the transposed convolution of δ with W (the derivation's Σ_q W_{q←k} δ_q, each input
               position collecting from every output position whose window covers it)
-      ∂J/∂W = a ⋆ δ:  W[o, c, i] gets Σ_{batch, y} δ[o, y] a[c, s·y + d·i − p] (the seed's δ aᵀ), computed
+      ∂J/∂W = a ⋆ δ:  W[o, c, i] gets Σ_{batch, y} δ[o, y] a[c, s·y + d·i − p] (the derivation's δ aᵀ), computed
               as a convolution of a (batch and channels swapped) with δ as the kernel, stride and
               dilation exchanged
       ∂J/∂b = Σ_{batch, y} δ
@@ -137,7 +137,7 @@ class ConvTranspose(DeltaFunction):
     backward, with δ = ∂J/∂z (the convolution's three formulas with the roles of a and δ exchanged):
       δ_a   = W ⋆ δ: the (forward) convolution of δ with W, same s, p, d, groups (Σ over the output
               positions a[c, y] was spread to, of W δ)
-      ∂J/∂W = δ ⋆ a:  W[c, o, i] gets Σ_{batch, y} a[c, y] δ[o, s·y + d·i − p] (the seed's δ aᵀ, δ now on the
+      ∂J/∂W = δ ⋆ a:  W[c, o, i] gets Σ_{batch, y} a[c, y] δ[o, s·y + d·i − p] (the derivation's δ aᵀ, δ now on the
               input side: ``_grad_W`` with δ as the convolved map and a as the kernel)
       ∂J/∂b = Σ_{batch, y} δ
     """

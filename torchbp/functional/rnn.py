@@ -5,7 +5,7 @@ One δ Function per cell type runs one layer in one direction over the whole seq
 torch.nn.RNN / GRU / LSTM call) stack layers and directions around them. Layout everywhere inside: time first,
 x (T, N, I), h (N, H); weights exactly torch's (W_ih = [W_ii|W_if|W_ig|W_io] for LSTM, [W_ir|W_iz|W_in] for GRU).
 
-Shared by the three backwards, with δz_t = ∂J/∂z_t at a step's pre-activations (what the seed's δ is for a layer):
+Shared by the three backwards, with δz_t = ∂J/∂z_t at a step's pre-activations (what the derivation's δ is for a layer):
   δ_{h_t} = ∂J/∂out_t + W_hhᵀ δz_{t+1}      (the output's δ plus the one carried back from step t+1)
   ∂J/∂W_ih = Σ_t δz_t x_tᵀ,   ∂J/∂W_hh = Σ_t δz_t h_{t−1}ᵀ,   ∂J/∂b = Σ_t δz_t,   δ_{x_t} = W_ihᵀ δz_t
 The input projection W_ih x_t is one matmul over all t in forward, and δ_x, ∂J/∂W_ih one matmul each in
