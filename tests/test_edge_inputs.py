@@ -192,3 +192,90 @@ def test_negative_pads_in_every_mode(mode, pad):
 ])
 def test_pooling_with_one_element_tuples(call):
     _check(call, (_t(2, 3, 7, 7),))
+
+
+def test_zero_size_contraction_dims():
+    _check(F.linear, (_t(3, 4, 0), _t(5, 0)))
+    _check(F.linear, (_t(3, 4, 0), _t(5, 0), _t(5)))
+    _check(torch.matmul, (_t(5, 5, 0), _t(0, 5)))
+    _check(torch.matmul, (_t(2, 5, 0), _t(2, 0, 3)))
+
+
+def test_degenerate_norm_inputs():
+    _check(F.batch_norm, (_t(0), None, None), dict(training=True))
+    _check(F.group_norm, (_t(0, 2), 1))
+    _check(F.group_norm, (_t(0, 4, 3), 2, _t(4), _t(4)))
+
+
+@pytest.mark.parametrize("kw", [dict(size=(2, 3, 4)), dict(scale_factor=0.5), dict(scale_factor=(1.5, 0.5, 2.0))])
+def test_area_interpolation_of_5d_inputs(kw):
+    _check(F.interpolate, (_t(2, 3, 4, 6, 5),), dict(mode="area", **kw))
+
+
+# --- empty batches (N = 0) --------------------------------------------------------------------------
+
+def _flat(out):
+    if isinstance(out, torch.Tensor):
+        return [out]
+    return [t for o in (out if isinstance(out, (tuple, list)) else ()) for t in _flat(o)]
+
+
+EMPTY = {
+    "Conv1d": (lambda: nn.Conv1d(3, 4, 3), (0, 3, 7)),
+    "Conv2d": (lambda: nn.Conv2d(4, 6, 3, groups=2), (0, 4, 7, 7)),
+    "Conv3d": (lambda: nn.Conv3d(3, 4, 3), (0, 3, 5, 5, 5)),
+    "ConvTranspose1d": (lambda: nn.ConvTranspose1d(3, 4, 3), (0, 3, 7)),
+    "ConvTranspose2d": (lambda: nn.ConvTranspose2d(4, 6, 3, stride=2, groups=2), (0, 4, 5, 5)),
+    "ConvTranspose3d": (lambda: nn.ConvTranspose3d(3, 4, 3), (0, 3, 4, 4, 4)),
+    "LSTM": (lambda: nn.LSTM(5, 6, num_layers=2, batch_first=True), (0, 4, 5)),
+    "LSTM-proj": (lambda: nn.LSTM(5, 6, proj_size=3, bidirectional=True), (4, 0, 5)),
+    "GRU": (lambda: nn.GRU(5, 6), (4, 0, 5)),
+    "RNN": (lambda: nn.RNN(5, 6, num_layers=2, bidirectional=True, batch_first=True), (0, 4, 5)),
+    "MultiheadAttention": (lambda: nn.MultiheadAttention(8, 2, batch_first=True), (0, 4, 8)),
+    "GroupNorm": (lambda: nn.GroupNorm(2, 4), (0, 4, 5)),
+    "BatchNorm2d-eval": (lambda: nn.BatchNorm2d(4).eval(), (0, 4, 5, 5)),
+    "LayerNorm": (lambda: nn.LayerNorm(5), (0, 5)),
+    "MaxPool2d": (lambda: nn.MaxPool2d(2), (0, 3, 6, 6)),
+    "AvgPool1d": (lambda: nn.AvgPool1d(2), (0, 3, 6)),
+    "AdaptiveAvgPool2d": (lambda: nn.AdaptiveAvgPool2d(2), (0, 3, 6, 6)),
+    "AdaptiveMaxPool2d": (lambda: nn.AdaptiveMaxPool2d(2), (0, 3, 6, 6)),
+    "Linear": (lambda: nn.Linear(5, 3), (0, 5)),
+    "Embedding": (lambda: nn.Embedding(10, 3), None),
+}
+
+
+@pytest.mark.parametrize("name", list(EMPTY))
+def test_empty_batch_like_native(name):
+    make, shape = EMPTY[name]
+    torch.manual_seed(0)
+    native = make().double()
+    twin = torchbp.swap(copy.deepcopy(native))
+    res = []
+    for m in (native, twin):
+        if shape is None:
+            args = (torch.zeros(0, 3, dtype=torch.long),)
+        else:
+            x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+            args = (x, x, x) if name == "MultiheadAttention" else (x,)
+        outs = [o for o in _flat(m(*args)) if o is not None]
+        leaves = [a for a in args[:1] if a.requires_grad] + list(m.parameters())
+        res.append([o.detach() for o in outs] + _grads(outs, leaves))
+    assert len(res[0]) == len(res[1])
+    for i, (s, n) in enumerate(zip(res[1], res[0])):
+        _same(s, n, f"{name} item {i}")
+
+
+@pytest.mark.parametrize("loss,native", [
+    (torchbp.nn.HalfSquaredError(), lambda h, y: 0.5 * F.mse_loss(h, y, reduction="sum") / h.shape[0]),
+    (torchbp.nn.MSELoss(), F.mse_loss),
+    (torchbp.nn.CrossEntropyLoss(), None),
+])
+def test_losses_over_an_empty_batch(loss, native):
+    h = _t(0, 3)
+    y = torch.zeros(0, dtype=torch.long) if native is None else _t(0, 3, grad=False)
+    out = loss(h, y)
+    ref = F.cross_entropy(h, y) if native is None else F.mse_loss(h, y)  # NaN: a mean over nothing
+    assert out.shape == ref.shape and out.isnan() and ref.isnan()
+    (g,) = torch.autograd.grad(out, h)
+    assert g.shape == h.shape
+    _check(lambda a, b: loss(a, b), (h, y))

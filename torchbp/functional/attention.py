@@ -257,7 +257,8 @@ def multi_head_attention_forward(query, key, value, embed_dim_to_check, num_head
         want = (L, key.shape[0]) if attn_mask.dim() == 2 else (N * H, L, key.shape[0])
         check(attn_mask.dim() in (2, 3) and tuple(attn_mask.shape) == want, op,
               f"attn_mask must have shape {list(want)}, got {list(attn_mask.shape)}")
-        attn_mask = attn_mask.view(1, 1, L, -1) if attn_mask.dim() == 2 else attn_mask.view(N, H, L, -1)
+        attn_mask = attn_mask.view(1, 1, L, attn_mask.shape[-1]) if attn_mask.dim() == 2 \
+            else attn_mask.view(N, H, L, attn_mask.shape[-1])
     if bias_k is not None or bias_v is not None:
         check(bias_k is not None and bias_v is not None, op, "bias_k and bias_v must be set together")
         check(static_k is None and static_v is None, op, "bias cannot be added to static key/value")
@@ -267,8 +268,11 @@ def multi_head_attention_forward(query, key, value, embed_dim_to_check, num_head
 
     # heads: (N, H, L, hd); static_k / static_v come as (N*H, S, hd)
     q = q.view(L, N, H, hd).permute(1, 2, 0, 3)
-    k = k.view(-1, N, H, hd).permute(1, 2, 0, 3) if static_k is None else static_k.view(N, H, -1, hd)
-    v = v.view(-1, N, H, hd).permute(1, 2, 0, 3) if static_v is None else static_v.view(N, H, -1, hd)
+    # sizes spelled out: -1 is ambiguous for an empty batch
+    k = k.view(k.shape[0], N, H, hd).permute(1, 2, 0, 3) if static_k is None \
+        else static_k.view(N, H, static_k.shape[1], hd)
+    v = v.view(v.shape[0], N, H, hd).permute(1, 2, 0, 3) if static_v is None \
+        else static_v.view(N, H, static_v.shape[1], hd)
     if add_zero_attn:
         k = torch.cat([k, k.new_zeros(N, H, 1, hd)], dim=2)
         v = torch.cat([v, v.new_zeros(N, H, 1, hd)], dim=2)
@@ -290,7 +294,8 @@ def multi_head_attention_forward(query, key, value, embed_dim_to_check, num_head
     else:
         o = scaled_dot_product_attention(q, k, v, attn_mask, dropout_p, is_causal=is_causal)
         weights = None
-    o = linear(o.permute(2, 0, 1, 3).reshape(L * N, E), out_proj_weight, out_proj_bias).view(L, N, -1)
+    o = linear(o.permute(2, 0, 1, 3).reshape(L * N, E), out_proj_weight, out_proj_bias)
+    o = o.view(L, N, out_proj_weight.shape[0])
     if not is_batched:
         o = o.squeeze(1)
         weights = weights.squeeze(0) if weights is not None else None

@@ -98,7 +98,9 @@ def _param_grads(x, k, delta, s, p, d, g, K, need_W, need_b):
             per = min(32, max(2, 1 << max(0, (4096 // max(1, math.prod(k.shape[2:]))).bit_length() - 1)))
             nc = max(nc, -(-delta.shape[0] // per))
         low_W = nc > 1 and delta.dtype in (torch.float16, torch.bfloat16)
-        for x_c, k_c in zip(x.chunk(nc), k.chunk(nc)):
+        if x.shape[0] == 0:  # an empty batch: a sum over no samples
+            grad_W = x.new_zeros((k.shape[1], x.shape[1] // g, *K))
+        for x_c, k_c in zip(x.chunk(nc) if x.shape[0] else (), k.chunk(nc)):
             gw = _grad_W(x_c, k_c, s, p, d, g, K, cl)
             gw = gw.float() if low_W else gw
             grad_W = gw if grad_W is None else grad_W.add_(gw) if inplace_ok() else grad_W + gw

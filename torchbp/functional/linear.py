@@ -1,6 +1,8 @@
 """The affine layer of the derivation: z(l+1) = W(l) a(l) + b(l), batched as ``z = a @ W.T + b``."""
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -46,7 +48,8 @@ def linear(input, weight, bias=None):
         return apply(Linear, LOWER, input, weight, bias)
     # F.linear returns a view for other ranks; a view made inside a custom Function may not be modified
     # in place (an inplace ReLU after it would raise), so fold the leading dims outside the Function
-    out = apply(Linear, LOWER, input.reshape(-1, input.shape[-1]), weight, bias)
+    # (the leading size spelled out: -1 is ambiguous when the contracted dim is empty)
+    out = apply(Linear, LOWER, input.reshape(math.prod(input.shape[:-1]), input.shape[-1]), weight, bias)
     return out.reshape(*input.shape[:-1], weight.shape[0])
 
 
@@ -181,7 +184,8 @@ class Matmul(DeltaFunction):
             grad_A = (delta @ B.mT).sum_to_size(sa if da > 1 else (1, sa[0])).reshape(sa)
         if need_B:
             if db <= 2 and delta.dim() > 2:  # B shared by every batch entry: fold the batch into one mm
-                grad_B = A.reshape(-1, A.shape[-1]).mT @ delta.reshape(-1, delta.shape[-1])
+                rows = math.prod(A.shape[:-1])  # spelled out: -1 is ambiguous for an empty contracted dim
+                grad_B = A.reshape(rows, A.shape[-1]).mT @ delta.reshape(rows, delta.shape[-1])
             else:
                 grad_B = (A.mT @ delta).sum_to_size(sb if db > 1 else (sb[0], 1))
             grad_B = grad_B.reshape(sb)

@@ -218,7 +218,9 @@ class HalfSquaredError(DeltaFunction):
         if dtype is not None:  # autocast: float32 here, not by the caller (no ToCopy nodes; the engine casts δ)
             h, y = _cast(dtype, (h, y))
         if reduction != "none":  # one fused pass: Σ_n J_n = ½ Σ (h − y)², times ½ (or ½/N for "mean")
-            n = max(h.shape[0], 1) if reduction == "mean" and h.dim() >= 2 else 1  # an empty batch: J = 0
+            n = h.shape[0] if reduction == "mean" and h.dim() >= 2 else 1
+            if n == 0:  # a mean over no examples: NaN, as native's mse_loss gives
+                return F.mse_loss(h, y, reduction="mean") * 0.5
             return F.mse_loss(h, y, reduction="sum") * (0.5 / n)
         d = h - y
         return 0.5 * (d * d).sum(_per_example_dims(h)) if h.dim() else 0.5 * d * d

@@ -294,6 +294,8 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
                eps=1e-5):
     """δ twin of ``torch.nn.functional.batch_norm`` (running statistics updated in place as native)."""
     op = "batch_norm"
+    if input.dim() == 1 and input.numel() == 0:  # native hands back an empty copy: nothing to normalize
+        return input.clone()
     C = _check_channels(op, input, weight, bias, running_mean, running_var)
     check(training or (running_mean is not None and running_var is not None), op,
           "running_mean and running_var must be given in evaluation mode (training=False)")

@@ -26,9 +26,9 @@ def _order(T, reverse):
 def _proj(x, W, b):
     """W x_t + b for every t as one matmul: (T, N, I) -> (T, N, G)."""
     T, N, _ = x.shape
-    x2 = x.reshape(T * N, -1)
+    x2 = x.reshape(T * N, x.shape[2])  # sizes spelled out: -1 is ambiguous for an empty batch
     z = x2 @ W.t() if b is None else torch.addmm(b, x2, W.t())
-    return z.reshape(T, N, -1)
+    return z.reshape(T, N, W.shape[0])
 
 
 def _stack(items, reverse):
@@ -70,8 +70,8 @@ def _grads_w(ctx, dz_in, dz_h, x, h0, out, W_ih, reverse, i_w):
     need_x, (need_wih, need_whh, need_bih, need_bhh) = ctx.needs_input_grad[0], ctx.needs_input_grad[i_w:i_w + 4]
     T, N, G = dz_in.shape
     dzi = dz_in.reshape(T * N, G)
-    dx = (dzi @ W_ih).reshape(T, N, -1) if need_x else None
-    dW_ih = dzi.t() @ x.reshape(T * N, -1) if need_wih else None
+    dx = (dzi @ W_ih).reshape(T, N, W_ih.shape[1]) if need_x else None
+    dW_ih = dzi.t() @ x.reshape(T * N, x.shape[2]) if need_wih else None
     db_ih = dzi.sum(0) if need_bih else None
     same = dz_h is dz_in
     if callable(dz_h):  # GRU: made from dz_in now that dz_in is used (possibly in dz_in's buffer)
@@ -209,7 +209,7 @@ class GRULayer(DeltaFunction):
         #   δa_n = δ_h ⊙ k_n,  k_n = (1 − z)(1 − n²);   δa_z = δ_h ⊙ (h_{t−1} − n) z(1 − z);   δa_r = δ_h ⊙ k_n hn r(1 − r)
         k_n = A.Tanh.delta(1 - z, n)
         k = torch.cat([A.Sigmoid.delta(k_n * hn, r), A.Sigmoid.delta(_prev(out, h0, ctx.reverse) - n, z), k_n], 2)
-        k = k.view(T, -1, 3, H)
+        k = k.view(T, x.shape[1], 3, H)
         dhs, dh = _bptt(d_out, lambda t, dh: _gru_hid(k[t] * dh.unsqueeze(-2), r[t]).flatten(-2), W_hh,
                         lambda t, dh: dh * z[t], h0, T, ctx.reverse)
         dz_in = scale_(k, dhs.unsqueeze(-2))  # k's buffer when safe
@@ -277,7 +277,7 @@ class LSTMLayer(DeltaFunction):
         #   k_i = g i(1 − i),  k_f = c_{t−1} f(1 − f),  k_g = i(1 − g²),  k_o = tc o(1 − o)
         k_c = A.Tanh.delta(o, tc)
         k = torch.cat([A.Sigmoid.delta(g, i), A.Sigmoid.delta(_prev(cs, c0, ctx.reverse), f), A.Tanh.delta(i, g),
-                       A.Sigmoid.delta(tc, o)], 2).view(T, -1, 4, H)
+                       A.Sigmoid.delta(tc, o)], 2).view(T, x.shape[1], 4, H)
         dc, dcs = d_cn, []  # δ_c carried back from step t+1 (δc_T = ∂J/∂c_T; None when c_n was not used)
 
         def dz_h_of(t, dh):
@@ -346,7 +346,7 @@ class LSTMProjLayer(DeltaFunction):
         tc = torch.tanh(cs)
         k_c = A.Tanh.delta(o, tc)  # o(1 − tc²)
         k = torch.cat([A.Sigmoid.delta(g, i), A.Sigmoid.delta(_prev(cs, c0, ctx.reverse), f), A.Tanh.delta(i, g),
-                       A.Sigmoid.delta(tc, o)], 2).view(T, -1, 4, H)
+                       A.Sigmoid.delta(tc, o)], 2).view(T, x.shape[1], 4, H)
         dc, dcs, dms = d_cn, [], []
 
         def dz_h_of(t, dh):

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ._common import DeltaFunction, _named, check, check_tensor, inplace_ok
-from .pooling import adaptive_avg_pool1d, adaptive_avg_pool2d
+from .pooling import adaptive_avg_pool1d, adaptive_avg_pool2d, adaptive_avg_pool3d
 
 # mode -> (taps per output position along a dim, the mode of that dim's own interpolation)
 _SEPARABLE = {"nearest": (1, "nearest"), "nearest-exact": (1, "nearest-exact"), "linear": (2, "linear"),
@@ -113,9 +113,10 @@ def interpolate(input, size=None, scale_factor=None, mode="nearest", align_corne
     check_tensor(op, "input", input)
     check(not antialias, op, "antialias=True is not supported (its weights span a variable number of inputs)")
     if mode == "area":  # native: adaptive_avg_pool to the output size
-        check(input.dim() in (3, 4), op, f"mode 'area' is supported for 3-D and 4-D inputs, got {input.dim()}-D")
+        check(input.dim() in (3, 4, 5), op, f"mode 'area' is supported for 3-D, 4-D and 5-D inputs, got "
+              f"{input.dim()}-D")
         size = _size(input, size, scale_factor, recompute_scale_factor, op)
-        return (adaptive_avg_pool1d if input.dim() == 3 else adaptive_avg_pool2d)(input, size)
+        return {3: adaptive_avg_pool1d, 4: adaptive_avg_pool2d, 5: adaptive_avg_pool3d}[input.dim()](input, size)
     check(mode in _SEPARABLE, op, f"mode {mode!r} is not supported (use one of {sorted(_SEPARABLE)} or 'area')")
     check(input.is_floating_point(), op, f"input must be floating point, got {input.dtype}")
     if isinstance(size, list):
