@@ -148,8 +148,9 @@ class Pass:
       paths that hooks switch off); only parameter gradients reach the sink.
     - ``random``: a :class:`RandomSources` rewound before the forward (generators the model owns,
       numpy's and Python's state); torch's default generators are seeded with ``seed``.
-    - ``walk``: record which parameter gradients δ formulas produced (``covered``) of those the loss
-      reaches (``reached``).
+    - ``walk``: record which parameter gradients δ formulas produced (``covered``), which any
+      autograd.Function touched (``custom``), of those the loss reaches (``reached``).
+    - ``loss_value``: the loss as a number (the two passes' must agree up to rounding).
     - ``native_only``: a reference pass; refuse when its graph holds a δ Function (the model's own
       forward routes through torchbp): never δ against δ.
 
