@@ -148,6 +148,7 @@ def test_fused_dense_stack_is_judged_as_trained(monkeypatch):
     assert not r.ok, str(r)
     failing = {(row.layer, row.quantity) for row in r.failures}
     assert ("0", "weight (as trained)") in failing and all(q.endswith("(as trained)") for _, q in failing)
+    assert r.first_divergence == "" and "only as trained" in r.verdict()  # the Sequential that fused them
 
 
 def test_a_half_precision_fast_path_is_reached_by_an_audit_in_that_dtype(monkeypatch):

@@ -28,6 +28,17 @@ def _depth(key):
     return -1 if name == "" else name.count(".")
 
 
+def common_ancestor(keys):
+    """The innermost module holding every one of ``keys`` (a key's own module when there is one)."""
+    paths = [module_name(k).split(".") if module_name(k) else [] for k in keys]
+    common = []
+    for parts in zip(*paths):
+        if len(set(parts)) > 1:
+            break
+        common.append(parts[0])
+    return ".".join(common)
+
+
 def from_rows(bad_keys, rows, order):
     """The innermost layer whose incoming δ agrees but whose outgoing gradients do not (rows only).
     When every failing layer already receives a wrong δ, that δ was sent by code of the module around

@@ -133,6 +133,9 @@ class AuditReport:
                              if self.first_divergence is not None else "first divergence: not located")
             if nonfinite:
                 parts.append(f"{nonfinite} nonfinite")
+            if env.get("diverges_as_trained_only"):
+                parts.append("only as trained: the run without hooks (fused runs, fast paths) disagrees, "
+                             "the hooked per-layer run agrees")
         parts.append(f"coverage {self.coverage:.0%}")
         w = self.worst
         if w is not None:

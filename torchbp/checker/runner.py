@@ -8,7 +8,8 @@
    - the reference pass (native autograd); float64: grads kept; lower precision: each grad reduced
      at once to its error against the oracle;
    - the subject pass, hooked per layer; each grad judged the moment its hook fires (judging.py);
-   - the subject as it trains (no hooks: fused runs, fast paths); its parameter gradients judged;
+   - the subject as it trains (no hooks: fused runs, fast paths); its parameter gradients judged
+     (where only they disagree, the module around them, which fused them, is named);
 3. localization (localization.py), only when a row fails;
 4. the report (report.py), with the environment (environment.py).
 """
@@ -22,8 +23,8 @@ import torch
 
 from . import compare
 from .env import environment
-from .judging import ErrorsVsOracle, Judge, build_rows, module_name
-from .localization import from_rows, isolated_check
+from .judging import AS_TRAINED, ErrorsVsOracle, Judge, build_rows, module_name
+from .localization import common_ancestor, from_rows, isolated_check
 from .losses import losses_for
 from .passes import KeepGrads, Pass, routing
 from .precision import Float64Throughout
@@ -298,6 +299,11 @@ def _run(plan, model, against, original_reference, reference, loss_fn, localize,
         gap = _forward_gap(plan, reference_loss, subject.loss_value)
         if gap is not None and bad_keys:
             env["forward_differs"] = gap  # the verdict names this instead of a layer
+        elif bad_keys and all(r.quantity.endswith(AS_TRAINED) for r in rows
+                              if r.status in (compare.FAIL, compare.NONFINITE)):
+            # only the run without hooks disagrees: a fused run or a fast path of the module around them
+            env["diverges_as_trained_only"] = True
+            first = common_ancestor(bad_keys)
         elif bad_keys:
             if localize:
                 first = isolated_check(bad_keys, subject.capture, reference_model, subject_model, plan.inputs,
