@@ -210,6 +210,17 @@ def test_internal_error_exit_3_with_traceback(models, capsys, monkeypatch):
     assert "Traceback" in err and "a bug inside torchbp" in err and "internal error" in err
 
 
+def test_torchbp_refusal_is_a_usage_error_not_an_internal_one(models, capsys, monkeypatch):
+    import torchbp
+
+    def refusing_audit(*args, **kwargs):
+        raise RuntimeError("torchbp.functional.lstm: a PackedSequence input is refused")
+    monkeypatch.setattr(torchbp, "audit", refusing_audit)
+    assert main(["audit", "cli_models:mlp", "--input-shape", "4,10"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == "torchbp: error: torchbp.functional.lstm: a PackedSequence input is refused"
+
+
 @pytest.mark.parametrize("flag", ["--json", "--markdown", "--markdown-append"])
 @pytest.mark.parametrize("where, msg", [("missing/r.out", "does not exist"), (".", "is a directory")])
 def test_output_paths_checked_before_the_audit(models, capsys, flag, where, msg):

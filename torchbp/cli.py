@@ -6,7 +6,8 @@ Exit codes, for scripts and CI:
   1  they do not agree
   2  a usage error, reported on stderr without a traceback: a bad flag or value, an output path that
      cannot be written, a report file that cannot be read, a model module that cannot be imported, a
-     model callable that raises or exits, a model that cannot run on the given inputs
+     model callable that raises or exits, a model that cannot run on the given inputs, a model torchbp
+     refuses with a message naming why (``torchbp.audit: ...``, ``torchbp.functional.<op>: ...``)
   3  an internal error of torchbp: its traceback on stderr
 
 torch and the audit are imported only by the subcommand that needs them. Output paths, devices and
@@ -268,11 +269,13 @@ def _audit(args) -> int:
         report = audit(model, inputs, target, progress=args.progress or None, **kw)
     except SystemExit as exc:
         raise _exited("the model", exc) from None
-    except Exception:
+    except Exception as exc:
         problem = _native_problem(model, inputs, target, kw)
         if problem is not None:  # native autograd fails too: the model cannot run on these inputs
             raise _Usage(f"the model cannot run on these inputs under native autograd ({problem})") from None
-        raise  # native runs, the audit does not: torchbp's own failure
+        if str(exc).startswith("torchbp."):  # torchbp's own refusal of this model, naming the problem
+            raise _Usage(str(exc)) from None
+        raise  # native runs, the audit does not, and no refusal says why: torchbp's own failure
     print(report)
     try:
         if args.json:
