@@ -64,7 +64,7 @@ def test_max_unpool(n, kw, shape, explicit_size):
     assert_matches_native(lambda t: twin(t, idx, size), lambda t: native(t, idx, size), (y,))
     for dtype in (torch.float32, torch.bfloat16):
         assert_matches_native(lambda t: twin(t, idx, size), lambda t: native(t, idx, size), (y,), dtype=dtype)
-    if kw.get("stride", kw["kernel_size"]) == kw["kernel_size"]:  # distinct indices (overlapping windows may pick
+    if explicit_size and n < 3 and kw.get("stride", kw["kernel_size"]) == kw["kernel_size"]:  # distinct indices (overlapping windows may pick
         gradchecks(lambda t: getattr(tbp, f"max_unpool{n}d")(t, idx, **kw), (y,))  # one twice: not a derivative)
 
 
@@ -75,3 +75,36 @@ def test_routes():
     with torchbp.manual_backward():
         a, b = F.lp_pool2d(x, 2, 2), F.max_unpool2d(p, idx, 2)
     assert grad_fn_names(a)[0] == "LPPoolBackward" and grad_fn_names(b)[0] == "MaxUnpoolBackward"
+
+
+FRACTIONAL = [(2, dict(kernel_size=2, output_size=4), (2, 3, 9, 8)),
+              (2, dict(kernel_size=(3, 2), output_ratio=(0.6, 0.5)), (2, 2, 10, 9)),
+              (2, dict(kernel_size=2, output_size=(3, 5)), (3, 8, 9)),  # unbatched
+              (3, dict(kernel_size=2, output_size=3), (2, 2, 6, 7, 6)),
+              (3, dict(kernel_size=(2, 3, 2), output_ratio=(0.5, 0.6, 0.7)), (2, 8, 9, 7))]
+
+
+@pytest.mark.parametrize("n,kw,shape", FRACTIONAL, ids=[f"{n}d-{kw}" for n, kw, _ in FRACTIONAL])
+def test_fractional_max_pool_same_samples_as_native(n, kw, shape):
+    cls = getattr(nn, f"FractionalMaxPool{n}d")
+    native, twin = cls(**kw, return_indices=True), torchbp.swap(cls(**kw, return_indices=True))
+    assert type(twin) is not cls
+    x = _x(*shape)
+
+    def seeded(m):
+        def f(t):
+            torch.manual_seed(17)  # the samples native draws from the RNG: the same windows on both sides
+            return m(t)
+        return f
+    assert_matches_native(seeded(twin), seeded(native), (x,))
+    assert_matches_native(seeded(twin), seeded(native), (x,), dtype=torch.float32)
+    samples = torch.rand(1 if x.dim() == n + 1 else x.shape[0], x.shape[-n - 1], n, dtype=DT)
+    fn = getattr(tbp, f"fractional_max_pool{n}d")
+    assert_matches_native(lambda t: fn(t, _random_samples=samples, **kw),
+                          lambda t: getattr(F, f"fractional_max_pool{n}d")(t, _random_samples=samples, **kw), (x,))
+    small = _x(1, 1, *[5] * n)  # gradgradcheck costs O(numel²)
+    s1 = torch.rand(1, 1, n, dtype=DT)
+    gradchecks(lambda t: fn(t, 2, output_size=3, _random_samples=s1), (small,))
+    with torchbp.manual_backward():
+        y = getattr(F, f"fractional_max_pool{n}d")(x, _random_samples=samples, **kw)
+    assert grad_fn_names(y)[0] == "FractionalMaxPoolBackward"

@@ -1,4 +1,4 @@
-"""Power-average pooling (LPPool) and max unpooling. Their δ's reuse the pooling Functions' own formulas
+"""Power-average pooling (LPPool), max unpooling and fractional max pooling. Their δ's reuse the pooling Functions' own formulas
 (the average pool's window matrices, the max pool's scatter to the picked elements).
 """
 from __future__ import annotations
@@ -84,6 +84,79 @@ class MaxUnpool(DeltaFunction):
         return g.view(ctx.x_shape), None, None, None, None, None
 
 
+class FractionalMaxPool(DeltaFunction):
+    """a[y] = max over the pseudo-random window(y) of a_prev (the windows from ``samples``, as native draws
+    them; idx: the kernel's pick).
+
+    backward: δ_prev[j] = Σ_{y : idx[y] = j} δ[y]  (the max pool's scatter; windows may overlap).
+    """
+
+    @staticmethod
+    def forward(x, n, kernel_size, output_size, samples):
+        fn = torch._C._nn.fractional_max_pool2d if n == 2 else torch._C._nn.fractional_max_pool3d
+        return fn(x, kernel_size, output_size, samples)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, ctx.n = inputs[:2]
+        ctx.mark_non_differentiable(output[1])
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(output[1])
+        ctx.x_shape = x.shape
+
+    @staticmethod
+    def backward(ctx, delta, _):
+        if delta is None:
+            return (None,) * 5
+        mctx = SimpleNamespace(saved_tensors=ctx.saved_tensors, n=ctx.n, x_shape=ctx.x_shape, overlap=True)
+        return MaxPool.backward(mctx, delta, None)[0], None, None, None, None
+
+
+def _fractional(n, input, kernel_size, output_size, output_ratio, return_indices, _random_samples):
+    op = f"fractional_max_pool{n}d"
+    check_tensor(op, "input", input)
+    check(input.dim() in (n + 1, n + 2), op, f"expected {n + 1}-D (unbatched) or {n + 2}-D input, got shape "
+                                             f"{list(input.shape)}")
+    if output_size is None and output_ratio is None:
+        raise ValueError(f"torchbp.functional.{op}: requires specifying either an output_size or an output_ratio")
+    k = _tuple(kernel_size, n, op, "kernel_size")
+    if output_size is None:
+        ratio = tuple(output_ratio) if isinstance(output_ratio, (tuple, list)) else (output_ratio,) * n
+        check(len(ratio) == n, op, f"output_ratio must be a number or a tuple of {n}, got {output_ratio}")
+        output_size = [int(input.size(-n + i) * ratio[i]) for i in range(n)]
+    size = _tuple(tuple(output_size) if isinstance(output_size, (tuple, list)) else output_size, n, op,
+                  "output_size")
+    if _random_samples is None:  # drawn as native draws them: the same RNG state gives the same windows
+        n_batch = 1 if input.dim() == n + 1 else input.size(0)
+        _random_samples = torch.rand(n_batch, input.size(-n - 1), n, dtype=input.dtype, device=input.device)
+    out, idx = FractionalMaxPool.apply(input, n, k, size, _random_samples)
+    return (out, idx) if return_indices else out
+
+
+def fractional_max_pool2d(input, kernel_size, output_size=None, output_ratio=None, return_indices=False,
+                          _random_samples=None):
+    """δ twin of ``torch.nn.functional.fractional_max_pool2d``."""
+    return _fractional(2, input, kernel_size, output_size, output_ratio, return_indices, _random_samples)
+
+
+def fractional_max_pool3d(input, kernel_size, output_size=None, output_ratio=None, return_indices=False,
+                          _random_samples=None):
+    """δ twin of ``torch.nn.functional.fractional_max_pool3d``."""
+    return _fractional(3, input, kernel_size, output_size, output_ratio, return_indices, _random_samples)
+
+
+def fractional_max_pool2d_with_indices(input, kernel_size, output_size=None, output_ratio=None,
+                                       return_indices=False, _random_samples=None):
+    """δ twin of ``F.fractional_max_pool2d_with_indices`` (always returns the indices, as it does)."""
+    return _fractional(2, input, kernel_size, output_size, output_ratio, True, _random_samples)
+
+
+def fractional_max_pool3d_with_indices(input, kernel_size, output_size=None, output_ratio=None,
+                                       return_indices=False, _random_samples=None):
+    """δ twin of ``F.fractional_max_pool3d_with_indices`` (always returns the indices, as it does)."""
+    return _fractional(3, input, kernel_size, output_size, output_ratio, True, _random_samples)
+
+
 def _lp(n, input, norm_type, kernel_size, stride, ceil_mode):
     op = f"lp_pool{n}d"
     check_tensor(op, "input", input)
@@ -136,6 +209,11 @@ def max_unpool3d(input, indices, kernel_size, stride=None, padding=0, output_siz
 
 # native callable -> δ twin with the same signature; read by torchbp.registry
 ROUTES = {F.lp_pool1d: lp_pool1d, F.lp_pool2d: lp_pool2d, F.lp_pool3d: lp_pool3d,
-          F.max_unpool1d: max_unpool1d, F.max_unpool2d: max_unpool2d, F.max_unpool3d: max_unpool3d}
+          F.max_unpool1d: max_unpool1d, F.max_unpool2d: max_unpool2d, F.max_unpool3d: max_unpool3d,
+          F.fractional_max_pool2d: fractional_max_pool2d, F.fractional_max_pool3d: fractional_max_pool3d,
+          F.fractional_max_pool2d_with_indices: fractional_max_pool2d_with_indices,
+          F.fractional_max_pool3d_with_indices: fractional_max_pool3d_with_indices}
 
-__all__ = ["lp_pool1d", "lp_pool2d", "lp_pool3d", "max_unpool1d", "max_unpool2d", "max_unpool3d"]
+__all__ = ["lp_pool1d", "lp_pool2d", "lp_pool3d", "max_unpool1d", "max_unpool2d", "max_unpool3d",
+           "fractional_max_pool2d", "fractional_max_pool3d", "fractional_max_pool2d_with_indices",
+           "fractional_max_pool3d_with_indices"]

@@ -1,4 +1,4 @@
-"""Twins of torch.nn.LPPool1d/2d/3d and MaxUnpool1d/2d/3d."""
+"""Twins of torch.nn.LPPool1d/2d/3d, MaxUnpool1d/2d/3d and FractionalMaxPool2d/3d."""
 import torch
 
 from ..functional import pooling_extra as F_pe
@@ -29,7 +29,21 @@ def _unpool(n):
 LPPool1d, LPPool2d, LPPool3d = _lp(1), _lp(2), _lp(3)
 MaxUnpool1d, MaxUnpool2d, MaxUnpool3d = _unpool(1), _unpool(2), _unpool(3)
 
+
+class FractionalMaxPool2d(torch.nn.FractionalMaxPool2d):
+    def forward(self, input):
+        return F_pe.fractional_max_pool2d(input, self.kernel_size, self.output_size, self.output_ratio,
+                                          self.return_indices, _random_samples=self._random_samples)
+
+
+class FractionalMaxPool3d(torch.nn.FractionalMaxPool3d):
+    def forward(self, input):
+        return F_pe.fractional_max_pool3d(input, self.kernel_size, self.output_size, self.output_ratio,
+                                          self.return_indices, _random_samples=self._random_samples)
+
+
 # native module class -> twin; read by torchbp.registry
 TWINS = {torch.nn.LPPool1d: LPPool1d, torch.nn.LPPool2d: LPPool2d, torch.nn.LPPool3d: LPPool3d,
-         torch.nn.MaxUnpool1d: MaxUnpool1d, torch.nn.MaxUnpool2d: MaxUnpool2d, torch.nn.MaxUnpool3d: MaxUnpool3d}
+         torch.nn.MaxUnpool1d: MaxUnpool1d, torch.nn.MaxUnpool2d: MaxUnpool2d, torch.nn.MaxUnpool3d: MaxUnpool3d,
+         torch.nn.FractionalMaxPool2d: FractionalMaxPool2d, torch.nn.FractionalMaxPool3d: FractionalMaxPool3d}
 __all__ = [t.__name__ for t in TWINS.values()]
