@@ -50,11 +50,11 @@ class ScaledDotProductAttention(DeltaFunction):
     backward, with δ_O = ∂J/∂O:
       δ_V = Pᵀ δ_O
       δ_P = δ_O Vᵀ
-      δ_S = P ⊙ (δ_P − Σ_j δ_P ⊙ P)       (softmax's f'; Σ_j δ_P ⊙ P = Σ_d δ_O ⊙ O, the cheaper form)
+      δ_S = P ⊙ (δ_P − Σ_j δ_P ⊙ P)       (softmax's f', the row sum over the same recomputed P)
       δ_Q = s δ_S K,   δ_K = s δ_Sᵀ Q,   δ_M = δ_S
     each summed over the dims its operand was broadcast along (for K, V: the query heads of a GQA group).
 
-    Forward runs native SDPA for O and saves Q, K, V, M and O, as native saves Q, K, V, O and a logsumexp.
+    Forward runs native SDPA for O and saves Q, K, V and M (native saves Q, K, V, O and a logsumexp).
     Saving P instead would cost Lq·Lk per head (twice native's memory at seq 128, growing with the
     sequence), so backward recomputes it (one matmul and a softmax), taking the queries in blocks whose
     Lq×Lk pieces stay under ``_PIECE_BYTES`` (causal blocks only over the keys they see) and freeing each
@@ -74,13 +74,13 @@ class ScaledDotProductAttention(DeltaFunction):
     @staticmethod
     def setup_context(ctx, inputs, output):
         q, k, v, mask, is_causal, scale, gqa = inputs
-        ctx.save_for_backward(q, k, v, mask, output)
+        ctx.save_for_backward(q, k, v, mask)
         ctx.is_causal, ctx.gqa = is_causal, gqa
         ctx.scale = scale if scale is not None else q.shape[-1] ** -0.5
 
     @staticmethod
     def backward(ctx, delta):
-        q, k, v, mask, out = ctx.saved_tensors
+        q, k, v, mask = ctx.saved_tensors
         need_q, need_k, need_v, need_m = ctx.needs_input_grad[:4]
         s, graph = ctx.scale, torch.is_grad_enabled()  # graph: double backward, every piece is kept
         g = q.shape[-3] // k.shape[-3] if ctx.gqa else 1
@@ -89,13 +89,11 @@ class ScaledDotProductAttention(DeltaFunction):
         def heads(t):  # K or V with one head per query head (GQA: each repeated g times)
             return t.repeat_interleave(g, -3) if g > 1 else t
 
-        def block(q, delta, out, mask, row0):
+        def block(q, delta, mask, row0):
             """The formulas for the queries row0, row0 + 1, ...: δ_Q of theirs, their terms of δ_K, δ_V, δ_M
             (causal: over the keys they see, j < row0 + their number, not all Lk)."""
             k_, v_ = (k[..., :row0 + q.shape[-2], :], v[..., :row0 + q.shape[-2], :]) if ctx.is_causal else (k, v)
-            # D first, so that its product is freed before the Lq×Lk pieces exist; every piece is freed as
-            # soon as it has been used, which keeps backward's transient memory low
-            D = (delta * out).sum(-1, keepdim=True) if need_dS else None
+            # every piece is freed as soon as it has been used, which keeps backward's transient memory low
             # Kᵀ and Vᵀ from a contiguous copy: matmul would copy them anyway where their batch dims do not
             # fold (MHA's slices of one projection), and its transposing copy is several times slower
             S = q @ heads(k_).contiguous().mT
@@ -104,6 +102,10 @@ class ScaledDotProductAttention(DeltaFunction):
             grad_q = grad_k = grad_v = grad_m = dS = None
             if need_dS:
                 dP = delta @ heads(v_).contiguous().mT
+                # D = Σ_j δ_P ⊙ P with the P recomputed here, not Σ_d δ_O ⊙ O with the forward's O: on
+                # saturated rows (large |q·k|, P nearly one-hot) δ_P − D cancels, and a D from the other P
+                # (its rounding) left float32 δ_Q, δ_K up to 5x native's error; a row-wise dot, no Lq×Lk temporary
+                D = (P.unsqueeze(-2) @ dP.unsqueeze(-1)).squeeze(-1)
                 dS = P * (dP - D) if graph else dP.sub_(D).mul_(P)
                 del dP
             if need_v:
@@ -132,11 +134,11 @@ class ScaledDotProductAttention(DeltaFunction):
         # softmax runs over the keys, so each block of query rows is exact on its own
         Lq, Lk = q.shape[-2], k.shape[-2]
         piece = _PIECE_BYTES.get(q.device.type, _PIECE_BYTES[None])
-        rows = max(1, piece // max(1, out.shape[:-2].numel() * Lk * q.element_size()))
+        rows = max(1, piece // max(1, delta.shape[:-2].numel() * Lk * q.element_size()))
         per_row_mask = mask is not None and mask.dim() >= 2 and mask.shape[-2] != 1
         grad_qs, grad_ms, grad_k, grad_v, grad_m = [], [], None, None, None
         for r in range(0, max(Lq, 1), rows):  # (one empty block for an empty query sequence)
-            gq, gk, gv, gm = block(q[..., r:r + rows, :], delta[..., r:r + rows, :], out[..., r:r + rows, :],
+            gq, gk, gv, gm = block(q[..., r:r + rows, :], delta[..., r:r + rows, :],
                                    mask[..., r:r + rows, :] if per_row_mask else mask, r)
             grad_qs.append(gq)
             grad_k = acc(grad_k, gk) if need_k else None
