@@ -463,7 +463,8 @@ def lstm(input, hx, params, has_biases, num_layers, dropout, train, bidirectiona
 
 # --- one step: the cells (nn.RNNCell / GRUCell / LSTMCell) and packed sequences ------------------------------
 # A cell is one step of its layer, so it is the layer's δ Function over a sequence of length 1 (its formula and
-# backward, with T = 1). A PackedSequence runs, per layer and direction, one such step per time step over the
+# backward, with T = 1); the LSTM cell is two Functions (state, then output), because torch's cell computes h'
+# from c', so the δ the audit sees arriving at c' includes the one through h'. A PackedSequence runs, per layer and direction, one such step per time step over the
 # sequences still running then (batch_sizes[t] of them, longest first); a sequence's state stops where it ends
 # (forward) or starts from h0 where it begins (reverse).
 
@@ -477,6 +478,73 @@ def _step(op, x_t, h, c, W_ih, W_hh, b_ih, b_hh, W_hr, policy):
     if op == "gru":
         return apply(GRULayer, policy, x_t, h, W_ih, W_hh, b_ih, b_hh, False)[0][0], None
     return apply(RNNLayer, policy, x_t, h, W_ih, W_hh, b_ih, b_hh, op == "rnn_relu", False)[0], None
+
+
+class LSTMCellState(DeltaFunction):
+    """The LSTM cell up to its new state: [i|f|g|o] = [σ|σ|tanh|σ](W_ih x + b_ih + W_hh h + b_hh),
+    c' = f ⊙ c + i ⊙ g; returns (c', o). (h' = o ⊙ tanh c' is ``LSTMCellOutput``: as in torch's cell, h' is
+    computed from c', so the δ arriving at c' includes the one through h'.)
+
+    backward, with δ_c' (all of it) and δ_o:
+      δz = [δ_c' ⊙ g ⊙ i(1−i) | δ_c' ⊙ c ⊙ f(1−f) | δ_c' ⊙ i ⊙ (1−g²) | δ_o ⊙ o(1−o)],  δ_c = δ_c' ⊙ f,
+      δ_x = W_ihᵀ δz,  δ_h = W_hhᵀ δz,  ∂J/∂W_ih = δz xᵀ,  ∂J/∂W_hh = δz hᵀ,  ∂J/∂b_ih = ∂J/∂b_hh = Σ δz.
+    """
+
+    @staticmethod
+    def forward(x, h, c, W_ih, W_hh, b_ih, b_hh):
+        z = x @ W_ih.t() + h @ W_hh.t()
+        if b_ih is not None:
+            z = z + (b_ih + b_hh)
+        i, f, g, o = z.chunk(4, 1)
+        i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
+        return torch.addcmul(f * c, i, g), o, torch.cat([i, f, g], 1)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _, o, ifg = output
+        ctx.mark_non_differentiable(ifg)
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(*inputs, o, ifg)
+
+    @staticmethod
+    def backward(ctx, dc, do, _difg):
+        x, h, c, W_ih, W_hh, b_ih, b_hh, o, ifg = ctx.saved_tensors
+        if torch.is_grad_enabled():  # double backward: the gates as functions of the inputs
+            _, o, ifg = LSTMCellState.forward(x, h, c, W_ih, W_hh, b_ih, b_hh)
+        i, f, g = ifg.chunk(3, 1)
+        dc = torch.zeros_like(c) if dc is None else dc
+        do = torch.zeros_like(o) if do is None else do
+        dz = torch.cat([A.Sigmoid.delta(dc * g, i), A.Sigmoid.delta(dc * c, f), A.Tanh.delta(dc * i, g),
+                        A.Sigmoid.delta(do, o)], 1)
+        need = ctx.needs_input_grad
+        db = dz.sum(0) if need[5] or need[6] else None
+        return (dz @ W_ih if need[0] else None, dz @ W_hh if need[1] else None, dc * f if need[2] else None,
+                dz.t() @ x if need[3] else None, dz.t() @ h if need[4] else None,
+                db if need[5] else None, db if need[6] else None)
+
+
+class LSTMCellOutput(DeltaFunction):
+    """h' = o ⊙ tanh(c');  δ_o = δ_h' ⊙ tanh c',  δ_c' = δ_h' ⊙ o ⊙ (1 − tanh² c')."""
+
+    @staticmethod
+    def forward(o, c):
+        return o * torch.tanh(c)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(*inputs)
+
+    @staticmethod
+    def backward(ctx, dh):
+        o, c = ctx.saved_tensors
+        tc = torch.tanh(c)
+        return dh * tc if ctx.needs_input_grad[0] else None, A.Tanh.delta(dh * o, tc) if ctx.needs_input_grad[1] \
+            else None
+
+
+def _lstm_cell_step(x, h, c, w_ih, w_hh, b_ih, b_hh):
+    c2, o, _ = apply(LSTMCellState, LOWER, x, h, c, w_ih, w_hh, b_ih, b_hh)
+    return apply(LSTMCellOutput, LOWER, o, c2), c2
 
 
 def _cell(op, input, hx, w_ih, w_hh, b_ih, b_hh):
@@ -495,7 +563,10 @@ def _cell(op, input, hx, w_ih, w_hh, b_ih, b_hh):
     unbatched = input.dim() == 1
     if unbatched:
         input, h, c = input.unsqueeze(0), h.unsqueeze(0), None if c is None else c.unsqueeze(0)
-    h, c = _step(op[:-5], input, h, c, w_ih, w_hh, b_ih, b_hh, None, LOWER)
+    if is_lstm:
+        h, c = _lstm_cell_step(input, h, c, w_ih, w_hh, b_ih, b_hh)
+    else:
+        h, c = _step(op[:-5], input, h, c, w_ih, w_hh, b_ih, b_hh, None, LOWER)
     if unbatched:
         h, c = h.squeeze(0), None if c is None else c.squeeze(0)
     return (h, c) if is_lstm else h
@@ -519,8 +590,8 @@ def gru_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None):
 
 
 def lstm_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None):
-    """δ twin of ``torch.lstm_cell`` (nn.LSTMCell): (h', c'), one step of LSTMLayer (δ_c = δ_{c'} + δ_{h'} ⊙ o ⊙
-    (1 − tanh² c'), the gates' δz, δ_c ⊙ f to c, W_hhᵀ δz to h)."""
+    """δ twin of ``torch.lstm_cell`` (nn.LSTMCell): (h', c') from LSTMCellState and LSTMCellOutput (h' computed
+    from c', as in torch's cell)."""
     return _cell("lstm_cell", input, hx, w_ih, w_hh, b_ih, b_hh)
 
 
