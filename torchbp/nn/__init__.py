@@ -5,11 +5,11 @@ Each family module exports a ``TWINS`` table (native class -> twin) that :mod:`t
 """
 from . import (activation, attention, container, conv, dropout, flatten, linear, loss, normalization,
                pooling, sparse, upsampling, lazy, rnn, distance, transformer, rearrange, stochastic, margin_loss,
-               pooling_extra, sync_batchnorm, local_norm)
+               pooling_extra, sync_batchnorm, local_norm, ctc)
 # Bound before the star imports below, which rebind names such as `linear` to the functions.
 FAMILIES = (linear, activation, loss, conv, pooling, normalization, sparse, dropout,
             flatten, attention, container, upsampling, lazy, rnn, distance, transformer, rearrange, stochastic,
-            margin_loss, pooling_extra, sync_batchnorm, local_norm)
+            margin_loss, pooling_extra, sync_batchnorm, local_norm, ctc)
 
 from .activation import *  # noqa: F401,F403
 from .attention import *  # noqa: F401,F403
@@ -33,6 +33,7 @@ from .margin_loss import *  # noqa: F401,F403
 from .pooling_extra import *  # noqa: F401,F403
 from .sync_batchnorm import *  # noqa: F401,F403
 from .local_norm import *  # noqa: F401,F403
+from .ctc import *  # noqa: F401,F403
 
 
 def _get_name(self) -> str:
