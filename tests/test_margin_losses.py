@@ -99,3 +99,11 @@ def test_triplet_with_distance_ties_gradchecks_and_routes():
         tbm.multi_margin_loss(a, torch.tensor([0, 1, 2]), p=3)
     with pytest.raises(ValueError, match="margin must be greater than 0"):
         tbm.triplet_margin_with_distance_loss(a, p, n, margin=0)
+
+
+def test_nll_loss2d_twin():
+    h = _x(2, 4, 3, 3).log_softmax(1).detach().requires_grad_()
+    y = torch.randint(0, 4, (2, 3, 3), generator=_GEN)
+    native, twin = nn.NLLLoss2d(ignore_index=1), torchbp.swap(nn.NLLLoss2d(ignore_index=1))
+    assert type(twin) is not nn.NLLLoss2d and isinstance(twin, nn.NLLLoss2d)
+    assert_matches_native(twin, native, (h, y))

@@ -56,6 +56,12 @@ class NLLLoss(torch.nn.NLLLoss):
                             reduction=self.reduction)
 
 
+class NLLLoss2d(torch.nn.NLLLoss2d):  # torch's deprecated name for NLLLoss (any spatial dims)
+    def forward(self, input, target):
+        return tbf.nll_loss(input, target, weight=self.weight, ignore_index=self.ignore_index,
+                            reduction=self.reduction)
+
+
 class BCELoss(torch.nn.BCELoss):
     def forward(self, input, target):
         return tbf.binary_cross_entropy(input, target, weight=self.weight, reduction=self.reduction)
@@ -118,6 +124,7 @@ TWINS = {
     torch.nn.MarginRankingLoss: MarginRankingLoss, torch.nn.HingeEmbeddingLoss: HingeEmbeddingLoss,
     torch.nn.CosineEmbeddingLoss: CosineEmbeddingLoss, torch.nn.PoissonNLLLoss: PoissonNLLLoss,
     torch.nn.GaussianNLLLoss: GaussianNLLLoss, torch.nn.TripletMarginLoss: TripletMarginLoss,
+    torch.nn.NLLLoss2d: NLLLoss2d,
 }
 
 __all__ = ["HalfSquaredError", "MSELoss", "L1Loss", "SmoothL1Loss", "HuberLoss", "KLDivLoss", "CrossEntropyLoss",
