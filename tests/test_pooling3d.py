@@ -101,3 +101,35 @@ def test_errors_name_the_op():
         tbf.adaptive_avg_pool3d(torch.randn(1, 5, 5, 5), (1, 2))
     with pytest.raises(RuntimeError, match=r"avg_pool3d: kernel_size must be an int or a tuple of 3"):
         tbf.avg_pool3d(torch.randn(1, 5, 5, 5), (2, 2))
+
+
+def _video_net():
+    """r3d_18's layout in miniature: a (1, 3, 3)-stride stem, max pool, a residual 3-D block, global pool."""
+    class Block(nn.Module):
+        def __init__(self, c):
+            super().__init__()
+            self.conv1, self.bn1 = nn.Conv3d(c, c, 3, padding=1, bias=False), nn.BatchNorm3d(c)
+            self.conv2, self.bn2 = nn.Conv3d(c, c, 3, padding=1, bias=False), nn.BatchNorm3d(c)
+            self.relu = nn.ReLU(inplace=True)
+
+        def forward(self, x):
+            return self.relu(self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x))))) + x)
+
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv3d(3, 4, (3, 5, 5), stride=(1, 2, 2), padding=(1, 2, 2), bias=False),
+                         nn.BatchNorm3d(4), nn.ReLU(inplace=True),
+                         nn.MaxPool3d((1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1)), Block(4),
+                         nn.AvgPool3d(2, ceil_mode=True), nn.AdaptiveAvgPool3d(1), nn.Flatten(), nn.Linear(4, 5)).double()
+
+
+def test_video_net_trains_like_native_and_audits_with_full_coverage():
+    native, twin = _video_net(), torchbp.swap(_video_net())
+    x = torch.randn(2, 3, 4, 16, 16, dtype=torch.float64)
+    res = []
+    for m in (native, twin):
+        out = m(x)
+        res.append([out, *torch.autograd.grad((out * out.detach().cos()).sum(), list(m.parameters()))])
+    for s, n in zip(res[1], res[0]):
+        assert s.shape == n.shape and float((s - n).norm() / n.norm()) <= 1e-10
+    r = torchbp.audit(_video_net(), x)
+    assert r.ok and r.coverage == 1.0, str(r)
