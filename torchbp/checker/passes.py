@@ -7,6 +7,7 @@ import contextlib
 import warnings
 
 import torch
+import torch.utils.checkpoint
 
 from .. import registry
 from ..intercept import manual_backward
@@ -114,6 +115,41 @@ except ImportError:  # pragma: no cover
     _engine_run_backward = None
 
 
+class _InlineCheckpointFunction:
+    """Stands in for ``torch.utils.checkpoint.CheckpointFunction``: the segment runs as plain code."""
+
+    @staticmethod
+    def apply(function, preserve_rng_state, *args):
+        return function(*args)
+
+
+def _inline_generator(function, *args, **kwargs):
+    """Stands in for torch's non-reentrant checkpoint generator: nothing before or after the segment,
+    which then runs as plain code."""
+    yield
+
+
+@contextlib.contextmanager
+def checkpoints_inline():
+    """Gradient-checkpointed segments (``torch.utils.checkpoint``, either kind) run as plain code in a
+    hooked pass: a reentrant checkpoint's forward records no graph, so its layers would get no rows and
+    its parameters no gradient at all when no input of the segment needs one. The pass without hooks
+    keeps the checkpoints, as training runs them. ``checkpoint`` looks both names up in its module on
+    every call (and the routing's hand-over for recomputes wraps whatever it finds there)."""
+    cp = torch.utils.checkpoint
+    names = [n for n in ("CheckpointFunction", "_checkpoint_without_reentrant_generator") if hasattr(cp, n)]
+    saved = {n: getattr(cp, n) for n in names}
+    inline = {"CheckpointFunction": _InlineCheckpointFunction,
+              "_checkpoint_without_reentrant_generator": _inline_generator}
+    for n in names:
+        setattr(cp, n, inline[n])
+    try:
+        yield
+    finally:
+        for n, v in saved.items():
+            setattr(cp, n, v)
+
+
 def _gradients(loss, wrt, retain, reentrant):
     """d loss / d wrt (None where unused), with the pass's modes active throughout the backward; by
     ``.backward()`` where a reentrant checkpoint refuses ``torch.autograd.grad``, each tensor's own
@@ -144,8 +180,9 @@ class Pass:
 
     - ``context``: context managers entered around forward and backward (the subject's routing,
       float64 throughout): a checkpointed segment recomputed during backward runs as it did forward.
-    - ``hooked=False``: no per-layer hooks, the model runs exactly as it trains (fused runs and fast
-      paths that hooks switch off); only parameter gradients reach the sink.
+    - ``hooked=False``: no per-layer hooks, the model runs exactly as it trains (fused runs, fast
+      paths that hooks switch off, gradient checkpointing); only parameter gradients reach the sink.
+      A hooked pass runs checkpointed segments inline (:func:`checkpoints_inline`).
     - ``random``: a :class:`RandomSources` rewound before the forward (generators the model owns,
       numpy's and Python's state); torch's default generators are seeded with ``seed``.
     - ``walk``: record which parameter gradients δ formulas produced (``covered``), which any
@@ -172,6 +209,7 @@ class Pass:
                 for cm in context:
                     stack.enter_context(cm)
                 if hooked:
+                    stack.enter_context(checkpoints_inline())
                     stack.enter_context(self.capture)
                 out = model(*args, **kwargs)
                 loss = loss_fn(out, target)

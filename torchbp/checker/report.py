@@ -148,6 +148,10 @@ class AuditReport:
             parts.append(f"not checked: {len(zero)} of {len(self.rows)} gradients exactly zero on both sides ({shown})")
         if self.scaled_rows:
             parts.append(f"{len(self.scaled_rows)} ok* (tolerance scaled for cancellation)")
+        if env.get("no_gradient_as_trained"):
+            names = env["no_gradient_as_trained"]
+            parts.append(f"as trained, no gradient reaches {len(names)} parameter(s), in native autograd either "
+                         f"({', '.join(names[:4])}{', …' if len(names) > 4 else ''}): judged in the hooked run only")
         if env.get("float64_upgraded"):
             parts.append(f"float64 throughout (upgraded: {', '.join(env['float64_upgraded'])})")
         if env.get("tf32"):

@@ -191,14 +191,26 @@ def _subject_pass(plan, subject_model, judge, say):
     return subject
 
 
-def _as_trained_pass(plan, subject_model, judge, say):
+def _as_trained_pass(plan, subject_model, reference_model, judge, env, say):
     """The subject exactly as it trains: no hooks, so fused runs (a swapped ``nn.Sequential``'s
-    dense_stack) and every fast path the hooks would switch off run; its parameter gradients are
-    judged against the same reference."""
+    dense_stack), every fast path the hooks would switch off and gradient checkpointing run; its
+    parameter gradients are judged against the same reference. A parameter that gets no gradient at
+    all as trained is judged as zero, unless native autograd as trained gives it none either (a
+    reentrant checkpoint whose inputs need no gradient): then it is named in the environment."""
     say("subject pass as trained (no hooks)")
     trained = judge.for_parameters()
     Pass(subject_model, plan.inputs, plan.target, plan.subject_loss, trained, seed=plan.seed,
          device=plan.device, random=plan.random, context=plan.subject_context(subject_model), hooked=False)
+    if trained.kept:
+        reached = KeepGrads()
+        Pass(reference_model, plan.inputs, plan.target, plan.reference_loss, reached, seed=plan.seed,
+             device=plan.device, random=plan.random, context=plan.native_context(plan.dtype), hooked=False,
+             native_only=True)
+        unreached = sorted(k for k in trained.kept if k not in reached.store)
+        for k in unreached:
+            del trained.kept[k]
+        if unreached:
+            env["no_gradient_as_trained"] = [f"{key}.{qty}" if key else qty for key, qty in unreached]
     trained.finish()
     return trained
 
@@ -284,7 +296,7 @@ def _run(plan, model, against, original_reference, reference, loss_fn, localize,
                 subject_model = reference_model if plan.routed else working_model(model, plan.dtype, plan.device)
             judge = Judge(kept, plan.dtype, native_err, ref_norms)
             subject = _subject_pass(plan, subject_model, judge, say)
-            trained = _as_trained_pass(plan, subject_model, judge, say)
+            trained = _as_trained_pass(plan, subject_model, reference_model, judge, env, say)
             del kept
             rows, bad_keys = build_rows(judge, subject, subject_model, plan.routed, as_trained=trained)
             if not bad_keys:
