@@ -7,24 +7,22 @@ import pytest
 import torch
 
 import torchbp
+from thirdparty import transformers as _transformers
 
-transformers = pytest.importorskip("transformers")
+transformers = _transformers()
 
 
 def _tiny(name):
-    try:
-        if name == "gpt2":
-            from transformers import GPT2Config, GPT2LMHeadModel
-            config = GPT2Config(vocab_size=64, n_positions=16, n_embd=16, n_layer=2, n_head=2,
-                                attn_implementation="eager")
-            return GPT2LMHeadModel(config)
-        from transformers import LlamaConfig, LlamaForCausalLM
-        config = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                             num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=16,
-                             attn_implementation="eager")
-        return LlamaForCausalLM(config)
-    except (ImportError, RuntimeError) as e:  # a transformers install whose optional parts cannot load
-        pytest.skip(f"transformers' {name} cannot be built here: {e}")
+    if name == "gpt2":
+        from transformers import GPT2Config, GPT2LMHeadModel
+        config = GPT2Config(vocab_size=64, n_positions=16, n_embd=16, n_layer=2, n_head=2,
+                            attn_implementation="eager")
+        return GPT2LMHeadModel(config)
+    from transformers import LlamaConfig, LlamaForCausalLM
+    config = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=16,
+                         attn_implementation="eager")
+    return LlamaForCausalLM(config)
 
 
 def _loss(out, _):

@@ -12,6 +12,7 @@ from torch.utils.checkpoint import checkpoint, checkpoint_sequential
 import torchbp
 from torchbp import registry
 from torchbp.functional import DeltaFunction
+from thirdparty import transformers
 from util import DEVICES
 
 REENTRANT = [pytest.param(False, id="non_reentrant"), pytest.param(True, id="reentrant")]
@@ -173,11 +174,7 @@ def test_native_checkpoint_outside_routing_stays_native(reentrant, delta_calls):
 
 
 def _tiny_transformer(kind):
-    tr = pytest.importorskip("transformers")
-    try:
-        getattr(tr, "BertModel" if kind == "bert" else "GPT2LMHeadModel")
-    except (ImportError, RuntimeError) as e:  # e.g. a torchvision built for another torch, which transformers imports
-        pytest.skip(f"transformers' models do not import here: {e}")
+    tr = transformers()
     torch.manual_seed(0)
     if kind == "bert":
         cfg = tr.BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
