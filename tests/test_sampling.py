@@ -29,10 +29,10 @@ def test_affine_grid(align_corners, size):
 
 
 @pytest.mark.parametrize("mode,padding_mode,align_corners",
-                         list(itertools.product(["bilinear", "nearest"], ["zeros", "border"], [False, True])))
+                         list(itertools.product(["bilinear", "nearest"], ["zeros", "border", "reflection"], [False, True])))
 def test_grid_sample(mode, padding_mode, align_corners):
     x = _r(2, 3, 5, 6, lo=-2, hi=2)
-    grid = _r(2, 4, 7, 2, lo=-1.3, hi=1.3)  # some points outside the input
+    grid = _r(2, 4, 7, 2, lo=-3.5, hi=3.5)  # points outside the input, reflected up to three times
     f = lambda a, b: tbs.grid_sample(a, b, mode, padding_mode, align_corners)  # noqa: E731
     nf = lambda a, b: F.grid_sample(a, b, mode, padding_mode, align_corners)  # noqa: E731
     assert_matches_native(f, nf, (x, grid))
@@ -45,7 +45,7 @@ def test_grid_sample(mode, padding_mode, align_corners):
 def test_grid_sample_on_pixel_centres_and_a_spatial_transformer_route():
     x = _r(1, 2, 4, 4)
     grid = torch.tensor([[[[-1.0, -1.0], [1.0, 1.0], [0.0, 0.0], [1.0, -1.0]]]], dtype=DT, requires_grad=True)
-    for ac, pm in itertools.product([False, True], ["zeros", "border"]):
+    for ac, pm in itertools.product([False, True], ["zeros", "border", "reflection"]):
         assert_matches_native(lambda a, b: tbs.grid_sample(a, b, "bilinear", pm, ac),
                               lambda a, b: F.grid_sample(a, b, "bilinear", pm, ac), (x, grid))
     theta = _r(1, 2, 3)

@@ -1,8 +1,9 @@
-"""Spatial transformers: affine_grid and grid_sample (2-D; bilinear and nearest, zeros and border padding).
+"""Spatial transformers: affine_grid and grid_sample (2-D; bilinear and nearest; zeros, border and reflection
+padding).
 
 grid_sample reads the input at real-valued positions: each output is a weighted sum of the input at the corners
 around its position, so δ_input scatters δ back to those corners with the same weights, and δ_grid is δ times
-the weights' slope in x and y. Other modes (bicubic, reflection, 3-D volumes) run native grid_sample, whose
+the weights' slope in x and y. Other modes (bicubic, 3-D volumes) run native grid_sample, whose
 gradient is then native's (the audit reports it as such).
 """
 from __future__ import annotations
@@ -62,15 +63,37 @@ def _unnormalize(g, L, align_corners):
     return ((g + 1) * L - 1) / 2, L / 2
 
 
+def _reflect(i, L, align_corners):
+    """i reflected into the input (about the outer pixels' centres with align_corners, their edges without),
+    and d(reflected)/d(i) = ±1."""
+    lo, hi = (0, 2 * (L - 1)) if align_corners else (-1, 2 * L - 1)
+    if lo == hi:
+        return torch.zeros_like(i), torch.zeros_like(i)
+    m, span = lo / 2, (hi - lo) / 2
+    d = i - m
+    sign = torch.where(d < 0, -torch.ones_like(i), torch.ones_like(i))
+    d = d.abs()
+    extra, flips = torch.fmod(d, span), torch.floor(d / span)
+    even = torch.remainder(flips, 2) == 0
+    return torch.where(even, extra + m, span - extra + m), torch.where(even, sign, -sign)
+
+
+def _clip(i, s, L):
+    """i clipped to [0, L − 1]; the slope s zeroed where clipped (at the bounds included, as native)."""
+    return i.clamp(0, L - 1), torch.where((i > 0) & (i < L - 1), s, torch.zeros_like(s))
+
+
 def _coords(grid, H, W, align_corners, padding_mode):
-    """(ix, iy) in pixels and their slopes d(ix)/dx, d(iy)/dy (border: 0 where clipped, as native)."""
+    """(ix, iy) in pixels and their slopes d(ix)/dx, d(iy)/dy (border / reflection: native's clipping and
+    reflections, with their slopes)."""
     ix, sx = _unnormalize(grid[..., 0], W, align_corners)
     iy, sy = _unnormalize(grid[..., 1], H, align_corners)
     sx, sy = torch.full_like(ix, sx), torch.full_like(iy, sy)
-    if padding_mode == "border":
-        sx = torch.where((ix > 0) & (ix < W - 1), sx, torch.zeros_like(sx))
-        sy = torch.where((iy > 0) & (iy < H - 1), sy, torch.zeros_like(sy))
-        ix, iy = ix.clamp(0, W - 1), iy.clamp(0, H - 1)
+    if padding_mode == "reflection":
+        (ix, rx), (iy, ry) = _reflect(ix, W, align_corners), _reflect(iy, H, align_corners)
+        sx, sy = sx * rx, sy * ry
+    if padding_mode in ("border", "reflection"):
+        (ix, sx), (iy, sy) = _clip(ix, sx, W), _clip(iy, sy, H)
     return ix, iy, sx, sy
 
 
@@ -89,7 +112,7 @@ class GridSample(DeltaFunction):
 
     backward: δ_a[n, c, corner] += δ[n, c, p] · w_corner(p);
     bilinear:  δ_ix = Σ_c δ · ((a_x1y0 − a_x0y0)(1 − fy) + (a_x1y1 − a_x0y1) fy),  δ_iy likewise,
-    δ_grid = (δ_ix · dix/dx, δ_iy · diy/dy)  (the unnormalization's slope; 0 where border padding clips);
+    δ_grid = (δ_ix · dix/dx, δ_iy · diy/dy)  (the unnormalization's slope, times ±1 per reflection, 0 where clipped);
     nearest: δ_grid = 0.
     """
 
@@ -134,12 +157,13 @@ class GridSample(DeltaFunction):
 
 
 def grid_sample(input, grid, mode="bilinear", padding_mode="zeros", align_corners=None):
-    """δ twin of ``torch.nn.functional.grid_sample`` (4-D input; bilinear / nearest with zeros / border
-    padding; the other modes run native grid_sample)."""
+    """δ twin of ``torch.nn.functional.grid_sample`` (4-D input; bilinear / nearest with zeros, border or
+    reflection padding; the other modes run native grid_sample)."""
     op = "grid_sample"
     check_tensor(op, "input", input)
     check_tensor(op, "grid", grid)
-    if input.dim() != 4 or mode not in ("bilinear", "nearest") or padding_mode not in ("zeros", "border"):
+    if input.dim() != 4 or mode not in ("bilinear", "nearest") or \
+            padding_mode not in ("zeros", "border", "reflection"):
         return F.grid_sample(input, grid, mode, padding_mode, align_corners)
     check(grid.dim() == 4 and grid.shape[-1] == 2 and grid.shape[0] == input.shape[0], op,
           f"expected grid of shape (N, H_out, W_out, 2) for input {list(input.shape)}, got {list(grid.shape)}")

@@ -1,4 +1,6 @@
 """Twins of torch.nn's loss modules, and the derivation's cost ``HalfSquaredError``."""
+import warnings
+
 import torch
 from torch.nn.modules.loss import _Loss
 
@@ -56,10 +58,13 @@ class NLLLoss(torch.nn.NLLLoss):
                             reduction=self.reduction)
 
 
-class NLLLoss2d(torch.nn.NLLLoss2d):  # torch's deprecated name for NLLLoss (any spatial dims)
-    def forward(self, input, target):
-        return tbf.nll_loss(input, target, weight=self.weight, ignore_index=self.ignore_index,
-                            reduction=self.reduction)
+with warnings.catch_warnings():  # torch warns on subclassing its deprecated class; users are warned on using it
+    warnings.simplefilter("ignore", FutureWarning)
+
+    class NLLLoss2d(torch.nn.NLLLoss2d):  # torch's deprecated name for NLLLoss (any spatial dims)
+        def forward(self, input, target):
+            return tbf.nll_loss(input, target, weight=self.weight, ignore_index=self.ignore_index,
+                                reduction=self.reduction)
 
 
 class BCELoss(torch.nn.BCELoss):
