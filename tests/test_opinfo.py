@@ -28,20 +28,30 @@ import torchbp  # noqa: E402
 from torchbp import registry  # noqa: E402
 from util import FLOOR, rel_err  # noqa: E402
 
-# How many samples per op each check runs: all of them in float64; an evenly spread, deterministic subset
-# for the costlier checks (the first and the last sample always among them).
-N_FLOAT32 = 24
-N_GRADGRAD = 4
-N_INPLACE = 12
-N_MODULE = 8
+# How many samples per op each check runs: an evenly spread, deterministic subset (the first and the last
+# sample always among them; samples torch adds join the spread), so the whole file stays within a few
+# minutes on two cores.
+N_FLOAT64 = 48
+N_FLOAT32 = 12
+N_GRADGRAD = 3
+N_INPLACE = 8
+N_MODULE = 6
 
 # OpInfo entries matched to a routed op that this suite does not run, with the reason.
 SKIP_OPS: dict[str, str] = {}
 # Known failures: entry -> reason (each one a limitation still open; the suite reports it as xfail).
 XFAIL_OPS: dict[str, str] = {
+    "nn.functional.multi_margin_loss": "a 0-D input (one score) is refused; native computes it",
+    "nn.functional.multilabel_margin_loss": "a 0-D input and target are refused; native computes them",
 }
 # Module twins whose module_db inputs are not run, with the reason.
 SKIP_MODULES: dict[str, str] = {}
+# Known module failures: twin -> reason.
+XFAIL_MODULES: dict[str, str] = {
+    "LPPool1d": "∂J/∂x has NaN at other positions than native's (windows whose p-norm is 0)",
+    "LPPool2d": "∂J/∂x has NaN at other positions than native's (windows whose p-norm is 0)",
+    "LPPool3d": "∂J/∂x has NaN at other positions than native's (windows whose p-norm is 0)",
+}
 
 
 def _resolve(name):
@@ -83,7 +93,7 @@ def _params(entries, name, skips, xfails):
 
 
 OP_PARAMS = _params(OPS, _name, SKIP_OPS, XFAIL_OPS)
-MODULE_PARAMS = _params(TWINS, lambda m: m.module_cls.__name__, SKIP_MODULES, {})
+MODULE_PARAMS = _params(TWINS, lambda m: m.module_cls.__name__, SKIP_MODULES, XFAIL_MODULES)
 
 
 def _spread(items, k):
@@ -268,8 +278,7 @@ def _sample_label(o, i, s):
 def test_float64_matches_native(op):
     if not op.supports_dtype(torch.float64, "cpu"):
         pytest.skip("no float64 samples")
-    n = 0
-    for i, s in enumerate(op.sample_inputs("cpu", torch.float64, requires_grad=True)):
+    for i, s in enumerate(_spread(op.sample_inputs("cpu", torch.float64, requires_grad=True), N_FLOAT64)):
         label = _sample_label(op, i, s)
         args, kwargs = _sample_args(s)
         args2, kwargs2 = _fresh(args), _fresh(kwargs)
@@ -278,8 +287,6 @@ def test_float64_matches_native(op):
             continue
         _compare64(native, delta, label)
         _check_delta_ran(delta, args2, label)
-        n += 1
-    assert n or True
 
 
 @pytest.mark.parametrize("op", OP_PARAMS)
