@@ -306,3 +306,24 @@ def test_saturated_float32_attention_meets_the_oracle_rule(gqa, scale_in):
         for i, (s, n, o) in enumerate(zip(res["ours"], res["native"], res["oracle"])):
             es, en = rel_err(s, o), rel_err(n, o)
             assert es <= 2 * en + FLOOR[torch.float32], f"seed {seed} item {i}: err {es:.3e} vs native {en:.3e}"
+
+
+class _Empty(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv1d(3, 4, 3)
+        self.norm = nn.GroupNorm(2, 4)
+        self.rnn = nn.LSTM(4, 5, batch_first=True)
+        self.fc = nn.Linear(5, 2)
+
+    def forward(self, x):
+        h = self.norm(self.conv(x)).transpose(1, 2)
+        return self.fc(self.rnn(h)[0])
+
+
+def test_empty_batch_in_the_audit():
+    torch.manual_seed(0)
+    model = _Empty().double()
+    x = torch.randn(0, 3, 7, dtype=torch.float64)
+    assert torchbp.audit(model, x).ok
+    assert torchbp.audit(model, x, torch.zeros(0, 5, 2, dtype=torch.float64)).ok
