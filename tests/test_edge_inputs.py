@@ -327,3 +327,24 @@ def test_empty_batch_in_the_audit():
     x = torch.randn(0, 3, 7, dtype=torch.float64)
     assert torchbp.audit(model, x).ok
     assert torchbp.audit(model, x, torch.zeros(0, 5, 2, dtype=torch.float64)).ok
+
+
+def test_autograd_refusals_name_the_delta_function():
+    class TwoOutputs(torchbp.functional.DeltaFunction):  # writes a view in place and returns two tensors
+        @staticmethod
+        def forward(a):
+            return a.mul_(2), a.detach().clone()
+
+        @staticmethod
+        def setup_context(ctx, inputs, output):
+            ctx.mark_dirty(inputs[0])
+            ctx.mark_non_differentiable(output[1])
+
+        @staticmethod
+        def backward(ctx, delta, _):
+            return delta * 2
+
+    view = (_t(3, 4) * 1)[:, 1:]
+    with pytest.raises(RuntimeError) as e:
+        TwoOutputs.apply(view)
+    assert "TwoOutputs" in str(e.value) and "your Function" not in str(e.value)

@@ -45,14 +45,23 @@ class DeltaFunction(torch.autograd.Function):
         # call (~7 µs; the derivation's network's step makes 18 such calls: 482 → 355 µs without it). Where that
         # binding is the identity and no functorch transform (vmap, grad, ...) is active, do what it does
         # next: unwrap dead functorch wrappers, then the C++ apply. Anything else takes torch's path.
-        if kwargs or not cls._bind_free or _functorch_active is None or _functorch_active():
-            return super().apply(*args, **kwargs)
-        if not torch.is_grad_enabled() and cls.setup_context is not _NO_SETUP:
-            # no_grad / inference_mode: no graph to record, and forward (new style: no ctx) is torch's
-            # own ops, so call it directly (a swapped model's inference: derivation's network 60 → 40 µs, native 28)
-            return cls.forward(*args)
-        return super(torch.autograd.Function, cls).apply(  # torch._C._FunctionBase.apply
-            *[_unwrap_if_dead(a) if isinstance(a, torch.Tensor) else a for a in args])
+        try:
+            if kwargs or not cls._bind_free or _functorch_active is None or _functorch_active():
+                return super().apply(*args, **kwargs)
+            if not torch.is_grad_enabled() and cls.setup_context is not _NO_SETUP:
+                # no_grad / inference_mode: no graph to record, and forward (new style: no ctx) is torch's
+                # own ops, so call it directly (a swapped model's inference: derivation's network 60 → 40 µs,
+                # native 28)
+                return cls.forward(*args)
+            return super(torch.autograd.Function, cls).apply(  # torch._C._FunctionBase.apply
+                *[_unwrap_if_dead(a) if isinstance(a, torch.Tensor) else a for a in args])
+        except RuntimeError as e:
+            # autograd's own refusals speak to the author of a custom Function ("your Function ..."): the
+            # user never wrote one, so name the op's δ Function instead
+            if "your Function" not in str(e):
+                raise
+            raise RuntimeError(f"torchbp: the δ Function {cls.__name__} (torchbp's, for this op) cannot run "
+                               "here: " + str(e).replace("your Function", f"the δ Function {cls.__name__}")) from e
 
 
 def inplace_ok() -> bool:
