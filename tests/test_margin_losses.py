@@ -107,3 +107,14 @@ def test_nll_loss2d_twin():
     native, twin = nn.NLLLoss2d(ignore_index=1), torchbp.swap(nn.NLLLoss2d(ignore_index=1))
     assert type(twin) is not nn.NLLLoss2d and isinstance(twin, nn.NLLLoss2d)
     assert_matches_native(twin, native, (h, y))
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_class_losses_on_a_0d_input(reduction):
+    """One score: torch computes both losses (a single class, so no margin term); so do the δ twins."""
+    h = torch.tensor(0.7, dtype=DT, requires_grad=True)
+    assert_matches_native(lambda a: tbm.multi_margin_loss(a, torch.tensor(0), reduction=reduction),
+                          lambda a: F.multi_margin_loss(a, torch.tensor(0), reduction=reduction), (h,))
+    for t in (torch.tensor(0), torch.tensor(-1)):
+        assert_matches_native(lambda a: tbm.multilabel_margin_loss(a, t, reduction=reduction),
+                              lambda a: F.multilabel_margin_loss(a, t, reduction=reduction), (h,))

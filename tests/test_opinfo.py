@@ -41,8 +41,6 @@ N_MODULE = 6
 SKIP_OPS: dict[str, str] = {}
 # Known failures: entry -> reason (each one a limitation still open; the suite reports it as xfail).
 XFAIL_OPS: dict[str, str] = {
-    "nn.functional.multi_margin_loss": "a 0-D input (one score) is refused; native computes it",
-    "nn.functional.multilabel_margin_loss": "a 0-D input and target are refused; native computes them",
 }
 # Module twins whose module_db inputs are not run, with the reason.
 SKIP_MODULES: dict[str, str] = {}

@@ -36,7 +36,7 @@ class MultiMargin(DeltaFunction):
         h, y, w = ctx.saved_tensors
         if not ctx.needs_input_grad[0]:
             return (None,) * 6
-        h2, y2 = h.reshape(-1, h.shape[-1]), y.reshape(-1, 1)
+        h2, y2 = h.reshape(-1, h.shape[-1] if h.dim() else 1), y.reshape(-1, 1)  # 0-D: one example, one class
         N, C = h2.shape
         u = ctx.margin - h2.gather(1, y2) + h2
         is_y = torch.zeros_like(h2, dtype=torch.bool).scatter_(1, y2, True)
@@ -72,8 +72,9 @@ class MultilabelMargin(DeltaFunction):
         h, y = ctx.saved_tensors
         if not ctx.needs_input_grad[0]:
             return None, None, None
-        h2, y2 = h.reshape(-1, h.shape[-1]), y.reshape(-1, h.shape[-1])
-        N, C = h2.shape
+        C = h.shape[-1] if h.dim() else 1  # 0-D: one example, one class
+        h2, y2 = h.reshape(-1, C), y.reshape(-1, C)
+        N = h2.shape[0]
         valid = (y2 != -1).cumprod(1).bool()  # the slots before the first −1
         idx = y2.clamp(min=0)
         in_T = torch.zeros_like(y2).scatter_add_(1, idx, valid.long()) > 0  # the target set T, per row
@@ -126,7 +127,7 @@ def multi_margin_loss(input, target, p=1, margin=1.0, weight=None, size_average=
     check_tensor(op, "target", target)
     if weight is not None:
         input, weight = _promote(op, input=input, weight=weight)
-    check(input.dim() in (1, 2), op, f"expected 1-D (unbatched) or 2-D input, got shape {list(input.shape)}")
+    check(input.dim() in (0, 1, 2), op, f"expected 0-D, 1-D (unbatched) or 2-D input, got shape {list(input.shape)}")
     with _named(op):
         return apply(MultiMargin, FP32, input, target, int(p), float(margin), weight, reduction)
 
@@ -137,8 +138,8 @@ def multilabel_margin_loss(input, target, size_average=None, reduce=None, reduct
     reduction = _reduction(op, reduction, size_average, reduce)
     check_tensor(op, "input", input)
     check_tensor(op, "target", target)
-    check(input.dim() in (1, 2) and target.shape == input.shape, op,
-          f"expected 1-D or 2-D input with a target of its shape, got {list(input.shape)} and "
+    check(input.dim() in (0, 1, 2) and target.shape == input.shape, op,
+          f"expected 0-D, 1-D or 2-D input with a target of its shape, got {list(input.shape)} and "
           f"{list(target.shape)}")
     with _named(op):
         return apply(MultilabelMargin, FP32, input, target, reduction)
