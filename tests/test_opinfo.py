@@ -46,9 +46,6 @@ XFAIL_OPS: dict[str, str] = {
 SKIP_MODULES: dict[str, str] = {}
 # Known module failures: twin -> reason.
 XFAIL_MODULES: dict[str, str] = {
-    "LPPool1d": "∂J/∂x has NaN at other positions than native's (windows whose p-norm is 0)",
-    "LPPool2d": "∂J/∂x has NaN at other positions than native's (windows whose p-norm is 0)",
-    "LPPool3d": "∂J/∂x has NaN at other positions than native's (windows whose p-norm is 0)",
 }
 
 

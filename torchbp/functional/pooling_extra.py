@@ -52,7 +52,14 @@ class LPPool(DeltaFunction):
         K = math.prod(k)
         A = getattr(F, f"avg_pool{n}d")(x.pow(p), k, s, 0, ctx.ceil_mode)
         dA = torch.where(A != 0, delta * (K / p) * (K * A).pow(1.0 / p - 1), torch.zeros_like(A))
-        dq = _avg_adjoint(dA, x.shape, n, k, s, ctx.ceil_mode)
+        bad = dA.isnan()
+        if bad.any():  # NaN windows (a^p of negatives, p fractional): NaN to their own elements only, as
+            # native's window-by-window kernel spreads it (the separable products would smear it along rows)
+            dq = _avg_adjoint(dA.masked_fill(bad, 0), x.shape, n, k, s, ctx.ceil_mode)
+            reach = _avg_adjoint(bad.to(dA.dtype), x.shape, n, k, s, ctx.ceil_mode) > 0
+            dq = dq.masked_fill(reach, float("nan"))
+        else:
+            dq = _avg_adjoint(dA, x.shape, n, k, s, ctx.ceil_mode)
         return dq * (p * x.pow(p - 1)), None, None, None, None, None
 
 
