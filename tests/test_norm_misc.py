@@ -1,5 +1,6 @@
 """δ normalization, embedding, dropout, flatten: module cases against native in float64 (outputs,
 gradients, running statistics), gradcheck, low precision against a float64 oracle, autocast, twins."""
+import contextlib
 import copy
 
 import pytest
@@ -177,8 +178,6 @@ def test_layer_norm_float64(shape, nshape, affine, device):
     (lambda: nn.GroupNorm(3, 6, affine=False), (2, 6, 5)), (lambda: nn.GroupNorm(3, 6), (3, 6)),
     (lambda: nn.Embedding(10, 4), None), (lambda: nn.Embedding(10, 4, padding_idx=2), None),
     (lambda: nn.Embedding(10, 4, scale_grad_by_freq=True), None),
-    (lambda: nn.Flatten(), (2, 3, 4)), (lambda: nn.Flatten(0, 1), (2, 3, 4)),
-    (lambda: nn.Unflatten(1, (2, 3)), (4, 6, 5)),
 ] + ([(lambda: nn.RMSNorm(5), (2, 3, 5)), (lambda: nn.RMSNorm((4, 5), eps=1e-3), (2, 4, 5)),
       (lambda: nn.RMSNorm(5, elementwise_affine=False), (3, 5))] if hasattr(nn, "RMSNorm") else []))
 def test_norm_and_misc_modules(make, shape):
@@ -376,7 +375,7 @@ def test_flatten(args):
     x = torch.randn(2, 3, 4, 5, requires_grad=True)
     assert_matches_native(tbf.flatten, torch.flatten, (x, *args))
     y = tbf.flatten(x, *args)
-    assert is_delta(y) and y._base is x  # a view, as native's
+    assert not is_delta(y) and (y._base is x or y is x)  # structure: native's view (x itself for one dim)
     xt = x.detach().transpose(1, 3).requires_grad_()  # native copies here; so do we
     assert_matches_native(tbf.flatten, torch.flatten, (xt, *args))
 
@@ -392,9 +391,9 @@ def test_unflatten(dim, sizes):
 
 @pytest.mark.parametrize("act", [nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.Hardtanh])
 def test_inplace_activation_after_flatten(act):
-    """A δ flatten's output is a view made inside a custom Function, which autograd will not let an
-    in-place op modify; torchbp's in-place activations take the out-of-place δ there and write the
-    values back, so Flatten -> ReLU(inplace=True) models swap and still mutate like native."""
+    """Flatten is structure (native's view), so in-place ops after it record into the graph of the
+    caller's tensor as natively: Flatten -> ReLU(inplace=True) swaps, and a caller that goes on with the
+    flattened tensor itself (not the in-place op's return value) gets native's gradients."""
     native = nn.Sequential(nn.Conv2d(2, 3, 3), nn.Flatten(), act(inplace=True), nn.Linear(12, 2)).double()
     twin = torchbp.swap(copy.deepcopy(native))
     x = torch.randn(2, 2, 4, 4, dtype=torch.float64)
@@ -406,9 +405,30 @@ def test_inplace_activation_after_flatten(act):
         assert rel_err(a, b) <= 1e-10
     r = torchbp.audit(native, x)
     assert r.ok and r.coverage == 1.0, str(r)
+    z = torch.randn(2, 3, 2, dtype=torch.float64, requires_grad=True)
+    grads = []
+    for flatten, route in ((torch.flatten, contextlib.nullcontext), (tbf.flatten, torchbp.manual_backward)):
+        w = torch.linspace(-1, 1, 6, dtype=torch.float64, requires_grad=True)
+        with route():
+            h = flatten(z * 1, 1)
+            h.mul_(w)  # the return values are dropped: the caller goes on with h
+            act(inplace=True)(h)
+            loss = (h * h).sum()
+        grads.append(torch.autograd.grad(loss, (z, w)))
+    for a, b in zip(*grads):
+        assert rel_err(a, b) <= 1e-10
     h = tbf.flatten(torch.randn(2, 3, 2, requires_grad=True) * 1, 1)
     out = tbf.relu(h, inplace=True)
-    assert torch.equal(h, out) and (h >= 0).all()  # the caller's tensor was modified too
+    assert out is h and (h >= 0).all()  # the caller's tensor was modified in place
+
+
+@pytest.mark.parametrize("make,shape", [(lambda: nn.Flatten(), (2, 3, 4)), (lambda: nn.Flatten(0, 1), (2, 3, 4)),
+                                        (lambda: nn.Unflatten(1, (2, 3)), (4, 6, 5))])
+def test_flatten_twins_are_native_views(make, shape):
+    x = torch.randn(shape, requires_grad=True)
+    native, twin = make(), torchbp.swap(make())
+    y = twin(x)
+    assert torch.equal(y, native(x)) and y._base is x and not is_delta(y)
 
 
 def test_identity_twin_returns_input():

@@ -1,40 +1,14 @@
-"""Reshapes: flatten and unflatten move no value, so δ_a is δ read back in a's shape.
+"""Reshapes: flatten and unflatten move no value; their δ is δ read back in the input's shape.
 
-Like native, the outputs are views of the input where torch returns views. Autograd forbids in-place
-ops on a view returned by a custom Function ("This view was created inside a custom Function ..."):
-torchbp's own in-place activations handle that case (out-of-place δ, values written back), so
-``Flatten -> ReLU(inplace=True)`` swaps; a native in-place op (``y.add_``) straight on a flatten
-output still raises where native would rebase the view: clone the output there.
+They are structure (see docs/design.md, "Structure"): native's views, with native's view backward (a
+reshape of δ), as every other view and reshape a model runs. Their output is a view of the input, as
+native's, so in-place ops after them (``Flatten -> ReLU(inplace=True)``, torchvision's
+``flatten -> Dropout(inplace=True)``, ``x.flatten(1).mul_(w)``) record into the same graph as natively;
+the coverage walk looks through them. These functions add the checks that name the op.
 """
 from __future__ import annotations
 
-import torch
-
-from ._common import DeltaFunction, check, check_tensor
-
-
-class Flatten(DeltaFunction):
-    """z = a.flatten(start_dim, end_dim);  δ_a = δ.reshape(a.shape)."""
-
-    @staticmethod
-    def forward(a, start_dim, end_dim):
-        return a.flatten(start_dim, end_dim)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        ctx.shape = inputs[0].shape
-
-    @staticmethod
-    def backward(ctx, delta):
-        return delta.reshape(ctx.shape), None, None
-
-
-class Unflatten(Flatten):
-    """z = a.unflatten(dim, sizes);  δ_a = δ.reshape(a.shape) (setup_context and backward: Flatten's)."""
-
-    @staticmethod
-    def forward(a, dim, sizes):
-        return a.unflatten(dim, sizes)
+from ._common import check, check_tensor
 
 
 def _dim(op, input, d, name):
@@ -45,15 +19,15 @@ def _dim(op, input, d, name):
 
 
 def flatten(input, start_dim=0, end_dim=-1):
-    """δ twin of ``torch.flatten`` / ``Tensor.flatten``."""
+    """``torch.flatten`` (native's view), with checks that name the op."""
     check_tensor("flatten", "input", input)
     s, e = _dim("flatten", input, start_dim, "start_dim"), _dim("flatten", input, end_dim, "end_dim")
     check(s <= e, "flatten", f"start_dim ({start_dim}) cannot come after end_dim ({end_dim})")
-    return Flatten.apply(input, s, e)
+    return input.flatten(s, e)
 
 
 def unflatten(input, dim, sizes):
-    """δ twin of ``torch.unflatten`` / ``Tensor.unflatten``."""
+    """``torch.unflatten`` (native's view), with checks that name the op."""
     check_tensor("unflatten", "input", input)
     d = _dim("unflatten", input, dim, "dim")
     sizes = tuple(int(n) for n in sizes)
@@ -67,11 +41,9 @@ def unflatten(input, dim, sizes):
     check(prod == size if len(known) == len(sizes) else (prod > 0 and size % prod == 0), "unflatten",
           f"sizes {list(sizes)} do not multiply to the size of dim {dim} ({size}) of input of shape "
           f"{list(input.shape)}")
-    return Unflatten.apply(input, d, sizes)
+    return input.unflatten(d, sizes)
 
 
-ROUTES = {torch.flatten: flatten, torch.Tensor.flatten: flatten, torch.Tensor.unflatten: unflatten}
-if hasattr(torch, "unflatten"):
-    ROUTES[torch.unflatten] = unflatten
+ROUTES = {}  # structure: native's views stay native under manual_backward()
 
 __all__ = ["flatten", "unflatten"]
