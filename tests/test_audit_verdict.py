@@ -486,3 +486,39 @@ def test_gradient_checkpointing_is_audited(reentrant):
     assert all(p.grad is None for n, p in model.named_parameters() if n != "head.weight")
     bad = torchbp.audit(Checkpointed(reentrant, bug=True).double(), x)
     assert not bad.ok and bad.first_divergence.startswith("block"), str(bad)
+
+
+class _TwoOutputs(torch.autograd.Function):
+    """(2x, 3x), with undefined gradients left None (materialize_grads off), as several δ Functions do."""
+
+    @staticmethod
+    def forward(x):
+        return x * 2, x * 3
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.set_materialize_grads(False)
+
+    @staticmethod
+    def backward(ctx, da, db):
+        return sum(c * d for c, d in ((2, da), (3, db)) if d is not None)
+
+
+class _Pair(nn.Module):
+    def forward(self, x):
+        return _TwoOutputs.apply(x)
+
+
+def test_an_output_no_gradient_reaches_is_not_a_crash():
+    # the pair's second output is hooked but unused: its hook fires with None
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.pair = nn.Linear(3, 3).double(), _Pair()
+
+        def forward(self, x):
+            return self.pair(self.fc(x))[0]
+
+    report = torchbp.audit(Net(), torch.randn(2, 3, dtype=torch.float64))
+    assert report.ok, str(report)
+    assert {r.quantity for r in report.rows if r.layer == "pair"} == {"grad_input", "grad_output[0]"}

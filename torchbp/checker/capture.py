@@ -119,7 +119,10 @@ class Capture:
     def _hook(self, t: torch.Tensor, key: str, qty: str):
         base = t._base
         if base is None:
-            self._pending.append((None, 0, t.register_hook(lambda g: self.sink(key, qty, g)), None, None))
+            def fire_plain(g):
+                if g is not None:  # None: a multi-output Function's output no gradient reached
+                    self.sink(key, qty, g)
+            self._pending.append((None, 0, t.register_hook(fire_plain), None, None))
             return
         use = [None]  # set by resolve(): which of the pair fires ("view" or "fallback")
 
