@@ -9,7 +9,7 @@ import torchbp
 import torchbp.functional as tbf
 from torchbp import registry
 from torchbp.functional import attention
-from util import DEVICES, LOW, assert_matches_native, gradchecks, rel_err
+from util import DEVICES, LOW, assert_matches_native, delta_params, gradchecks, rel_err
 
 # --- the linear family as torch ops ------------------------------------------------------------------
 
@@ -300,25 +300,6 @@ def test_sdpa_autocast(device):
 
 # --- MultiheadAttention and the transformer encoder layer ------------------------------------------------
 
-def _delta_params(model, out):
-    """Names of the parameters whose AccumulateGrad is fed by a δ Function (directly or through views)."""
-    names = {id(p): n for n, p in model.named_parameters()}
-    found, seen, stack = set(), set(), [(out.grad_fn, False)]
-    while stack:
-        node, via_delta = stack.pop()
-        if node is None or (node, via_delta) in seen:
-            continue
-        seen.add((node, via_delta))
-        here = registry.is_delta_function(getattr(type(node), "_forward_cls", None))
-        if hasattr(node, "variable") and via_delta:
-            found.add(names.get(id(node.variable)))
-        # views, splits and concatenations of a parameter (chunk, view, expand, cat for bias_k) route δ unchanged
-        routing = ("Split", "View", "Expand", "Unsafe", "Cat", "Permute", "Transpose")
-        passes = here or (via_delta and type(node).__name__.startswith(routing))
-        stack.extend((n, passes) for n, _ in node.next_functions)
-    return found - {None}
-
-
 def _mha_run(module, args, kw):
     fresh = {id(a): a.detach().requires_grad_() for a in args}  # keeps `query is key is value`
     args = [fresh[id(a)] for a in args]
@@ -380,7 +361,7 @@ def test_multihead_attention_twin_float64(ctor, call, cross):
         assert (s is None) == (n is None), i
         if n is not None:
             assert s.shape == n.shape and rel_err(s, n) <= 1e-10, (i, rel_err(s, n))
-    assert _delta_params(twin, out) == {n for n, _ in twin.named_parameters()}
+    assert delta_params(twin, out) == {n for n, _ in twin.named_parameters()}
 
 
 def test_multihead_attention_twin_gradcheck():
@@ -399,7 +380,7 @@ def test_multihead_attention_fast_path_only_without_graph():
     with torch.no_grad():  # inference: native's fast path, identical results, no graph
         torch.testing.assert_close(twin(x, x, x)[0], native(x, x, x)[0])
     out = twin(x, x, x, need_weights=False)[0]  # eval but parameters need grad: δ path, never the fast path
-    assert _delta_params(twin, out) == {n for n, _ in twin.named_parameters()}
+    assert delta_params(twin, out) == {n for n, _ in twin.named_parameters()}
     torch.testing.assert_close(out, native(x, x, x, need_weights=False)[0])
 
 
@@ -458,7 +439,7 @@ def test_manual_backward_routes_unswapped_multihead_attention():
     with torchbp.manual_backward():
         res_s, out = _mha_run(mha, [x, x, x], {"need_weights": False})
     res_n, _ = _mha_run(mha, [x, x, x], {"need_weights": False})
-    assert _delta_params(mha, out) == {n for n, _ in mha.named_parameters()}
+    assert delta_params(mha, out) == {n for n, _ in mha.named_parameters()}
     for s, n in zip(res_s, res_n):
         if n is not None:
             assert rel_err(s, n) <= 1e-10
@@ -485,4 +466,4 @@ def test_transformer_encoder_layer_swapped(norm_first, batch_first, train):
         assert rel_err(s, n) <= 1e-10
     out = twin(x.clone().requires_grad_(), src_key_padding_mask=kpm)
     # every parameter's gradient from δ formulas: fast path not taken while grads are needed
-    assert _delta_params(twin, out) == {n for n, _ in twin.named_parameters()}
+    assert delta_params(twin, out) == {n for n, _ in twin.named_parameters()}

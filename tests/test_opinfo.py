@@ -26,7 +26,7 @@ from torch.testing._internal.common_modules import module_db  # noqa: E402
 
 import torchbp  # noqa: E402
 from torchbp import registry  # noqa: E402
-from util import FLOOR, rel_err  # noqa: E402
+from util import FLOOR, _tensors, rel_err  # noqa: E402
 
 # How many samples per op each check runs: an evenly spread, deterministic subset (the first and the last
 # sample always among them; samples torch adds join the spread), so the whole file stays within a few
@@ -101,16 +101,6 @@ def _spread(items, k):
 
 
 # --- running one sample -----------------------------------------------------------------------------
-
-def _tensors(obj):
-    if isinstance(obj, torch.Tensor):
-        return [obj]
-    if isinstance(obj, (list, tuple)):
-        return [t for o in obj for t in _tensors(o)]
-    if isinstance(obj, dict):
-        return [t for o in obj.values() for t in _tensors(o)]
-    return []
-
 
 def _fresh(obj, dtype=None):
     """Fresh leaves (floating tensors to ``dtype`` if given), the requires_grad flags kept."""

@@ -8,28 +8,9 @@ import torch
 
 import torchbp
 from torchbp import registry
-from util import grad_fn_names, rel_err
+from util import delta_params, grad_fn_names, rel_err
 
 DT = torch.float64
-
-
-def _delta_params(model, out):
-    """Names of the parameters whose gradient reaches them only through δ Functions (and the views that
-    route δ unchanged)."""
-    names = {id(p): n for n, p in model.named_parameters()}
-    found, seen, stack = set(), set(), [(out.grad_fn, False)]
-    while stack:
-        node, via_delta = stack.pop()
-        if node is None or (node, via_delta) in seen:
-            continue
-        seen.add((node, via_delta))
-        here = registry.is_delta_function(getattr(type(node), "_forward_cls", None))
-        if hasattr(node, "variable") and via_delta:
-            found.add(names.get(id(node.variable)))
-        routing = ("Split", "View", "Expand", "Unsafe", "Cat", "Permute", "Transpose")
-        passes = here or (via_delta and type(node).__name__.startswith(routing))
-        stack.extend((n, passes) for n, _ in node.next_functions)
-    return found - {None}
 
 
 def _grads(m, inputs, kw, seed=1):
@@ -68,7 +49,7 @@ def test_transformer_swapped_trains_with_delta_everywhere(activation, norm_first
     kw = dict(tgt_mask=torch.nn.Transformer.generate_square_subsequent_mask(T, dtype=DT), tgt_is_causal=True,
               src_key_padding_mask=kpm, memory_key_padding_mask=kpm)
     out = _compare(native, twin, (src, tgt), kw)
-    assert _delta_params(twin, out) == {n for n, _ in twin.named_parameters()}
+    assert delta_params(twin, out) == {n for n, _ in twin.named_parameters()}
     names = grad_fn_names(out)
     assert not any(n.startswith(("ReluBackward", "GeluBackward")) for n in names), names  # the δ activation
 
@@ -80,7 +61,7 @@ def test_decoder_layer_and_decoder_alone():
         twin = torchbp.swap(copy.deepcopy(native), strict=True)
         tgt, mem = torch.randn(4, 2, 8, dtype=DT), torch.randn(6, 2, 8, dtype=DT)
         out = _compare(native, twin, (tgt, mem), {})
-        assert _delta_params(twin, out) == {n for n, _ in twin.named_parameters()}
+        assert delta_params(twin, out) == {n for n, _ in twin.named_parameters()}
 
 
 @pytest.fixture
@@ -129,7 +110,7 @@ def test_encoder_frozen_first_layer_in_eval_stays_on_padded_tensors(no_fast_kern
     out = twin(src, src_key_padding_mask=kpm)
     for s, n in zip(_out_and_grads(out, twin), ref):
         assert rel_err(s, n) <= 1e-10
-    assert _delta_params(twin, out) == {n for n, p in twin.named_parameters() if p.requires_grad}
+    assert delta_params(twin, out) == {n for n, p in twin.named_parameters() if p.requires_grad}
 
 
 def test_encoder_frozen_layers_trainable_norm_matches_native_nested_run(monkeypatch):
@@ -145,7 +126,7 @@ def test_encoder_frozen_layers_trainable_norm_matches_native_nested_run(monkeypa
     out = twin(src, src_key_padding_mask=kpm)
     for s, n in zip(_out_and_grads(out, twin), ref):
         assert rel_err(s, n) <= 1e-10
-    assert _delta_params(twin, out) == {"norm.weight", "norm.bias"}
+    assert delta_params(twin, out) == {"norm.weight", "norm.bias"}
 
 
 @pytest.mark.parametrize("batch_first", [True, False])
@@ -160,4 +141,4 @@ def test_encoder_records_with_delta_and_keeps_fast_paths_without_a_graph(no_fast
         assert rel_err(twin(src, src_key_padding_mask=kpm), native(src, src_key_padding_mask=kpm)) <= 1e-10
     no_fast_kernels()
     out = _compare(native, twin, (src,), dict(src_key_padding_mask=kpm))
-    assert _delta_params(twin, out) == {n for n, _ in twin.named_parameters()}
+    assert delta_params(twin, out) == {n for n, _ in twin.named_parameters()}

@@ -4,6 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+import torchbp
+
 CUDA = torch.cuda.is_available()
 # every test that takes `device` runs on the CPU and, where a GPU exists, on CUDA (skipped cleanly otherwise)
 DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda,
@@ -97,3 +99,22 @@ def grad_fn_names(t: torch.Tensor) -> list[str]:
         names.append(type(f).__name__)
         stack.extend(n for n, _ in f.next_functions)
     return names
+
+
+def delta_params(model, out):
+    """Names of the parameters whose AccumulateGrad is fed by a δ Function (directly or through views)."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    found, seen, stack = set(), set(), [(out.grad_fn, False)]
+    while stack:
+        node, via_delta = stack.pop()
+        if node is None or (node, via_delta) in seen:
+            continue
+        seen.add((node, via_delta))
+        here = torchbp.registry.is_delta_function(getattr(type(node), "_forward_cls", None))
+        if hasattr(node, "variable") and via_delta:
+            found.add(names.get(id(node.variable)))
+        # views, splits and concatenations of a parameter (chunk, view, expand, cat for bias_k) route δ unchanged
+        routing = ("Split", "View", "Expand", "Unsafe", "Cat", "Permute", "Transpose")
+        passes = here or (via_delta and type(node).__name__.startswith(routing))
+        stack.extend((n, passes) for n, _ in node.next_functions)
+    return found - {None}

@@ -374,6 +374,15 @@ def _packed_error(op):
                      "not as the input tensor")
 
 
+def _direction_weights(params, k, per, has_biases, proj):
+    """(W_ih, W_hh, b_ih, b_hh, W_hr) of layer-direction ``k`` in torch's flat weight list (``per`` each;
+    absent ones None)."""
+    W_ih, W_hh, *b = params[k * per:(k + 1) * per]
+    W_hr = b.pop() if proj else None
+    b_ih, b_hh = b if has_biases else (None, None)
+    return W_ih, W_hh, b_ih, b_hh, W_hr
+
+
 def _run(op, input, hx, params, has_biases, num_layers, dropout, train, bidirectional, batch_first):
     """The stack shared by the four entries. hx: a tensor, or (h0, c0) for lstm."""
     if isinstance(hx, torch.Tensor) and hx.dim() == 1:
@@ -415,9 +424,7 @@ def _run(op, input, hx, params, has_biases, num_layers, dropout, train, bidirect
         outs = []
         for d in range(D):
             k = layer * D + d
-            W_ih, W_hh, *b = params[k * per:(k + 1) * per]
-            W_hr = b.pop() if proj else None
-            b_ih, b_hh = b if has_biases else (None, None)
+            W_ih, W_hh, b_ih, b_hh, W_hr = _direction_weights(params, k, per, has_biases, proj)
             if is_lstm:
                 out, c_n, _, _ = apply(LSTMLayer, LOWER, x, h0[k], c0[k], W_ih, W_hh, b_ih, b_hh, d == 1) \
                     if W_hr is None else \
@@ -643,9 +650,7 @@ def _run_packed(op, data, batch_sizes, hx, params, has_biases, num_layers, dropo
         outs = []
         for d in range(D):
             k = layer * D + d
-            W_ih, W_hh, *b = params[k * per:(k + 1) * per]
-            W_hr = b.pop() if proj else None
-            b_ih, b_hh = b if has_biases else (None, None)
+            W_ih, W_hh, b_ih, b_hh, W_hr = _direction_weights(params, k, per, has_biases, proj)
             out, h_n, c_n = _packed_direction(op, x, sizes, h0[k], None if c0 is None else c0[k],
                                               (W_ih, W_hh, b_ih, b_hh, W_hr), d == 1, policy)
             outs.append(out), hs.append(h_n), cs.append(c_n)
