@@ -450,7 +450,8 @@ class GroupNorm(DeltaFunction):
         cl = {4: torch.channels_last, 5: torch.channels_last_3d}.get(x.dim())
         if not x.is_contiguous() and not (cl and x.is_contiguous(memory_format=cl)):
             x = x.contiguous()
-        out, mean, rstd = torch.native_group_norm(x, w, b, N, C, x.numel() // max(N * C, 1), G, eps)
+        # HxW from the shape: with N = 0 it is not numel / (N·C)
+        out, mean, rstd = torch.native_group_norm(x, w, b, N, C, math.prod(x.shape[2:]), G, eps)
         return out, mean, rstd
 
     @staticmethod
