@@ -76,47 +76,56 @@ class _RoutedCheckpointFunction(_checkpoint.CheckpointFunction):
     def apply(cls, function, preserve_rng_state, *args):
         if _routing_active():
             function = _routed(function)
-        return _checkpoint_routing.reentrant.apply(function, preserve_rng_state, *args)
+        return _checkpoint_routing.originals["CheckpointFunction"].apply(function, preserve_rng_state, *args)
 
 
-def _routed_checkpoint_generator(fn, *args, **kwargs):
-    """``checkpoint(..., use_reentrant=False)``: the forward runs ``fn`` itself, under the routing; the
-    recompute, in backward, runs the ``fn`` given to this generator: routed too."""
-    if _routing_active():
-        fn = _routed(fn)
-    return _checkpoint_routing.non_reentrant(fn, *args, **kwargs)
+def _routed_generator(name):
+    """``checkpoint(..., use_reentrant=False)``'s generator ``name``: the forward runs ``fn`` itself,
+    under the routing; the recompute, in backward, runs the ``fn`` given to the generator: routed too."""
+    def routed_generator(fn, *args, **kwargs):
+        if _routing_active():
+            fn = _routed(fn)
+        return _checkpoint_routing.originals[name](fn, *args, **kwargs)
+    return routed_generator
+
+
+# torch.utils.checkpoint's names that receive the checkpointed function (torch >= 2.14 calls the
+# generator's _impl directly; earlier releases the generator itself), and what stands in for each
+_HANDOVERS = {
+    "CheckpointFunction": _RoutedCheckpointFunction,
+    "_checkpoint_without_reentrant_generator": _routed_generator("_checkpoint_without_reentrant_generator"),
+    "_checkpoint_without_reentrant_generator_impl": _routed_generator("_checkpoint_without_reentrant_generator_impl"),
+}
 
 
 class _CheckpointRouting:
     """While any ``manual_backward()`` is open, torch.utils.checkpoint's two kinds hand their function
-    over routed (above). ``checkpoint`` looks both up in its module on every call, so this also reaches
-    callers holding ``checkpoint`` itself (transformers' gradient checkpointing). A checkpoint called
-    outside the routing, in any thread, runs as torch's own; the module is restored when the last
-    block closes."""
+    over routed (above). ``checkpoint`` looks these names up in its module on every call, so this also
+    reaches callers holding ``checkpoint`` itself (transformers' gradient checkpointing). A checkpoint
+    called outside the routing, in any thread, runs as torch's own; the module is restored when the
+    last block closes."""
 
     def __init__(self):
         self._lock = threading.Lock()
         self._depth = 0
-        self.reentrant = _checkpoint.CheckpointFunction
-        self.non_reentrant = getattr(_checkpoint, "_checkpoint_without_reentrant_generator", None)
+        self.originals = {}
 
     def acquire(self):
         with self._lock:
-            if self._depth == 0 and self.non_reentrant is not None:
-                self.reentrant = _checkpoint.CheckpointFunction
-                self.non_reentrant = _checkpoint._checkpoint_without_reentrant_generator
-                _checkpoint.CheckpointFunction = _RoutedCheckpointFunction
-                _checkpoint._checkpoint_without_reentrant_generator = _routed_checkpoint_generator
+            if self._depth == 0:
+                for name, routed in _HANDOVERS.items():
+                    if hasattr(_checkpoint, name):
+                        self.originals[name] = getattr(_checkpoint, name)
+                        setattr(_checkpoint, name, routed)
             self._depth += 1
 
     def release(self):
         with self._lock:
             self._depth -= 1
             if self._depth == 0:
-                if _checkpoint.CheckpointFunction is _RoutedCheckpointFunction:
-                    _checkpoint.CheckpointFunction = self.reentrant
-                if getattr(_checkpoint, "_checkpoint_without_reentrant_generator", None) is _routed_checkpoint_generator:
-                    _checkpoint._checkpoint_without_reentrant_generator = self.non_reentrant
+                for name, original in self.originals.items():
+                    if getattr(_checkpoint, name) is _HANDOVERS[name]:
+                        setattr(_checkpoint, name, original)
 
 
 _checkpoint_routing = _CheckpointRouting()

@@ -134,13 +134,14 @@ def checkpoints_inline():
     """Gradient-checkpointed segments (``torch.utils.checkpoint``, either kind) run as plain code in a
     hooked pass: a reentrant checkpoint's forward records no graph, so its layers would get no rows and
     its parameters no gradient at all when no input of the segment needs one. The pass without hooks
-    keeps the checkpoints, as training runs them. ``checkpoint`` looks both names up in its module on
+    keeps the checkpoints, as training runs them. ``checkpoint`` looks these names up in its module on
     every call (and the routing's hand-over for recomputes wraps whatever it finds there)."""
     cp = torch.utils.checkpoint
-    names = [n for n in ("CheckpointFunction", "_checkpoint_without_reentrant_generator") if hasattr(cp, n)]
-    saved = {n: getattr(cp, n) for n in names}
     inline = {"CheckpointFunction": _InlineCheckpointFunction,
-              "_checkpoint_without_reentrant_generator": _inline_generator}
+              "_checkpoint_without_reentrant_generator": _inline_generator,
+              "_checkpoint_without_reentrant_generator_impl": _inline_generator}  # torch >= 2.14 calls this
+    names = [n for n in inline if hasattr(cp, n)]
+    saved = {n: getattr(cp, n) for n in names}
     for n in names:
         setattr(cp, n, inline[n])
     try:
