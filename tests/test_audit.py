@@ -9,30 +9,7 @@ import torchbp
 from torchbp.checker import AuditReport, compare_reports
 from torchbp.functional._common import DeltaFunction
 
-
-# --- a planted bug: a Tanh whose δ forgets f' (a throwaway subclass, so the real twin is untouched)
-class _WrongTanh(DeltaFunction):
-    @staticmethod
-    def forward(z):
-        return torch.tanh(z)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        pass
-
-    @staticmethod
-    def backward(ctx, delta):
-        return delta  # should be delta * (1 - a²)
-
-
-class PlantedTanh(torch.nn.Tanh):
-    """Natively a Tanh; its registered twin has the wrong δ."""
-
-
-@torchbp.register(PlantedTanh)
-class _PlantedTwin(PlantedTanh):
-    def forward(self, input):
-        return _WrongTanh.apply(input)
+from planted import PlantedTanh
 
 
 class Unswappable(torch.nn.Module):

@@ -13,6 +13,8 @@ import torch.nn as nn
 import torchbp
 from torchbp.functional._common import DeltaFunction
 
+from planted import PlantedTanh
+
 
 def mlp(*widths, act=nn.Tanh, dtype=torch.float64):
     layers = []
@@ -21,31 +23,6 @@ def mlp(*widths, act=nn.Tanh, dtype=torch.float64):
         if i < len(widths) - 2:
             layers.append(act())
     return nn.Sequential(*layers).to(dtype)
-
-
-class _WrongTanh(DeltaFunction):
-    @staticmethod
-    def forward(z):
-        return torch.tanh(z)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(output)
-
-    @staticmethod
-    def backward(ctx, delta):
-        (a,) = ctx.saved_tensors
-        return 1.5 * delta * (1 - a * a)
-
-
-class WrongTanh(nn.Tanh):
-    """Natively a Tanh; its registered twin's δ is 1.5× too large."""
-
-
-@torchbp.register(WrongTanh)
-class _WrongTanhTwin(WrongTanh):
-    def forward(self, input):
-        return _WrongTanh.apply(input)
 
 
 def planted_cube(x):
@@ -90,7 +67,7 @@ X = torch.randn(6, 8, dtype=torch.float64, generator=torch.Generator().manual_se
 def test_already_swapped_model_is_audited_against_native():
     torch.manual_seed(0)
     model = mlp(8, 8, 8, 3)
-    model[1] = WrongTanh()
+    model[1] = PlantedTanh()
     torchbp.swap(model)
     classes = [type(m) for m in model.modules()]
     r = torchbp.audit(model, X)
@@ -466,7 +443,7 @@ class Checkpointed(nn.Module):
     def __init__(self, reentrant, bug=False):
         super().__init__()
         self.reentrant = reentrant
-        self.block = nn.Sequential(nn.Linear(8, 8), WrongTanh() if bug else nn.Tanh(), nn.Linear(8, 8))
+        self.block = nn.Sequential(nn.Linear(8, 8), PlantedTanh() if bug else nn.Tanh(), nn.Linear(8, 8))
         self.head = nn.Linear(8, 3)
 
     def forward(self, x):
