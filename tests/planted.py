@@ -32,3 +32,31 @@ class PlantedTanh(torch.nn.Tanh):
 class _PlantedTanhTwin(PlantedTanh):
     def forward(self, input):
         return _WrongTanh.apply(input)
+
+
+class _WrongLinear(DeltaFunction):
+    """Linear whose δ to the input is 1.5× too large (the weight's and bias's are right)."""
+
+    @staticmethod
+    def forward(x, w, b):
+        return torch.nn.functional.linear(x, w, b)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[0], inputs[1])
+
+    @staticmethod
+    def backward(ctx, d):
+        x, w = ctx.saved_tensors
+        d2, x2 = d.reshape(-1, d.shape[-1]), x.reshape(-1, x.shape[-1])
+        return 1.5 * d @ w, d2.T @ x2, d2.sum(0) if ctx.needs_input_grad[2] else None
+
+
+class WrongLinear(torch.nn.Linear):
+    """Natively a Linear; its registered twin's δ to the input is 1.5× too large."""
+
+
+@torchbp.register(WrongLinear)
+class _WrongLinearTwin(WrongLinear):
+    def forward(self, x):
+        return _WrongLinear.apply(x, self.weight, self.bias)

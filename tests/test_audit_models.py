@@ -51,7 +51,7 @@ def test_causal_lm_float64_audit(name, checkpointing):
 
 
 def test_llama_wrong_q_projection_is_named():
-    from test_audit_verdict import WrongLinear
+    from planted import WrongLinear
     torch.manual_seed(0)
     model = _tiny("llama").train()
     q = model.model.layers[1].self_attn.q_proj
