@@ -49,13 +49,22 @@ Models: mlp (784-1024-1024-1024-10, batch 256), mlp-small (784-256-256-10, batch
 cnn (two small convs, no normalization), resnet (a CIFAR-style stem and two basic blocks at 64 channels,
 BatchNorm, 32×32, batch 32), transformer (one pre-norm block).
 
-  python scripts/bench.py [--quick] [--models mlp,seed,cnn,transformer] [--device cpu|cuda|all]
+Real architectures (``--models real``, not in the default list; random init, nothing downloads):
+resnet18 and mobilenet_v3_small from torchvision (batch 8 at 64×64, 10 classes), bert-tiny (transformers'
+BertForSequenceClassification: 2 layers, d 128, seq 64, batch 8) and llama-tiny (LlamaForCausalLM: 2 layers,
+d 128, vocab 1000, seq 64, batch 8). Each is timed in mode "eager" (``torchbp.swap`` only, as the other
+rows) and "routed" (the swapped model's forward and loss inside ``torchbp.manual_backward()``, so torch.* /
+F.* calls in the model's own forward reach their δ twins too). torchvision and transformers are optional:
+without them those rows say "skipped" and why.
+
+  python scripts/bench.py [--quick] [--models mlp,seed,cnn,transformer|real] [--device cpu|cuda|all]
                           [--dtypes float32,bfloat16] [--pairs N] [--threads N] [--json bench.json]
                           [--baseline old.json] [--phases] [--compile]
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import ctypes
 import gc
@@ -162,10 +171,66 @@ def build(name, quick):
         model = TransformerBlock(vocab, d, 4, ff)
         return model, torch.randint(0, vocab, (batch, seq), generator=g), \
             torch.randint(0, vocab, (batch, seq), generator=g), _ce, "CrossEntropyLoss"
+    if name in REAL_MODELS:
+        return build_real(name, quick, g)
     raise ValueError(f"unknown model {name!r}")
 
 
-MODELS = ("mlp", "mlp-small", "mlp-wide", "seed", "cnn", "resnet", "transformer")
+class Logits(nn.Module):
+    """A transformers model called with token ids, returning its logits (the bench's losses take a tensor)."""
+
+    def __init__(self, m):
+        super().__init__()
+        self.m = m
+
+    def forward(self, tokens):
+        return self.m(input_ids=tokens).logits
+
+
+def third_party(name):
+    """torchvision or transformers, or a SkipRow saying why not. tests/thirdparty.py holds the one way to
+    import torchvision on a CPU-only torch whose PyPI torchvision wheel links CUDA libraries (it declares
+    the detection op schemas first); the scripts/ directory is not a package, so tests/ goes on sys.path."""
+    import importlib.util
+    if importlib.util.find_spec(name) is None:
+        raise SkipRow(f"skipped ({name} is not installed: pip install {name})")
+    tests = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests")
+    if tests not in sys.path:
+        sys.path.insert(0, tests)
+    import thirdparty
+    return getattr(thirdparty, name)()
+
+
+class SkipRow(Exception):
+    """A row that cannot run here; its message is the row's status."""
+
+
+def build_real(name, quick, g):
+    torch.manual_seed(0)  # the random init of the third-party constructors
+    if name in ("resnet18", "mobilenet_v3_small"):
+        tv = third_party("torchvision")
+        batch, side = (2, 32) if quick else (8, 64)
+        model = getattr(tv.models, name)(weights=None, num_classes=10)
+        return model, torch.randn(batch, 3, side, side, generator=g), \
+            torch.randint(0, 10, (batch,), generator=g), _ce, "CrossEntropyLoss"
+    tf = third_party("transformers")
+    batch, seq, vocab, d = (2, 16, 100, 32) if quick else (8, 64, 1000, 128)
+    common = dict(vocab_size=vocab, hidden_size=d, num_hidden_layers=2, num_attention_heads=4,
+                  intermediate_size=4 * d)
+    if name == "bert-tiny":
+        cfg = tf.BertConfig(max_position_embeddings=seq, num_labels=2, hidden_dropout_prob=0.0,
+                            attention_probs_dropout_prob=0.0, **common)
+        model = Logits(tf.BertForSequenceClassification(cfg))
+        target = torch.randint(0, 2, (batch,), generator=g)
+    else:
+        cfg = tf.LlamaConfig(max_position_embeddings=seq, num_key_value_heads=4, **common)
+        model = Logits(tf.LlamaForCausalLM(cfg))
+        target = torch.randint(0, vocab, (batch, seq), generator=g)
+    return model, torch.randint(0, vocab, (batch, seq), generator=g), target, _ce, "CrossEntropyLoss"
+
+
+REAL_MODELS = ("resnet18", "mobilenet_v3_small", "bert-tiny", "llama-tiny")
+MODELS = ("mlp", "mlp-small", "mlp-wide", "seed", "cnn", "resnet", "transformer") + REAL_MODELS
 DEFAULT_MODELS = ("mlp", "mlp-small", "seed", "cnn", "resnet", "transformer")  # mlp-wide: 3 x 4096², batch 8192 (GPU)
 CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict, TransformerBlock, BasicBlock)
 
@@ -212,13 +277,15 @@ def heap_malloc() -> bool:
 
 # --- measuring ------------------------------------------------------------------------------------
 
-def make_step(model, loss_fn, x, y, amp):
+def make_step(model, loss_fn, x, y, amp, routed=False):
+    """One training step; ``routed``: its forward and loss inside ``torchbp.manual_backward()``."""
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
     device = x.device.type
 
     def step():
         opt.zero_grad(set_to_none=True)
-        with torch.autocast(device, dtype=torch.bfloat16, enabled=amp):
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=amp), \
+                (torchbp.manual_backward() if routed else contextlib.nullcontext()):
             loss = loss_fn(model(x), y)
         loss.backward()
         opt.step()
@@ -350,8 +417,12 @@ def peak_memory(step, device) -> int:
 
 def bench_one(name, device, dtype_name, args, mode="eager"):
     row = dict(model=name, device=device, dtype=dtype_name, mode=mode, status="ok", note="")
-    model, x, y, native_loss, loss_twin_name = build(name, args.quick)
-    missing = missing_twins(model)
+    try:
+        model, x, y, native_loss, loss_twin_name = build(name, args.quick)
+    except SkipRow as e:
+        row["status"] = str(e)
+        return row
+    missing = [] if name in REAL_MODELS else missing_twins(model)  # real models: what swap leaves native stays
     if missing:
         row["status"] = f"skipped (missing: {', '.join(missing)})"
         return row
@@ -385,7 +456,8 @@ def bench_one(name, device, dtype_name, args, mode="eager"):
             row["status"] = f"compile failed: {type(e).__name__}: {str(e).splitlines()[0][:120]}"
             return row
     else:
-        steps = {"native": make_step(model, native_loss, x, y, amp), "manual": make_step(manual, manual_loss, x, y, amp)}
+        steps = {"native": make_step(model, native_loss, x, y, amp),
+                 "manual": make_step(manual, manual_loss, x, y, amp, routed=mode == "routed")}
 
     for _ in range(args.warmup):
         for s in steps.values():
@@ -402,12 +474,15 @@ def bench_one(name, device, dtype_name, args, mode="eager"):
     row.update(native_ms=1e3 * statistics.median(times["native"]), manual_ms=1e3 * statistics.median(times["manual"]),
                time_ratio=med, ratio_iqr=[q1, q3], ratios=ratios, reps_per_sample=reps, pairs=args.pairs)
 
-    if mode != "eager":  # memory and audit overhead: see the eager rows
+    if mode not in ("eager", "routed"):  # memory and audit overhead: see the eager rows
         row.update(native_peak_mib=None, manual_peak_mib=None, mem_ratio=None, audit_overhead=None)
         return row
     mem = {side: peak_memory(s, device) for side, s in steps.items()}
     row.update(native_peak_mib=mem["native"] / 2**20, manual_peak_mib=mem["manual"] / 2**20,
                mem_ratio=mem["manual"] / mem["native"] if mem["native"] else float("nan"))
+    if mode == "routed":  # the audit's cost: see the model's eager (swap) row
+        row["audit_overhead"] = None
+        return row
     if getattr(args, "phases", False):
         sides = {"native": (model, native_loss), "manual": (manual, manual_loss)}
         ph = phase_times({s: make_phase_step(m, f, x, y, amp, steps[s].opt) for s, (m, f) in sides.items()},
@@ -437,7 +512,8 @@ def bench_one(name, device, dtype_name, args, mode="eager"):
 def environment():
     env = dict(torch=torch.__version__, torchbp=torchbp.__version__, python=platform.python_version(),
                platform=platform.platform(), processor=platform.processor() or platform.machine(),
-               threads=torch.get_num_threads())
+               threads=torch.get_num_threads(), cpu_capability=torch.backends.cpu.get_cpu_capability(),
+               torch_cuda=torch.version.cuda)
     try:
         with open("/proc/cpuinfo") as f:
             env["cpu"] = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
@@ -513,8 +589,8 @@ def compare_runs(old_doc, rows) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", default=None,
-                   help=f"comma-separated, from {', '.join(MODELS)} (default: {', '.join(DEFAULT_MODELS)}, "
-                        "and mlp-wide on CUDA)")
+                   help=f"comma-separated, from {', '.join(MODELS)}, or real (= {', '.join(REAL_MODELS)}) "
+                        f"(default: {', '.join(DEFAULT_MODELS)}, and mlp-wide on CUDA)")
     p.add_argument("--device", default="all", choices=("cpu", "cuda", "all"),
                    help="all = cpu, and cuda when available (default)")
     p.add_argument("--dtypes", default="float32,bfloat16", help="comma-separated: float32, bfloat16 (autocast)")
@@ -538,10 +614,12 @@ def main(argv=None) -> int:
     args.warmup = args.warmup if args.warmup is not None else (1 if args.quick else 5)
     args.sample_s = args.sample_s or (0.002 if args.quick else 0.05)
     models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
+    if models:
+        models = [r for m in models for r in (REAL_MODELS if m == "real" else (m,))]
     dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
     for m in models or ():
         if m not in MODELS:
-            p.error(f"unknown model {m!r}; choose from {', '.join(MODELS)}")
+            p.error(f"unknown model {m!r}; choose from {', '.join(MODELS)}, or real")
     for d in dtypes:
         if d not in ("float32", "bfloat16"):
             p.error(f"unknown dtype {d!r}; choose float32 or bfloat16")
@@ -561,7 +639,7 @@ def main(argv=None) -> int:
     for device in devices:
         for name in models or DEFAULT_MODELS + (("mlp-wide",) if device == "cuda" else ()):
             for dtype in dtypes:
-                modes = ("eager",) + (("graph",) if device == "cuda" and args.graphs == "yes" else ()) \
+                modes = ("eager",) + (("routed",) if name in REAL_MODELS else ()) + (("graph",) if device == "cuda" and args.graphs == "yes" else ()) \
                     + (("compiled",) if args.compile else ())
                 for mode in modes:
                     log(f"bench: {name} on {device}, {dtype}, {mode} ...")
