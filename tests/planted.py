@@ -34,22 +34,28 @@ class _PlantedTanhTwin(PlantedTanh):
         return _WrongTanh.apply(input)
 
 
-class _WrongLinear(DeltaFunction):
-    """Linear whose δ to the input is 1.5× too large (the weight's and bias's are right)."""
+def wrong_linear_function(input_scale=1.0, weight_scale=1.0):
+    """A linear δ Function whose δ to the input is ``input_scale``× and ∂J/∂W ``weight_scale``× the right one
+    (∂J/∂b right)."""
+    class WrongLinearFunction(DeltaFunction):
+        @staticmethod
+        def forward(x, w, b):
+            return torch.nn.functional.linear(x, w, b)
 
-    @staticmethod
-    def forward(x, w, b):
-        return torch.nn.functional.linear(x, w, b)
+        @staticmethod
+        def setup_context(ctx, inputs, output):
+            ctx.save_for_backward(inputs[0], inputs[1])
 
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(inputs[0], inputs[1])
+        @staticmethod
+        def backward(ctx, d):
+            x, w = ctx.saved_tensors
+            d2, x2 = d.reshape(-1, d.shape[-1]), x.reshape(-1, x.shape[-1])
+            return (input_scale * d @ w, weight_scale * d2.T @ x2,
+                    d2.sum(0) if ctx.needs_input_grad[2] else None)
+    return WrongLinearFunction
 
-    @staticmethod
-    def backward(ctx, d):
-        x, w = ctx.saved_tensors
-        d2, x2 = d.reshape(-1, d.shape[-1]), x.reshape(-1, x.shape[-1])
-        return 1.5 * d @ w, d2.T @ x2, d2.sum(0) if ctx.needs_input_grad[2] else None
+
+_WrongLinear = wrong_linear_function(input_scale=1.5)
 
 
 class WrongLinear(torch.nn.Linear):

@@ -24,6 +24,7 @@ import pytest
 import torch
 
 import torchbp
+from planted import wrong_linear_function
 from util import grad_fn_names
 
 dist = pytest.importorskip("torch.distributed")
@@ -158,20 +159,7 @@ def wrap_then_swap_static_graph(rank):
     return wrap_then_swap(rank, static_graph=True)  # DDP records the graph of the first (native) step
 
 
-class _WrongLinearFn(torchbp.functional.DeltaFunction):
-    """A planted bug: ∂J/∂W off by 1 %."""
-    @staticmethod
-    def forward(x, w, b):
-        return torch.nn.functional.linear(x, w, b)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(inputs[0], inputs[1])
-
-    @staticmethod
-    def backward(ctx, d):
-        x, w = ctx.saved_tensors
-        return d @ w, 1.01 * d.T @ x, d.sum(0)
+_WrongLinearFn = wrong_linear_function(weight_scale=1.01)  # a planted bug: ∂J/∂W off by 1 %
 
 
 class WrongLinear(torch.nn.Linear):
