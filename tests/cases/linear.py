@@ -1,0 +1,51 @@
+"""torchbp.functional.linear: linear, bilinear."""
+import torch
+import torch.nn.functional as F
+
+import torchbp.functional as tbf
+from cases import FLOAT64, GRADCHECK, LOW, Case, shape_id
+
+CASES = []
+
+# --- linear: z = W a + b ----------------------------------------------------------------------------------
+for shape in [(5,), (4, 5), (2, 3, 5), (2, 1, 3, 5)]:
+    for bias in (True, False):
+        CASES.append(Case(f"linear.linear-{shape_id(shape)}-{'bias' if bias else 'nobias'}", tbf.linear, F.linear,
+                          lambda shape=shape, bias=bias: (torch.randn(shape, requires_grad=True),
+                                                          torch.randn(6, 5, requires_grad=True),
+                                                          torch.randn(6, requires_grad=True) if bias else None),
+                          checks=(FLOAT64,)))
+CASES += [
+    Case("linear.linear-2x3x5-bias", tbf.linear, F.linear,
+         lambda: (torch.randn(2, 3, 5, requires_grad=True), torch.randn(4, 5, requires_grad=True),
+                  torch.randn(4, requires_grad=True)), checks=(GRADCHECK,)),
+    Case("linear.linear-3x5-nobias", tbf.linear, F.linear,
+         lambda: (torch.randn(3, 5, requires_grad=True), torch.randn(4, 5, requires_grad=True), None),
+         checks=(GRADCHECK,)),
+    Case("linear.linear-8x32", tbf.linear, F.linear,
+         lambda: (torch.randn(8, 32, requires_grad=True), torch.randn(16, 32, requires_grad=True),
+                  torch.randn(16, requires_grad=True)), checks=(LOW,)),
+]
+
+
+# --- bilinear: z_o = a1ᵀ W_o a2 + b_o ---------------------------------------------------------------------
+def bilinear_args(lead, bias=True, grads="xwb"):
+    return (torch.randn(*lead, 5, requires_grad="x" in grads), torch.randn(*lead, 3, requires_grad="x" in grads),
+            torch.randn(6, 5, 3, requires_grad="w" in grads),
+            torch.randn(6, requires_grad="b" in grads) if bias else None)
+
+
+for lead in [(), (4,), (2, 3), (2, 1, 3), (0,)]:  # leading dims of both inputs
+    for bias in (True, False):
+        CASES.append(Case(f"linear.bilinear-{shape_id(lead)}-{'bias' if bias else 'nobias'}", tbf.bilinear,
+                          F.bilinear, lambda lead=lead, bias=bias: bilinear_args(lead, bias), checks=(FLOAT64,)))
+CASES += [
+    Case("linear.bilinear-2x3-bias", tbf.bilinear, F.bilinear, lambda: bilinear_args((2, 3)), checks=(GRADCHECK,)),
+    Case("linear.bilinear-4-nobias", tbf.bilinear, F.bilinear, lambda: bilinear_args((4,), bias=False),
+         checks=(GRADCHECK,)),
+    Case("linear.bilinear-0d-bias", tbf.bilinear, F.bilinear, lambda: bilinear_args(()), checks=(GRADCHECK,)),
+    Case("linear.bilinear-16", tbf.bilinear, F.bilinear,
+         lambda: (torch.randn(16, 24, requires_grad=True), torch.randn(16, 20, requires_grad=True),
+                  torch.randn(12, 24, 20, requires_grad=True) / 5, torch.randn(12, requires_grad=True)),
+         checks=(LOW,)),
+]
