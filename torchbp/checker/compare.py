@@ -40,17 +40,13 @@ def metrics(s: torch.Tensor, r: torch.Tensor, ref_norm: float | None = None) -> 
         return {"max_abs_err": NAN, "rel_err": NAN, "cosine": NAN, "norm": NAN, "ref_norm": NAN}
     if s.numel() == 0:
         return {"max_abs_err": 0.0, "rel_err": 0.0, "cosine": 1.0, "norm": 0.0, "ref_norm": 0.0}
-    f64 = torch.float64
     s, r = s.detach().reshape(-1), r.detach().reshape(-1).to(s.device)
-    parts = []  # per chunk: ‖s‖, ‖r‖, ‖s − r‖, max|s − r|
-    for a, b in zip(s.split(_CHUNK), r.split(_CHUNK)):
-        a, b = a.to(f64), b.to(f64)
-        d = a - b
-        parts.append(torch.stack([torch.linalg.vector_norm(a), torch.linalg.vector_norm(b),
-                                  torch.linalg.vector_norm(d), torch.linalg.vector_norm(d, math.inf)]))
-    p = torch.stack(parts)
-    ns, nr_, nd = (float(v) for v in torch.linalg.vector_norm(p[:, :3], dim=0).tolist())
-    max_abs = float(p[:, 3].max())
+    if s.numel() <= _CHUNK:  # most gradients: one stacked reduction, one read back to the host
+        ns, nr_, nd, max_abs = _norms(s, r).tolist()
+    else:
+        p = torch.stack([_norms(a, b) for a, b in zip(s.split(_CHUNK), r.split(_CHUNK))])
+        ns, nr_, nd = torch.linalg.vector_norm(p[:, :3], dim=0).tolist()
+        max_abs = float(p[:, 3].max())
     nr = ref_norm if ref_norm is not None else nr_
     if math.isnan(ns) or math.isnan(nr_) or not (math.isfinite(ns) or finite(s)) or not (math.isfinite(nr_) or finite(r)):
         return {"max_abs_err": NAN, "rel_err": NAN, "cosine": NAN, "norm": ns, "ref_norm": nr}
@@ -61,6 +57,13 @@ def metrics(s: torch.Tensor, r: torch.Tensor, ref_norm: float | None = None) -> 
     else:
         cos = 1.0 if ns == nr else 0.0
     return {"max_abs_err": max_abs, "rel_err": rel, "cosine": cos, "norm": ns, "ref_norm": nr}
+
+
+def _norms(s: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """[‖s‖, ‖r‖, ‖s − r‖, max|s − r|] of two flat tensors, in float64, as one tensor."""
+    a, b = s.to(torch.float64), r.to(torch.float64)
+    d = a - b
+    return torch.stack([*torch._foreach_norm([a, b, d]), torch.linalg.vector_norm(d, math.inf)])
 
 
 def norm(t: torch.Tensor) -> float:

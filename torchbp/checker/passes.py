@@ -197,6 +197,7 @@ class Pass:
 
     def __init__(self, model, inputs, target, loss_fn, sink, *, seed, device, context=(), random=None,
                  keep_inputs=(), walk=False, repeat=0, on_repeat=None, hooked=True, native_only=False):
+        sink = _outside_modes(sink)
         self.capture = Capture(model, sink if hooked else _ignore, keep_inputs, device)
         self.covered = self.custom = self.reached = self.loss_value = None
         state = ModelState(model)
@@ -248,6 +249,16 @@ class Pass:
 
 def _ignore(key, qty, g):
     pass
+
+
+def _outside_modes(sink):
+    """``sink`` called with every TorchFunctionMode off: judging a gradient (metrics, digests) is the
+    audit's own arithmetic, not the model's, so neither the routing nor float64-throughout has anything
+    to say about it (and each would add its Python dispatch to every op of every row)."""
+    def call(key, qty, g):
+        with torch._C.DisableTorchFunction():
+            sink(key, qty, g)
+    return call
 
 
 @contextlib.contextmanager

@@ -217,4 +217,6 @@ def seed_generators(seed, device):
 def digest(t: torch.Tensor) -> str:
     """SHA-256 of a tensor's bytes."""
     b = t.detach().reshape(-1).contiguous().cpu()
-    return hashlib.sha256(b.view(torch.uint8).numpy().tobytes()).hexdigest()
+    if b.numel() == 0:
+        return hashlib.sha256(b"").hexdigest()
+    return hashlib.sha256(b.view(torch.uint8).numpy()).hexdigest()  # the buffer itself, not a bytes copy
