@@ -6,7 +6,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import torchbp
-import torchbp.functional.ctc as tbc
+import torchbp.functional.loss as tbc
 from util import assert_matches_native, grad_fn_names
 
 DT = torch.float64

@@ -6,7 +6,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import torchbp
-import torchbp.functional.margin_loss as tbm
+import torchbp.functional.loss as tbm
 from util import assert_matches_native, gradchecks, grad_fn_names
 
 DT = torch.float64

@@ -5,13 +5,13 @@ table (native callable -> δ twin) that :mod:`torchbp.registry` reads.
 """
 from . import (activation, attention, conv, dropout, flatten, linear, loss, normalization, pooling,
                sparse, stack, upsampling, rnn, pointwise, reduction, indexing, distance, rearrange, stochastic,
-               margin_loss, pooling_extra, sync_batchnorm, local_norm, sampling, ctc)
+               pooling_extra, sync_batchnorm, local_norm, sampling)
 from ._common import DeltaFunction  # noqa: F401 (public: the base class of every δ Function)
 
 # Bound before the star imports below, which rebind names such as `linear` to the functions.
 FAMILIES = (linear, activation, loss, conv, pooling, normalization, sparse, dropout,
             flatten, attention, stack, upsampling, rnn, pointwise, reduction, indexing, distance, rearrange, stochastic,
-            margin_loss, pooling_extra, sync_batchnorm, local_norm, sampling, ctc)
+            pooling_extra, sync_batchnorm, local_norm, sampling)
 
 from .activation import *  # noqa: F401,F403
 from .attention import *  # noqa: F401,F403
@@ -32,9 +32,7 @@ from .indexing import *  # noqa: F401,F403
 from .distance import *  # noqa: F401,F403
 from .rearrange import *  # noqa: F401,F403
 from .stochastic import *  # noqa: F401,F403
-from .margin_loss import *  # noqa: F401,F403
 from .pooling_extra import *  # noqa: F401,F403
 from .sync_batchnorm import *  # noqa: F401,F403
 from .local_norm import *  # noqa: F401,F403
 from .sampling import *  # noqa: F401,F403
-from .ctc import *  # noqa: F401,F403

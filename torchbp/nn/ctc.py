@@ -1,7 +1,7 @@
 """Twin of torch.nn.CTCLoss."""
 import torch
 
-from ..functional import ctc as F_ctc
+from ..functional import loss as F_ctc
 
 
 class CTCLoss(torch.nn.CTCLoss):

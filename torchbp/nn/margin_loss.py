@@ -1,7 +1,7 @@
 """Twins of torch.nn.MultiMarginLoss, MultiLabelMarginLoss and TripletMarginWithDistanceLoss."""
 import torch
 
-from ..functional import margin_loss as F_ml
+from ..functional import loss as F_ml
 
 
 class MultiMarginLoss(torch.nn.MultiMarginLoss):
