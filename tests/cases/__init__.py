@@ -28,7 +28,8 @@ class Case:
     unless ``gradgrad`` is False, gradgradcheck), LOW (the low-precision oracle rule in ``low_dtypes``, on
     every device unless ``devices`` says otherwise).
     why: the reason a check that would seem to apply is left out (read by people, not by the matrix).
-    delta_ran: FLOAT64 also asserts that a δ Function node is in the graph of ``ours``' output."""
+    delta_ran: FLOAT64 also asserts that a δ Function node is in the graph of ``ours``' output.
+    quiet: the warnings both sides raise (as torch does) are silenced."""
 
     id: str
     ours: Callable
@@ -40,6 +41,7 @@ class Case:
     low_dtypes: tuple = LOW_DTYPES
     devices: tuple = ("cpu", "cuda")
     delta_ran: bool = False
+    quiet: bool = False
     why: str = ""
 
     def make(self):
@@ -68,7 +70,7 @@ def shape_id(shape) -> str:
     return "x".join(map(str, shape)) if len(shape) else "0d"
 
 
-FAMILIES = ["linear", "activation"]
+FAMILIES = ["linear", "activation", "loss"]
 
 
 def all_cases() -> list[Case]:
