@@ -115,40 +115,67 @@ except ImportError:  # pragma: no cover
     _engine_run_backward = None
 
 
-class _InlineCheckpointFunction:
-    """Stands in for ``torch.utils.checkpoint.CheckpointFunction``: the segment runs as plain code."""
-
-    @staticmethod
-    def apply(function, preserve_rng_state, *args):
-        return function(*args)
-
-
-def _inline_generator(function, *args, **kwargs):
-    """Stands in for torch's non-reentrant checkpoint generator: nothing before or after the segment,
-    which then runs as plain code."""
-    yield
-
-
 @contextlib.contextmanager
-def checkpoints_inline():
+def checkpoints_inline(seen=None):
     """Gradient-checkpointed segments (``torch.utils.checkpoint``, either kind) run as plain code in a
     hooked pass: a reentrant checkpoint's forward records no graph, so its layers would get no rows and
     its parameters no gradient at all when no input of the segment needs one. The pass without hooks
     keeps the checkpoints, as training runs them. ``checkpoint`` looks these names up in its module on
-    every call (and the routing's hand-over for recomputes wraps whatever it finds there)."""
+    every call (and the routing's hand-over for recomputes wraps whatever it finds there). ``seen``: a
+    set that gets "checkpoint" when a segment ran inline (training runs it otherwise)."""
+    seen = set() if seen is None else seen
+
+    class InlineCheckpointFunction:  # stands in for CheckpointFunction: the segment runs as plain code
+        @staticmethod
+        def apply(function, preserve_rng_state, *args):
+            seen.add("checkpoint")
+            return function(*args)
+
+    def inline_generator(function, *args, **kwargs):  # torch's non-reentrant checkpoint generator
+        seen.add("checkpoint")
+        yield  # nothing before or after the segment, which then runs as plain code
+
     cp = torch.utils.checkpoint
-    inline = {"CheckpointFunction": _InlineCheckpointFunction,
-              "_checkpoint_without_reentrant_generator": _inline_generator,
-              "_checkpoint_without_reentrant_generator_impl": _inline_generator}  # torch >= 2.14 calls this
+    inline = {"CheckpointFunction": InlineCheckpointFunction,
+              "_checkpoint_without_reentrant_generator": inline_generator,
+              "_checkpoint_without_reentrant_generator_impl": inline_generator}  # torch >= 2.14 calls this
     names = [n for n in inline if hasattr(cp, n)]
     saved = {n: getattr(cp, n) for n in names}
     for n in names:
         setattr(cp, n, inline[n])
     try:
-        yield
+        yield seen
     finally:
         for n, v in saved.items():
             setattr(cp, n, v)
+
+
+# names whose reading in a module's forward makes it run differently under the audit's hooks
+_HOOK_NAMES = frozenset({"_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
+                         "_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks",
+                         "_global_backward_pre_hooks", "_GLOBAL_HOOKS"})
+_READS_HOOKS: dict = {}
+
+
+def _forward_reads_hooks(cls) -> bool:
+    """Whether ``cls.forward`` reads a module's hooks itself (a container that fuses its children
+    unless something watches them)."""
+    known = _READS_HOOKS.get(cls)
+    if known is None:
+        code = getattr(getattr(cls, "forward", None), "__code__", None)
+        known = _READS_HOOKS[cls] = code is not None and not _HOOK_NAMES.isdisjoint(code.co_names)
+    return known
+
+
+def hook_dependent(module) -> bool:
+    """Whether ``module`` (as it ran in a hooked pass) may run other code when no hook watches it:
+    torchbp's Sequential with a run of dense layers it fuses (dense_stack), or any module whose forward
+    reads hooks."""
+    from ..nn.container import Sequential, _plan
+    if type(module) is Sequential:
+        mods = tuple(module._modules.values())
+        return any(isinstance(step, list) for step in _plan(mods, tuple(map(type, mods)))[0])
+    return _forward_reads_hooks(type(module))
 
 
 def _gradients(loss, wrt, retain, reentrant):
@@ -200,6 +227,8 @@ class Pass:
         sink = _outside_modes(sink)
         self.capture = Capture(model, sink if hooked else _ignore, keep_inputs, device)
         self.covered = self.custom = self.reached = self.loss_value = None
+        self.inline = set()  # hooked: "checkpoint" when a checkpointed segment ran inline
+        self.hook_dependent = []  # hooked: keys of the modules that may run otherwise without hooks
         state = ModelState(model)
         try:
             seed_generators(seed, device)
@@ -211,9 +240,11 @@ class Pass:
                 for cm in context:
                     stack.enter_context(cm)
                 if hooked:
-                    stack.enter_context(checkpoints_inline())
+                    stack.enter_context(checkpoints_inline(self.inline))
                     stack.enter_context(self.capture)
                 out = model(*args, **kwargs)
+                if hooked:  # (the classes as they ran: the routing's twins are still in place here)
+                    self.hook_dependent = [k for k, m in self.capture.modules.items() if hook_dependent(m)]
                 loss = loss_fn(out, target)
                 if isinstance(loss, torch.Tensor) and loss.numel() == 1:
                     loss = loss.reshape(())

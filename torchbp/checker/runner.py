@@ -8,7 +8,9 @@
    - the reference pass (native autograd); float64: grads kept; lower precision: each grad reduced
      at once to its error against the oracle;
    - the subject pass, hooked per layer; each grad judged the moment its hook fires (judging.py);
-   - the subject as it trains (no hooks: fused runs, fast paths); its parameter gradients judged
+   - the subject as it trains (no hooks: fused runs, fast paths), where it trains otherwise than
+     hooked (a fused container, a forward that reads hooks, gradient checkpoints, ``against=``;
+     ``environment["as_trained"]`` says why it ran or was not needed); its parameter gradients judged
      (where only they disagree, the module around them, which fused them, is named);
 3. localization (localization.py), only when a row fails;
 4. the report (report.py), with the environment (environment.py).
@@ -191,6 +193,26 @@ def _subject_pass(plan, subject_model, judge, say):
     return subject
 
 
+AS_TRAINED_SKIPPED = ("skipped: the subject runs the same code with and without the audit's hooks (no fused "
+                      "container, no forward that reads hooks, no gradient checkpoint)")
+
+
+def _as_trained_needed(plan, subject) -> str | None:
+    """Why the subject must also run as it trains (no hooks), or None when that pass would verify
+    nothing new: the routed subject runs torchbp's code, whose only paths that hooks switch off are
+    fused containers and gradient checkpoints, found during the hooked pass, plus any module whose
+    own forward reads hooks. A subject given with ``against`` runs its own code: always."""
+    if not plan.routed:
+        return "the subject's own code (against=)"
+    reasons = []
+    if subject.hook_dependent:
+        names = [module_name(k) or "<root>" for k in subject.hook_dependent]
+        reasons.append(f"runs otherwise without hooks: {', '.join(names[:4])}{', …' if len(names) > 4 else ''}")
+    if "checkpoint" in subject.inline:
+        reasons.append("gradient checkpoints (run inline under the hooks)")
+    return "; ".join(reasons) or None
+
+
 def _as_trained_pass(plan, subject_model, reference_model, judge, env, say):
     """The subject exactly as it trains: no hooks, so fused runs (a swapped ``nn.Sequential``'s
     dense_stack), every fast path the hooks would switch off and gradient checkpointing run; its
@@ -249,8 +271,10 @@ def audit(model, inputs, target=None, *, loss_fn=None, against=None, dtype=None,
 
     The reference is native autograd whatever state the model and the caller are in: modules already
     swapped to their twins run natively there, and the caller's ``manual_backward()`` (any
-    TorchFunctionMode) is suspended. The subject runs twice: hooked per layer, and as it trains (fused
-    runs, no hooks), whose parameter gradients are judged too. The model is left exactly as found:
+    TorchFunctionMode) is suspended. The subject runs hooked per layer, and, where it would train
+    otherwise without hooks (a fused container, a forward that reads hooks, gradient checkpoints, a
+    subject given with ``against``), once more as it trains, whose parameter gradients are judged too;
+    ``environment["as_trained"]`` says which and why. The model is left exactly as found:
     parameters and buffers (the same objects, bit for bit), ``.grad``, training flags, classes, RNG
     states (torch's, generators the model holds, numpy's and Python's).
     """
@@ -296,7 +320,10 @@ def _run(plan, model, against, original_reference, reference, loss_fn, localize,
                 subject_model = reference_model if plan.routed else working_model(model, plan.dtype, plan.device)
             judge = Judge(kept, plan.dtype, native_err, ref_norms)
             subject = _subject_pass(plan, subject_model, judge, say)
-            trained = _as_trained_pass(plan, subject_model, reference_model, judge, env, say)
+            why = _as_trained_needed(plan, subject)
+            env["as_trained"] = f"run: {why}" if why else AS_TRAINED_SKIPPED
+            trained = _as_trained_pass(plan, subject_model, reference_model, judge, env, say) if why else None
+            judge.parameter_refs.clear()
             del kept
             rows, bad_keys = build_rows(judge, subject, subject_model, plan.routed, as_trained=trained)
             if not bad_keys:

@@ -1,0 +1,129 @@
+"""What the audit runs, and that running less never verifies less: the subject's pass without hooks runs
+exactly where the model trains otherwise than under the hooks (a fused container, a forward that reads
+hooks, gradient checkpoints, a subject given with ``against``) and still FAILs a bug only that path has;
+elsewhere the report says why it was not needed. The metrics' one-reduction path agrees with the chunked
+one."""
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.utils.checkpoint
+
+import torchbp
+from torchbp.checker import compare
+from torchbp.checker.runner import AS_TRAINED_SKIPPED
+
+from planted import wrong_linear_function
+
+X = torch.randn(4, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+
+
+def fused_mlp():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 3)).double()
+
+
+class Plain(nn.Module):
+    """Linear, Tanh, Linear called one by one: nothing runs otherwise without hooks."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.a, self.act, self.b = nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 3)
+
+    def forward(self, x):
+        return self.b(self.act(self.a(x)))
+
+
+_WrongWeight = wrong_linear_function(weight_scale=1.5)
+
+
+class FastWhenUnwatched(nn.Linear):
+    """A layer with a fast path taken only when no hook watches it, whose ∂J/∂W is planted wrong."""
+
+    def forward(self, x):
+        if not (self._forward_hooks or self._forward_pre_hooks):
+            return _WrongWeight.apply(x, self.weight, self.bias)
+        return super().forward(x)
+
+
+def as_trained_rows(report):
+    return [r for r in report.rows if r.quantity.endswith("(as trained)")]
+
+
+def test_a_model_without_hook_dependent_code_skips_the_pass_and_says_why():
+    r = torchbp.audit(Plain().double(), X)
+    assert r.ok, str(r)
+    assert r.environment["as_trained"] == AS_TRAINED_SKIPPED
+    assert not as_trained_rows(r)
+    assert r.to_dict()["environment"]["as_trained"].startswith("skipped:")
+
+
+def test_a_fused_container_is_still_run_as_trained_and_its_planted_bug_fails(monkeypatch):
+    from torchbp.functional.stack import DenseStack
+    model = fused_mlp()
+    r = torchbp.audit(model, X)
+    assert r.ok and r.environment["as_trained"].startswith("run: runs otherwise without hooks: <root>"), \
+        r.environment["as_trained"]
+    original = DenseStack.backward
+
+    def planted(ctx, delta):  # only the fused run is wrong: its weights' gradients 1.5×
+        grads = list(original(ctx, delta))
+        for i in range(3, len(grads), 2):
+            grads[i] = None if grads[i] is None else 1.5 * grads[i]
+        return tuple(grads)
+
+    monkeypatch.setattr(DenseStack, "backward", staticmethod(planted))
+    for oracle, dtype in (("always", None), ("auto", torch.float32), ("always", torch.float32)):
+        bad = torchbp.audit(model, X, dtype=dtype, oracle=oracle)
+        assert not bad.ok, (oracle, dtype, str(bad))
+        assert as_trained_rows(bad) and all(row.quantity.endswith("(as trained)") for row in bad.failures)
+        assert "only as trained" in bad.verdict()
+
+
+def test_a_forward_that_reads_hooks_is_run_as_trained_and_its_fast_path_judged():
+    torch.manual_seed(0)
+    model = nn.Sequential(FastWhenUnwatched(8, 5), nn.Tanh()).double()
+    r = torchbp.audit(model, X)
+    assert r.environment["as_trained"].startswith("run: runs otherwise without hooks: 0"), r.environment
+    assert not r.ok and ("0", "weight (as trained)") in {(row.layer, row.quantity) for row in r.failures}, str(r)
+
+
+class Checkpointed(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.a, self.b = nn.Linear(8, 16), nn.Linear(16, 3)
+
+    def forward(self, x):
+        h = torch.utils.checkpoint.checkpoint(lambda t: torch.tanh(self.a(t)), x, use_reentrant=False)
+        return self.b(h)
+
+
+def test_gradient_checkpoints_are_run_as_trained():
+    r = torchbp.audit(Checkpointed().double(), X)
+    assert r.ok, str(r)
+    assert "gradient checkpoints" in r.environment["as_trained"], r.environment["as_trained"]
+
+
+def test_a_subject_given_with_against_is_always_run_as_trained():
+    sub, ref = Plain().double(), Plain().double()
+    r = torchbp.audit(sub, X, against=ref)
+    assert r.ok and r.environment["as_trained"] == "run: the subject's own code (against=)"
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("n", [1, 1000, 5000])
+def test_metrics_one_reduction_agrees_with_the_chunked_path(monkeypatch, dtype, n):
+    g = torch.Generator().manual_seed(n)
+    s = torch.randn(n, dtype=torch.float64, generator=g).to(dtype)
+    r = s.double() + 1e-3 * torch.randn(n, dtype=torch.float64, generator=g)
+    whole = compare.metrics(s, r)
+    monkeypatch.setattr(compare, "_CHUNK", 7)
+    chunked = compare.metrics(s, r)
+    for k in whole:
+        assert math.isclose(whole[k], chunked[k], rel_tol=1e-12, abs_tol=1e-300), (k, whole[k], chunked[k])
+    d = s.double() - r
+    assert math.isclose(whole["rel_err"], float(d.norm() / r.norm()), rel_tol=1e-12)
+    assert whole["max_abs_err"] == float(d.abs().max())
