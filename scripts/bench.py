@@ -34,7 +34,12 @@ second). ``--malloc heap`` (the default) sets M_MMAP_THRESHOLD = 32 MiB and a hi
 through mallopt, so both sides reuse the heap, much as PyTorch's caching allocator does on CUDA;
 ``--malloc default`` keeps glibc's behaviour.
 
-Audit overhead: ``torchbp.audit`` wall time / native step time, when torchbp.audit exists.
+Audit cost, in native training steps (each audit timed between two timings of the native step, median of
+3 rounds): "audit ×" the default audit (float64 throughout, on a float64 copy), "audit × auto" a float32
+audit with ``oracle="auto"`` (the float64 oracle only where some gradient misses floor(float32) against
+native), "audit × oracle" a float32 audit with the float64 oracle always. The audit's peak memory, measured
+as a step's is: "audit MiB" and "audit mem ×" (÷ the native step's) for the default audit, "auto mem ×"
+for the float32 auto one.
 
 ``--phases``: also the median time of each phase of a step (forward, loss, backward, optimizer with
 zero_grad), both sides alternating, printed as native's time and δ's difference. For small steps this is
@@ -389,18 +394,24 @@ def quartiles(v):
 def peak_memory(step, device) -> int:
     """Bytes of the step's peak live memory above what was live when it started (see module doc)."""
     step.opt.zero_grad(set_to_none=True)  # the previous gradients are freed before the measurement
-    gc.collect()  # a collection of earlier runs' leftovers inside the profiled step would read as frees
+    return peak_of(step, device)
+
+
+def peak_of(run, device) -> int:
+    """Bytes of the peak live memory of ``run()`` above what was live when it started, measured as a
+    step's is (see module doc): a training step, or an audit."""
+    gc.collect()  # a collection of earlier runs' leftovers inside the profiled call would read as frees
     if device == "cuda":
         torch.cuda.synchronize()
         base = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
-        step()
+        run()
         torch.cuda.synchronize()
         return torch.cuda.max_memory_allocated() - base
     from torch._C._profiler import _EventType
     from torch.profiler import ProfilerActivity, profile
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        step()
+        run()
     allocs = []
     stack = list(prof.profiler.kineto_results.experimental_event_tree())
     while stack:
@@ -474,14 +485,16 @@ def bench_one(name, device, dtype_name, args, mode="eager"):
     row.update(native_ms=1e3 * statistics.median(times["native"]), manual_ms=1e3 * statistics.median(times["manual"]),
                time_ratio=med, ratio_iqr=[q1, q3], ratios=ratios, reps_per_sample=reps, pairs=args.pairs)
 
+    no_audit = dict.fromkeys([key for key, _ in AUDITS] + ["audit_peak_mib", "audit_peak_mib_auto", "audit_mem_ratio",
+                                                          "audit_mem_ratio_auto"])
     if mode not in ("eager", "routed"):  # memory and audit overhead: see the eager rows
-        row.update(native_peak_mib=None, manual_peak_mib=None, mem_ratio=None, audit_overhead=None)
+        row.update(native_peak_mib=None, manual_peak_mib=None, mem_ratio=None, **no_audit)
         return row
     mem = {side: peak_memory(s, device) for side, s in steps.items()}
     row.update(native_peak_mib=mem["native"] / 2**20, manual_peak_mib=mem["manual"] / 2**20,
                mem_ratio=mem["manual"] / mem["native"] if mem["native"] else float("nan"))
     if mode == "routed":  # the audit's cost: see the model's eager (swap) row
-        row["audit_overhead"] = None
+        row.update(no_audit)
         return row
     if getattr(args, "phases", False):
         sides = {"native": (model, native_loss), "manual": (manual, manual_loss)}
@@ -489,22 +502,51 @@ def bench_one(name, device, dtype_name, args, mode="eager"):
                          args.pairs, max(1, min(reps, 20)))
         row["phases_ms"] = {s: {k: 1e3 * v for k, v in d.items()} for s, d in ph.items()}
 
-    if hasattr(torchbp, "audit"):
-        try:
-            ts = []
-            for _ in range(1 if args.quick else 3):
+    row.update(audit_cost(model, x, y, native_loss, device, steps["native"], 1 if args.quick else 3))
+    for suffix in ("", "_auto"):
+        peak = row["audit_peak_mib" + suffix]
+        row["audit_mem_ratio" + suffix] = peak / row["native_peak_mib"] if peak is not None and mem["native"] else None
+    if row.pop("audit_error", None):
+        row["note"] = (row["note"] + "; " if row["note"] else "") + row["audit_note"]
+    row.pop("audit_note", None)
+    return row
+
+
+# each audit configuration: (JSON key of its cost in native steps, audit keywords)
+AUDITS = (("audit_overhead", {}),  # the default: float64 throughout (a float64 copy of the model)
+          ("audit_overhead_auto", dict(dtype=torch.float32, oracle="auto")),
+          ("audit_overhead_oracle", dict(dtype=torch.float32, oracle="always")))
+
+
+def audit_cost(model, x, y, loss_fn, device, native_step, repeats) -> dict:
+    """The audit's cost in native training steps, for each configuration of AUDITS: each audit timed
+    between two timings of the native step (the CPU is shared: the ratio is taken where both ran),
+    median over ``repeats`` rounds; and the default audit's peak memory, measured as a step's is
+    (``audit_peak_mib``), and its ratio to the native step's (``audit_mem_ratio``)."""
+    out = {key: None for key, _ in AUDITS}
+    out.update(audit_peak_mib=None, audit_peak_mib_auto=None)
+    one = min(timed(native_step, 1, device) for _ in range(3))
+    reps = max(1, math.ceil(0.02 / max(one, 1e-6)))
+    try:
+        for _, kw in AUDITS:  # each configuration's first run pays its one-time costs (imports, caches)
+            torchbp.audit(model, x, y, loss_fn=loss_fn, **kw)
+        ratios = {key: [] for key, _ in AUDITS}
+        for _ in range(repeats):
+            for key, kw in AUDITS:
+                before = timed(native_step, reps, device)
                 sync(device)
                 t = time.perf_counter()
-                torchbp.audit(model, x, y, loss_fn=native_loss)
+                torchbp.audit(model, x, y, loss_fn=loss_fn, **kw)
                 sync(device)
-                ts.append(time.perf_counter() - t)
-            row["audit_overhead"] = statistics.median(ts) / statistics.median(times["native"])
-        except Exception as e:  # the bench reports, it does not debug the audit
-            row["audit_overhead"] = None
-            row["note"] = (row["note"] + "; " if row["note"] else "") + f"audit failed: {type(e).__name__}: {e}"
-    else:
-        row["audit_overhead"] = None
-    return row
+                spent = time.perf_counter() - t
+                ratios[key].append(spent / ((before + timed(native_step, reps, device)) / 2))
+        out.update({key: statistics.median(v) for key, v in ratios.items()})
+        out["audit_peak_mib"] = peak_of(lambda: torchbp.audit(model, x, y, loss_fn=loss_fn), device) / 2**20
+        out["audit_peak_mib_auto"] = peak_of(lambda: torchbp.audit(model, x, y, loss_fn=loss_fn, **AUDITS[1][1]),
+                                             device) / 2**20
+    except Exception as e:  # the bench reports, it does not debug the audit
+        out.update(audit_error=True, audit_note=f"audit failed: {type(e).__name__}: {e}")
+    return out
 
 
 # --- report ---------------------------------------------------------------------------------------
@@ -534,17 +576,20 @@ def table(rows) -> str:
     out = []
     for r in rows:
         if r["status"] != "ok":
-            out.append([r["model"], r["device"], r["dtype"], r.get("mode", "eager"), "", "", r["status"], "", "", "",
-                        "", ""])
+            out.append([r["model"], r["device"], r["dtype"], r.get("mode", "eager"), "", "", r["status"]] + [""] * 10)
             continue
         q1, q3 = r["ratio_iqr"]
         out.append([r["model"], r["device"], r["dtype"], r.get("mode", "eager"), f(r["native_ms"], ".2f"),
                     f(r["manual_ms"], ".2f"),
                     f(r["time_ratio"], ".3f"), f"{q1:.3f}–{q3:.3f}", f(r["native_peak_mib"], ".1f"),
-                    f(r["manual_peak_mib"], ".1f"), f(r["mem_ratio"], ".3f"), f(r.get("audit_overhead"), ".1f")])
+                    f(r["manual_peak_mib"], ".1f"), f(r["mem_ratio"], ".3f"), f(r.get("audit_overhead"), ".1f"),
+                    f(r.get("audit_overhead_auto"), ".1f"), f(r.get("audit_overhead_oracle"), ".1f"),
+                    f(r.get("audit_peak_mib"), ".1f"), f(r.get("audit_mem_ratio"), ".2f"),
+                    f(r.get("audit_mem_ratio_auto"), ".2f")])
     text = tabulate(out, headers=["model", "device", "dtype", "mode", "native ms", "δ ms", "time ×", "IQR",
-                                  "native MiB", "δ MiB", "mem ×", "audit ×"], disable_numparse=True,
-                    colalign=("left", "left", "left", "left") + ("right",) * 8)
+                                  "native MiB", "δ MiB", "mem ×", "audit ×", "audit × auto", "audit × oracle",
+                                  "audit MiB", "audit mem ×", "auto mem ×"], disable_numparse=True,
+                    colalign=("left", "left", "left", "left") + ("right",) * 13)
     notes = [f"{r['model']} {r['device']} {r['dtype']} {r.get('mode', 'eager')}: {r['note']}"
              for r in rows if r.get("note")]
     return text + ("\n\nnotes:\n  " + "\n  ".join(notes) if notes else "")
