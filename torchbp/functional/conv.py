@@ -5,12 +5,11 @@ convolution; the backward is the derivation's three formulas, each itself a conv
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
-from ._common import LOWER, DeltaFunction, _named, apply, check, check_compatible, check_tensor, inplace_ok
+from ._common import LOWER, DeltaFunction, _named, apply, check, check_compatible, check_tensor
+from .fastpath import conv as fast
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 _CONV_T = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
@@ -21,17 +20,12 @@ class Conv(DeltaFunction):
 
     backward, with δ = ∂J/∂z:
       δ_a   = Wᵀ ⋆ δ: the transposed convolution of δ with W (the derivation's Σ_q W_{q←k} δ_q, each input
-              position collecting from every output position whose window covers it)
-      ∂J/∂W = a ⋆ δ:  W[o, c, i] gets Σ_{batch, y} δ[o, y] a[c, s·y + d·i − p] (the derivation's δ aᵀ), computed
-              as a convolution of a (batch and channels swapped) with δ as the kernel, stride and
-              dilation exchanged
-      ∂J/∂b = Σ_{batch, y} δ
-    ``padding`` here is symmetric ints; the functional forms lower "same"/"valid" to that.
-
-    Speed: on CUDA, cuDNN runs the ∂J/∂W convolution (a kernel the size of the feature map, an output the
-    size of W) with forward kernels, ~30x slower than its own weight-gradient kernel (H100, bench CNN:
-    1.0 ms vs 34 µs). An im2col + GEMM form was measured and dropped: mixed (fp32 better, bf16 and
-    memory worse). On CPU the gap is ~2x (oneDNN's forward on this shape).
+              position collecting from every output position whose window covers it)    ``_grad_a``
+      ∂J/∂W = a ⋆ δ:  W[o, c, i] gets Σ_{batch, y} δ[o, y] a[c, s·y + d·i − p] (the derivation's δ aᵀ), one
+              convolution of a (batch and channels swapped) with δ as the kernel              ``_grad_W``
+      ∂J/∂b = Σ_{batch, y} δ                                                                 ``_grad_b``
+    ``padding`` here is symmetric ints; the functional forms lower "same"/"valid" to that. The batch sums
+    run in the form this device and dtype run fastest (``fastpath.conv``), held equal to these.
     """
 
     @staticmethod
@@ -45,19 +39,38 @@ class Conv(DeltaFunction):
 
     @staticmethod
     def backward(ctx, delta):
-        a, W = ctx.saved_tensors
-        need_a, need_W, need_b = ctx.needs_input_grad[:3]
-        s, p, d, g = ctx.stride, ctx.padding, ctx.dilation, ctx.groups
-        n = len(ctx.W_shape) - 2
-        L, K, O = ctx.a_shape[2:], ctx.W_shape[2:], delta.shape[2:]
-        grad_a = None
-        if need_a:
-            # stride > 1 drops the last (L + 2p − d(k−1) − 1) mod s inputs from every window: output_padding
-            # gives them back (as zeros) so δ_a has the input's exact shape.
-            out_pad = [L[i] - ((O[i] - 1) * s[i] - 2 * p[i] + d[i] * (K[i] - 1) + 1) for i in range(n)]
-            grad_a = _CONV_T[n](delta, W, None, s, p, out_pad, g, d)
-        grad_W, grad_b = _param_grads(a, delta, delta, s, p, d, g, K, need_W, need_b and ctx.has_bias)
-        return grad_a, grad_W, grad_b, None, None, None, None
+        a, W, need_a, s, p, d, g = _saved(ctx)
+        grad_a = _grad_a(delta, W, s, p, d, g, ctx.a_shape[2:]) if need_a else None
+        return (grad_a, *_param_grads(ctx, a, delta, delta), None, None, None, None)
+
+
+def _grad_a(delta, W, s, p, d, g, L):
+    """δ_a = Wᵀ ⋆ δ, the transposed convolution of δ with W, shaped like a (spatial extent L)."""
+    n, K, O = len(L), W.shape[2:], delta.shape[2:]
+    # stride > 1 drops the last (L + 2p − d(k−1) − 1) mod s inputs from every window: output_padding gives
+    # them back (as zeros) so δ_a has the input's exact shape.
+    out_pad = [L[i] - ((O[i] - 1) * s[i] - 2 * p[i] + d[i] * (K[i] - 1) + 1) for i in range(n)]
+    return _CONV_T[n](delta, W, None, s, p, out_pad, g, d)
+
+
+def _grad_W(x, k, s, p, d, g, K):
+    """∂J/∂W = x ⋆ k: W[o, c, i] = Σ_{batch, y} k[o, y] x[c, s·y + d·i − p] (x = a, k = δ for a convolution;
+    x = δ, k = a for a transposed one), as ONE convolution of x (batch and channels swapped) with k as the
+    kernel, stride and dilation exchanged. Returns (k's channels, x's channels / g, *K), a transposed view."""
+    n = len(K)
+    N, C, *L = x.shape
+    # x as (C/g, g·N, *L): the C/g channels of a group become the batch, (group, sample) the channels;
+    # k as (O, N, *Y): each group's k is the kernel over its N samples.
+    xt = x.reshape(N, g, C // g, *L).transpose(0, 2).reshape(C // g, g * N, *L) if g > 1 else x.transpose(0, 1)
+    gw = _CONV[n](xt, k.transpose(0, 1), None, d, p, s, g)  # (C/g, O, ≥K)
+    for i in range(n):  # the correlation may reach past the kernel's extent: keep K
+        gw = gw.narrow(2 + i, 0, K[i])
+    return gw.transpose(0, 1)
+
+
+def _grad_b(delta):
+    """∂J/∂b = Σ_{batch, y} δ."""
+    return delta.sum([0, *range(2, delta.dim())])
 
 
 def _save(ctx, a, W, b):
@@ -67,68 +80,24 @@ def _save(ctx, a, W, b):
     ctx.a_shape, ctx.W_shape, ctx.has_bias = a.shape, W.shape, b is not None
 
 
-def _param_grads(x, k, delta, s, p, d, g, K, need_W, need_b):
-    """∂J/∂W = x ⋆ k (``_grad_W``; x = a, k = δ for a convolution, exchanged for a transposed one) and
-    ∂J/∂b = Σ_{batch, y} δ."""
-    grad_W = grad_b = None
-    n = len(K)
-    # ∂J/∂W and ∂J/∂b sum over the batch: on CPU in chunks of ~512K δ elements, as the full-size copies
-    # each makes (the convolution: x and k, batch and channels swapped, into its layouts; sum: a half δ
-    # into float32) are then a chunk's. Bench CNN, peak memory / native's: 1.21x -> 1.00x (float32),
-    # 1.16x -> 0.99x (bfloat16); and faster than one call (cache-sized; a 700K-element bf16 δ: ∂J/∂W in
-    # 1.6 vs 2.0 ms). On CUDA one call: launches cost more. Half-precision chunks are summed in float32.
-    n_chunks = 1 if delta.device.type == "cuda" else \
-        max(1, min(delta.shape[0], -(-delta.numel() // _CHUNK_ELEMS)))
-    low = n_chunks > 1 and delta.dtype in (torch.float16, torch.bfloat16)
-    if need_W:
-        # float32 on CPU with ≥ 16 channels per group: oneDNN runs the ∂J/∂W convolution ~1.7x faster
-        # with k (the kernel) channels-last, i.e. the samples innermost, 16 of them (one AVX-512 vector)
-        # per chunk (bench CNN conv2: 4.7 -> 2.7 ms). Measured slower with < 16 channels (C=3, 8) and
-        # in bfloat16.
-        cpu2d = n == 2 and delta.device.type == "cpu"
-        cl = cpu2d and delta.dtype == torch.float32 and x.shape[1] >= 16 * g
-        nc = max(n_chunks, -(-delta.shape[0] // 16)) if cl else n_chunks
-        if cpu2d and delta.dtype in (torch.float16, torch.bfloat16):
-            # half precision: oneDNN's algorithm for this convolution changes with the batch chunk (its input
-            # channels); fastest with chunk × δ's positions ≈ 4096, at least 2 (bf16, batch 32, 3×3 ResNet
-            # stages: 56² -> 2 a chunk, 32² -> 4, 14² -> 16, 7² -> 32, 0.7-1.1x native's wgrad where the
-            # 512K-element chunks took up to 1.7x (32²: 8 a chunk, 12.0 ms vs 7.4); 7×7 stride-2 stem on
-            # 224²: 2 a chunk, 29 ms vs 47). One exception seen: 3 -> 32 channels on 32² is faster in chunks
-            # of 8-32 (1.4 ms vs 1.9, native 0.9).
-            per = min(32, max(2, 1 << max(0, (4096 // max(1, math.prod(k.shape[2:]))).bit_length() - 1)))
-            nc = max(nc, -(-delta.shape[0] // per))
-        low_W = nc > 1 and delta.dtype in (torch.float16, torch.bfloat16)
-        if x.shape[0] == 0:  # an empty batch: a sum over no samples
-            grad_W = x.new_zeros((k.shape[1], x.shape[1] // g, *K))
-        for x_c, k_c in zip(x.chunk(nc) if x.shape[0] else (), k.chunk(nc)):
-            gw = _grad_W(x_c, k_c, s, p, d, g, K, cl)
-            gw = gw.float() if low_W else gw
-            grad_W = gw if grad_W is None else grad_W.add_(gw) if inplace_ok() else grad_W + gw
-        grad_W = grad_W.to(delta.dtype) if low_W else grad_W
-    if need_b:
-        dims = [0, *range(2, 2 + n)]
-        grad_b = sum(d_c.sum(dims, dtype=torch.float32) for d_c in delta.chunk(n_chunks)).to(delta.dtype) \
-            if low else delta.sum(dims)
+def _saved(ctx):
+    """A (transposed) convolution's backward preamble: a, W, whether δ_a is needed, stride, padding,
+    dilation, groups."""
+    a, W = ctx.saved_tensors
+    return a, W, ctx.needs_input_grad[0], ctx.stride, ctx.padding, ctx.dilation, ctx.groups
+
+
+def _param_grads(ctx, x, k, delta):
+    """(∂J/∂W = x ⋆ k, ∂J/∂b = Σ δ), each None where not needed; summed over the batch by
+    ``fastpath.conv`` (which calls ``_grad_W`` / ``_grad_b`` where the plain formula is fastest)."""
+    need_W, need_b = ctx.needs_input_grad[1], ctx.needs_input_grad[2] and ctx.has_bias
+    grad_W = fast.weight_grad(x, k, ctx.stride, ctx.padding, ctx.dilation, ctx.groups, ctx.W_shape[2:],
+                              _grad_W, _CHUNK_ELEMS) if need_W else None
+    grad_b = fast.bias_grad(delta, _grad_b, _CHUNK_ELEMS) if need_b else None
     return grad_W, grad_b
 
 
-_CHUNK_ELEMS = 1 << 19  # δ elements per chunk of the batch sums (CPU); 2 MiB in float32
-
-
-def _grad_W(a, delta, s, p, d, g, K, cl=False):
-    """∂J/∂W = a ⋆ δ over this batch: one convolution of a (batch and channels swapped) with δ as the
-    kernel, stride and dilation exchanged; ``cl``: that kernel channels-last."""
-    n = len(K)
-    N, C, *L = a.shape
-    # a as (C/g, g·N, *L): the C/g channels of a group become the batch, (group, sample) the channels;
-    # δ as (O, N, *O): each group's δ is the kernel over its N samples.
-    x = a.reshape(N, g, C // g, *L).transpose(0, 2).reshape(C // g, g * N, *L) if g > 1 else a.transpose(0, 1)
-    k = delta.transpose(0, 1)
-    k = k.contiguous(memory_format=torch.channels_last) if cl else k
-    gw = _CONV[n](x, k, None, d, p, s, g)  # (C/g, O, ≥K)
-    for i in range(n):  # the correlation may reach past the kernel's extent: keep K
-        gw = gw.narrow(2 + i, 0, K[i])
-    return gw.transpose(0, 1)
+_CHUNK_ELEMS = None  # None: fastpath.conv's own; a test sets it to force one batch chunk per sample
 
 
 class ConvTranspose(DeltaFunction):
@@ -155,18 +124,14 @@ class ConvTranspose(DeltaFunction):
 
     @staticmethod
     def backward(ctx, delta):
-        a, W = ctx.saved_tensors
-        need_a, need_W, need_b = ctx.needs_input_grad[:3]
-        s, p, d, g = ctx.stride, ctx.padding, ctx.dilation, ctx.groups
-        L, K = ctx.a_shape[2:], ctx.W_shape[2:]
+        a, W, need_a, s, p, d, g = _saved(ctx)
         grad_a = None
         if need_a:
-            grad_a = _CONV[len(K)](delta, W, None, s, p, d, g)
-            for i, l in enumerate(L):  # output_padding ≥ s (allowed when < d) gives rows past a's last
+            grad_a = _CONV[len(s)](delta, W, None, s, p, d, g)
+            for i, l in enumerate(ctx.a_shape[2:]):  # output_padding ≥ s (allowed when < d) gives rows past a's last
                 if grad_a.shape[2 + i] != l:
                     grad_a = grad_a.narrow(2 + i, 0, l)
-        grad_W, grad_b = _param_grads(delta, a, delta, s, p, d, g, K, need_W, need_b and ctx.has_bias)
-        return grad_a, grad_W, grad_b, None, None, None, None, None
+        return (grad_a, *_param_grads(ctx, delta, a, delta), None, None, None, None, None)
 
 
 class Pad(DeltaFunction):

@@ -1,0 +1,153 @@
+"""Faster forms of the convolution δ's parameter gradients (``torchbp.functional.conv``).
+
+The plain formulas there: ∂J/∂W = x ⋆ k as ONE convolution of x (batch and channels swapped) with k as the
+kernel (``conv.weight_grad``; x = a, k = δ for a convolution, exchanged for a transposed one), and
+∂J/∂b = Σ_{batch, y} δ (``conv.bias_grad``). The helpers here compute the same sums:
+
+- ``weight_grad``: picks the form by device, dtype and shape:
+  * CPU, float64, and float32 where ``gemm_form`` says so: ``weight_grad_gemm`` (the input windows unfolded,
+    one matrix product per group), in batch chunks that keep the unfolded copy small. oneDNN runs the
+    plain formula's convolution (a kernel the size of the feature map, an output the size of W) with
+    forward-convolution kernels built for small kernels, and needs both operands copied into its layouts
+    (x and k are transposed views); a GEMM returns ∂J/∂W in W's own layout, so autograd accumulates it
+    without a copy.
+  * CPU, other float32 2-D convolutions: the plain convolution with its kernel channels-last (the samples
+    innermost), one vector of samples (``cpu_vector_floats``) per batch chunk.
+  * CPU, float16 / bfloat16 2-D: the plain convolution in batch chunks (``half_chunk``), each chunk's sum in
+    float32: oneDNN's algorithm for this convolution changes with its input channels (the chunk), and is
+    fastest with chunk × δ's positions near HALF_POSITIONS.
+  * otherwise the plain convolution in batch chunks of CHUNK_ELEMS δ elements (half precision summed in
+    float32); on CUDA in one call (launches cost more than the batch sum saves).
+- ``bias_grad``: Σ δ, in float32 batch chunks for half-precision δ on the CPU.
+
+No choice here reads a timing: the forms rest on what each kernel library does with these shapes, which
+holds on AVX2 as on AVX-512 hosts. ``tests/test_fastpath_conv.py`` holds each form against the plain
+formula in every dtype, on both sides of every threshold.
+"""
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+
+from . import cpu_vector_floats
+from .._common import inplace_ok
+
+CHUNK_ELEMS = 1 << 19  # elements per batch chunk of a sum over the batch (δ, or the unfolded input); 2 MiB float32
+HALF_POSITIONS = 4096  # half precision: samples per chunk × δ's positions, the convolution's sweet spot
+HALF_CHUNK_RANGE = (2, 32)  # ... with at least 2 and at most 32 samples a chunk
+
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def _add(total, part):
+    """total + part, in place where a backward may update its own temporaries."""
+    return part if total is None else total.add_(part) if inplace_ok() else total + part
+
+
+def n_chunks(n_samples, n_elems, chunk_elems=None):
+    """How many batch chunks keep each under ``chunk_elems`` elements (at least 1, at most one per sample)."""
+    per = CHUNK_ELEMS if chunk_elems is None else chunk_elems
+    return max(1, min(n_samples, -(-n_elems // per)))
+
+
+def half_chunk(k):
+    """Samples per batch chunk for the half-precision convolution with ``k`` (the kernel of the ∂J/∂W
+    convolution, δ or a) as its kernel: the power of two nearest below HALF_POSITIONS / k's positions,
+    within HALF_CHUNK_RANGE."""
+    lo, hi = HALF_CHUNK_RANGE
+    return min(hi, max(lo, 1 << max(0, (HALF_POSITIONS // max(1, math.prod(k.shape[2:]))).bit_length() - 1)))
+
+
+def weight_grad_gemm(x, k, s, p, d, g, K):
+    """∂J/∂W = x ⋆ k (``conv.weight_grad``) as a matrix product: W[o, c, i] = Σ_{n, y} k[n, o, y] x[n, c, s·y + d·i − p]
+    is, per group, k's rows (O/g, N·Y) times the windows of x unfolded (C/g · ∏K, N·Y)ᵀ; returns W's layout
+    (O, C/g, *K), contiguous. One call over the batch given (``weight_grad`` chunks it)."""
+    n = len(K)
+    N, C = x.shape[:2]
+    O, Y = k.shape[1], k.shape[2:]
+    pad = [q for i in reversed(range(n)) for q in (p[i], p[i])]
+    v = torch.constant_pad_nd(x, pad) if any(p) else x
+    for i in range(n):  # the windows: (N, C, *positions, *K) as a view; dilation d takes every d-th of a span
+        v = v.unfold(2 + i, d[i] * (K[i] - 1) + 1, s[i])
+        if d[i] > 1:
+            v = v[..., :: d[i]]
+    for i in range(n):  # a transposed convolution's output_padding ≥ s gives positions past k's
+        if v.shape[2 + i] != Y[i]:
+            v = v.narrow(2 + i, 0, Y[i])
+    # cols: (C, *K, N, *Y) -> (g, C/g · ∏K, N·∏Y), one copy; k: (O, N, *Y) -> (g, O/g, N·∏Y)
+    cols = v.permute(1, *range(2 + n, 2 + 2 * n), 0, *range(2, 2 + n)).reshape(g, C // g * math.prod(K), -1)
+    rows = k.transpose(0, 1).reshape(g, O // g, -1)
+    gw = torch.mm(rows[0], cols[0].t()) if g == 1 else torch.bmm(rows, cols.transpose(1, 2))
+    return gw.reshape(O, C // g, *K)
+
+
+def gemm_form(x, k, g):
+    """Whether the CPU's float32 ∂J/∂W takes ``weight_grad_gemm`` rather than the plain convolution: where
+    that convolution's kernel (k's positions per sample) is small, or x has few channels per group, oneDNN
+    runs it with little work per kernel tap; a depthwise convolution's (one channel per group) goes the
+    other way, its GEMMs degenerate to dot products, worth it only over enough positions."""
+    cg, positions = x.shape[1] // g, math.prod(k.shape[2:])
+    if cg == 1:
+        return positions > DEPTHWISE_MIN_POSITIONS
+    return positions <= GEMM_MAX_POSITIONS or cg < cpu_vector_floats()
+
+
+GEMM_MAX_POSITIONS = 64  # float32: the GEMM form up to this many k positions per sample, ...
+DEPTHWISE_MIN_POSITIONS = 16  # ... and for a depthwise convolution, from above this many
+
+
+def weight_grad(x, k, s, p, d, g, K, plain, chunk_elems=None, form=None):
+    """∂J/∂W = x ⋆ k summed over the batch, in the form this device and dtype run fastest (the module's
+    doc); ``plain`` is the plain formula (``conv._grad_W``), which the forms other than the GEMM call per
+    batch chunk. Returns W's layout (O, C/g, *K), contiguous. ``form`` ("gemm", "channels_last", "plain",
+    "half") overrides the choice (tests)."""
+    if x.shape[0] == 0:  # an empty batch: a sum over no samples
+        return x.new_zeros((k.shape[1], x.shape[1] // g, *K))
+    if x.device.type == "cuda" and form is None:
+        return plain(x, k, s, p, d, g, K).contiguous()
+    if form is None:
+        if x.dtype == torch.float64 or x.dtype == torch.float32 and gemm_form(x, k, g):
+            form = "gemm"
+        elif x.dtype == torch.float32 and len(K) == 2 and x.shape[1] // g >= cpu_vector_floats():
+            form = "channels_last"
+        else:
+            form = "half" if x.dtype in _HALF and len(K) == 2 else "plain"
+    if form == "gemm":
+        per_sample = x.shape[1] * math.prod(K) * math.prod(k.shape[2:])  # one sample's unfolded windows
+        nc = n_chunks(x.shape[0], x.shape[0] * per_sample, chunk_elems)
+        gw = None
+        for x_c, k_c in zip(x.chunk(nc), k.chunk(nc)):
+            gw = _add(gw, weight_grad_gemm(x_c, k_c, s, p, d, g, K))
+        return gw
+    nc = n_chunks(k.shape[0], k.numel(), chunk_elems)
+    if form == "channels_last":
+        # oneDNN's convolution with the kernel (k, batch and channels swapped) channels-last, i.e. the samples
+        # innermost: one vector of samples per chunk
+        nc = max(nc, -(-k.shape[0] // cpu_vector_floats()))
+        plain = functools.partial(_channels_last_kernel, plain)
+    elif form == "half":
+        nc = max(nc, -(-k.shape[0] // half_chunk(k)))
+    low = nc > 1 and x.dtype in _HALF
+    gw = None
+    for x_c, k_c in zip(x.chunk(nc), k.chunk(nc)):
+        part = plain(x_c, k_c, s, p, d, g, K)
+        gw = _add(gw, part.float() if low else part)
+    return (gw.to(x.dtype) if low else gw).contiguous()
+
+
+def _channels_last_kernel(plain, x, k, *args):
+    """The plain formula with k stored so that, once its batch and channels are swapped into a kernel, the
+    kernel is channels-last."""
+    return plain(x, k.transpose(0, 1).contiguous(memory_format=torch.channels_last).transpose(0, 1), *args)
+
+
+def bias_grad(delta, plain, chunk_elems=None):
+    """∂J/∂b = Σ_{batch, y} δ (``conv.bias_grad``); half precision on the CPU: in batch chunks, each summed
+    in float32, so the float32 copy a half-precision sum makes is a chunk's."""
+    nc = 1 if delta.device.type == "cuda" else n_chunks(delta.shape[0], delta.numel(), chunk_elems)
+    if nc == 1 or delta.dtype not in _HALF:
+        return plain(delta)
+    dims = [0, *range(2, delta.dim())]
+    return sum(d_c.sum(dims, dtype=torch.float32) for d_c in delta.chunk(nc)).to(delta.dtype)
