@@ -1,5 +1,6 @@
-"""δ convolution and pooling against native autograd: module cases in the style of PyTorch's module test
-lists (float64 exact-ish), gradcheck/gradgradcheck, low precision vs a float64 oracle, twins, errors."""
+"""δ convolution (torchbp.functional.conv: 1-3-d, transposed, pad) beyond the common matrix (tests/cases/conv.py
+drives float64, gradcheck and low precision over the module cases): ∂J/∂W in batch chunks and channels-last,
+functional forms, routes, autocast, twins, refusals, output_size, a U-Net audited."""
 import copy
 
 import pytest
@@ -9,151 +10,14 @@ import torch.nn.functional as F
 
 import torchbp
 import torchbp.functional as tbf
-from util import DEVICES, LOW, assert_matches_native, gradchecks
-
-# (native module class, constructor kwargs, input shape)
-CONV_CASES = [
-    (nn.Conv1d, dict(in_channels=4, out_channels=5, kernel_size=3), (2, 4, 10)),
-    (nn.Conv1d, dict(in_channels=4, out_channels=5, kernel_size=3, padding=1, bias=False), (2, 4, 10)),
-    (nn.Conv1d, dict(in_channels=4, out_channels=6, kernel_size=4, stride=2, padding=1), (2, 4, 11)),
-    (nn.Conv1d, dict(in_channels=4, out_channels=6, kernel_size=3, dilation=2, groups=2), (2, 4, 12)),
-    (nn.Conv1d, dict(in_channels=4, out_channels=4, kernel_size=4, padding="same", dilation=3), (2, 4, 13)),
-    (nn.Conv1d, dict(in_channels=3, out_channels=4, kernel_size=3, padding="valid"), (3, 7)),  # unbatched
-    (nn.Conv2d, dict(in_channels=3, out_channels=5, kernel_size=3), (2, 3, 7, 6)),
-    (nn.Conv2d, dict(in_channels=3, out_channels=5, kernel_size=(3, 2), padding=(1, 2), bias=False), (2, 3, 7, 6)),
-    (nn.Conv2d, dict(in_channels=3, out_channels=4, kernel_size=3, stride=2, padding=1), (2, 3, 9, 8)),
-    (nn.Conv2d, dict(in_channels=3, out_channels=4, kernel_size=3, stride=(2, 3), padding=1), (2, 3, 11, 10)),
-    (nn.Conv2d, dict(in_channels=4, out_channels=6, kernel_size=3, dilation=(2, 1), padding=2), (2, 4, 9, 8)),
-    (nn.Conv2d, dict(in_channels=4, out_channels=6, kernel_size=3, groups=2, padding=1), (2, 4, 6, 6)),
-    (nn.Conv2d, dict(in_channels=4, out_channels=8, kernel_size=3, groups=4, stride=2, bias=False), (2, 4, 9, 7)),
-    (nn.Conv2d, dict(in_channels=3, out_channels=4, kernel_size=3, padding="same"), (2, 3, 6, 7)),
-    (nn.Conv2d, dict(in_channels=3, out_channels=4, kernel_size=(2, 4), padding="same", dilation=(1, 3)),
-     (2, 3, 6, 9)),
-    (nn.Conv2d, dict(in_channels=3, out_channels=4, kernel_size=3, padding="valid"), (2, 3, 6, 7)),
-    (nn.Conv2d, dict(in_channels=3, out_channels=4, kernel_size=3, stride=2, padding=2, dilation=2), (3, 9, 10)),
-] + [
-    (cls, dict(in_channels=3, out_channels=4, kernel_size=3, padding=p, padding_mode=mode), shape)
-    for mode in ("zeros", "reflect", "replicate", "circular")
-    for cls, p, shape in ((nn.Conv1d, 2, (2, 3, 8)), (nn.Conv2d, (1, 2), (2, 3, 6, 7)))
-]
-
-# transposed: stride > 1 with output_padding, output_padding ≥ stride (allowed below the dilation: δ_a's
-# convolution then overshoots a and is cut), dilation, groups, bias=False, unbatched
-CONVT_CASES = [
-    (nn.ConvTranspose1d, dict(in_channels=4, out_channels=5, kernel_size=3), (2, 4, 10)),
-    (nn.ConvTranspose1d, dict(in_channels=4, out_channels=6, kernel_size=4, stride=2, padding=1, output_padding=1),
-     (2, 4, 9)),
-    (nn.ConvTranspose1d, dict(in_channels=4, out_channels=6, kernel_size=3, dilation=3, output_padding=2, groups=2,
-                              bias=False), (2, 4, 7)),
-    (nn.ConvTranspose1d, dict(in_channels=3, out_channels=4, kernel_size=3, stride=2), (3, 7)),  # unbatched
-    (nn.ConvTranspose2d, dict(in_channels=3, out_channels=5, kernel_size=3), (2, 3, 5, 4)),
-    (nn.ConvTranspose2d, dict(in_channels=4, out_channels=6, kernel_size=3, stride=2, padding=1, output_padding=1,
-                              groups=2), (2, 4, 5, 6)),
-    (nn.ConvTranspose2d, dict(in_channels=3, out_channels=4, kernel_size=(3, 2), stride=(2, 3), padding=(1, 0),
-                              output_padding=(1, 2), bias=False), (2, 3, 4, 5)),
-    (nn.ConvTranspose2d, dict(in_channels=4, out_channels=8, kernel_size=3, groups=4, dilation=(2, 1), stride=2,
-                              output_padding=1), (2, 4, 5, 5)),
-    (nn.ConvTranspose2d, dict(in_channels=3, out_channels=4, kernel_size=4, stride=2, padding=1), (3, 6, 6)),
-]
-
-POOL_CASES = [
-    (nn.MaxPool1d, dict(kernel_size=3), (2, 3, 10)),
-    (nn.MaxPool1d, dict(kernel_size=3, stride=2, padding=1, ceil_mode=True), (2, 3, 10)),
-    (nn.MaxPool1d, dict(kernel_size=2, stride=1, dilation=2), (3, 9)),
-    (nn.MaxPool2d, dict(kernel_size=2), (2, 3, 8, 8)),
-    (nn.MaxPool2d, dict(kernel_size=3, stride=2, padding=1), (2, 3, 9, 7)),
-    (nn.MaxPool2d, dict(kernel_size=(3, 2), stride=(2, 1), ceil_mode=True), (2, 3, 10, 7)),
-    (nn.MaxPool2d, dict(kernel_size=3, stride=1, dilation=2, padding=1), (3, 8, 8)),
-    (nn.AvgPool1d, dict(kernel_size=3), (2, 3, 10)),
-    (nn.AvgPool1d, dict(kernel_size=3, stride=2, padding=1, ceil_mode=True), (2, 3, 10)),
-    (nn.AvgPool1d, dict(kernel_size=4, stride=3, padding=2, count_include_pad=False, ceil_mode=True), (3, 11)),
-    (nn.AvgPool2d, dict(kernel_size=2), (2, 3, 8, 8)),
-    (nn.AvgPool2d, dict(kernel_size=3, stride=2, padding=1), (2, 3, 9, 7)),
-    (nn.AvgPool2d, dict(kernel_size=3, stride=2, padding=1, count_include_pad=False), (2, 3, 9, 7)),
-    (nn.AvgPool2d, dict(kernel_size=(3, 2), stride=2, padding=1, ceil_mode=True), (2, 3, 10, 7)),
-    (nn.AvgPool2d, dict(kernel_size=3, stride=2, padding=1, ceil_mode=True, count_include_pad=False), (3, 10, 9)),
-    (nn.AvgPool2d, dict(kernel_size=3, stride=2, divisor_override=4), (2, 3, 9, 9)),
-    (nn.AdaptiveAvgPool1d, dict(output_size=4), (2, 3, 10)),
-    (nn.AdaptiveAvgPool1d, dict(output_size=7), (3, 5)),  # upsampling windows overlap
-    (nn.AdaptiveAvgPool2d, dict(output_size=1), (2, 3, 7, 6)),  # global pooling: δ times one (H, W) map
-    (nn.AdaptiveAvgPool1d, dict(output_size=1), (3, 5)),
-    (nn.AvgPool2d, dict(kernel_size=(4, 3), padding=1, count_include_pad=False), (2, 3, 3, 2)),  # one window
-    (nn.AdaptiveAvgPool2d, dict(output_size=(1, None)), (2, 3, 4, 5)),
-    (nn.AdaptiveAvgPool2d, dict(output_size=(3, 4)), (2, 3, 7, 10)),
-    (nn.AdaptiveAvgPool2d, dict(output_size=(None, 2)), (3, 7, 5)),
-    (nn.AdaptiveAvgPool2d, dict(output_size=5), (2, 3, 3, 4)),
-    (nn.AdaptiveMaxPool1d, dict(output_size=4), (2, 3, 10)),
-    (nn.AdaptiveMaxPool1d, dict(output_size=3), (3, 9)),  # disjoint windows: plain scatter
-    (nn.AdaptiveMaxPool2d, dict(output_size=(3, 4)), (2, 3, 7, 10)),
-    (nn.AdaptiveMaxPool2d, dict(output_size=(None, 2)), (3, 7, 5)),
-    (nn.AdaptiveMaxPool2d, dict(output_size=5), (2, 3, 3, 4)),  # windows overlap: scatter_add
-]
-
-CASES = CONV_CASES + CONVT_CASES + POOL_CASES
+from cases.conv import CONV_CASES, CONV_GRADCHECK, CONVT_CASES
+from cases.pooling import POOL_CASES
+from util import DEVICES, LOW, assert_matches_native, gradchecks, module_fn as _module_fn, twin_pair as _pair
 
 
 def _ids(case):
     cls, kw, shape = case
     return f"{cls.__name__}-{'-'.join(f'{k}={v}' for k, v in kw.items())}-{'x'.join(map(str, shape))}"
-
-
-def _pair(cls, kw, dtype=torch.float64):
-    torch.manual_seed(0)
-    native = cls(**kw).to(dtype)
-    twin = torchbp.swap(cls(**kw).to(dtype))
-    twin.load_state_dict(native.state_dict())
-    return native, twin
-
-
-def _module_fn(module):
-    """module(x) as a function of (x, *parameters), so the helpers see and compare the parameters' grads."""
-    names = [n for n, _ in module.named_parameters()]
-    return (lambda x, *ps: torch.func.functional_call(module, dict(zip(names, ps)), (x,))), \
-        list(module.parameters())
-
-
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("case", CASES, ids=[_ids(c) for c in CASES])
-def test_module_float64(case, device):
-    cls, kw, shape = case
-    native, twin = _pair(cls, kw)
-    assert type(twin) is not cls and isinstance(twin, cls)
-    native.to(device), twin.to(device)
-    fs, ps = _module_fn(twin)
-    fn, pn = _module_fn(native)
-    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
-    assert_matches_native(fs, fn, (x, *ps), device=device)
-
-
-GRADCHECK = [  # small: gradgradcheck costs O(numel²)
-    (nn.Conv1d, dict(in_channels=2, out_channels=2, kernel_size=2, padding="same", dilation=3), (1, 2, 6)),
-    (nn.Conv1d, dict(in_channels=2, out_channels=2, kernel_size=3, padding=2, padding_mode="reflect"), (1, 2, 5)),
-    (nn.Conv2d, dict(in_channels=2, out_channels=2, kernel_size=2, stride=2, dilation=(1, 2), padding=1), (1, 2, 5, 4)),
-    (nn.Conv2d, dict(in_channels=2, out_channels=4, kernel_size=2, groups=2, padding=(1, 0),
-                     padding_mode="circular", bias=False), (1, 2, 3, 4)),
-    (nn.ConvTranspose1d, dict(in_channels=2, out_channels=4, kernel_size=3, stride=2, padding=1, output_padding=1,
-                              groups=2), (1, 2, 4)),
-    (nn.ConvTranspose2d, dict(in_channels=2, out_channels=2, kernel_size=2, dilation=(3, 1), stride=(1, 2),
-                              output_padding=(2, 1)), (1, 2, 3, 3)),
-    (nn.MaxPool2d, dict(kernel_size=3, stride=2, padding=1, ceil_mode=True), (1, 2, 5, 4)),
-    (nn.MaxPool2d, dict(kernel_size=2, ceil_mode=True), (1, 2, 5, 4)),  # disjoint windows: plain scatter
-    (nn.MaxPool1d, dict(kernel_size=2, stride=3, dilation=2), (2, 7)),
-    (nn.AvgPool2d, dict(kernel_size=3, stride=2, padding=1, ceil_mode=True, count_include_pad=False), (1, 2, 5, 4)),
-    (nn.AvgPool1d, dict(kernel_size=2, padding=1), (2, 5)),
-    (nn.AdaptiveAvgPool2d, dict(output_size=(2, 3)), (1, 2, 5, 4)),
-    (nn.AdaptiveAvgPool2d, dict(output_size=1), (1, 2, 3, 4)),
-]
-
-
-@pytest.mark.parametrize("case", GRADCHECK, ids=[_ids(c) for c in GRADCHECK])
-def test_module_gradcheck(case):
-    cls, kw, shape = case
-    _, twin = _pair(cls, kw)
-    fs, ps = _module_fn(twin)
-    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
-    if cls in (nn.MaxPool1d, nn.MaxPool2d):  # distinct, well-separated values: no ties within a finite step
-        x = (torch.randperm(x.numel(), dtype=torch.float64).view(shape) / 10).requires_grad_()
-    gradchecks(fs, (x, *ps))
 
 
 @pytest.fixture
@@ -171,7 +35,7 @@ def test_conv_weight_grad_in_batch_chunks(case, wgrad_per_sample):
     assert_matches_native(fs, fn, (torch.randn(case[2], dtype=torch.float64, requires_grad=True), *ps))
 
 
-@pytest.mark.parametrize("case", GRADCHECK[:6], ids=[_ids(c) for c in GRADCHECK[:6]])
+@pytest.mark.parametrize("case", CONV_GRADCHECK, ids=[_ids(c) for c in CONV_GRADCHECK])
 def test_conv_weight_grad_in_batch_chunks_gradcheck(case, wgrad_per_sample):
     _, twin = _pair(*case[:2])
     fs, ps = _module_fn(twin)
@@ -206,23 +70,6 @@ def test_conv_weight_grad_channels_last_float32(case):
     assert_matches_native(fs, fn, (x, *[p.detach().float().requires_grad_() for p in ps]), dtype=torch.float32)
 
 
-LOW_CASES = [CONV_CASES[2], CONV_CASES[11], CONV_CASES[13], CONV_CASES[-3], POOL_CASES[4], POOL_CASES[12],
-             POOL_CASES[-3], CONVT_CASES[1], CONVT_CASES[5], CONVT_CASES[7]]
-
-
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dtype", LOW)
-@pytest.mark.parametrize("case", LOW_CASES, ids=[_ids(c) for c in LOW_CASES])
-def test_module_low_precision(case, dtype, device):
-    cls, kw, shape = case
-    native, twin = _pair(cls, kw)
-    fs, ps = _module_fn(twin.to(device))
-    fn, pn = _module_fn(native.to(device))
-    x = torch.randn(shape, requires_grad=True)
-    assert_matches_native(fs, fn, (x, *[p.detach().float().requires_grad_() for p in ps]), dtype=dtype,
-                          device=device)
-
-
 def test_functional_forms_and_routes():
     x = torch.randn(2, 4, 8, 8, dtype=torch.float64, requires_grad=True)
     W = torch.randn(6, 2, 3, 3, dtype=torch.float64, requires_grad=True)
@@ -253,128 +100,6 @@ def test_manual_backward_routes_to_delta_functions():
     assert names[:4] == ["AvgPoolBackward", "AvgPoolBackward", "MaxPoolBackward", "ConvBackward"], names
 
 
-@pytest.mark.parametrize("kw", [dict(kernel_size=2), dict(kernel_size=3, stride=2, padding=1), None],
-                         ids=["2x2", "3x3-s2-p1", "global"])
-def test_avg_pool_2d_delta_is_contiguous(kw):
-    """δ_prev of a 2-D average pool comes out in the input's layout: a transposed δ made the δ ops before it
-    (a ReLU's f' product before the global pool of a ResNet) several times slower."""
-    x = torch.randn(2, 3, 8, 6, dtype=torch.float64, requires_grad=True)
-    ours = (lambda t: tbf.avg_pool2d(t, **kw)) if kw else (lambda t: tbf.adaptive_avg_pool2d(t, 1))
-    native = (lambda t: F.avg_pool2d(t, **kw)) if kw else (lambda t: F.adaptive_avg_pool2d(t, 1))
-    out = ours(x)
-    v = torch.randn_like(out)
-    (g,) = torch.autograd.grad(out, x, v)
-    assert g.is_contiguous(), g.stride()
-    torch.testing.assert_close(g, torch.autograd.grad(native(x), x, v)[0], rtol=1e-12, atol=0)
-
-
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("create_graph", [False, True])
-def test_global_avg_pool_half_rounds_once(dtype, create_graph):
-    """The global pool's δ in half precision: δ / (H·W) in float32, rounded once, as native's kernel (bf16
-    weights rounded per dim gave 3x native's error at 13×13), with no full-size float32 temporary."""
-    x = torch.randn(4, 8, 13, 13, dtype=dtype, requires_grad=True)
-    v = torch.randn(4, 8, 1, 1, dtype=dtype, requires_grad=create_graph)
-    (g,) = torch.autograd.grad(tbf.adaptive_avg_pool2d(x, 1), x, v, create_graph=create_graph)
-    (ref,) = torch.autograd.grad(F.adaptive_avg_pool2d(x, 1), x, v)
-    assert g.dtype == dtype
-    torch.testing.assert_close(g.detach(), ref, rtol=0, atol=0)
-
-
-def test_max_pool_ties_follow_native():
-    x = torch.zeros(1, 2, 6, 6, dtype=torch.float64, requires_grad=True)  # every window is one big tie
-    for kw in (dict(kernel_size=2), dict(kernel_size=3, stride=1, padding=1), dict(kernel_size=3, stride=2,
-                                                                                       ceil_mode=True)):
-        assert_matches_native(tbf.max_pool2d, F.max_pool2d, (x,), kw)
-        assert_matches_native(tbf.max_pool1d, F.max_pool1d, (x[0],), kw)
-    y = torch.tensor([[[1.0, 3.0, 3.0, 2.0, 3.0]]], dtype=torch.float64, requires_grad=True)
-    assert_matches_native(tbf.max_pool1d, F.max_pool1d, (y, 3, 1, 1))
-
-
-def test_max_pool_many_channels_matches_native():
-    """C >= 8 on CPU takes the channels-last forward: same output, indices and δ routing as native,
-    ties and NaN included; unbatched, channels-last and vmapped inputs keep their own paths."""
-    x = torch.randint(0, 3, (2, 9, 7, 8), dtype=torch.float64)  # small integers: many ties
-    x[0, 0, 0, :3] = float("nan")
-    x[1, 8, 2:5, 3] = float("nan")
-    x.requires_grad_()
-    for kw in (dict(kernel_size=2), dict(kernel_size=3, stride=2, padding=1, ceil_mode=True),
-               dict(kernel_size=(3, 2), stride=1, dilation=(1, 2))):
-        out, idx = tbf.max_pool2d(x, return_indices=True, **kw)
-        ref, ridx = F.max_pool2d(x, return_indices=True, **kw)
-        assert torch.equal(idx, ridx) and out.is_contiguous() and idx.is_contiguous()
-        torch.testing.assert_close(out, ref, rtol=0, atol=0, equal_nan=True)
-        g = torch.randn_like(out)
-        torch.testing.assert_close(torch.autograd.grad(out, x, g)[0], torch.autograd.grad(ref, x, g)[0],
-                                   rtol=0, atol=0)
-    x = torch.randn(2, 16, 6, 6, dtype=torch.float64, requires_grad=True)
-    assert_matches_native(tbf.max_pool2d, F.max_pool2d, (x, 2))
-    assert_matches_native(tbf.max_pool2d, F.max_pool2d, (x[0], 2))
-    xc = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
-    assert tbf.max_pool2d(xc, 2).stride() == F.max_pool2d(xc, 2).stride()
-    assert_matches_native(tbf.max_pool2d, F.max_pool2d, (xc, 3, 2, 1))
-    xs = torch.randn(3, 2, 16, 6, 6, dtype=torch.float64)  # vmapped: a 4-D batch per call
-    per = [torch.func.vmap(torch.func.grad(lambda xi, fn=fn: fn(xi, 2).pow(2).sum()))(xs)
-           for fn in (tbf.max_pool2d, F.max_pool2d)]
-    assert torch.equal(*per)
-
-
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("device", DEVICES)
-def test_max_pool_half_disjoint_windows_route_delta_exactly(dtype, device):
-    """Disjoint windows in half types: the δ values land bit for bit where native puts them, first order
-    (scattered as int16 bits) and under create_graph (put_) alike; an expanded δ too."""
-    x = torch.randn(3, 9, 8, 6, device=device).to(dtype).requires_grad_()
-    out, ref = tbf.max_pool2d(x, 2), F.max_pool2d(x, 2)
-    for g in (torch.randn_like(out), torch.randn((), device=device, dtype=dtype).expand_as(out)):
-        want = torch.autograd.grad(ref, x, g, retain_graph=True)[0]
-        assert torch.equal(torch.autograd.grad(out, x, g, retain_graph=True)[0], want)
-        assert torch.equal(torch.autograd.grad(out, x, g, retain_graph=True, create_graph=True)[0], want)
-
-
-CONV3D_CASES = [
-    (nn.Conv3d, dict(in_channels=3, out_channels=4, kernel_size=(2, 3, 2), stride=(1, 2, 1), padding=1,
-                     dilation=(1, 1, 2)), (2, 3, 5, 6, 7)),
-    (nn.Conv3d, dict(in_channels=4, out_channels=4, kernel_size=3, padding="same", groups=2,
-                     padding_mode="reflect", bias=False), (4, 5, 5, 6)),  # unbatched
-    (nn.ConvTranspose3d, dict(in_channels=4, out_channels=6, kernel_size=3, stride=2, padding=1,
-                              output_padding=1, groups=2), (2, 4, 3, 4, 3)),
-]
-
-
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("case", CONV3D_CASES, ids=[_ids(c) for c in CONV3D_CASES])
-def test_conv3d_float64_gradcheck_low_precision(case, device):
-    cls, kw, shape = case
-    native, twin = _pair(cls, kw)
-    native.to(device), twin.to(device)
-    fs, ps = _module_fn(twin)
-    fn, _ = _module_fn(native)
-    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
-    assert_matches_native(fs, fn, (x, *ps), device=device)
-    for dtype in LOW:
-        assert_matches_native(fs, fn, (x.detach().float().requires_grad_(), *[p.float() for p in ps]),
-                              dtype=dtype, device=device)
-    if device == "cpu":
-        small = cls(**{**kw, "in_channels": 2, "out_channels": 2, "groups": 1}).double()
-        f, p = _module_fn(torchbp.swap(small))
-        gradchecks(f, (torch.randn(1, 2, 3, 3, 3, dtype=torch.float64, requires_grad=True), *p))
-
-
-def test_adaptive_max_pool_gradcheck_indices_low_precision_and_routes():
-    x = torch.randn(1, 2, 5, 4, dtype=torch.float64, requires_grad=True)
-    gradchecks(lambda x: tbf.adaptive_max_pool2d(x, (3, 2)), (x,))
-    out, idx = tbf.adaptive_max_pool1d(x[0], 3, return_indices=True)
-    assert torch.equal(idx, F.adaptive_max_pool1d(x[0], 3, return_indices=True)[1])
-    for dtype in LOW:
-        assert_matches_native(tbf.adaptive_max_pool2d, F.adaptive_max_pool2d,
-                              (torch.randn(2, 3, 7, 6, requires_grad=True), (3, 4)), dtype=dtype)
-    with torchbp.manual_backward():
-        for y in (F.adaptive_max_pool2d(x, 2), F.adaptive_max_pool2d(x, 2, return_indices=True)[0],
-                  F.adaptive_max_pool1d(x[0], 2)):
-            assert type(y.grad_fn).__name__ == "MaxPoolBackward"
-
-
 def test_conv_noncontiguous_and_partial_grads():
     x = torch.randn(2, 7, 3, 6, dtype=torch.float64).permute(0, 2, 3, 1)  # non-contiguous, no grad
     W = torch.randn(4, 3, 3, 3, dtype=torch.float64, requires_grad=True)
@@ -402,7 +127,7 @@ def test_conv_autocast(device):
 
 
 def test_twins_state_dict_and_isinstance():
-    for cls, kw, _ in CASES:
+    for cls, kw, _ in CONV_CASES + CONVT_CASES + POOL_CASES:
         native = cls(**kw)
         twin = torchbp.swap(cls(**kw))
         assert isinstance(twin, cls) and type(twin).forward is not cls.forward
@@ -429,31 +154,6 @@ def test_bad_input_names_op():
         tbf.adaptive_avg_pool2d(torch.randn(1, 5, 5), (1, 2, 3))
     with pytest.raises(RuntimeError, match=r"avg_pool1d: kernel_size must be an int or a tuple of 1"):
         tbf.avg_pool1d(torch.randn(1, 5, 5), (2, 2))
-
-
-PAD_CASES = [  # (shape, pad, mode, value)
-    ((2, 3, 7), (2, 1), "constant", None), ((2, 3, 7), (-2, 3), "constant", 1.5),
-    ((2, 3, 5, 6), (1, -2, 0, 3), "constant", -0.25), ((2, 3, 4, 5, 3), (1, 1, 0, 2, 1, 0), "constant", None),
-    ((3, 7), (1, 2), "reflect", None), ((2, 3, 5, 6), (2, 1, 3, 0), "reflect", None),
-    ((2, 3, 7), (3, 0), "replicate", None), ((2, 3, 5, 6), (1, 2, 2, 1), "replicate", None),
-    ((2, 3, 7), (3, 2), "circular", None), ((2, 3, 5, 6), (1, 2, 0, 3), "circular", None),
-]
-
-
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("shape,pad,mode,value", PAD_CASES)
-def test_pad_float64_and_gradchecks(shape, pad, mode, value, device):
-    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
-    kw = {"mode": mode, "value": value}
-    assert_matches_native(tbf.pad, F.pad, (x, pad), kw, device=device)
-    if device == "cpu" and x.numel() <= 200:
-        gradchecks(tbf.pad, (x, pad), kw)
-
-
-@pytest.mark.parametrize("dtype", LOW)
-def test_pad_low_precision(dtype):
-    assert_matches_native(tbf.pad, F.pad, (torch.randn(2, 3, 6, requires_grad=True), (2, -1)), {"value": 0.5},
-                          dtype=dtype)
 
 
 def test_pad_modules_swap_route_and_refuse_like_torch():

@@ -118,3 +118,20 @@ def delta_params(model, out):
         passes = here or (via_delta and type(node).__name__.startswith(routing))
         stack.extend((n, passes) for n, _ in node.next_functions)
     return found - {None}
+
+
+def module_fn(module):
+    """module(x) as a function of (x, *parameters), so the helpers see and compare the parameters' grads;
+    returns that function and the parameters."""
+    names = [n for n, _ in module.named_parameters()]
+    return (lambda x, *ps: torch.func.functional_call(module, dict(zip(names, ps)), (x,))), \
+        list(module.parameters())
+
+
+def twin_pair(cls, kw, dtype=torch.float64):
+    """(native, δ twin) of ``cls(**kw)``, the twin holding the native's parameters (seeded: the same each call)."""
+    torch.manual_seed(0)
+    native = cls(**kw).to(dtype)
+    twin = torchbp.swap(cls(**kw).to(dtype))
+    twin.load_state_dict(native.state_dict())
+    return native, twin

@@ -61,6 +61,37 @@ def sweep(family, name, ours, native, kwargs=None, *, float64=(), gradcheck=(), 
     return out
 
 
+class ModuleCall:
+    """``cls(**kw)`` (swapped to its δ twin when ``twin``) applied to x as a function of (x, *parameters), so
+    the matrix sees and compares the parameters' gradients too. A fresh module each call: its own parameter
+    values are replaced by the arguments."""
+
+    def __init__(self, cls, kw, twin):
+        self.cls, self.kw, self.twin = cls, kw, twin
+        self.__name__ = ("δ " if twin else "") + cls.__name__
+
+    def __call__(self, x, *params):
+        import torchbp
+
+        module = self.cls(**self.kw)
+        if self.twin:
+            module = torchbp.swap(module)
+            assert type(module) is not self.cls and isinstance(module, self.cls), type(module)
+        names = [n for n, _ in module.named_parameters()]
+        return torch.func.functional_call(module, dict(zip(names, params)), (x,))
+
+
+def module_case(family, cls, kw, shape, checks, x=None, **options):
+    """A Case for the module ``cls(**kw)`` against its δ twin on an input of ``shape`` (``x(shape)`` builds it
+    when given)."""
+    def args():
+        module = cls(**kw)
+        xs = x(shape) if x else torch.randn(shape, dtype=torch.float64, requires_grad=True)
+        return (xs, *[p.detach().double().requires_grad_() for p in module.parameters()])
+    return Case(f"{family}.{cls.__name__}[{kw_id(kw)}]-{shape_id(shape)}", ModuleCall(cls, kw, True),
+                ModuleCall(cls, kw, False), args, checks=tuple(checks), **options)
+
+
 def kw_id(kw) -> str:
     """A short id for a kwargs dict: ``{'dim': 1}`` -> ``dim=1``."""
     return ",".join(f"{k}={getattr(v, '__name__', v)}" for k, v in kw.items()) if kw else ""
@@ -70,7 +101,7 @@ def shape_id(shape) -> str:
     return "x".join(map(str, shape)) if len(shape) else "0d"
 
 
-FAMILIES = ["linear", "activation", "loss"]
+FAMILIES = ["linear", "activation", "loss", "conv", "pooling"]
 
 
 def all_cases() -> list[Case]:

@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 
 import torchbp.functional as tbf
-from cases import FLOAT64, GRADCHECK, LOW, Case, kw_id, shape_id, sweep
+from cases import LOW, Case, kw_id, shape_id, sweep
 
 ACTIVATIONS = [  # (ours, native, kwargs)
     (tbf.sigmoid, torch.sigmoid, {}),
