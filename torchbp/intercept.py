@@ -12,13 +12,26 @@ from . import registry
 from .functional._common import compiling
 
 
+_Tensor = torch.Tensor
+_grad_enabled = torch.is_grad_enabled
+_routes = registry._functions  # the callable table itself (register / unregister change it in place)
+
+
 def _needs_grad(args, kwargs) -> bool:
+    """Whether any tensor among the arguments (or in a list / tuple argument) requires grad."""
     for a in args:
-        if isinstance(a, torch.Tensor) and a.requires_grad:
-            return True
-        if isinstance(a, (list, tuple)) and any(isinstance(t, torch.Tensor) and t.requires_grad for t in a):
-            return True
-    return any(isinstance(v, torch.Tensor) and v.requires_grad for v in kwargs.values())
+        if isinstance(a, _Tensor):
+            if a.requires_grad:
+                return True
+        elif isinstance(a, (list, tuple)):
+            for t in a:
+                if isinstance(t, _Tensor) and t.requires_grad:
+                    return True
+    if kwargs:
+        for v in kwargs.values():
+            if isinstance(v, _Tensor) and v.requires_grad:
+                return True
+    return False
 
 
 class _Router(TorchFunctionMode):
@@ -42,14 +55,18 @@ class _Router(TorchFunctionMode):
                 _checkpoint_routing.release()
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        target = registry.function_for(func)
+        # Runs for every torch call in the block, structure ops (views, shapes, casts) included: those
+        # pass straight through, at the cost of one dict lookup over an empty mode.
+        try:
+            target = _routes.get(func)
+        except TypeError:  # an unhashable callable is never registered
+            target = None
         # Route only calls that build a graph: inside a δ Function's forward (grad off) and on
         # tensors that need no gradient the native op is the same computation, and cheaper.
         # The mode is off while this runs, so the δ twin's own torch calls are not re-routed.
-        if target is not None and torch.is_grad_enabled() and _needs_grad(args, kwargs):
-            return target(*args, **kwargs)
-        return func(*args, **kwargs)
+        if target is not None and _grad_enabled() and _needs_grad(args, kwargs):
+            return target(*args, **kwargs) if kwargs else target(*args)
+        return func(*args, **kwargs) if kwargs else func(*args)
 
 
 def _routing_active() -> bool:

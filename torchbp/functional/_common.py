@@ -23,6 +23,13 @@ _POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_O
 _NO_SETUP = torch.autograd.Function.setup_context  # a ctx-style forward(ctx, ...) keeps this one
 
 
+def _binding_is_identity(forward) -> bool:
+    """Whether binding positional args to ``forward``'s signature is the identity: no defaults, no
+    keyword-only or ``**kwargs`` parameters."""
+    params = inspect.signature(forward).parameters.values()
+    return all(p.kind in _POSITIONAL and p.default is p.empty for p in params)
+
+
 class DeltaFunction(torch.autograd.Function):
     """Base of every torchbp δ Function.
 
@@ -35,9 +42,10 @@ class DeltaFunction(torch.autograd.Function):
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
-        # forward without defaults or keyword-only parameters: binding positional args is the identity
-        params = inspect.signature(cls.forward).parameters.values()
-        cls._bind_free = all(p.kind in _POSITIONAL and p.default is p.empty for p in params)
+        # None: not known yet. A base's __init_subclass__ may give the class its forward after this runs
+        # (the elementwise family builds forward(*args) from f): the first apply reads the final one.
+        inherited = cls.forward is torch.autograd.Function.forward
+        cls._bind_free = None if inherited else _binding_is_identity(cls.forward)
 
     @classmethod
     def apply(cls, *args, **kwargs):
@@ -46,6 +54,8 @@ class DeltaFunction(torch.autograd.Function):
         # binding is the identity and no functorch transform (vmap, grad, ...) is active, do what it does
         # next: unwrap dead functorch wrappers, then the C++ apply. Anything else takes torch's path.
         try:
+            if cls._bind_free is None:
+                cls._bind_free = _binding_is_identity(cls.forward)
             if kwargs or not cls._bind_free or _functorch_active is None or _functorch_active():
                 return super().apply(*args, **kwargs)
             if not torch.is_grad_enabled() and cls.setup_context is not _NO_SETUP:

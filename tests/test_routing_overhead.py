@@ -1,0 +1,94 @@
+"""The routing's per-call work: δ Functions take the fast apply (no per-call signature binding) wherever
+binding is the identity, structure ops pass through ``manual_backward`` as native calls, and calls that
+build no graph stay native."""
+from __future__ import annotations
+
+import inspect
+
+import pytest
+import torch
+
+import torchbp
+from torchbp.functional import pointwise
+from torchbp.functional._common import DeltaFunction
+from torchbp.intercept import _needs_grad
+
+
+class _NoBinding:
+    """Counts inspect.signature calls (torch's Function.apply binds its args with it on every call)."""
+
+    def __init__(self, monkeypatch):
+        self.calls = 0
+        real = inspect.signature
+
+        def counting(*a, **k):
+            self.calls += 1
+            return real(*a, **k)
+        monkeypatch.setattr(inspect, "signature", counting)
+
+
+@pytest.mark.parametrize("op", [lambda x, y: x * y, lambda x, y: x + y, lambda x, y: torch.sub(x, y),
+                                lambda x, y: x.pow(2)], ids=["mul", "add", "sub", "pow"])
+def test_elementwise_functions_take_the_fast_apply(op, monkeypatch):
+    """The elementwise family's forward(*args) is given to each class after DeltaFunction's
+    __init_subclass__ has run: the fast apply still sees it (first call), and later calls bind nothing."""
+    x, y = torch.randn(3, requires_grad=True), torch.randn(3, requires_grad=True)
+    with torchbp.manual_backward():
+        op(x, y)
+        probe = _NoBinding(monkeypatch)
+        out = op(x, y)
+    assert type(out.grad_fn)._forward_cls.__module__ == pointwise.__name__
+    assert probe.calls == 0
+    assert pointwise.Mul._bind_free is True
+
+
+def test_fast_apply_resolves_a_forward_given_after_class_creation():
+    class Late(DeltaFunction):
+        pass
+
+    assert Late._bind_free is None  # no forward of its own yet
+
+    def forward(z, k=3.0):  # a default: torch's binding fills it, so the fast path must not run
+        return z * k
+
+    Late.forward = staticmethod(forward)
+    Late.setup_context = staticmethod(lambda ctx, inputs, output: setattr(ctx, "k", inputs[1]))
+    Late.backward = staticmethod(lambda ctx, g: (g * ctx.k, None))
+    z = torch.ones(2, requires_grad=True)
+    (gz,) = torch.autograd.grad(Late.apply(z).sum(), z)
+    assert Late._bind_free is False
+    assert torch.equal(gz, torch.full((2,), 3.0))
+
+
+def test_structure_ops_pass_through_natively():
+    x = torch.randn(4, 6, requires_grad=True)
+    with torchbp.manual_backward():
+        outs = [x.view(24), x.transpose(0, 1), x.reshape(2, 12), x.unsqueeze(0), x[1:], x.float()]
+        shape, dtype = x.shape, x.dtype
+    assert shape == (4, 6) and dtype == torch.float32
+    for o in outs:
+        assert o.grad_fn is None or not hasattr(type(o.grad_fn), "_forward_cls") \
+            or not issubclass(type(o.grad_fn)._forward_cls, DeltaFunction)
+
+
+def test_calls_without_a_graph_stay_native():
+    x = torch.randn(3)
+    with torchbp.manual_backward():
+        assert (x * x).grad_fn is None
+        w = torch.randn(3, requires_grad=True)
+        with torch.no_grad():
+            assert (w * x).grad_fn is None
+        assert type((w * x).grad_fn)._forward_cls is pointwise.Mul
+
+
+@pytest.mark.parametrize("args,kwargs,expected", [
+    ((torch.ones(2),), None, False),
+    ((torch.ones(2), torch.ones(2, requires_grad=True)), None, True),
+    (([torch.ones(2), torch.ones(2, requires_grad=True)],), None, True),  # torch.cat's list
+    (((torch.ones(2),),), None, False),
+    ((torch.ones(2),), {}, False),
+    ((torch.ones(2),), {"weight": torch.ones(2, requires_grad=True)}, True),
+    ((1.0, "x"), {"other": 2}, False),
+])
+def test_needs_grad(args, kwargs, expected):
+    assert _needs_grad(args, kwargs) is expected
