@@ -3,9 +3,10 @@
 Each op states ``forward`` and ``delta(δ_a, t, *args) = δ_a ⊙ f'`` a few lines apart; ``t`` is the
 output ``a`` when f' is cheaper from it (``save_output = True``), otherwise the input ``z``.
 
-On CPU, torch.where is a slow scalar loop, so the piecewise f' (relu, leaky_relu, elu, softplus, hardtanh)
-is built from sign / clamp / maximum there, with native's values at every kink; only where z (or δ) is
-inf/NaN can the result differ (NaN · 0 where a select would pick a branch).
+A piecewise f' is built from sign / clamp / maximum, with native's values at every kink, on every device.
+Where f' is 0 on whole intervals (relu, hardtanh, threshold, the shrinks, hardsigmoid, hardswish) native
+selects, so δ ⊙ f' is ``select_scale(δ, f')``: 0 there whatever δ holds (an inf δ gives 0, not NaN).
+Where native multiplies (leaky_relu, elu, selu, celu, prelu: δ times the slope), so does the δ.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import torch.nn.functional as F
 
 from ._common import FP32_CUDA, LOWER, DeltaFunction, _functorch_active, apply, check, check_compatible, \
     check_tensor, compiling, scale_
+from .fastpath.pointwise import select_scale
 
 
 class _Pointwise(DeltaFunction):
@@ -99,13 +101,7 @@ class ReLU(_Pointwise):
 
     @staticmethod
     def delta(g, a):
-        # [a > 0] = sign(a), as a ≥ 0. On CPU torch.where is a scalar, branchy loop: ~1 ms for 256×1024
-        # floats vs 0.07 ms for g * sign(a) (scripts/bench.py MLP step: 1.095 → 1.03 of native).
-        # Only where g or a is inf/NaN do they differ (0·inf = NaN where select gives 0).
-        # On CUDA the select is one fast pass with a 1-byte mask: keep it.
-        if a.device.type == "cpu":
-            return scale_(a.sign(), g)
-        return torch.where(a > 0, g, 0)
+        return select_scale(g, a.sign())  # [a > 0] = sign(a), as a ≥ 0
 
     delta_out = delta
 
@@ -114,7 +110,7 @@ class LeakyReLU(_Pointwise):
     """a = z for z > 0, s·z otherwise;  f'(z) = 1 for z > 0, s otherwise.
 
     f' reads [t > 0], the same for t = z and, when s ≥ 0, for t = a (the in-place case).
-    On CPU, for 0 ≤ s ≤ 1, f' = max(sign t, s): the same values (s at t = 0) without torch.where.
+    For 0 ≤ s ≤ 1, f' = max(sign t, s): the same values (s at t = 0) without a select.
     """
 
     save_output = False
@@ -129,7 +125,7 @@ class LeakyReLU(_Pointwise):
 
     @staticmethod
     def delta(g, t, s):
-        if t.device.type == "cpu" and 0 <= s <= 1:  # CPU torch.where is slow (see ReLU)
+        if 0 <= s <= 1:
             return scale_(t.sign().clamp_(min=s), g)
         return torch.where(t > 0, g, g * s)
 
@@ -139,7 +135,7 @@ class LeakyReLU(_Pointwise):
 class ELU(_Pointwise):
     """a = z for z > 0, α(eᶻ − 1) otherwise;  f'(z) = 1 for z > 0, α·eᶻ (= a + α) otherwise.
 
-    On CPU, for 0 ≤ α ≤ 1, f' = max(sign z, α)·e^min(z, 0): the same values without torch.where.
+    For 0 ≤ α ≤ 1, f' = max(sign z, α)·e^min(z, 0): the same values without a select.
     """
 
     save_output = False
@@ -154,10 +150,10 @@ class ELU(_Pointwise):
 
     @staticmethod
     def delta(g, z, alpha):
-        if z.device.type == "cpu" and 0 <= alpha <= 1:  # CPU torch.where is slow (see ReLU)
+        if 0 <= alpha <= 1:
             e = torch.exp(z.clamp(max=0))
             return scale_(e, g) if alpha == 1 else scale_(scale_(z.sign().clamp_(min=alpha), g), e)
-        return torch.where(z > 0, g, g * alpha * torch.exp(z))
+        return torch.where(z > 0, g, g * alpha * torch.exp(z.clamp(max=0)))
 
     @staticmethod
     def delta_out(g, a, alpha):  # valid for α > 0, where a > 0 ⇔ z > 0
@@ -211,7 +207,7 @@ class SiLU(_Pointwise):
 class Softplus(_Pointwise):
     """a = (1/β)·log(1 + e^{βz}), or z where βz > threshold;  f'(z) = σ(βz), or 1 there.
 
-    On CPU f' = max(σ(βz), [βz > threshold]), with [βz > threshold] = max(sign(βz − threshold), 0).
+    f' = max(σ(βz), [βz > threshold]), with [βz > threshold] = max(sign(βz − threshold), 0).
     """
 
     save_output = False
@@ -223,9 +219,7 @@ class Softplus(_Pointwise):
     @staticmethod
     def delta(g, z, beta, threshold):
         bz = z if beta == 1 else z * beta  # z·1 = z exactly: skip the pass
-        if z.device.type == "cpu":  # CPU torch.where is slow (see ReLU)
-            return scale_(torch.sigmoid(bz).maximum((bz - threshold).sign_().clamp_(min=0)), g)
-        return torch.where(bz > threshold, g, g * torch.sigmoid(bz))
+        return scale_(torch.sigmoid(bz).maximum((bz - threshold).sign_().clamp_(min=0)), g)
 
 
 class Hardtanh(_Pointwise):
@@ -233,7 +227,7 @@ class Hardtanh(_Pointwise):
 
     f' is read from z, as native does: in a low precision that cannot hold a bound (bf16 and 0.7), a
     just inside it and the clamped a just outside round to the same value. In place only a remains.
-    On CPU [lo < t < hi] = max(sign(min(t − lo, hi − t)), 0), without torch.where.
+    [lo < t < hi] = max(sign(min(t − lo, hi − t)), 0), without a select.
     """
 
     save_output = False
@@ -251,10 +245,8 @@ class Hardtanh(_Pointwise):
         if a.dtype in (torch.float16, torch.bfloat16):
             # compared in float32, as native does: a half type would round a bound such as 0.7 first
             a = a.float()
-            return g * ((a > lo) & (a < hi)).to(g.dtype)
-        if a.device.type == "cpu":  # CPU torch.where is slow (see ReLU)
-            return scale_(torch.minimum(a - lo, hi - a).sign_().clamp_(min=0), g)
-        return torch.where((a > lo) & (a < hi), g, 0)
+            return select_scale(g, ((a > lo) & (a < hi)).to(g.dtype))
+        return select_scale(g, torch.minimum(a - lo, hi - a).sign_().clamp_(min=0))
 
     delta_out = delta
 
@@ -287,7 +279,7 @@ class Hardswish(_Pointwise):
     """a = z·relu6(z + 3)/6;  f'(z) = 0 for z ≤ −3, z/3 + ½ for −3 < z < 3, 1 for z ≥ 3 (native's
     values at the kinks ±3).
 
-    On CPU f' = clamp(z/6 + ½, 0, 1) + (z/6)·[|z| < 3]: the same values without torch.where.
+    f' = (u + ½) + u·[|z| < 3], u = clamp(z/6, −½, ½): the same values without a select.
     """
 
     save_output = False
@@ -298,11 +290,9 @@ class Hardswish(_Pointwise):
 
     @staticmethod
     def delta(g, z):
-        if z.device.type == "cpu":  # CPU torch.where is slow (see ReLU)
-            u = z / 6
-            inside = z.abs().sub_(3).sign_().clamp_(max=0)  # −[|z| < 3]
-            return scale_((u + 0.5).clamp_(0, 1).addcmul_(u, inside, value=-1), g)
-        return torch.where(z <= -3, 0, torch.where(z < 3, g * (z / 3 + 0.5), g))
+        u = (z / 6).clamp_(-0.5, 0.5)  # z/6 where |z| < 3; finite (not ±inf) where it is multiplied by 0
+        inside = z.abs().sub_(3).sign_().clamp_(max=0)  # −[|z| < 3]
+        return select_scale(g, (u + 0.5).addcmul_(u, inside, value=-1))
 
 
 _SIXTH_F32 = float(torch.tensor(1 / 6, dtype=torch.float32))  # native's 1/6: a float32 constant
@@ -312,7 +302,7 @@ class Hardsigmoid(_Pointwise):
     """a = relu6(z + 3)/6;  f'(z) = [−3 < z < 3]/6.
 
     The 1/6 is native's float32 constant (0.16666667163…, 3e-8 off in float64): taken as is, so that a
-    float64 audit agrees with native to rounding. On CPU [|z| < 3] = −min(sign(|z| − 3), 0).
+    float64 audit agrees with native to rounding. [|z| < 3] = −min(sign(|z| − 3), 0).
     """
 
     save_output = False
@@ -323,9 +313,7 @@ class Hardsigmoid(_Pointwise):
 
     @staticmethod
     def delta(g, z):
-        if z.device.type == "cpu":  # CPU torch.where is slow (see ReLU)
-            return scale_(z.abs().sub_(3).sign_().clamp_(max=0).mul_(-_SIXTH_F32), g)
-        return torch.where((z > -3) & (z < 3), g * _SIXTH_F32, 0)
+        return select_scale(g, z.abs().sub_(3).sign_().clamp_(max=0).mul_(-_SIXTH_F32))
 
 
 class Mish(_Pointwise):
@@ -351,7 +339,7 @@ class SELU(_Pointwise):
     """a = λ·z for z > 0, λα(eᶻ − 1) otherwise;  f'(z) = λ for z > 0, λα·eᶻ (= a + λα) otherwise
     (λ = 1.0507…, α = 1.6733…).
 
-    On CPU f' = λ·(α·e^min(z, 0) + (1 − α)·[z > 0]): the same values without torch.where.
+    f' = λ·(α·e^min(z, 0) + (1 − α)·[z > 0]): the same values without a select.
     """
 
     save_output = False
@@ -366,10 +354,8 @@ class SELU(_Pointwise):
 
     @staticmethod
     def delta(g, z):
-        if z.device.type == "cpu":  # CPU torch.where is slow (see ReLU)
-            df = scale_(z.clamp(max=0).exp_(), _SELU_ALPHA).add_(z.sign().clamp_(min=0), alpha=1 - _SELU_ALPHA)
-            return scale_(df.mul_(_SELU_SCALE), g)  # (exp's output, saved under create_graph, is not written)
-        return torch.where(z > 0, g * _SELU_SCALE, g * (_SELU_SCALE * _SELU_ALPHA) * torch.exp(z))
+        df = scale_(z.clamp(max=0).exp_(), _SELU_ALPHA).add_(z.sign().clamp_(min=0), alpha=1 - _SELU_ALPHA)
+        return scale_(df.mul_(_SELU_SCALE), g)  # (exp's output, saved under create_graph, is not written)
 
     @staticmethod
     def delta_out(g, a):  # a > 0 ⇔ z > 0
@@ -477,7 +463,7 @@ def _threshold_of(th, dtype):
 class Threshold(_Pointwise):
     """a = z for z > th, ``value`` otherwise;  f'(z) = [z > th] (0 at z = th, as native).
 
-    On CPU [z > t] = max(sign(z − t), 0) (a difference of two values of one dtype is 0 only where they
+    [z > t] = max(sign(z − t), 0) (a difference of two values of one dtype is 0 only where they
     are equal, so its sign is exact).
     """
 
@@ -490,16 +476,14 @@ class Threshold(_Pointwise):
     @staticmethod
     def delta(g, z, th, value):
         t = _threshold_of(th, z.dtype)
-        if z.device.type == "cpu":  # CPU torch.where is slow (see ReLU)
-            return scale_(torch.sub(z, t).sign_().clamp_(min=0), g)
-        return torch.where(z > t, g, 0)
+        return select_scale(g, torch.sub(z, t).sign_().clamp_(min=0))
 
 
 class Hardshrink(_Pointwise):
     """a = z for |z| > λ, 0 otherwise;  f'(z) = [|z| > λ] (0 at |z| = λ, as native).
 
     Read from the output: for λ ≥ 0, |z| > λ ⇔ a ≠ 0 (a is z or 0, exactly), so f' = |sign a| on
-    every device and dtype, without torch.where; for λ < 0, f' = 1.
+    every device and dtype, without a select; for λ < 0, f' = 1.
     """
 
     @staticmethod
@@ -508,14 +492,14 @@ class Hardshrink(_Pointwise):
 
     @staticmethod
     def delta(g, a, lambd):
-        return g if lambd < 0 else scale_(a.sign().abs_(), g)
+        return g if lambd < 0 else select_scale(g, a.sign().abs_())
 
 
 class Softshrink(_Pointwise):
     """a = z − λ·sign(z) for |z| > λ, 0 otherwise;  f'(z) = [|z| > λ] (0 at |z| = λ).
 
     Read from z, with λ rounded to z's dtype as native compares (a is not enough: in a half type
-    z = λ rounded gives a = z − λ ≠ 0, as native subtracts in float32). On CPU [|z| > λ] =
+    z = λ rounded gives a = z − λ ≠ 0, as native subtracts in float32). [|z| > λ] =
     max(sign(|z| − λ), 0), exact as in Threshold.
     """
 
@@ -528,9 +512,7 @@ class Softshrink(_Pointwise):
     @staticmethod
     def delta(g, z, lambd):
         lam = lambd if z.dtype == torch.float64 else _in_dtype(lambd, z.dtype)
-        if z.device.type == "cpu":  # CPU torch.where is slow (see ReLU)
-            return scale_(z.abs().sub_(lam).sign_().clamp_(min=0), g)
-        return torch.where(z.abs() > lam, g, 0)
+        return select_scale(g, z.abs().sub_(lam).sign_().clamp_(min=0))
 
 
 class GLU(DeltaFunction):
@@ -560,8 +542,8 @@ class PReLU(DeltaFunction):
     when it has one element or z has fewer than 2 dims);
     f'(z) = 1 for z > 0, w_c otherwise;  ∂J/∂w_c = Σ_{all but dim 1} δ_a ⊙ min(z, 0).
 
-    min(z, 0) = z·[z ≤ 0] exactly, so ∂J/∂w needs no mask. On CPU f' = p + (1 − p)·w_c with
-    p = [z > 0] = max(sign z, 0): exactly 1 or w_c, without torch.where.
+    min(z, 0) = z·[z ≤ 0] exactly, so ∂J/∂w needs no mask. f' = p + (1 − p)·w_c with
+    p = [z > 0] = max(sign z, 0): exactly 1 or w_c, without a select.
     """
 
     @staticmethod
@@ -581,11 +563,8 @@ class PReLU(DeltaFunction):
         wb = w.reshape(shape)  # broadcast over z as native does
         gz = gw = None
         if ctx.needs_input_grad[0]:
-            if z.device.type == "cpu":  # CPU torch.where is slow (see ReLU)
-                p = z.sign().clamp_(min=0)
-                gz = scale_(scale_(torch.rsub(p, 1), wb).add_(p), g)
-            else:
-                gz = torch.where(z > 0, g, g * wb)
+            p = z.sign().clamp_(min=0)
+            gz = scale_(scale_(torch.rsub(p, 1), wb).add_(p), g)
         if ctx.needs_input_grad[1]:
             gzw = g * z.clamp(max=0)
             if w.numel() == 1:
