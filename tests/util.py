@@ -135,3 +135,11 @@ def twin_pair(cls, kw, dtype=torch.float64):
     twin = torchbp.swap(cls(**kw).to(dtype))
     twin.load_state_dict(native.state_dict())
     return native, twin
+
+
+def is_delta(t: torch.Tensor) -> bool:
+    """Whether ``t`` came out of a δ Function (through the squeeze that drops an unbatched input's batch dim)."""
+    fn = t.grad_fn
+    if type(fn).__name__.startswith("SqueezeBackward"):  # an unbatched input's batch dim, added and dropped
+        fn = fn.next_functions[0][0]
+    return fn is not None and issubclass(getattr(type(fn), "_forward_cls", type), torchbp.functional.DeltaFunction)
