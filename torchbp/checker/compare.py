@@ -28,7 +28,7 @@ def finite(t: torch.Tensor) -> bool:
     return bool(torch.isfinite(t.detach().abs().amax()))
 
 
-_CHUNK = 1 << 15  # elements per step: float64 temporaries stay small (large fresh buffers page-fault)
+_CHUNK = 1 << 18  # elements per step: float64 temporaries stay small (large fresh buffers page-fault)
 
 
 def metrics(s: torch.Tensor, r: torch.Tensor, ref_norm: float | None = None) -> dict:
@@ -42,11 +42,10 @@ def metrics(s: torch.Tensor, r: torch.Tensor, ref_norm: float | None = None) -> 
         return {"max_abs_err": 0.0, "rel_err": 0.0, "cosine": 1.0, "norm": 0.0, "ref_norm": 0.0}
     s, r = s.detach().reshape(-1), r.detach().reshape(-1).to(s.device)
     if s.numel() <= _CHUNK:  # most gradients: one stacked reduction, one read back to the host
-        ns, nr_, nd, max_abs = _norms(s, r).tolist()
+        ns, nr_, nd, dmax, dmin = _norms(s, r).tolist()
     else:
-        p = torch.stack([_norms(a, b) for a, b in zip(s.split(_CHUNK), r.split(_CHUNK))])
-        ns, nr_, nd = torch.linalg.vector_norm(p[:, :3], dim=0).tolist()
-        max_abs = float(p[:, 3].max())
+        ns, nr_, nd, dmax, dmin = _chunked_norms(s, r).tolist()
+    max_abs = max(dmax, -dmin)
     nr = ref_norm if ref_norm is not None else nr_
     if math.isnan(ns) or math.isnan(nr_) or not (math.isfinite(ns) or finite(s)) or not (math.isfinite(nr_) or finite(r)):
         return {"max_abs_err": NAN, "rel_err": NAN, "cosine": NAN, "norm": ns, "ref_norm": nr}
@@ -60,10 +59,30 @@ def metrics(s: torch.Tensor, r: torch.Tensor, ref_norm: float | None = None) -> 
 
 
 def _norms(s: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-    """[‖s‖, ‖r‖, ‖s − r‖, max|s − r|] of two flat tensors, in float64, as one tensor."""
+    """[‖s‖, ‖r‖, ‖s − r‖, max(s − r), min(s − r)] of two flat tensors, in float64, as one tensor
+    (max|s − r| from the extremes: one aminmax is several times faster than the ∞-norm on CPU)."""
     a, b = s.to(torch.float64), r.to(torch.float64)
     d = a - b
-    return torch.stack([*torch._foreach_norm([a, b, d]), torch.linalg.vector_norm(d, math.inf)])
+    return torch.stack([*torch._foreach_norm([a, b, d]), *reversed(torch.aminmax(d))])
+
+
+def _chunked_norms(s: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """``_norms`` of long flat tensors, a chunk at a time through two float64 buffers reused for every
+    chunk (no full-size temporaries, no fresh allocation per chunk)."""
+    n = s.numel()
+    a64 = torch.empty(min(n, _CHUNK), dtype=torch.float64, device=s.device)
+    b64 = torch.empty_like(a64)
+    parts = []  # per chunk: ‖s‖, ‖r‖, ‖s − r‖, max(s − r), min(s − r)
+    for start in range(0, n, _CHUNK):
+        m = min(_CHUNK, n - start)
+        a, b = a64[:m], b64[:m]
+        a.copy_(s[start:start + m])
+        b.copy_(r[start:start + m])
+        na, nb = torch._foreach_norm([a, b])
+        d = torch.sub(a, b, out=b)
+        parts.append(torch.stack([na, nb, torch.linalg.vector_norm(d), *reversed(torch.aminmax(d))]))
+    p = torch.stack(parts)
+    return torch.cat([torch.linalg.vector_norm(p[:, :3], dim=0), p[:, 3].amax().reshape(1), p[:, 4].amin().reshape(1)])
 
 
 def norm(t: torch.Tensor) -> float:

@@ -118,9 +118,10 @@ class RandomSources:
 
 
 def _module_generators(model):
+    is_generator = type.__instancecheck__  # (torch.Generator's metaclass makes isinstance slow on other values)
     for name, m in model.named_modules():
         for attr, value in vars(m).items():
-            if isinstance(value, torch.Generator):
+            if is_generator(torch.Generator, value):
                 yield (name, attr), value
 
 
