@@ -4,7 +4,8 @@ of its branches (no target ignored / some / all; the count from forward or not; 
 traced or not); CrossEntropy's backward, which takes the fast path where it applies, against the plain formula
 with class weights, ignore_index, label smoothing and every reduction, 1-D / 2-D / N-D; ``add_at`` in place and
 not; and the common call's guard ``cross_entropy_call_is_common``, which may skip cross_entropy's checks only
-where they pass and change nothing."""
+where they pass and change nothing; and triplet_margin_loss's δ_p, δ_n in place against the plain
+``triplet_pn_deltas``."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -12,6 +13,7 @@ import torch.nn.functional as F
 import torchbp.functional as tbf
 from torchbp.functional.fastpath import loss as fp
 from torchbp.functional.loss import classification as cls
+from torchbp.functional.loss import margin
 from torchbp.checker.compare import FLOOR
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
@@ -243,3 +245,45 @@ def test_common_call_skips_only_checks_that_pass(name, kw, common, monkeypatch):
         assert isinstance(guarded[0], torch.Tensor), guarded
     for a, b in zip(guarded, checked):
         assert (torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b), (name, guarded, checked)
+
+
+# --- triplet_margin_loss's δ_p, δ_n in place -------------------------------------------------------------
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("swap", [False, True], ids=["no-swap", "swap"])
+@pytest.mark.parametrize("need_p, need_n", [(True, True), (True, False), (False, True), (False, False)])
+def test_triplet_pn_deltas_in_place_is_the_plain_formula(device, dtype, swap, need_p, need_n):
+    gen = torch.Generator().manual_seed(4)
+    dxp, dxn, dxs = (torch.randn(5, 6, generator=gen, dtype=torch.float64).to(device, dtype) for _ in range(3))
+    dxs = dxs if swap else None
+    plain = margin.triplet_pn_deltas(dxp, dxn, dxs, need_p, need_n)
+    oracle = margin.triplet_pn_deltas(dxp.double(), dxn.double(), None if dxs is None else dxs.double(),
+                                      need_p, need_n)
+    copies = [None if t is None else t.clone() for t in (dxp, dxn, dxs)]
+    fast = fp.triplet_pn_deltas_in_place(*copies, need_p, need_n)
+    for f, pl, o, need in zip(fast, plain, oracle, (need_p, need_n)):
+        if not need:
+            assert f is None and pl is None
+            continue
+        _assert_close(f, pl, o, dtype)
+        assert torch.equal(f, pl)  # the same ops in the same order: the same values in every dtype
+        assert any(f.data_ptr() == c.data_ptr() for c in copies if c is not None)  # written in place
+
+
+@pytest.mark.parametrize("swap", [False, True], ids=["no-swap", "swap"])
+@pytest.mark.parametrize("create_graph", [False, True], ids=["first-order", "create_graph"])
+def test_triplet_backward_takes_the_in_place_form_only_without_a_graph(swap, create_graph, monkeypatch):
+    took = []
+    real_fast, real_plain = fp.triplet_pn_deltas_in_place, margin.triplet_pn_deltas
+    monkeypatch.setattr(fp, "triplet_pn_deltas_in_place", lambda *a: took.append("fast") or real_fast(*a))
+    monkeypatch.setattr(margin, "triplet_pn_deltas", lambda *a: took.append("plain") or real_plain(*a))
+    gen = torch.Generator().manual_seed(5)
+    a, p, n = (torch.randn(4, 6, generator=gen, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    loss = tbf.triplet_margin_loss(a, p, n, margin=2.0, swap=swap)
+    grads = torch.autograd.grad(loss, (a, p, n), create_graph=create_graph)
+    assert took == (["plain"] if create_graph else ["fast"])
+    an, pn_, nn_ = (t.detach().clone().requires_grad_() for t in (a, p, n))
+    native = torch.autograd.grad(F.triplet_margin_loss(an, pn_, nn_, margin=2.0, swap=swap), (an, pn_, nn_))
+    for d, dn in zip(grads, native):
+        torch.testing.assert_close(d.detach(), dn, rtol=1e-10, atol=1e-12)

@@ -5,6 +5,8 @@
 - ``cross_entropy_delta_unweighted``: the cross-entropy δ without class weights or label smoothing, reduced,
   written into backward's own buffer; ``loss.classification.cross_entropy_delta`` is the plain formula.
 - ``add_at``: a scatter-add along the class dim, into backward's own buffer where that is safe.
+- ``triplet_pn_deltas_in_place``: triplet_margin_loss's δ_p and δ_n written into backward's own buffers;
+  ``loss.margin.triplet_pn_deltas`` is the plain formula.
 """
 from __future__ import annotations
 
@@ -64,3 +66,13 @@ def cross_entropy_delta_unweighted(g, logp, y, total, reduction, ignore_index):
     # a select, not a product: δ_J / 0 = inf for an all-ignored "mean", and 0·inf = NaN
     r = torch.where(keep, s, 0).unsqueeze(cd)
     return add_at(scale_(torch.exp(logp), r), cd, (y * keep).unsqueeze(cd), r.neg())
+
+
+def triplet_pn_deltas_in_place(dxp, dxn, dxs, need_p, need_n):
+    """``loss.margin.triplet_pn_deltas(dxp, dxn, dxs, need_p, need_n)`` (δ_p = dxˢ − dx⁺, δ_n = −(dx⁻ + dxˢ);
+    −dx⁺ and −dx⁻ without swap) written into the buffers given, which it consumes: backward's own fresh
+    temporaries, so that a first-order backward allocates no new buffer for δ_p and δ_n (a new buffer's
+    pages are faulted in on first touch). Only where ``inplace_ok``."""
+    gn = (dxn.neg_() if dxs is None else dxn.add_(dxs).neg_()) if need_n else None  # before dxs is overwritten
+    gp = (dxp.neg_() if dxs is None else dxs.sub_(dxp)) if need_p else None
+    return gp, gn

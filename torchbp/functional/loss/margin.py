@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from .._common import FP32, DeltaFunction, _named, above_bound, apply, check, check_tensor, inplace_ok, scale_
+from ..fastpath import loss as _fast
 from ._shared import _ENUM, _check_weights_broadcast, _n_terms, _promote, _reduce, _reduction, _spread, _sum_to
 
 
@@ -301,14 +302,19 @@ class TripletMargin(DeltaFunction):
         dxn = _norm_delta(xn, dn.unsqueeze(-1), gn.unsqueeze(-1), pn)  # δ of a − n + ε
         dxs = _norm_delta(xs, ds.unsqueeze(-1), gs.unsqueeze(-1), pn) if swap else None  # of p − n + ε
         ga = _sum_to(dxp + dxn, a) if need_a else None
-        if inplace_ok():  # dxn, dxs, dxp are fresh: update them in place (each new CPU buffer page-faults)
-            gn = (dxn.add_(dxs).neg_() if swap else dxn.neg_()) if need_n else None
-            gp = (dxs.sub_(dxp) if swap else dxp.neg_()) if need_p else None
-        else:
-            gn = (-dxn if dxs is None else -dxn - dxs) if need_n else None
-            gp = (-dxp if dxs is None else dxs - dxp) if need_p else None
+        pn_deltas = _fast.triplet_pn_deltas_in_place if inplace_ok() else triplet_pn_deltas
+        gp, gn = pn_deltas(dxp, dxn, dxs, need_p, need_n)
         return (ga, None if gp is None else _sum_to(gp, p), None if gn is None else _sum_to(gn, n),
                 None, None, None, None, None)
+
+
+def triplet_pn_deltas(dxp, dxn, dxs, need_p, need_n):
+    """TripletMargin's δ_p = dxˢ − dx⁺ and δ_n = −dx⁻ − dxˢ from the δs of x⁺ = a − p + ε, x⁻ = a − n + ε and
+    xˢ = p − n + ε (dxˢ None without swap: δ_p = −dx⁺, δ_n = −dx⁻); None where not needed.
+    ``fastpath.loss.triplet_pn_deltas_in_place`` computes the same into the buffers given."""
+    gp = (-dxp if dxs is None else dxs - dxp) if need_p else None
+    gn = (-dxn if dxs is None else -dxn - dxs) if need_n else None
+    return gp, gn
 
 
 def _triplet_distances(a, p, n, pn, eps, swap, norms=True):
