@@ -83,12 +83,15 @@ def weight_grad_gemm(x, k, s, p, d, g, K):
     return gw.reshape(O, C // g, *K)
 
 
-def gemm_form(x, k, g):
+def gemm_form(x, k, g, K):
     """Whether the CPU's float32 ∂J/∂W takes ``weight_grad_gemm`` rather than the plain convolution: where
     that convolution's kernel (k's positions per sample) is small, or x has few channels per group, oneDNN
     runs it with little work per kernel tap; a depthwise convolution's (one channel per group) goes the
-    other way, its GEMMs degenerate to dot products, worth it only over enough positions."""
+    other way, its GEMMs degenerate to dot products, worth it only over enough positions. A pointwise (1×1)
+    convolution's windows are x itself: always the GEMM."""
     cg, positions = x.shape[1] // g, math.prod(k.shape[2:])
+    if all(i == 1 for i in K):  # a pointwise convolution: the windows are x itself, nothing to unfold
+        return True
     if cg == 1:
         return positions > DEPTHWISE_MIN_POSITIONS
     return positions <= GEMM_MAX_POSITIONS or cg < cpu_vector_floats()
@@ -108,7 +111,7 @@ def weight_grad(x, k, s, p, d, g, K, plain, chunk_elems=None, form=None):
     if x.device.type == "cuda" and form is None:
         return plain(x, k, s, p, d, g, K).contiguous()
     if form is None:
-        if x.dtype == torch.float64 or x.dtype == torch.float32 and gemm_form(x, k, g):
+        if x.dtype == torch.float64 or x.dtype == torch.float32 and gemm_form(x, k, g, K):
             form = "gemm"
         elif x.dtype == torch.float32 and len(K) == 2 and x.shape[1] // g >= cpu_vector_floats():
             form = "channels_last"
