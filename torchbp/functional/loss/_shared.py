@@ -29,10 +29,6 @@ def _spread(g, n, reduction):
     return g / n if reduction == "mean" or reduction == "batchmean" else g
 
 
-def _sum_to(t, like):
-    return t if t.shape == like.shape else t.sum_to_size(like.shape)
-
-
 def _n_terms(reduction, *tensors):
     """The count "mean" divides by: the number of terms ℓ of the broadcast inputs."""
     return math.prod(torch.broadcast_shapes(*(t.shape for t in tensors))) if reduction == "mean" else 1

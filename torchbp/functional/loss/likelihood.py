@@ -7,8 +7,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .._common import FP32, DeltaFunction, _named, apply, check, check_tensor, scale_
-from ._shared import _ENUM, _REDUCTIONS, _n_terms, _promote, _reduce, _reduction, _spread, _sum_to
+from .._common import FP32, DeltaFunction, _named, apply, check, check_tensor, scale_, unbroadcast
+from ._shared import _ENUM, _REDUCTIONS, _n_terms, _promote, _reduce, _reduction, _spread
 
 
 class PoissonNLL(DeltaFunction):
@@ -35,13 +35,13 @@ class PoissonNLL(DeltaFunction):
         s = _spread(g, ctx.n, ctx.reduction)
         gh = gy = None
         if need_h:
-            gh = _sum_to(scale_(h.exp() - y if ctx.log_input else 1 - y / (h + ctx.eps), s), h)
+            gh = unbroadcast(scale_(h.exp() - y if ctx.log_input else 1 - y / (h + ctx.eps), s), h.shape)
         if need_y:
             dy = -h if ctx.log_input else -torch.log(h + ctx.eps)
             if ctx.full:
                 # × [y > 1]: 0 where 0 < y ≤ 1, NaN where y ≤ 0 (log y + 1/(2y) is NaN there), as native
                 dy = dy + (y.log() + 0.5 / y) * (y > 1)
-            gy = _sum_to(scale_(dy, s), y)
+            gy = unbroadcast(scale_(dy, s), y.shape)
         return gh, gy, None, None, None, None
 
 
@@ -85,8 +85,9 @@ class GaussianNLL(DeltaFunction):
         v = var.clamp_min(ctx.eps)
         q = (h - y) / v
         sq = q * s if need_h or need_y else None
-        gv = _sum_to(0.5 * s * (1 / v - q * q), var) if need_v else None
-        return (_sum_to(sq, h) if need_h else None, _sum_to(-sq, y) if need_y else None, gv, None, None, None)
+        gv = unbroadcast(0.5 * s * (1 / v - q * q), var.shape) if need_v else None
+        return (unbroadcast(sq, h.shape) if need_h else None, unbroadcast(-sq, y.shape) if need_y else None, gv,
+                None, None, None)
 
 
 def gaussian_nll_loss(input, target, var, full=False, eps=1e-6, reduction="mean"):

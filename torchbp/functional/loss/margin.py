@@ -13,9 +13,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .._common import FP32, DeltaFunction, _named, above_bound, apply, check, check_tensor, inplace_ok, scale_
+from .._common import FP32, DeltaFunction, _named, above_bound, apply, check, check_tensor, inplace_ok, scale_, \
+    unbroadcast
 from ..fastpath import loss as _fast
-from ._shared import _ENUM, _check_weights_broadcast, _n_terms, _promote, _reduce, _reduction, _spread, _sum_to
+from ._shared import _ENUM, _check_weights_broadcast, _n_terms, _promote, _reduce, _reduction, _spread
 
 
 class SoftMargin(DeltaFunction):
@@ -40,7 +41,7 @@ class SoftMargin(DeltaFunction):
         if not ctx.needs_input_grad[0]:
             return None, None, None
         s = _spread(g, ctx.n, ctx.reduction)
-        return _sum_to(scale_(torch.sigmoid(-y * h), -y * s), h), None, None
+        return unbroadcast(scale_(torch.sigmoid(-y * h), -y * s), h.shape), None, None
 
 
 def soft_margin_loss(input, target, size_average=None, reduce=None, reduction="mean"):
@@ -82,9 +83,10 @@ class MultilabelSoftMargin(DeltaFunction):
         if ctx.reduction == "none":
             s = s.unsqueeze(-1)
         sw = s if w is None else s * w
-        gh = _sum_to(scale_(torch.sigmoid(h) - y, sw), h) if need_h else None
-        gy = _sum_to(-h * sw, y) if need_y else None
-        gw = _sum_to(F.binary_cross_entropy_with_logits(h, y, reduction="none") * s, w) if need_w else None
+        gh = unbroadcast(scale_(torch.sigmoid(h) - y, sw), h.shape) if need_h else None
+        gy = unbroadcast(-h * sw, y.shape) if need_y else None
+        gw = unbroadcast(F.binary_cross_entropy_with_logits(h, y, reduction="none") * s, w.shape) \
+            if need_w else None
         return gh, gy, gw, None
 
 
@@ -123,8 +125,8 @@ class MarginRanking(DeltaFunction):
         d = h1 - h2
         s = _spread(g, ctx.n, ctx.reduction) * above_bound(ctx.margin - y * d)  # δ_ℓ·a
         sy = s * y if need1 or need2 else None
-        return (_sum_to(-sy, h1) if need1 else None, _sum_to(sy, h2) if need2 else None,
-                _sum_to(-s * d, y) if need_y else None, None, None)
+        return (unbroadcast(-sy, h1.shape) if need1 else None, unbroadcast(sy, h2.shape) if need2 else None,
+                unbroadcast(-s * d, y.shape) if need_y else None, None, None)
 
 
 def margin_ranking_loss(input1, input2, target, margin=0, size_average=None, reduce=None, reduction="mean"):
@@ -160,7 +162,7 @@ class HingeEmbedding(DeltaFunction):
         h, y = ctx.saved_tensors
         s = _spread(g, ctx.n, ctx.reduction)
         d = (y != -1).to(h.dtype) - ((y != 1) & above_bound(ctx.margin - h)).to(h.dtype)
-        return _sum_to(scale_(d, s), h), None, None, None
+        return unbroadcast(scale_(d, s), h.shape), None, None, None
 
 
 def hinge_embedding_loss(input, target, margin=1.0, size_average=None, reduce=None, reduction="mean"):
@@ -211,8 +213,8 @@ class CosineEmbedding(DeltaFunction):
         dc = ((y == -1) & above_bound(c, ctx.margin)).to(c.dtype) - (y == 1).to(c.dtype)
         t = _spread(g, ctx.n, ctx.reduction) * dc  # δ_ℓn·∂ℓ/∂c
         tD, tc = (t / D).unsqueeze(k), (t * c).unsqueeze(k)
-        g1 = _sum_to(x2 * tD - x1 * (tc / m1.unsqueeze(k)), x1) if need1 else None
-        g2 = _sum_to(x1 * tD - x2 * (tc / m2.unsqueeze(k)), x2) if need2 else None
+        g1 = unbroadcast(x2 * tD - x1 * (tc / m1.unsqueeze(k)), x1.shape) if need1 else None
+        g2 = unbroadcast(x1 * tD - x2 * (tc / m2.unsqueeze(k)), x2.shape) if need2 else None
         return g1, g2, None, None, None
 
 
@@ -301,11 +303,11 @@ class TripletMargin(DeltaFunction):
         dxp = _norm_delta(xp, dp.unsqueeze(-1), s.unsqueeze(-1), pn)   # δ of a − p + ε
         dxn = _norm_delta(xn, dn.unsqueeze(-1), gn.unsqueeze(-1), pn)  # δ of a − n + ε
         dxs = _norm_delta(xs, ds.unsqueeze(-1), gs.unsqueeze(-1), pn) if swap else None  # of p − n + ε
-        ga = _sum_to(dxp + dxn, a) if need_a else None
+        ga = unbroadcast(dxp + dxn, a.shape) if need_a else None
         pn_deltas = _fast.triplet_pn_deltas_in_place if inplace_ok() else triplet_pn_deltas
         gp, gn = pn_deltas(dxp, dxn, dxs, need_p, need_n)
-        return (ga, None if gp is None else _sum_to(gp, p), None if gn is None else _sum_to(gn, n),
-                None, None, None, None, None)
+        return (ga, None if gp is None else unbroadcast(gp, p.shape),
+                None if gn is None else unbroadcast(gn, n.shape), None, None, None, None, None)
 
 
 def triplet_pn_deltas(dxp, dxn, dxs, need_p, need_n):
