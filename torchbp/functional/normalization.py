@@ -15,11 +15,9 @@ formula above in plain ops, in float32 for float16 / bfloat16 tensors (as the na
 accumulate). The saved μ, r are constants to autograd, so under ``create_graph`` backward recomputes
 them from x with differentiable ops: double backward then differentiates through the statistics too.
 
-Backward takes one of two paths. The plain one (``_plain``) writes the formula as it stands, out of
-place: it runs under create_graph and vmap. Otherwise (ordinary training) the same formula is expanded
-so that every small factor is folded first and the full-size work is one temporary P = δ ⊙ (x − μ),
-a few sums over P and δ, and δ_x built in P's buffer by in-place ops (``_rows``, ``_cells``): the
-passes over the data and the allocations that make the plain form slower than native's fused kernel.
+Backward is ``_plain``, the formula as it stands, out of place (it runs under create_graph and vmap).
+In ordinary training the same formula runs expanded and in place (``fastpath.norm``: fewer passes over
+the data and fewer allocations), tested against ``_plain``.
 """
 from __future__ import annotations
 
@@ -29,7 +27,8 @@ import numbers
 import torch
 import torch.nn.functional as F
 
-from ._common import FP32_CUDA, DeltaFunction, _autocast_state, apply, check, check_tensor, compiling
+from ._common import FP32_CUDA, DeltaFunction, _autocast_state, apply, check, check_tensor
+from .fastpath.norm import cells_in_place, in_place_ok as _in_place_ok, rows_in_place
 
 _LOW = (torch.float16, torch.bfloat16)
 
@@ -40,9 +39,9 @@ def _opmath(*ts):
 
 
 def _inputs(x0, w0, delta):
-    """x, γ, δ for backward, and whether it may work in place (``_in_place_ok``). The plain path takes
-    them in float32 for float16 / bfloat16; the in-place path only γ: its first ops promote x and δ
-    to float32 as they read them (a float32 P, float32 sums), without full-size float32 copies."""
+    """x, γ, δ for backward, and whether it may work in place (``fastpath.norm.in_place_ok``). The plain
+    path takes them in float32 for float16 / bfloat16; the in-place path only γ: its first ops promote x
+    and δ to float32 as they read them (a float32 P, float32 sums), without full-size float32 copies."""
     fast = _in_place_ok(delta)
     if fast:
         return x0, _opmath(w0)[0], delta, True
@@ -64,18 +63,6 @@ def _stats(x, red, mean, rstd, eps, fixed=False):
     return (mean.reshape(stat).to(dt) if mean is not None else None), rstd.reshape(stat).to(dt)
 
 
-def _in_place_ok(delta):
-    """Whether backward may reuse its own temporaries in place (fewer full-size passes and allocations):
-    not when backward is itself recorded (create_graph), nor under vmap (torch.func, or autograd.grad's
-    is_grads_batched), where an in-place op fails on a tensor batched less than its operand."""
-    if torch.is_grad_enabled() or torch._C._are_functorch_transforms_active():
-        return False
-    return compiling() or not _legacy_batched(delta)  # (dynamo cannot trace the latter: a graph break)
-
-
-_legacy_batched = getattr(torch._C._functorch, "is_legacy_batchedtensor", lambda t: False)
-
-
 def _plain(delta, x, mu, r, w, red, pdims, training, need_x, need_w, need_b):
     """The module docstring's formula as written, out of place, so it is differentiable (double backward)
     and vmappable. x, δ, μ, r and γ broadcast together; μ, r reduced over ``red``, γ broadcast along ``pdims``."""
@@ -93,97 +80,25 @@ def _plain(delta, x, mu, r, w, red, pdims, training, need_x, need_w, need_b):
     return grad_x, gw, gb
 
 
-def _rows(delta, x, mu, r, w, need_x, need_w, need_b):
-    """layer_norm / rms_norm, in place: x, δ as (R, D) rows, μ, r as (R, 1), γ as (D,) or None, μ None
-    for rms_norm. One full-size temporary, P = δ ⊙ (x − μ), whose buffer then becomes δ_x (native
-    allocates δ_x too); the sums over P are matrix-vector products, with no temporaries:
-    ∂J/∂γ = Pᵀ r,  ∂J/∂β = Σ_rows δ,  mean(g ⊙ x̂) = r·(P γ)/D,  mean(g) = Σ_cols g/D, so
-    δ_x = r ⊙ g + a ⊙ x + b,  a = −r³·(P γ)/D,  b = −r·mean(g) − μ·a.
-    P holds x − μ, not x: the one pass it would save costs, through δ ⊙ x − μ·δ, a cancellation when
-    |μ| ≫ σ that native's ∂J/∂γ does not have (test_float32_inputs_with_a_large_mean)."""
-    R, D = x.shape
-    gb = delta.sum(0, dtype=r.dtype) if need_b else None
-    if not (need_x or need_w):
-        return None, None, gb
-    P = x.to(r.dtype) * delta if mu is None else torch.sub(x, mu).mul_(delta)
-    gw = torch.mv(P.t(), r.reshape(R)) if need_w else None
-    grad_x = None
-    if need_x:
-        c = r / -D
-        a = (torch.mv(P, w) if w is not None else P.sum(1)).reshape(R, 1).mul_(r * r).mul_(c)
-        if w is not None:  # g = δ ⊙ γ, then r ⊙ g
-            grad_x = torch.mul(delta, w, out=P)
-            m1 = grad_x.sum(1, keepdim=True) if mu is not None else None
-            grad_x.mul_(r)
-        else:
-            m1 = delta.sum(1, keepdim=True, dtype=r.dtype) if mu is not None else None
-            grad_x = torch.mul(delta, r, out=P)
-        grad_x.addcmul_(x, a)
-        if mu is not None:
-            grad_x.add_(m1.mul_(c).sub_(mu * a))
-    return grad_x, gw, gb
-
-
-_HALF_CHUNK = 1 << 19  # elements of x per batch chunk in _cells for float16 / bfloat16 on the CPU
-
-
-def _cells(delta, x, mu, r, w, red, pdims, cell, training, need_x, need_w, need_b):
-    """batch_norm / group_norm, in place: x, δ viewed so that μ, r (reduced over ``red``) and γ (broadcast
-    along ``pdims``) are all constant along the ``cell`` dims. Every factor of δ_x is then one number per
-    cell: δ_x = k ⊙ δ + a ⊙ x + b with k = r·γ, three passes. The sums Σδ, Σ δ ⊙ (x − μ) are taken per
-    cell once and give ∂J/∂β, ∂J/∂γ and the means (x − μ, not x: see ``_rows``). One full-size temporary at
-    a time, P = δ ⊙ (x − μ) and then δ_x (native allocates δ_x too).
-    float16 / bfloat16 on the CPU: the batch is taken in chunks, so the float32 temporaries (and the float32
-    copies the CPU makes of a half operand in a mixed op) are a chunk's, and δ_x goes into one buffer of x's
-    dtype (bench ResNet bf16 peak 1.07 → 0.95 of native). Each chunk is converted to float32 once, up front:
-    the CPU's mixed-dtype kernels convert element by element, and a vectorised copy then float32 ops is
-    ~25% faster over the whole backward (ResNet bf16 BatchNorm: 2.8 → 2.1 ms; native 0.7), same bits."""
-    stats = need_x and training
-    N = x.shape[0]
-    half_cpu = x.dtype in _LOW and x.device.type == "cpu"
-    nc = max(1, min(N, -(-x.numel() // _HALF_CHUNK))) if half_cpu else 1
-    step = max(1, -(-N // nc))
-    chunks = [slice(i, i + step) for i in range(0, N, step)] or [slice(0, 0)]
-
-    def part(t, s):  # a chunk's rows of a per-sample factor (group_norm's); batch_norm's are one row
-        return t if len(chunks) == 1 or t is None or t.shape[0] != N else t[s]
-
-    def chunk(t, s):  # a chunk of x or δ, as a fresh float32 copy where x is half precision on the CPU
-        return t[s].to(torch.float32, copy=True) if half_cpu else t[s]
-
-    def sums(s):  # a chunk's Σδ and Σ δ ⊙ (x − μ) per cell
-        d = chunk(delta, s)
-        s1 = d.sum(cell, keepdim=True, dtype=r.dtype) if need_b or stats else None
-        if need_w or stats:
-            xc = chunk(x, s).sub_(part(mu, s)) if half_cpu else torch.sub(x[s], part(mu, s))
-            return s1, xc.mul_(d).sum(cell, keepdim=True)
-        return s1, None
-
-    # per-cell sums over the chunks: added where the cell spans the batch, else stacked
-    parts = list(zip(*[sums(s) for s in chunks]))
-    c1, c2 = (None if p[0] is None else sum(p[1:], p[0]) if 0 in cell else torch.cat(p) for p in parts)
-    gw = (c2 * r).sum(pdims) if need_w else None
-    gb = c1.sum(pdims) if need_b else None
-    grad_x = None
-    if need_x:
-        k = r if w is None else r * w
-        a = b = None
-        if training:
-            M = math.prod([x.shape[d] for d in red])
-            if w is not None:
-                c1, c2 = c1 * w, c2 * w
-            a = c2.sum(red, keepdim=True).mul_(r.pow(3)).div_(-M)
-            b = c1.sum(red, keepdim=True).mul_(r).div_(-M).sub_(mu * a)
-        for s in chunks:
-            g = chunk(delta, s).mul_(part(k, s)) if half_cpu else delta[s] * part(k, s)
-            if training:
-                g.addcmul_(chunk(x, s), part(a, s)).add_(part(b, s))
-            if len(chunks) == 1:
-                grad_x = g
-            else:
-                grad_x = torch.empty_like(x) if grad_x is None else grad_x
-                grad_x[s].copy_(g)
-    return grad_x, gw, gb
+def _backward(ctx, delta, x0, w0, mean, rstd, view, wview, red, pdims, cell, pshape, training, needs):
+    """Every normalization's backward: x and δ seen as ``view``, γ as ``wview``; μ, r reduced over ``red``,
+    γ broadcast along ``pdims``; ``cell`` the dims along which every factor is constant (``cells_in_place``),
+    or None for rows of (R, D) (``rows_in_place``). ``_plain`` where a graph is recorded or vmap is active.
+    Returns δ_x, ∂J/∂γ, ∂J/∂β (γ, β of shape ``pshape``), None where not needed."""
+    need_x, need_w, need_b = needs
+    x, w, delta, fast = _inputs(x0, w0, delta)
+    x, delta = x.reshape(view), delta.reshape(view)
+    w = w.reshape(wview) if w is not None else None
+    mu, r = _stats(x, red, mean, rstd, ctx.eps, fixed=not training)
+    if not fast:
+        grad_x, gw, gb = _plain(delta, x, mu, r, w, red, pdims, training, need_x, need_w, need_b)
+    elif cell is None:
+        grad_x, gw, gb = rows_in_place(delta, x, mu, r, w, need_x, need_w, need_b)
+    else:
+        grad_x, gw, gb = cells_in_place(delta, x, mu, r, w, red, pdims, cell, training, need_x, need_w, need_b)
+    return (grad_x.reshape(x0.shape).to(x0.dtype) if need_x else None,
+            gw.reshape(pshape).to(w0.dtype) if need_w else None,
+            gb.reshape(pshape).to(ctx.b_dtype) if need_b else None)
 
 
 def _check(cond, op, message):
@@ -258,20 +173,10 @@ def _per_channel_backward(ctx, delta, red):
     """batch_norm's and instance_norm's backward: x seen as (n, channel, spatial), γ per channel, μ and r
     reduced over ``red`` ((0, 2): the batch and spatial dims; (2,): each instance's spatial dims)."""
     x0, w0, mean, invstd = ctx.saved_tensors
-    need_x, need_w, need_b = ctx.needs_input_grad[:3]
-    x, w, delta, fast = _inputs(x0, w0, delta)
-    N, C = x.shape[:2]
-    shape = (N, C, math.prod(x.shape[2:]))  # (n, channel, spatial); no -1: N may be 0
-    x, delta = x.reshape(shape), delta.reshape(shape)
-    w = w.reshape(1, C, 1) if w is not None else None
-    mu, r = _stats(x, red, mean, invstd, ctx.eps, fixed=not ctx.training)
-    if fast:
-        grad_x, gw, gb = _cells(delta, x, mu, r, w, red, (0, 2), red, ctx.training, need_x, need_w, need_b)
-    else:
-        grad_x, gw, gb = _plain(delta, x, mu, r, w, red, (0, 2), ctx.training, need_x, need_w, need_b)
-    return (grad_x.reshape(x0.shape).to(x0.dtype) if need_x else None,
-            gw.reshape(C).to(w0.dtype) if need_w else None,
-            gb.reshape(C).to(ctx.b_dtype) if need_b else None)
+    N, C = x0.shape[:2]
+    view = (N, C, math.prod(x0.shape[2:]))  # (n, channel, spatial); no -1: N may be 0
+    return _backward(ctx, delta, x0, w0, mean, invstd, view, (1, C, 1), red, (0, 2), red, (C,), ctx.training,
+                     ctx.needs_input_grad[:3])
 
 
 def _raise_value(op, cond, message):
@@ -355,26 +260,23 @@ class LayerNorm(DeltaFunction):
 
     @staticmethod
     def backward(ctx, delta, _dmean, _drstd):
-        x0, w0, mean, rstd = ctx.saved_tensors
-        need_x, _, need_w, need_b, _ = ctx.needs_input_grad
-        return _rows_backward(ctx, delta, x0, w0, mean, rstd, need_x, need_w, need_b) + (None,)
+        return _affine_backward(ctx, delta, _rows_geometry)
 
 
-def _rows_backward(ctx, delta, x0, w0, mean, rstd, need_x, need_w, need_b):
-    """layer_norm's and rms_norm's backward (``mean`` None): x as (rows, normalized values)."""
-    x, w, delta, fast = _inputs(x0, w0, delta)
+def _rows_geometry(ctx, x0):
+    """layer_norm's and rms_norm's view of x: (rows, normalized values), statistics per row."""
     D = math.prod(ctx.shape)
-    R = math.prod(x.shape[:x.dim() - len(ctx.shape)])
-    x, delta = x.reshape(R, D), delta.reshape(R, D)
-    w = w.reshape(D) if w is not None else None
-    mu, r = _stats(x, (1,), mean, rstd, ctx.eps)
-    if fast:
-        grad_x, gw, gb = _rows(delta, x, mu, r, w, need_x, need_w, need_b)
-    else:
-        grad_x, gw, gb = _plain(delta, x, mu, r, w, (1,), (0,), True, need_x, need_w, need_b)
-    return (grad_x.reshape(x0.shape).to(x0.dtype) if need_x else None, None,
-            gw.reshape(ctx.shape).to(w0.dtype) if need_w else None,
-            gb.reshape(ctx.shape).to(ctx.b_dtype) if need_b else None)
+    R = math.prod(x0.shape[:x0.dim() - len(ctx.shape)])
+    return (R, D), (D,), (1,), (0,), None, ctx.shape
+
+
+def _affine_backward(ctx, delta, geometry):
+    """layer_norm's and group_norm's backward (forward's inputs: x, shape or groups, γ, β, eps), with x seen
+    as ``geometry(ctx, x)`` says (``_backward``'s view, wview, red, pdims, cell, pshape)."""
+    x0, w0, mean, rstd = ctx.saved_tensors
+    need_x, _, need_w, need_b, _ = ctx.needs_input_grad
+    gx, gw, gb = _backward(ctx, delta, x0, w0, mean, rstd, *geometry(ctx, x0), True, (need_x, need_w, need_b))
+    return gx, None, gw, gb, None
 
 
 def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
@@ -415,7 +317,8 @@ class RMSNorm(DeltaFunction):
     def backward(ctx, delta, _drstd):
         x0, w0, rstd = ctx.saved_tensors
         need_x, _, need_w, _ = ctx.needs_input_grad
-        return _rows_backward(ctx, delta, x0, w0, None, rstd, need_x, need_w, False)[:3] + (None,)
+        gx, gw, _ = _backward(ctx, delta, x0, w0, None, rstd, *_rows_geometry(ctx, x0), True, (need_x, need_w, False))
+        return gx, None, gw, None
 
 
 def rms_norm(input, normalized_shape, weight=None, eps=None):
@@ -460,21 +363,13 @@ class GroupNorm(DeltaFunction):
 
     @staticmethod
     def backward(ctx, delta, _dmean, _drstd):
-        x0, w0, mean, rstd = ctx.saved_tensors
-        need_x, _, need_w, need_b, _ = ctx.needs_input_grad
-        x, w, delta, fast = _inputs(x0, w0, delta)
-        N, C, G = x.shape[0], x.shape[1], ctx.G
-        shape = (N, G, C // G, math.prod(x.shape[2:]))  # (n, group, channel in the group, spatial)
-        x, delta = x.reshape(shape), delta.reshape(shape)
-        w = w.reshape(1, G, C // G, 1) if w is not None else None
-        mu, r = _stats(x, (2, 3), mean, rstd, ctx.eps)
-        if fast:
-            grad_x, gw, gb = _cells(delta, x, mu, r, w, (2, 3), (0, 3), (3,), True, need_x, need_w, need_b)
-        else:
-            grad_x, gw, gb = _plain(delta, x, mu, r, w, (2, 3), (0, 3), True, need_x, need_w, need_b)
-        return (grad_x.reshape(x0.shape).to(x0.dtype) if need_x else None, None,
-                gw.reshape(C).to(w0.dtype) if need_w else None,
-                gb.reshape(C).to(ctx.b_dtype) if need_b else None, None)
+        return _affine_backward(ctx, delta, _groups_geometry)
+
+
+def _groups_geometry(ctx, x0):
+    """group_norm's view of x: (n, group, channel in the group, spatial), statistics per (n, group)."""
+    N, C, G = x0.shape[0], x0.shape[1], ctx.G
+    return (N, G, C // G, math.prod(x0.shape[2:])), (1, G, C // G, 1), (2, 3), (0, 3), (3,), (C,)
 
 
 def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5):
