@@ -1,4 +1,7 @@
-"""δ matmul family, scaled dot-product attention and MultiheadAttention against native autograd."""
+"""δ scaled dot-product attention and MultiheadAttention (torchbp.functional.attention) beyond the common matrix
+(tests/cases/attention.py drives sdpa's float64, gradcheck and low precision): fully masked rows, strided
+views, query blocks, empty sequences, refusals, autocast, dropout masks, MultiheadAttention and transformer
+layers as twins."""
 import copy
 
 import pytest
@@ -9,206 +12,18 @@ import torchbp
 import torchbp.functional as tbf
 from torchbp import registry
 from torchbp.functional import attention
-from util import DEVICES, LOW, assert_matches_native, delta_params, gradchecks, rel_err
+from cases.attention import GQA, SDPA_CASES, SDPA_SMALL, sdpa_args
+from cases.linear import leaves as _leaves
+from util import DEVICES, assert_matches_native, delta_params, gradchecks, rel_err
 
-# --- the linear family as torch ops ------------------------------------------------------------------
-
-MATMUL_SHAPES = [  # every broadcasting case of torch.matmul
-    ((4,), (4,)), ((4,), (4, 5)), ((4,), (2, 3, 4, 5)), ((3, 4), (4,)), ((2, 3, 4), (4,)),
-    ((3, 4), (4, 5)), ((2, 3, 4), (4, 5)), ((3, 4), (2, 4, 5)), ((2, 1, 3, 4), (5, 4, 2)),
-    ((1, 3, 4), (2, 4, 5)), ((2, 3, 4), (2, 4, 5)), ((2, 2, 3, 4), (4,)),
-]
-
-
-def _leaves(*shapes):
-    return tuple(torch.randn(s, requires_grad=True) for s in shapes)
-
-
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("a,b", MATMUL_SHAPES, ids=str)
-def test_matmul_float64(a, b, device):
-    assert_matches_native(tbf.matmul, torch.matmul, _leaves(a, b), device=device)
-
-
-@pytest.mark.parametrize("a,b", MATMUL_SHAPES, ids=str)
-def test_matmul_gradcheck(a, b):
-    gradchecks(tbf.matmul, _leaves(a, b))
-
-
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dtype", LOW)
-@pytest.mark.parametrize("a,b", [((4,), (4, 5)), ((2, 8, 16), (16, 8)), ((8, 16), (3, 16, 8))], ids=str)
-def test_matmul_low_precision(a, b, dtype, device):
-    assert_matches_native(tbf.matmul, torch.matmul, _leaves(a, b), dtype=dtype, device=device)
-
-
-def test_matmul_noncontiguous_and_one_side_grad():
-    A = torch.randn(2, 5, 3).transpose(1, 2).requires_grad_()  # (2, 3, 5), non-contiguous
-    B = torch.randn(4, 5).t()  # (5, 4), non-contiguous, no grad
-    assert_matches_native(tbf.matmul, torch.matmul, (A, B))
-    assert_matches_native(tbf.matmul, torch.matmul, (A.detach(), torch.randn(5, 4, requires_grad=True)))
-
-
-@pytest.mark.parametrize("device", DEVICES)
-def test_mm_bmm(device):
-    assert_matches_native(tbf.mm, torch.mm, _leaves((3, 4), (4, 5)), device=device)
-    assert_matches_native(tbf.bmm, torch.bmm, _leaves((2, 3, 4), (2, 4, 5)), device=device)
-    gradchecks(tbf.bmm, _leaves((2, 3, 4), (2, 4, 5)))
-
-
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("M", [(3, 5), (5,), (1, 5), (3, 1), ()], ids=str)
-@pytest.mark.parametrize("beta,alpha", [(1, 1), (0.5, -2.0), (0, 1)])
-def test_addmm(M, beta, alpha, device):
-    args = _leaves(M, (3, 4), (4, 5))
-    kw = {"beta": beta, "alpha": alpha}
-    assert_matches_native(tbf.addmm, torch.addmm, args, kw, device=device)
-    assert_matches_native(tbf.addmm, torch.addmm, args, kw, dtype=torch.bfloat16, device=device)
-
-
-def test_addmm_gradcheck():
-    gradchecks(tbf.addmm, _leaves((5,), (3, 4), (4, 5)), {"beta": 0.5, "alpha": 2.0})
-
-
-def test_linear_family_bad_input_names_op():
-    with pytest.raises(RuntimeError, match=r"torchbp.functional.matmul: cannot multiply shapes \[3, 4\] and \[5, 2\]"):
-        tbf.matmul(torch.randn(3, 4), torch.randn(5, 2))
-    with pytest.raises(RuntimeError, match=r"matmul: .*batch dims do not broadcast"):
-        tbf.matmul(torch.randn(2, 3, 4), torch.randn(3, 4, 5))
-    with pytest.raises(RuntimeError, match=r"matmul: both arguments need at least 1 dimension"):
-        tbf.matmul(torch.tensor(2.0), torch.randn(3))
-    with pytest.raises(RuntimeError, match=r"torchbp.functional.mm: both arguments must be 2-D"):
-        tbf.mm(torch.randn(2, 3, 4), torch.randn(4, 5))
-    with pytest.raises(RuntimeError, match=r"torchbp.functional.bmm: .*equal batch sizes"):
-        tbf.bmm(torch.randn(2, 3, 4), torch.randn(1, 4, 5))
-    with pytest.raises(RuntimeError, match=r"torchbp.functional.addmm: input of shape \[4\] does not broadcast"):
-        tbf.addmm(torch.randn(4), torch.randn(3, 4), torch.randn(4, 5))
-    with pytest.raises(RuntimeError, match=r"matmul: other has dtype torch.float64"):
-        tbf.matmul(torch.randn(3, 4), torch.randn(4, 5, dtype=torch.float64))
+def _sdpa_args(case):
+    if case[-1].get("enable_gqa") and not GQA:
+        pytest.skip("enable_gqa needs torch >= 2.5")
+    return sdpa_args(case)
 
 
 def _is_delta(t):
     return registry.is_delta_function(getattr(type(t.grad_fn), "_forward_cls", None))
-
-
-def test_manual_backward_routes_matmul_family():
-    a = torch.randn(3, 4, requires_grad=True)
-    b = torch.randn(4, 5)
-    with torchbp.manual_backward():
-        outs = {"a @ b": a @ b, "b.T.__rmatmul__": torch.Tensor.__rmatmul__(b, a), "Tensor.matmul": a.matmul(b),
-                "torch.matmul": torch.matmul(a, b), "torch.mm": torch.mm(a, b), "Tensor.mm": a.mm(b),
-                "torch.bmm": torch.bmm(a[None], b[None]), "Tensor.bmm": a[None].bmm(b[None]),
-                "torch.addmm": torch.addmm(torch.zeros(5), a, b), "Tensor.addmm": torch.zeros(3, 5).addmm(a, b),
-                "sdpa": F.scaled_dot_product_attention(a[None], a[None], a[None])}
-        no_grad_needed = a.detach() @ b
-    for name, y in outs.items():
-        assert _is_delta(y), (name, type(y.grad_fn).__name__)
-        assert type(y.grad_fn)._forward_cls.__module__.startswith("torchbp."), name
-    assert no_grad_needed.grad_fn is None
-    (gs,) = torch.autograd.grad(sum(y.sum() for y in outs.values()), a)
-    native = [a @ b, a @ b, a @ b, a @ b, a @ b, a @ b, torch.bmm(a[None], b[None]), a[None].bmm(b[None]),
-              torch.addmm(torch.zeros(5), a, b), torch.zeros(3, 5).addmm(a, b),
-              F.scaled_dot_product_attention(a[None], a[None], a[None])]
-    (gn,) = torch.autograd.grad(sum(y.sum() for y in native), a)
-    torch.testing.assert_close(gs, gn)
-
-
-@pytest.mark.parametrize("device", DEVICES)
-def test_matmul_autocast(device):
-    dtype = torch.bfloat16 if device == "cpu" else torch.float16
-    a = torch.randn(4, 8, device=device, requires_grad=True)
-    b = torch.randn(2, 8, 3, device=device, requires_grad=True)
-    with torch.autocast(device, dtype=dtype):
-        ys, yn = tbf.matmul(a, b), torch.matmul(a, b)
-        zs, zn = tbf.addmm(a[:, :3], a, b[0]), torch.addmm(a[:, :3], a, b[0])
-    assert ys.dtype == yn.dtype == zs.dtype == zn.dtype == dtype
-    assert torch.equal(ys, yn) and torch.equal(zs, zn)
-    gs = torch.autograd.grad(ys.float().sum() + zs.float().sum(), (a, b))
-    gn = torch.autograd.grad(yn.float().sum() + zn.float().sum(), (a, b))
-    for s, n in zip(gs, gn):
-        assert s.dtype == n.dtype
-        torch.testing.assert_close(s, n, rtol=2e-2, atol=2e-2)
-
-
-# --- scaled dot-product attention -----------------------------------------------------------------------
-
-def _mask(kind, shape):
-    if kind == "bool":
-        m = torch.rand(shape) > 0.3
-        m[..., 0] = True  # no fully masked row here; those have their own test
-        return m
-    if kind == "additive":
-        return torch.randn(shape)
-    if kind == "additive_grad":
-        return torch.randn(shape, requires_grad=True)
-    return None
-
-
-SDPA_CASES = [  # (q, k, v shapes, mask kind, mask shape, kwargs)
-    ((2, 3, 4, 8), (2, 3, 4, 8), (2, 3, 4, 8), None, None, {}),
-    ((2, 3, 4, 8), (2, 3, 6, 8), (2, 3, 6, 5), None, None, {}),  # Lq != Lk, Ev != E
-    ((2, 3, 4, 8), (2, 3, 6, 8), (2, 3, 6, 8), "bool", (4, 6), {}),
-    ((2, 3, 4, 8), (2, 3, 6, 8), (2, 3, 6, 8), "bool", (2, 1, 1, 6), {}),  # key padding style
-    ((2, 3, 4, 8), (2, 3, 6, 8), (2, 3, 6, 8), "additive", (3, 4, 6), {}),
-    ((2, 3, 4, 8), (2, 3, 6, 8), (2, 3, 6, 8), "additive_grad", (2, 3, 4, 6), {}),
-    ((2, 3, 5, 8), (2, 3, 5, 8), (2, 3, 5, 8), None, None, {"is_causal": True}),
-    ((2, 3, 6, 8), (2, 3, 4, 8), (2, 3, 4, 8), None, None, {"is_causal": True}),  # Lq > Lk
-    ((2, 3, 4, 8), (2, 3, 4, 8), (2, 3, 4, 8), None, None, {"scale": 0.3}),
-    ((2, 3, 4, 16), (2, 3, 6, 16), (2, 3, 6, 4), "bool", (4, 6), {"scale": 1.5}),
-    ((4, 8), (6, 8), (6, 3), None, None, {}),  # no batch dims
-    ((5, 4, 8), (5, 6, 8), (5, 6, 8), "additive", (4, 6), {}),
-    ((2, 3, 4, 8), (1, 3, 6, 8), (1, 3, 6, 8), None, None, {}),  # broadcast batch
-    ((2, 4, 5, 8), (2, 2, 6, 8), (2, 2, 6, 8), None, None, {"enable_gqa": True}),
-    ((2, 4, 5, 8), (2, 1, 5, 8), (2, 1, 5, 8), "bool", (5, 5), {"enable_gqa": True}),
-    ((2, 4, 5, 8), (2, 2, 5, 8), (2, 2, 5, 8), None, None, {"enable_gqa": True, "is_causal": True}),
-]
-GQA = "enable_gqa" in (F.scaled_dot_product_attention.__doc__ or "")
-
-
-def _sdpa_args(case):
-    qs, ks, vs, kind, mshape, kw = case
-    if kw.get("enable_gqa") and not GQA:
-        pytest.skip("enable_gqa needs torch >= 2.5")
-    args = _leaves(qs, ks, vs)
-    return (args + (_mask(kind, mshape),)) if kind else args, kw
-
-
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("case", SDPA_CASES, ids=str)
-def test_sdpa_float64(case, device):
-    args, kw = _sdpa_args(case)
-    assert_matches_native(tbf.scaled_dot_product_attention, F.scaled_dot_product_attention, args, kw, device=device)
-
-
-SDPA_SMALL = [  # gradgradcheck perturbs every element: keep these tiny
-    ((1, 2, 3, 4), (1, 2, 5, 4), (1, 2, 5, 3), None, None, {}),
-    ((1, 2, 3, 4), (1, 2, 5, 4), (1, 2, 5, 4), "bool", (3, 5), {"scale": 1.5}),
-    ((1, 2, 3, 4), (1, 2, 5, 4), (1, 2, 5, 4), "additive_grad", (2, 3, 5), {}),
-    ((2, 3, 4), (1, 3, 4), (1, 3, 4), None, None, {"is_causal": True}),
-    ((1, 4, 3, 4), (1, 2, 3, 4), (1, 2, 3, 4), None, None, {"enable_gqa": True, "is_causal": True}),
-]
-
-
-@pytest.mark.parametrize("case", SDPA_SMALL, ids=str)
-def test_sdpa_gradcheck(case):
-    args, kw = _sdpa_args(case)
-    gradchecks(tbf.scaled_dot_product_attention, args, kw)
-
-
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dtype", LOW)
-@pytest.mark.parametrize("case", [SDPA_CASES[2], SDPA_CASES[4], SDPA_CASES[6], SDPA_CASES[13]], ids=str)
-def test_sdpa_low_precision(case, dtype, device):
-    args, kw = _sdpa_args(case)
-    assert_matches_native(tbf.scaled_dot_product_attention, F.scaled_dot_product_attention, args, kw,
-                          dtype=dtype, device=device)
-
-
-def test_sdpa_transformer_size_low_precision():
-    args = _leaves((8, 4, 128, 64), (8, 4, 128, 64), (8, 4, 128, 64))
-    for dtype in (torch.float32, torch.bfloat16):
-        assert_matches_native(tbf.scaled_dot_product_attention, F.scaled_dot_product_attention, args,
-                              {"is_causal": True}, dtype=dtype)
 
 
 @pytest.mark.parametrize("kind", ["bool", "additive"])

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 import torchbp
 import torchbp.functional as tbf
 from cases.linear import bilinear_args as _bilinear_args
-from util import DEVICES, assert_matches_native
+from util import DEVICES, assert_matches_native, is_delta as _is_delta
 
 
 def test_linear_noncontiguous_and_no_input_grad():
@@ -317,3 +317,68 @@ def test_bilinear_under_jacrev_and_vmap():
     per_example = [torch.func.vmap(torch.func.grad(lambda p, q, w: f(p, q, w, b).square().sum(), argnums=2),
                                    in_dims=(0, 0, None))(x1, x2, W) for f in (tbf.bilinear, F.bilinear)]
     torch.testing.assert_close(*per_example, rtol=1e-12, atol=0)
+
+
+# --- the linear family as torch ops (matmul, mm, bmm, addmm) -----------------------------------------------
+
+def test_matmul_noncontiguous_and_one_side_grad():
+    A = torch.randn(2, 5, 3).transpose(1, 2).requires_grad_()  # (2, 3, 5), non-contiguous
+    B = torch.randn(4, 5).t()  # (5, 4), non-contiguous, no grad
+    assert_matches_native(tbf.matmul, torch.matmul, (A, B))
+    assert_matches_native(tbf.matmul, torch.matmul, (A.detach(), torch.randn(5, 4, requires_grad=True)))
+
+
+def test_linear_family_bad_input_names_op():
+    with pytest.raises(RuntimeError, match=r"torchbp.functional.matmul: cannot multiply shapes \[3, 4\] and \[5, 2\]"):
+        tbf.matmul(torch.randn(3, 4), torch.randn(5, 2))
+    with pytest.raises(RuntimeError, match=r"matmul: .*batch dims do not broadcast"):
+        tbf.matmul(torch.randn(2, 3, 4), torch.randn(3, 4, 5))
+    with pytest.raises(RuntimeError, match=r"matmul: both arguments need at least 1 dimension"):
+        tbf.matmul(torch.tensor(2.0), torch.randn(3))
+    with pytest.raises(RuntimeError, match=r"torchbp.functional.mm: both arguments must be 2-D"):
+        tbf.mm(torch.randn(2, 3, 4), torch.randn(4, 5))
+    with pytest.raises(RuntimeError, match=r"torchbp.functional.bmm: .*equal batch sizes"):
+        tbf.bmm(torch.randn(2, 3, 4), torch.randn(1, 4, 5))
+    with pytest.raises(RuntimeError, match=r"torchbp.functional.addmm: input of shape \[4\] does not broadcast"):
+        tbf.addmm(torch.randn(4), torch.randn(3, 4), torch.randn(4, 5))
+    with pytest.raises(RuntimeError, match=r"matmul: other has dtype torch.float64"):
+        tbf.matmul(torch.randn(3, 4), torch.randn(4, 5, dtype=torch.float64))
+
+
+def test_manual_backward_routes_matmul_family():
+    a = torch.randn(3, 4, requires_grad=True)
+    b = torch.randn(4, 5)
+    with torchbp.manual_backward():
+        outs = {"a @ b": a @ b, "b.T.__rmatmul__": torch.Tensor.__rmatmul__(b, a), "Tensor.matmul": a.matmul(b),
+                "torch.matmul": torch.matmul(a, b), "torch.mm": torch.mm(a, b), "Tensor.mm": a.mm(b),
+                "torch.bmm": torch.bmm(a[None], b[None]), "Tensor.bmm": a[None].bmm(b[None]),
+                "torch.addmm": torch.addmm(torch.zeros(5), a, b), "Tensor.addmm": torch.zeros(3, 5).addmm(a, b),
+                "sdpa": F.scaled_dot_product_attention(a[None], a[None], a[None])}
+        no_grad_needed = a.detach() @ b
+    for name, y in outs.items():
+        assert _is_delta(y), (name, type(y.grad_fn).__name__)
+        assert type(y.grad_fn)._forward_cls.__module__.startswith("torchbp."), name
+    assert no_grad_needed.grad_fn is None
+    (gs,) = torch.autograd.grad(sum(y.sum() for y in outs.values()), a)
+    native = [a @ b, a @ b, a @ b, a @ b, a @ b, a @ b, torch.bmm(a[None], b[None]), a[None].bmm(b[None]),
+              torch.addmm(torch.zeros(5), a, b), torch.zeros(3, 5).addmm(a, b),
+              F.scaled_dot_product_attention(a[None], a[None], a[None])]
+    (gn,) = torch.autograd.grad(sum(y.sum() for y in native), a)
+    torch.testing.assert_close(gs, gn)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_matmul_autocast(device):
+    dtype = torch.bfloat16 if device == "cpu" else torch.float16
+    a = torch.randn(4, 8, device=device, requires_grad=True)
+    b = torch.randn(2, 8, 3, device=device, requires_grad=True)
+    with torch.autocast(device, dtype=dtype):
+        ys, yn = tbf.matmul(a, b), torch.matmul(a, b)
+        zs, zn = tbf.addmm(a[:, :3], a, b[0]), torch.addmm(a[:, :3], a, b[0])
+    assert ys.dtype == yn.dtype == zs.dtype == zn.dtype == dtype
+    assert torch.equal(ys, yn) and torch.equal(zs, zn)
+    gs = torch.autograd.grad(ys.float().sum() + zs.float().sum(), (a, b))
+    gn = torch.autograd.grad(yn.float().sum() + zn.float().sum(), (a, b))
+    for s, n in zip(gs, gn):
+        assert s.dtype == n.dtype
+        torch.testing.assert_close(s, n, rtol=2e-2, atol=2e-2)

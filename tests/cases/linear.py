@@ -49,3 +49,33 @@ CASES += [
                   torch.randn(12, 24, 20, requires_grad=True) / 5, torch.randn(12, requires_grad=True)),
          checks=(LOW,)),
 ]
+
+
+# --- the linear family as torch ops: matmul (every broadcasting case), mm, bmm, addmm -------------------------
+def leaves(*shapes):
+    return tuple(torch.randn(s, requires_grad=True) for s in shapes)
+
+
+MATMUL_SHAPES = [  # every broadcasting case of torch.matmul
+    ((4,), (4,)), ((4,), (4, 5)), ((4,), (2, 3, 4, 5)), ((3, 4), (4,)), ((2, 3, 4), (4,)),
+    ((3, 4), (4, 5)), ((2, 3, 4), (4, 5)), ((3, 4), (2, 4, 5)), ((2, 1, 3, 4), (5, 4, 2)),
+    ((1, 3, 4), (2, 4, 5)), ((2, 3, 4), (2, 4, 5)), ((2, 2, 3, 4), (4,)),
+]
+for a, b in MATMUL_SHAPES:
+    CASES.append(Case(f"linear.matmul-{shape_id(a)}@{shape_id(b)}", tbf.matmul, torch.matmul,
+                      lambda a=a, b=b: leaves(a, b), checks=(FLOAT64, GRADCHECK)))
+for a, b in [((4,), (4, 5)), ((2, 8, 16), (16, 8)), ((8, 16), (3, 16, 8))]:
+    CASES.append(Case(f"linear.matmul-{shape_id(a)}@{shape_id(b)}", tbf.matmul, torch.matmul,
+                      lambda a=a, b=b: leaves(a, b), checks=(LOW,)))
+CASES += [
+    Case("linear.mm-3x4@4x5", tbf.mm, torch.mm, lambda: leaves((3, 4), (4, 5)), checks=(FLOAT64,)),
+    Case("linear.bmm-2x3x4@2x4x5", tbf.bmm, torch.bmm, lambda: leaves((2, 3, 4), (2, 4, 5)),
+         checks=(FLOAT64, GRADCHECK)),
+    Case("linear.addmm-5+3x4@4x5", tbf.addmm, torch.addmm, lambda: leaves((5,), (3, 4), (4, 5)),
+         {"beta": 0.5, "alpha": 2.0}, checks=(GRADCHECK,)),
+]
+for M in [(3, 5), (5,), (1, 5), (3, 1), ()]:
+    for beta, alpha in [(1, 1), (0.5, -2.0), (0, 1)]:
+        CASES.append(Case(f"linear.addmm-{shape_id(M)}+3x4@4x5-beta{beta}-alpha{alpha}", tbf.addmm, torch.addmm,
+                          lambda M=M: leaves(M, (3, 4), (4, 5)), {"beta": beta, "alpha": alpha},
+                          checks=(FLOAT64, LOW), low_dtypes=(torch.bfloat16,)))
