@@ -101,7 +101,7 @@ def shape_id(shape) -> str:
     return "x".join(map(str, shape)) if len(shape) else "0d"
 
 
-FAMILIES = ["linear", "activation", "loss", "conv", "pooling", "normalization", "sparse", "tensor_ops", "attention"]
+FAMILIES = ["linear", "activation", "loss", "conv", "pooling", "normalization", "sparse", "tensor_ops", "attention", "upsampling"]
 
 
 def all_cases() -> list[Case]:
