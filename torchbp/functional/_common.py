@@ -147,6 +147,18 @@ def check_compatible(op: str, **tensors) -> None:
                                  "(or run under torch.autocast)")
 
 
+def check_inplace_target(op: str, x: torch.Tensor) -> None:
+    """Refuse, as autograd does, an in-place op on a view that a custom Function returned (a user's own
+    Function, or a δ Function): the view's graph would not see the op, so a caller going on with the view
+    would get a gradient without it. Under no_grad nothing is recorded, and the op may run."""
+    if torch.is_grad_enabled() and x._is_view() and isinstance(x.grad_fn, torch.autograd.function.BackwardCFunction):
+        raise RuntimeError(
+            f"torchbp.functional.{op}: the input is a view returned by a custom Function "
+            f"({type(x.grad_fn).__name__}) and is being modified in place; autograd forbids this (its logic for "
+            "in-place ops on views would override the custom Function's backward, leading to incorrect "
+            "gradients). Clone the custom Function's output first, or use the out-of-place op.")
+
+
 class _named:
     """``with _named(op):`` re-raises an error of torch's own forward (its value, shape and mode checks run
     in the native kernels: no extra pass or host sync) with the op's name in front, as torchbp's own checks

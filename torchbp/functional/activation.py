@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ._common import FP32_CUDA, LOWER, DeltaFunction, _functorch_active, apply, check, check_compatible, \
-    check_tensor, compiling, scale_
+    check_inplace_target, check_tensor, compiling, scale_
 from .fastpath.pointwise import select_scale
 
 
@@ -592,6 +592,8 @@ def _unary(op, fn, input, *args, inplace=False, policy=None):
     check_tensor(op, "input", input)
     if not input.is_floating_point():
         check(False, op, f"input must be floating point, got {input.dtype}")
+    if inplace:
+        check_inplace_target(op + "_", input)
     if inplace and (compiling() or not hasattr(fn, "delta_out")):
         # f' needs z, which the output overwrites: the δ runs on a copy of z (native saves one too, e.g.
         # silu_) and the result is written back into ``input``. Also the path under torch.compile: dynamo
@@ -599,12 +601,10 @@ def _unary(op, fn, input, *args, inplace=False, policy=None):
         # and functionalisation turns the clone and copy back into one in-place write anyway.
         return input.copy_(_unary(op, fn, input.clone(), *args, policy=policy))
     if inplace:
-        if (input._is_view() and isinstance(input.grad_fn, torch.autograd.function.BackwardCFunction)) \
-                or _functorch_active is None or _functorch_active():
-            # a view returned by a custom Function (a δ flatten) may not be modified in place under
-            # autograd, and torch.func cannot save an input a Function returns as its output: take the
-            # out-of-place δ path and write the values back outside the graph, so the caller's tensor
-            # still changes (its version bumps, as an in-place op's would)
+        if _functorch_active is None or _functorch_active():
+            # torch.func cannot save an input a Function returns as its output: take the out-of-place δ
+            # path and write the values back outside the graph, so the caller's tensor still changes (its
+            # version bumps, as an in-place op's would)
             out = fn.apply(input.clone(), *args)  # (a clone: what the δ saves must not change below)
             with torch.no_grad():
                 input.copy_(out)

@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from ._common import DeltaFunction, _functorch_active, check, unbroadcast
+from ._common import DeltaFunction, _functorch_active, check, check_inplace_target, unbroadcast
 
 _T = torch.Tensor
 
@@ -430,13 +430,13 @@ class _InplaceOf(DeltaFunction):
 
 
 def _inplace(op, x, *args):
-    """``x.f_(*args)`` through the δ of f. A view that a custom Function returned may not be written in
-    place under autograd (nor may torch.func save an input as its output): there the out-of-place δ runs
-    and the values are written back outside the graph, so the caller's tensor still changes."""
+    """``x.f_(*args)`` through the δ of f. A view that a custom Function returned is refused, as autograd
+    refuses it; under torch.func (which cannot save an input as a Function's output) the out-of-place δ
+    runs and the values are written back outside the graph, so the caller's tensor still changes."""
     if not _is_t(x):
         raise TypeError(f"in-place {op.__name__.lower()} needs a tensor, got {type(x).__name__}")
-    if (x._is_view() and isinstance(x.grad_fn, torch.autograd.function.BackwardCFunction)) \
-            or _functorch_active is None or _functorch_active():
+    check_inplace_target(op.__name__.lower() + "_", x)
+    if _functorch_active is None or _functorch_active():
         out = op.apply(x.clone(), *args)
         with torch.no_grad():
             x.copy_(out)
