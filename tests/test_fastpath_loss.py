@@ -19,7 +19,7 @@ from torchbp.checker.compare import FLOOR
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
                                                                  reason="no CUDA device"))]
 DTYPES = [torch.float64, torch.float32, torch.bfloat16, torch.float16]
-SHAPES = {"1d": (7,), "2d": (12, 7), "nd": (4, 7, 3, 2)}  # the class dim is 0 for 1-D, 1 otherwise
+SHAPES = {"1d": (7,), "2d": (12, 7), "nd": (4, 7, 3, 2), "empty": (0, 7)}  # class dim: 0 for 1-D, else 1
 _NLL_FORWARD = torch.ops.aten.nll_loss_forward.default
 
 
@@ -92,8 +92,8 @@ def keep_branch_calls(monkeypatch):
 @pytest.mark.parametrize("mode", ["in place", "graph", "traced", "no count"])
 def test_unweighted_delta_is_the_plain_formula(device, dtype, shape, ignored, ignore_index, reduction, mode,
                                                monkeypatch, keep_branch_calls):
-    if shape == "1d" and ignored == "some":
-        pytest.skip("a 1-D input has one target: none or all of them ignored")
+    if shape in ("1d", "empty") and ignored == "some":
+        pytest.skip("one target or none: none or all of them ignored")
     z, logp, y, g = _case(SHAPES[shape], ignored, ignore_index, dtype, device)
     total = None if mode == "no count" else _total(logp, y, ignore_index, reduction)
     if mode == "traced":
@@ -101,7 +101,8 @@ def test_unweighted_delta_is_the_plain_formula(device, dtype, shape, ignored, ig
     grad_mode = torch.enable_grad() if mode == "graph" else torch.no_grad()
     with grad_mode:
         fast = fp.cross_entropy_delta_unweighted(g, logp.clone(), y, total, reduction, ignore_index)
-        reads_count = (mode == "in place" and device == "cpu" and total is not None and ignored == "none")
+        reads_count = (mode == "in place" and device == "cpu" and total is not None and ignored == "none"
+                       and y.numel() > 0)
         assert len(keep_branch_calls) == (0 if reads_count else 1)  # the branch taken is the one expected
         plain = cls.cross_entropy_delta(g, logp, y, None, 0.0, reduction, ignore_index)
         oracle = cls.cross_entropy_delta(g.double(), logp.double(), y, None, 0.0, reduction, ignore_index)
@@ -139,8 +140,10 @@ def _delta_through_backward(z, y, w, ignore_index, reduction, eps, create_graph=
 @pytest.mark.parametrize("eps", [0.0, 0.2], ids=["eps0", "smoothing"])
 @pytest.mark.parametrize("create_graph", [False, True], ids=["first-order", "create_graph"])
 def test_backward_is_the_plain_formula(device, dtype, shape, ignored, reduction, weighted, eps, create_graph):
-    if shape == "1d" and ignored == "some":
-        pytest.skip("a 1-D input has one target: none or all of them ignored")
+    if shape in ("1d", "empty") and ignored == "some":
+        pytest.skip("one target or none: none or all of them ignored")
+    if create_graph and dtype in (torch.bfloat16, torch.float16):
+        pytest.skip("the graph-recording side once per float64 / float32 is enough (the same branch)")
     ignore_index = 2
     z, _, y, _ = _case(SHAPES[shape], ignored, ignore_index, dtype, device, seed=1)
     C = z.shape[0 if z.dim() == 1 else 1]
