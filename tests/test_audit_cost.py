@@ -127,3 +127,54 @@ def test_metrics_one_reduction_agrees_with_the_chunked_path(monkeypatch, dtype, 
     d = s.double() - r
     assert math.isclose(whole["rel_err"], float(d.norm() / r.norm()), rel_tol=1e-12)
     assert whole["max_abs_err"] == float(d.abs().max())
+
+
+def _rows(report):
+    return [(r.layer, r.quantity, r.status, r.sha256, r.rel_err, r.native_rel_err, r.tolerance, r.norm, r.ref_norm,
+             r.max_abs_err, r.cosine) for r in report.rows]
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_auto_oracle_judges_the_kept_subject_gradients_again_and_equals_always(monkeypatch, fused):
+    """oracle="auto" where some gradient misses floor(dtype) against native: the oracle's verdict on the
+    subject's gradients from its one run of each pass, row for row what oracle="always" gives."""
+    from torchbp.checker import runner
+    from torchbp.functional.stack import DenseStack
+    from planted import WrongLinear
+    torch.manual_seed(0)
+    if fused:  # the bug only in the fused run: the as-trained judge's kept gradients are judged again too
+        model = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 3))
+        original = DenseStack.backward
+
+        def planted(ctx, delta):
+            grads = list(original(ctx, delta))
+            grads[3] = None if grads[3] is None else 1.5 * grads[3]
+            return tuple(grads)
+        monkeypatch.setattr(DenseStack, "backward", staticmethod(planted))
+    else:
+        model = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), WrongLinear(16, 16), nn.Tanh(), nn.Linear(16, 3))
+    x = X.float()
+    always = torchbp.audit(model, x, dtype=torch.float32, oracle="always")
+    calls = []
+    real = runner._subject_pass
+    monkeypatch.setattr(runner, "_subject_pass", lambda *a: calls.append(1) or real(*a))
+    auto = torchbp.audit(model, x, dtype=torch.float32, oracle="auto")
+    assert not always.ok and not auto.ok and auto.environment["oracle"] == "float64"
+    assert len(calls) == 1  # the subject ran once; its gradients were judged twice
+    assert all(r.native_rel_err is not None for r in auto.rows)
+    assert _rows(auto) == _rows(always)
+    assert auto.first_divergence == always.first_divergence
+    assert any(r.quantity.endswith("(as trained)") for r in auto.failures) == fused
+
+
+def test_the_default_loss_gives_the_oracle_the_same_v_whichever_pass_runs_first():
+    """<v, output>'s v is rounded to the audit dtype even when the float64 oracle's pass (float64
+    throughout) draws it first: the δ arriving at the output agrees exactly, and no upgrade is reported
+    for the audit's own rounding."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 3))
+    for oracle in ("always", "auto"):
+        r = torchbp.audit(model, X.float(), dtype=torch.float32, oracle=oracle)
+        assert r.ok and "float64_upgraded" not in r.environment, r.environment.get("float64_upgraded")
+        root = next(row for row in r.rows if row.layer == "" and row.quantity == "grad_output")
+        assert root.rel_err == 0.0, root

@@ -34,17 +34,32 @@ class ErrorsVsOracle:
 class Judge:
     """The subject's sink: compares each grad the moment it arrives and drops the kept one."""
 
-    def __init__(self, kept, dtype, native_err=None, ref_norms=None, scale=None):
+    def __init__(self, kept, dtype, native_err=None, ref_norms=None, scale=None, keep_subjects=False):
         self.kept, self.dtype, self.native_err, self.ref_norms = kept, dtype, native_err, ref_norms or {}
         self.results, self.digests, self.unstable, self.repeating = {}, {}, set(), False
         self.scale = {} if scale is None else scale  # key -> norm of the reference δ arriving at that layer
         # the parameters' references, kept for the as-trained pass (the same tensors: no copy)
         self.parameter_refs = {k: v for k, v in kept.items() if _is_parameter(k[1])}
+        # keep_subjects: every subject gradient judged, in arrival order (each takes the place of the
+        # reference it was judged against, which is dropped), to be judged again by ``replay``
+        self.subjects = {} if keep_subjects else None
 
     def for_parameters(self):
         """A judge of the parameter gradients again, against the same references and δ scales (the
         subject's as-trained pass)."""
-        return Judge(dict(self.parameter_refs), self.dtype, self.native_err, self.ref_norms, self.scale)
+        return Judge(dict(self.parameter_refs), self.dtype, self.native_err, self.ref_norms, self.scale,
+                     keep_subjects=self.subjects is not None)
+
+    def replay(self, kept, native_err, ref_norms, scale=None):
+        """A judge of the same subject gradients (kept: ``keep_subjects``), in the order they arrived,
+        against other references: the float64 oracle's, with native's errors against it. Exactly what
+        this judge judged is judged again, nothing more."""
+        again = Judge(kept, self.dtype, native_err, ref_norms, scale)
+        again.repeating, again.unstable = self.repeating, set(self.unstable)
+        for k, subject in self.subjects.items():
+            again._judge(k, subject, again.kept.pop(k, None))
+        again.kept.clear()
+        return again
 
     def __call__(self, key, qty, g):
         k = (key, qty)
@@ -57,6 +72,8 @@ class Judge:
         self._judge(k, g.detach(), self.kept.pop(k, None))
 
     def _judge(self, k, subject, reference):
+        if self.subjects is not None:
+            self.subjects[k] = subject
         if subject is None:
             subject = torch.zeros_like(reference)
         if reference is None:

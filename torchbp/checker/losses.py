@@ -31,7 +31,10 @@ class InnerProduct:
             key = (path, tuple(t.shape))
             if key not in self.vs:
                 g = torch.Generator().manual_seed(self.seed + len(self.vs))
-                self.vs[key] = torch.randn(t.shape, generator=g, dtype=torch.float64).to(self.dtype).double()
+                # modes off: inside the float64 oracle's pass (when it runs first), float64-throughout
+                # would turn the rounding to the audit dtype into a no-op
+                with torch._C.DisableTorchFunction():
+                    self.vs[key] = torch.randn(t.shape, generator=g, dtype=torch.float64).to(self.dtype).double()
             term = (self.vs[key].to(device=t.device, dtype=t.dtype) * t).sum()
             total = term if total is None else total + term
         if total is None:

@@ -4,7 +4,9 @@
 2. passes (passes.py), from the same state with the same random numbers, at most one extra copy of
    the model alive at a time (two only with ``against=`` when both models must change dtype/device);
    the reference's passes run natively (twins unswapped, the caller's routing suspended: state.py):
-   - below float64 only: the float64 oracle pass (a float64 copy of the reference), grads kept;
+   - below float64 only: the float64 oracle pass (a float64 copy of the reference), grads kept
+     (``oracle="auto"``: only where some gradient missed floor(dtype) against native, after the
+     subject's passes, whose gradients were kept and are judged again against it);
    - the reference pass (native autograd); float64: grads kept; lower precision: each grad reduced
      at once to its error against the oracle;
    - the subject pass, hooked per layer; each grad judged the moment its hook fires (judging.py);
@@ -168,6 +170,22 @@ def _reference_pass(plan, reference_model, oracle_grads, say):
     return oracle_grads, sink.err, sink.norms, reference.loss_value
 
 
+def _against_oracle(plan, reference_model, original_reference, judge, trained, say):
+    """``oracle="auto"`` where some gradient missed floor(dtype) against native: the float64 oracle's
+    gradients and native's errors against them, and every subject gradient, kept from the passes that
+    produced it, judged again against the oracle (the subject's passes are not run again: the same
+    code on the same inputs gives the same gradients). (judge, as-trained judge, reference loss)."""
+    oracle_grads = _oracle_pass(plan, reference_model, original_reference, say)
+    oracle_grads, native_err, ref_norms, reference_loss = _reference_pass(plan, reference_model, oracle_grads, say)
+    say("judging the subject's gradients against the float64 oracle")
+    again = judge.replay(oracle_grads, native_err, ref_norms)
+    del oracle_grads
+    trained_again = None if trained is None else trained.replay(again.parameter_refs, native_err, ref_norms,
+                                                                 scale=again.scale)
+    again.parameter_refs.clear()
+    return again, trained_again, reference_loss
+
+
 def _forward_gap(plan, reference_loss, subject_loss):
     """The two passes' losses when they differ by more than rounding (their forward computations
     differ: randomness the audit cannot share, such as a generator held outside the model), else None."""
@@ -312,22 +330,26 @@ def _run(plan, model, against, original_reference, reference, loss_fn, localize,
     reference_model = _working_reference(plan, original_reference)
     subject_model = None
     try:
-        for use_oracle in plan.oracle_rounds():
-            oracle_grads = _oracle_pass(plan, reference_model, original_reference, say) if use_oracle else None
-            kept, native_err, ref_norms, reference_loss = _reference_pass(plan, reference_model, oracle_grads, say)
-            del oracle_grads
-            if subject_model is None:
-                subject_model = reference_model if plan.routed else working_model(model, plan.dtype, plan.device)
-            judge = Judge(kept, plan.dtype, native_err, ref_norms)
-            subject = _subject_pass(plan, subject_model, judge, say)
-            why = _as_trained_needed(plan, subject)
-            env["as_trained"] = f"run: {why}" if why else AS_TRAINED_SKIPPED
-            trained = _as_trained_pass(plan, subject_model, reference_model, judge, env, say) if why else None
-            judge.parameter_refs.clear()
-            del kept
+        rounds = plan.oracle_rounds()
+        use_oracle, auto = rounds[0], len(rounds) > 1
+        oracle_grads = _oracle_pass(plan, reference_model, original_reference, say) if use_oracle else None
+        kept, native_err, ref_norms, reference_loss = _reference_pass(plan, reference_model, oracle_grads, say)
+        del oracle_grads
+        subject_model = reference_model if plan.routed else working_model(model, plan.dtype, plan.device)
+        judge = Judge(kept, plan.dtype, native_err, ref_norms, keep_subjects=auto)
+        del kept
+        subject = _subject_pass(plan, subject_model, judge, say)
+        why = _as_trained_needed(plan, subject)
+        env["as_trained"] = f"run: {why}" if why else AS_TRAINED_SKIPPED
+        trained = _as_trained_pass(plan, subject_model, reference_model, judge, env, say) if why else None
+        judge.parameter_refs.clear()
+        rows, bad_keys = build_rows(judge, subject, subject_model, plan.routed, as_trained=trained)
+        if bad_keys and auto:
+            use_oracle = True
+            judge, trained, reference_loss = _against_oracle(plan, reference_model, original_reference, judge,
+                                                             trained, say)
             rows, bad_keys = build_rows(judge, subject, subject_model, plan.routed, as_trained=trained)
-            if not bad_keys:
-                break
+        judge = trained = None  # (the subject gradients kept for the oracle, if any)
         env["oracle"] = "float64" if (plan.low and use_oracle) else (
             "skipped: subject within floor of native" if plan.low else None)
         coverage = len(subject.covered) / len(subject.reached) if subject.reached else 0.0
