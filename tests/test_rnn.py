@@ -1,65 +1,14 @@
-"""δ recurrent layers (BPTT written out) against native nn.RNN / GRU / LSTM: float64, gradchecks, low
-precision, the twins swapped, the audit, refusals."""
-import itertools
-
+"""δ recurrent layers (BPTT written out) beyond the common matrix (tests/cases/rnn.py drives float64 over every
+option, gradchecks and low precision against native nn.RNN / GRU / LSTM): one output only, single steps,
+autocast, functional entries, dropout between layers, twins, the audit, refusals, routes, vmap."""
 import pytest
 import torch
 
 import torchbp
 import torchbp.functional.rnn as tbr
 import torchbp.nn.rnn as tbn
-from util import DEVICES, LOW, assert_matches_native, gradchecks
-
-CELLS = ["RNN", "RNN_relu", "GRU", "LSTM"]
-
-
-def make(cell, I=3, H=4, **kw):
-    """(native module, twin) with the same parameters, float64."""
-    kind, extra = (cell.split("_") + [None])[:2]
-    if extra == "relu":
-        kw["nonlinearity"] = "relu"
-    torch.manual_seed(0)
-    nat = getattr(torch.nn, kind)(I, H, **kw).double()
-    ours = getattr(tbn, kind)(I, H, **kw).double()
-    ours.load_state_dict(nat.state_dict())
-    return nat, ours
-
-
-def call(mod):
-    """The module as a function of (x, *states, *parameters): what assert_matches_native compares."""
-    names = [n for n, _ in mod.named_parameters()]
-
-    def f(x, *rest):
-        n_states = len(rest) - len(names)
-        states, params = rest[:n_states], rest[n_states:]
-        hx = None if not states else states if n_states == 2 else states[0]
-        out = torch.func.functional_call(mod, dict(zip(names, params)), (x, hx))
-        return out
-    return f
-
-
-def args_for(cell, mod, *, T=5, N=2, batch_first=False, unbatched=False, h0=True):
-    D = 2 if mod.bidirectional else 1
-    I, H = mod.input_size, mod.hidden_size
-    x = torch.randn((T, I) if unbatched else (N, T, I) if batch_first else (T, N, I), dtype=torch.float64,
-                    requires_grad=True)
-    states = ()
-    if h0:
-        shape = (mod.num_layers * D, H) if unbatched else (mod.num_layers * D, N, H)
-        states = tuple(torch.randn(shape, dtype=torch.float64, requires_grad=True)
-                       for _ in range(2 if cell == "LSTM" else 1))
-    params = tuple(p.detach().clone().requires_grad_() for p in mod.parameters())
-    return (x, *states, *params)
-
-
-@pytest.mark.parametrize("cell", CELLS)
-@pytest.mark.parametrize("num_layers,bidirectional,batch_first,bias,h0",
-                         list(itertools.product([1, 2], [False, True], [False, True], [True, False], [True, False])))
-def test_float64_matches_native(cell, num_layers, bidirectional, batch_first, bias, h0):
-    kw = dict(num_layers=num_layers, bidirectional=bidirectional, batch_first=batch_first, bias=bias)
-    nat, ours = make(cell, **kw)
-    args = args_for(cell, nat, batch_first=batch_first, h0=h0)
-    assert_matches_native(call(ours), call(nat), args)
+from cases.rnn import CELLS, args_for, call, make
+from util import DEVICES, assert_matches_native
 
 
 @pytest.mark.parametrize("cell", CELLS)
@@ -80,49 +29,11 @@ def test_loss_from_one_output_only(cell, use):
 
 
 @pytest.mark.parametrize("cell", CELLS)
-@pytest.mark.parametrize("bidirectional", [False, True])
-@pytest.mark.parametrize("h0", [True, False])
-def test_unbatched(cell, bidirectional, h0):
-    nat, ours = make(cell, num_layers=2, bidirectional=bidirectional)
-    args = args_for(cell, nat, unbatched=True, h0=h0)
-    assert_matches_native(call(ours), call(nat), args)
-
-
-@pytest.mark.parametrize("cell", CELLS)
 def test_single_step_noncontiguous_and_no_input_grad(cell):
     nat, ours = make(cell, batch_first=True)
     x = torch.randn(3, 2, 1, dtype=torch.float64).transpose(0, 2)  # (1, 2, 3) batch_first, non-contiguous
     params = tuple(p.detach().clone().requires_grad_() for p in nat.parameters())
     assert_matches_native(call(ours), call(nat), (x, *params))
-
-
-@pytest.mark.parametrize("cell", CELLS)
-@pytest.mark.parametrize("bidirectional", [False, True])
-def test_gradchecks(cell, bidirectional):
-    nat, ours = make(cell, I=2, H=2, num_layers=2, bidirectional=bidirectional)
-    args = args_for(cell, nat, T=3, N=2)
-    args = tuple(a.detach().double().requires_grad_() for a in args)
-    f = call(ours)
-    gradchecks(lambda *a: (lambda o, s: (o, *s) if isinstance(s, tuple) else (o, s))(*f(*a)), args)
-
-
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dtype", LOW)
-@pytest.mark.parametrize("cell", CELLS)
-def test_low_precision(cell, dtype, device):
-    nat, ours = make(cell, I=8, H=16, num_layers=2, bidirectional=True)
-    x = torch.randn(6, 4, 8, requires_grad=True)
-    states = tuple(torch.randn(4, 4, 16, requires_grad=True) for _ in range(2 if cell == "LSTM" else 1))
-    params = tuple(p.detach().float().requires_grad_() for p in nat.parameters())
-    assert_matches_native(call(ours.to(device)), call(nat.to(device)), (x, *states, *params), dtype=dtype,
-                          device=device)
-
-
-@pytest.mark.parametrize("device", DEVICES)
-def test_float64_device(device):
-    nat, ours = make("LSTM", num_layers=2, bidirectional=True)
-    args = args_for("LSTM", nat)
-    assert_matches_native(call(ours.to(device)), call(nat.to(device)), args, device=device)
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -101,7 +101,7 @@ def shape_id(shape) -> str:
     return "x".join(map(str, shape)) if len(shape) else "0d"
 
 
-FAMILIES = ["linear", "activation", "loss", "conv", "pooling", "normalization", "sparse", "tensor_ops", "attention", "upsampling"]
+FAMILIES = ["linear", "activation", "loss", "conv", "pooling", "normalization", "sparse", "tensor_ops", "attention", "upsampling", "rnn"]
 
 
 def all_cases() -> list[Case]:
