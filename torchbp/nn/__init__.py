@@ -4,12 +4,12 @@ Functions, so constructor arguments, parameters, state_dict and ``isinstance`` a
 Each family module exports a ``TWINS`` table (native class -> twin) that :mod:`torchbp.registry` reads.
 """
 from . import (activation, attention, container, conv, dropout, flatten, linear, loss, normalization,
-               pooling, sparse, upsampling, lazy, rnn, distance, transformer, rearrange, stochastic, margin_loss,
-               pooling_extra, sync_batchnorm, local_norm, ctc)
+               pooling, sparse, upsampling, lazy, rnn, distance, transformer, rearrange, stochastic,
+               pooling_extra, sync_batchnorm, local_norm)
 # Bound before the star imports below, which rebind names such as `linear` to the functions.
 FAMILIES = (linear, activation, loss, conv, pooling, normalization, sparse, dropout,
             flatten, attention, container, upsampling, lazy, rnn, distance, transformer, rearrange, stochastic,
-            margin_loss, pooling_extra, sync_batchnorm, local_norm, ctc)
+            pooling_extra, sync_batchnorm, local_norm)
 
 from .activation import *  # noqa: F401,F403
 from .attention import *  # noqa: F401,F403
@@ -29,11 +29,9 @@ from .distance import *  # noqa: F401,F403
 from .transformer import *  # noqa: F401,F403
 from .rearrange import *  # noqa: F401,F403
 from .stochastic import *  # noqa: F401,F403
-from .margin_loss import *  # noqa: F401,F403
 from .pooling_extra import *  # noqa: F401,F403
 from .sync_batchnorm import *  # noqa: F401,F403
 from .local_norm import *  # noqa: F401,F403
-from .ctc import *  # noqa: F401,F403
 
 
 def _get_name(self) -> str:

@@ -120,6 +120,31 @@ class TripletMarginLoss(torch.nn.TripletMarginLoss):
                                        swap=self.swap, reduction=self.reduction)
 
 
+class MultiMarginLoss(torch.nn.MultiMarginLoss):
+    def forward(self, input, target):
+        return tbf.multi_margin_loss(input, target, p=self.p, margin=self.margin, weight=self.weight,
+                                     reduction=self.reduction)
+
+
+class MultiLabelMarginLoss(torch.nn.MultiLabelMarginLoss):
+    def forward(self, input, target):
+        return tbf.multilabel_margin_loss(input, target, reduction=self.reduction)
+
+
+class TripletMarginWithDistanceLoss(torch.nn.TripletMarginWithDistanceLoss):
+    def forward(self, anchor, positive, negative):
+        return tbf.triplet_margin_with_distance_loss(anchor, positive, negative,
+                                                     distance_function=self.distance_function,
+                                                     margin=self.margin, swap=self.swap, reduction=self.reduction)
+
+
+class CTCLoss(torch.nn.CTCLoss):
+    def forward(self, log_probs, targets, input_lengths, target_lengths):
+        return tbf.ctc_loss(log_probs, targets, input_lengths, target_lengths, self.blank, self.reduction,
+                            self.zero_infinity)
+
+
+# native module class -> twin; read by torchbp.registry
 TWINS = {
     torch.nn.MSELoss: MSELoss, torch.nn.L1Loss: L1Loss, torch.nn.SmoothL1Loss: SmoothL1Loss,
     torch.nn.HuberLoss: HuberLoss, torch.nn.KLDivLoss: KLDivLoss, torch.nn.CrossEntropyLoss: CrossEntropyLoss,
@@ -130,8 +155,11 @@ TWINS = {
     torch.nn.CosineEmbeddingLoss: CosineEmbeddingLoss, torch.nn.PoissonNLLLoss: PoissonNLLLoss,
     torch.nn.GaussianNLLLoss: GaussianNLLLoss, torch.nn.TripletMarginLoss: TripletMarginLoss,
     torch.nn.NLLLoss2d: NLLLoss2d,
+    torch.nn.MultiMarginLoss: MultiMarginLoss, torch.nn.MultiLabelMarginLoss: MultiLabelMarginLoss,
+    torch.nn.TripletMarginWithDistanceLoss: TripletMarginWithDistanceLoss, torch.nn.CTCLoss: CTCLoss,
 }
 
 __all__ = ["HalfSquaredError", "MSELoss", "L1Loss", "SmoothL1Loss", "HuberLoss", "KLDivLoss", "CrossEntropyLoss",
            "NLLLoss", "BCELoss", "BCEWithLogitsLoss", "SoftMarginLoss", "MultiLabelSoftMarginLoss", "MarginRankingLoss",
-           "HingeEmbeddingLoss", "CosineEmbeddingLoss", "PoissonNLLLoss", "GaussianNLLLoss", "TripletMarginLoss"]
+           "HingeEmbeddingLoss", "CosineEmbeddingLoss", "PoissonNLLLoss", "GaussianNLLLoss", "TripletMarginLoss",
+           "MultiMarginLoss", "MultiLabelMarginLoss", "TripletMarginWithDistanceLoss", "CTCLoss"]
