@@ -1,11 +1,15 @@
-"""fastpath.loss against the plain formulas of functional/loss/classification.py: the unweighted cross-entropy δ
-(``cross_entropy_delta_unweighted``) against ``cross_entropy_delta`` in every floating dtype, on both sides of each
-of its branches (no target ignored / some / all; the count from forward or not; in place or recording a graph;
-traced or not); CrossEntropy's backward, which takes the fast path where it applies, against the plain formula
-with class weights, ignore_index, label smoothing and every reduction, 1-D / 2-D / N-D; ``add_at`` in place and
-not; and the common call's guard ``cross_entropy_call_is_common``, which may skip cross_entropy's checks only
-where they pass and change nothing; and triplet_margin_loss's δ_p, δ_n in place against the plain
-``triplet_pn_deltas``."""
+"""fastpath.loss against the plain formulas of functional/loss/ it replaces, in every floating dtype:
+
+- ``cross_entropy_delta_unweighted`` against ``classification.cross_entropy_delta`` on both sides of each of
+  its branches (no target ignored / some / all, an empty batch; the count from forward or not; in place or
+  recording a graph; traced or not);
+- CrossEntropy's backward, which takes the fast path where it applies, against the plain formula with class
+  weights, ignore_index, label smoothing, every reduction, 1-D / 2-D / N-D input;
+- ``add_at`` in place and not;
+- the common call's guard ``cross_entropy_call_is_common``: it may skip cross_entropy's checks only where they
+  pass and change nothing;
+- ``triplet_pn_deltas_in_place`` against ``margin.triplet_pn_deltas``, and which of them backward takes.
+"""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -14,18 +18,13 @@ import torchbp.functional as tbf
 from torchbp.functional.fastpath import loss as fp
 from torchbp.functional.loss import classification as cls
 from torchbp.functional.loss import margin
-from torchbp.checker.compare import FLOOR
+from util import FLOOR, rel_err
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
                                                                  reason="no CUDA device"))]
 DTYPES = [torch.float64, torch.float32, torch.bfloat16, torch.float16]
 SHAPES = {"1d": (7,), "2d": (12, 7), "nd": (4, 7, 3, 2), "empty": (0, 7)}  # class dim: 0 for 1-D, else 1
 _NLL_FORWARD = torch.ops.aten.nll_loss_forward.default
-
-
-def rel_err(s, r):
-    s, r = s.double().cpu(), r.double().cpu()
-    return float((s - r).norm() / r.norm()) if r.norm() > 0 else float((s - r).norm())
 
 
 def _case(shape, ignored, ignore_index, dtype, device, seed=0):
