@@ -6,32 +6,59 @@ import torchbp
 from torchbp.functional import DeltaFunction
 
 
-class _WrongTanh(DeltaFunction):
-    """tanh with δ_z = 1.5 · δ ⊙ (1 − a²): the right formula, 1.5× too large."""
+def tanh_function(scale=1.0, noise=0.0, base=DeltaFunction):
+    """A tanh Function whose backward is δ_z = scale · δ ⊙ (1 − a²), times (1 + noise · u) with u ~ U[0, 1) drawn in
+    each backward (last bits that change from one backward to the next, like atomics on a GPU). scale ≠ 1 is a
+    planted bug; ``base=torch.autograd.Function`` makes it a user's hand-written backward rather than a δ."""
+    class TanhFunction(base):
+        @staticmethod
+        def forward(z):
+            return torch.tanh(z)
 
-    @staticmethod
-    def forward(z):
-        return torch.tanh(z)
+        @staticmethod
+        def setup_context(ctx, inputs, output):
+            ctx.save_for_backward(output)
 
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(output)
-
-    @staticmethod
-    def backward(ctx, delta):
-        (a,) = ctx.saved_tensors
-        return 1.5 * delta * (1 - a * a)
+        @staticmethod
+        def backward(ctx, delta):
+            (a,) = ctx.saved_tensors
+            g = scale * delta * (1 - a * a)
+            return g * (1 + noise * torch.rand((), dtype=g.dtype)) if noise else g
+    return TanhFunction
 
 
+def tanh_twin(function):
+    """Class decorator: register, for the decorated throwaway subclass of torch.nn.Tanh (so the real Tanh twin
+    is untouched), a twin whose forward is ``function.apply``."""
+    def decorate(cls):
+        @torchbp.register(cls)
+        class _Twin(cls):
+            def forward(self, input):
+                return function.apply(input)
+        return cls
+    return decorate
+
+
+@tanh_twin(tanh_function(scale=1.5))
 class PlantedTanh(torch.nn.Tanh):
-    """Natively a Tanh; its registered twin's δ is 1.5× too large (a throwaway subclass, so the real
-    Tanh twin is untouched)."""
+    """Natively a Tanh; its registered twin's δ is 1.5× too large."""
 
 
-@torchbp.register(PlantedTanh)
-class _PlantedTanhTwin(PlantedTanh):
-    def forward(self, input):
-        return _WrongTanh.apply(input)
+class BadTanh(torch.nn.Tanh):
+    """A user's Tanh with a hand-written backward 1.5× too large (a torch.autograd.Function, no twin): the
+    subject an audit against a native reference must fail."""
+    function = tanh_function(scale=1.5, base=torch.autograd.Function)
+
+    def forward(self, x):
+        return self.function.apply(x)
+
+
+def source(*objects) -> str:
+    """The source text of these planted objects, for a module written into a temporary project (it must import
+    torch, torchbp and DeltaFunction itself)."""
+    import inspect
+    import textwrap
+    return "\n\n".join(textwrap.dedent(inspect.getsource(o)) for o in objects)
 
 
 def wrong_linear_function(input_scale=1.0, weight_scale=1.0):

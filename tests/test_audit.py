@@ -7,9 +7,8 @@ import torch
 
 import torchbp
 from torchbp.checker import AuditReport, compare_reports
-from torchbp.functional._common import DeltaFunction
 
-from planted import PlantedTanh
+from planted import PlantedTanh, tanh_function, tanh_twin
 
 
 class Unswappable(torch.nn.Module):
@@ -354,32 +353,9 @@ def test_small_cnn_inplace_after_custom_function_outputs(dtype):
     assert {("2", "grad_input"), ("2", "grad_output"), ("5", "grad_input"), ("1", "grad_output")} <= qs
 
 
-class _NoisyTanh(DeltaFunction):
-    """A δ whose last bits change from one backward to the next (like atomics on a GPU)."""
-
-    @staticmethod
-    def forward(z):
-        return torch.tanh(z)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(output)
-
-    @staticmethod
-    def backward(ctx, delta):
-        (a,) = ctx.saved_tensors
-        g = delta * (1 - a * a)
-        return g * (1 + 1e-15 * torch.rand((), dtype=g.dtype))
-
-
+@tanh_twin(tanh_function(noise=1e-15))
 class NoisyTanh(torch.nn.Tanh):
-    pass
-
-
-@torchbp.register(NoisyTanh)
-class _NoisyTwin(NoisyTanh):
-    def forward(self, input):
-        return _NoisyTanh.apply(input)
+    """A δ whose last bits change from one backward to the next (like atomics on a GPU)."""
 
 
 def test_repeat_names_layers_not_bitwise_reproducible():

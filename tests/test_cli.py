@@ -8,10 +8,14 @@ import pytest
 
 from torchbp.cli import main
 
+from planted import PlantedTanh, source, tanh_function, tanh_twin
+
+# the models the command line loads; the buggy one with tests/planted.py's PlantedTanh, its source written in
 MODELS = textwrap.dedent('''
     import torch
     import torchbp
     from torchbp.functional._common import DeltaFunction
+''') + source(tanh_function, tanh_twin, PlantedTanh) + textwrap.dedent('''
 
     def mlp():
         torch.manual_seed(0)
@@ -20,30 +24,9 @@ MODELS = textwrap.dedent('''
     def with_inputs():
         return mlp(), torch.randn(4, 10, dtype=torch.float64), torch.randn(4, 3, dtype=torch.float64)
 
-    class _Wrong(DeltaFunction):
-        @staticmethod
-        def forward(z):
-            return torch.tanh(z)
-
-        @staticmethod
-        def setup_context(ctx, inputs, output):
-            pass
-
-        @staticmethod
-        def backward(ctx, d):
-            return 2 * d
-
-    class CliTanh(torch.nn.Tanh):
-        pass
-
-    @torchbp.register(CliTanh)
-    class _Twin(CliTanh):
-        def forward(self, x):
-            return _Wrong.apply(x)
-
     def buggy():
         torch.manual_seed(0)
-        return torch.nn.Sequential(torch.nn.Linear(10, 8), CliTanh(), torch.nn.Linear(8, 3)).double()
+        return torch.nn.Sequential(torch.nn.Linear(10, 8), PlantedTanh(), torch.nn.Linear(8, 3)).double()
 
     def broken():
         raise ValueError("no model today")

@@ -15,6 +15,8 @@ import torch._dynamo  # noqa: F401  before the in-process runs: pytester drops t
 import torchbp
 from torchbp import AuditReport
 
+from planted import BadTanh, source, tanh_function
+
 pytest_plugins = ["pytester"]
 
 ROOT = Path(torchbp.__file__).resolve().parent.parent
@@ -25,28 +27,13 @@ AUTOLOAD = ENTRY_POINT and not os.environ.get("PYTEST_DISABLE_PLUGIN_AUTOLOAD")
 PLUGIN = [] if AUTOLOAD else ["-p", "torchbp.pytest_plugin"]
 
 # what the projects' tests import: a small MLP, and a tanh whose hand-written backward has a planted bug
-MODELS = '''
+# (tests/planted.py's BadTanh, its source written into the project)
+MODELS = """
 import torch
+from torchbp.functional import DeltaFunction
 
 
-class _BadTanhFn(torch.autograd.Function):
-    @staticmethod
-    def forward(x):
-        return torch.tanh(x)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(output)
-
-    @staticmethod
-    def backward(ctx, g):
-        (a,) = ctx.saved_tensors
-        return g * (1 - a)  # planted bug: f'(z) = 1 - a**2
-
-
-class BadTanh(torch.nn.Tanh):
-    def forward(self, x):
-        return _BadTanhFn.apply(x)
+""" + source(tanh_function, BadTanh) + '''
 
 
 def mlp(act=torch.nn.Tanh):
