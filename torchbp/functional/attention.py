@@ -12,34 +12,36 @@ import torch
 import torch.nn.functional as F
 
 from ._common import LOWER, DeltaFunction, apply, check, check_compatible, check_tensor
+from .fastpath import attention as _fast
 from .activation import softmax
 from .dropout import dropout
 from .linear import linear, matmul
 
 _OP = "scaled_dot_product_attention"
 _HAS_GQA = "enable_gqa" in (F.scaled_dot_product_attention.__doc__ or "")  # torch >= 2.5
-# SDPA's backward takes the queries in blocks whose Lq×Lk pieces stay under this many bytes, by device type
-# (None: any other). CPU, measured at seq 1024 (2 MiB / 8 MiB / one piece): peak 14 / 26 / 66 MiB against
-# native's 11, time 1.17x / 1.13x / 1.99x native's; on a GPU each block costs kernel launches.
-_PIECE_BYTES = {"cpu": 2 << 20, None: 256 << 20}
+# backward's Lq×Lk pieces stay under this many bytes, by device type (see fastpath.attention.query_rows)
+_PIECE_BYTES = _fast.PIECE_BYTES
 
 
-def _probs(S, mask, is_causal, row0=0):
-    """P = softmax(S + M) over the keys, S a fresh tensor (changed in place where that is safe) holding the
-    queries from ``row0`` on; rows whose every key is masked give P = 0 (native's behaviour since torch 2.5,
-    its `_safe_softmax`), not NaN."""
-    if is_causal:  # top-left aligned, as native: query i sees keys j <= i, so no row is fully masked
-        causal = torch.ones(S.shape[-2:], dtype=torch.bool, device=S.device).tril(row0)
-        return torch.softmax(S.masked_fill_(~causal, float("-inf")), -1)
-    if mask is None:
-        return torch.softmax(S, -1)
-    if mask.dtype == torch.bool:
-        dead = ~mask.any(-1, keepdim=True)  # mask-sized, cheap
-        S = S.masked_fill_(~mask, float("-inf"))  # native refuses masks that would enlarge S
-    else:
-        dead = (mask == float("-inf")).all(-1, keepdim=True)
-        S = S.add_(mask)
+def _additive_mask(mask, is_causal, rows, keys, row0, like):
+    """M as an additive mask over the queries row0 … row0 + rows − 1 and ``keys`` keys: causal (top-left
+    aligned, as native: query i sees keys j ≤ i) as 0 / −inf, a bool mask's False as −inf, a float mask as
+    given; None without a mask."""
+    if is_causal:
+        hidden = torch.ones(rows, keys, dtype=torch.bool, device=like.device).triu_(row0 + 1)
+        return torch.zeros(rows, keys, dtype=like.dtype, device=like.device).masked_fill_(hidden, float("-inf"))
+    if mask is not None and mask.dtype == torch.bool:
+        return torch.zeros(mask.shape, dtype=like.dtype, device=like.device).masked_fill_(~mask, float("-inf"))
+    return mask
+
+
+def _probs(S, mask, is_causal):
+    """P = softmax(S) over the keys, S = s Q Kᵀ + M already holding the mask; rows whose every key is masked
+    give P = 0 (native's behaviour since torch 2.5, its `_safe_softmax`), not NaN."""
     P = torch.softmax(S, -1)
+    if mask is None or is_causal:  # causal: no row is fully masked
+        return P
+    dead = ~mask.any(-1, keepdim=True) if mask.dtype == torch.bool else (mask == float("-inf")).all(-1, keepdim=True)
     # softmax saves its output when a graph is built (double backward): in place only without one
     return P.masked_fill(dead, 0.0) if torch.is_grad_enabled() else P.masked_fill_(dead, 0.0)
 
@@ -56,14 +58,11 @@ class ScaledDotProductAttention(DeltaFunction):
 
     Forward runs native SDPA for O and saves Q, K, V and M (native saves Q, K, V, O and a logsumexp).
     Saving P instead would cost Lq·Lk per head (twice native's memory at seq 128, growing with the
-    sequence), so backward recomputes it (one matmul and a softmax), taking the queries in blocks whose
-    Lq×Lk pieces stay under ``_PIECE_BYTES`` (causal blocks only over the keys they see) and freeing each
-    piece after its last use. Recomputing P as exp(S − lse) from the logsumexp of native's CPU flash kernel
-    was tried: no memory saved and slower, torch.exp_ alone (0.33 ms) costing more than the whole softmax
-    (0.25 ms). Measured on this CPU, one thread, float32, batch 8, 4 heads, seq 128, head dim 64, inputs
-    sliced from one projection as MultiheadAttention does: forward+backward ~1.15x native's time (its
-    flash backward is one fused kernel), peak memory 7.0 MiB = native's; seq 1024 causal: ~1.0x native's
-    time, peak 14 MiB against native's 11.
+    sequence), so backward recomputes it (one matrix product and a softmax). How that work is laid out
+    (query blocks of bounded size, causal blocks only over the keys they see, batch dims folded into one,
+    the mask added by the product) is ``fastpath.attention``'s; measured costs are in the CHANGELOG.
+    Recomputing P as exp(S − lse) from the logsumexp of native's CPU flash kernel was tried: no memory
+    saved, and slower (an exp pass costs more than the whole softmax).
     """
 
     @staticmethod
@@ -85,6 +84,13 @@ class ScaledDotProductAttention(DeltaFunction):
         s, graph = ctx.scale, torch.is_grad_enabled()  # graph: double backward, every piece is kept
         g = q.shape[-3] // k.shape[-3] if ctx.gqa else 1
         need_dS = need_q or need_k or need_m
+        shapes = q.shape, k.shape, v.shape
+        batch = delta.shape[:-2]
+        # one batch dim where q, k, v, δ_O share theirs: every product below is then a bmm (layout only)
+        flat = _fast.folded(q, k, v, delta, g)
+        if flat:
+            q, k, v, delta = _fast.fold(q), _fast.fold(k), _fast.fold(v), _fast.fold(delta)
+        scores = _fast.scaled_scores if flat else _fast.scaled_scores_plain
 
         def heads(t):  # K or V with one head per query head (GQA: each repeated g times)
             return t.repeat_interleave(g, -3) if g > 1 else t
@@ -92,16 +98,27 @@ class ScaledDotProductAttention(DeltaFunction):
         def block(q, delta, mask, row0):
             """The formulas for the queries row0, row0 + 1, ...: δ_Q of theirs, their terms of δ_K, δ_V, δ_M
             (causal: over the keys they see, j < row0 + their number, not all Lk)."""
-            k_, v_ = (k[..., :row0 + q.shape[-2], :], v[..., :row0 + q.shape[-2], :]) if ctx.is_causal else (k, v)
+            n = q.shape[-2]
+            k_, v_ = (k[..., :row0 + n, :], v[..., :row0 + n, :]) if ctx.is_causal else (k, v)
+            k_, v_ = heads(k_), heads(v_)
+            if not flat:  # matmul copies Kᵀ, Vᵀ where their batch dims do not fold; a contiguous copy is cheaper
+                k_, v_ = k_.contiguous(), v_.contiguous()
+            m = k_.shape[-2]
+
+            def unfolded(t):  # an Lq×Lk piece with the batch dims the mask broadcasts over
+                return t.view(*batch, n, m) if flat else t
             # every piece is freed as soon as it has been used, which keeps backward's transient memory low
-            # Kᵀ and Vᵀ from a contiguous copy: matmul would copy them anyway where their batch dims do not
-            # fold (MHA's slices of one projection), and its transposing copy is several times slower
-            S = q @ heads(k_).contiguous().mT
-            P = _probs(S * s if graph else S.mul_(s), mask, ctx.is_causal, row0)
-            del S
+            M = _additive_mask(mask, ctx.is_causal, n, m, row0, q)
+            if flat and M is not None and M.dim() > 2:  # the mask broadcasts over the unfolded batch dims
+                S = scores(q, k_, s, None, graph)
+                S = (unfolded(S) + M if graph else unfolded(S).add_(M)).view(S.shape)
+            else:
+                S = scores(q, k_, s, M, graph)
+            P = _probs(unfolded(S), mask, ctx.is_causal).view(S.shape)
+            del S, M
             grad_q = grad_k = grad_v = grad_m = dS = None
             if need_dS:
-                dP = delta @ heads(v_).contiguous().mT
+                dP = delta @ v_.mT
                 # D = Σ_j δ_P ⊙ P with the P recomputed here, not Σ_d δ_O ⊙ O with the forward's O: on
                 # saturated rows (large |q·k|, P nearly one-hot) δ_P − D cancels, and a D from the other P
                 # (its rounding) left float32 δ_Q, δ_K up to 5x native's error; a row-wise dot, no Lq×Lk temporary
@@ -112,13 +129,13 @@ class ScaledDotProductAttention(DeltaFunction):
                 grad_v = P.mT @ delta
             del P
             if need_q:
-                grad_q = dS @ heads(k_)
+                grad_q = dS @ k_
                 grad_q = grad_q * s if graph else grad_q.mul_(s)
             if need_k:
                 grad_k = dS.mT @ q
                 grad_k = grad_k * s if graph else grad_k.mul_(s)
             if need_m:
-                grad_m = dS.sum_to_size(mask.shape)
+                grad_m = unfolded(dS).sum_to_size(mask.shape)
             return grad_q, grad_k, grad_v, grad_m
 
         def acc(total, part):  # Σ over the blocks, kept as it goes; a causal block's part covers fewer keys
@@ -130,11 +147,10 @@ class ScaledDotProductAttention(DeltaFunction):
             total[..., :n, :].add_(part)
             return total
 
-        # queries in blocks whose Lq×Lk pieces stay under _PIECE_BYTES (native's flash kernel holds none):
-        # softmax runs over the keys, so each block of query rows is exact on its own
+        # queries in blocks whose Lq×Lk pieces stay small (native's flash kernel holds none): softmax runs
+        # over the keys, so each block of query rows is exact on its own
         Lq, Lk = q.shape[-2], k.shape[-2]
-        piece = _PIECE_BYTES.get(q.device.type, _PIECE_BYTES[None])
-        rows = max(1, piece // max(1, delta.shape[:-2].numel() * Lk * q.element_size()))
+        rows = _fast.query_rows(batch.numel(), Lk, q.element_size(), q.device.type, _PIECE_BYTES)
         per_row_mask = mask is not None and mask.dim() >= 2 and mask.shape[-2] != 1
         grad_qs, grad_ms, grad_k, grad_v, grad_m = [], [], None, None, None
         for r in range(0, max(Lq, 1), rows):  # (one empty block for an empty query sequence)
@@ -153,9 +169,8 @@ class ScaledDotProductAttention(DeltaFunction):
         if g > 1:  # K, V served g query heads each: sum the group's contributions
             grad_k = grad_k.unflatten(-3, (-1, g)).sum(-3) if grad_k is not None else None
             grad_v = grad_v.unflatten(-3, (-1, g)).sum(-3) if grad_v is not None else None
-        grad_q = grad_q.sum_to_size(q.shape) if grad_q is not None else None
-        grad_k = grad_k.sum_to_size(k.shape) if grad_k is not None else None
-        grad_v = grad_v.sum_to_size(v.shape) if grad_v is not None else None
+        grad_q, grad_k, grad_v = (None if t is None else t.reshape(shape) if flat else t.sum_to_size(shape)
+                                  for t, shape in zip((grad_q, grad_k, grad_v), shapes))
         return grad_q, grad_k, grad_v, grad_m, None, None, None
 
 
