@@ -1,0 +1,269 @@
+"""fastpath.conv against the plain formulas of torchbp.functional.conv: ∂J/∂W = x ⋆ k (``conv._grad_W``, one
+convolution) in each form ``weight_grad`` can take (unfold + GEMM, channels-last kernel, half-precision chunks,
+plain chunks), ∂J/∂b = Σ δ (``conv._grad_b``), in float64 (to rounding) and in float32, bfloat16 and float16
+(the low-precision rule against a float64 oracle); conv1d/2d/3d and transposed, groups, stride, padding,
+dilation, an empty batch; on both sides of every threshold (batch chunks, the form chosen by shape and by
+the CPU's vector width)."""
+
+import pytest
+import torch
+
+from torchbp.functional import conv
+from torchbp.functional.fastpath import conv as fc
+
+from util import DEVICES, FLOOR, rel_err
+
+DTYPES = [torch.float64, torch.float32, torch.bfloat16, torch.float16]
+FORMS = ["gemm", "channels_last", "half", "plain", None]
+
+# (id, n, N, C_in, C_out, L, K, stride, padding, dilation, groups, transposed, output_padding)
+CASES = [
+    ("1d", 1, 3, 4, 6, 9, 3, 1, 1, 1, 1, False, 0),
+    ("1d-strided-dilated", 1, 2, 4, 4, 11, 3, 2, 2, 2, 2, False, 0),
+    ("2d", 2, 3, 4, 6, 7, 3, 1, 1, 1, 1, False, 0),
+    ("2d-strided-rect", 2, 4, 3, 5, (9, 8), (3, 2), (2, 1), (1, 0), 1, 1, False, 0),
+    ("2d-dilated", 2, 2, 4, 4, 9, 3, 1, 2, 2, 1, False, 0),
+    ("2d-groups", 2, 3, 6, 9, 7, 3, 2, 1, 1, 3, False, 0),
+    ("2d-depthwise", 2, 3, 5, 5, 8, 3, 1, 1, 1, 5, False, 0),
+    ("2d-depthwise-x2", 2, 2, 4, 8, 6, 5, 2, 2, 1, 4, False, 0),
+    ("2d-pointwise", 2, 3, 6, 4, 5, 1, 1, 0, 1, 1, False, 0),
+    ("2d-pointwise-strided", 2, 3, 6, 4, 7, 1, 2, 0, 1, 1, False, 0),
+    ("2d-wide", 2, 2, 20, 24, 6, 3, 1, 1, 1, 1, False, 0),
+    ("3d", 3, 2, 3, 4, 5, 3, 1, 1, 1, 1, False, 0),
+    ("3d-strided-groups", 3, 2, 4, 4, 6, 2, 2, 0, 1, 2, False, 0),
+    ("1d-transposed", 1, 3, 4, 6, 5, 3, 2, 1, 1, 2, True, 1),
+    ("2d-transposed", 2, 2, 4, 3, 4, 3, 2, 1, 1, 1, True, 1),
+    ("2d-transposed-outpad-past-stride", 2, 2, 3, 4, 4, 3, 1, 0, 3, 1, True, 2),
+    ("3d-transposed", 3, 2, 2, 3, 3, 2, 2, 0, 1, 1, True, 1),
+]
+IDS = [c[0] for c in CASES]
+
+
+def _tuple(v, n):
+    return tuple(v) if isinstance(v, tuple) else (v,) * n
+
+
+def operands(case, dtype=torch.float64, device="cpu", N=None, seed=0):
+    """(x, k, s, p, d, g, K) of ∂J/∂W = x ⋆ k for a case: x = a, k = δ for a convolution; x = δ, k = a for a
+    transposed one (whose W is (C_in, C_out/g, *K))."""
+    _, n, N0, C, O, L, K, s, p, d, g, transposed, op = case
+    N = N0 if N is None else N
+    L, K, s, p, d = (_tuple(v, n) for v in (L, K, s, p, d))
+    gen = torch.Generator().manual_seed(seed)
+    a = torch.randn(N, C, *L, generator=gen, dtype=torch.float64)
+    if transposed:
+        W = torch.randn(C, O // g, *K, generator=gen, dtype=torch.float64)
+        z = conv._CONV_T[n](a, W, None, s, p, _tuple(op, n), g, d)
+    else:
+        W = torch.randn(O, C // g, *K, generator=gen, dtype=torch.float64)
+        z = conv._CONV[n](a, W, None, s, p, d, g)
+    delta = torch.randn(z.shape, generator=gen, dtype=torch.float64)
+    x, k = (delta, a) if transposed else (a, delta)
+    return x.to(device, dtype), k.to(device, dtype), s, p, d, g, K
+
+
+def plain(x, k, s, p, d, g, K):
+    return conv._grad_W(x, k, s, p, d, g, K)
+
+
+def fast(x, k, s, p, d, g, K, form=None, chunk_elems=None, graph=False):
+    """The fast path as a first-order backward runs it (no graph: its sums in place), or recording a graph."""
+    with torch.set_grad_enabled(graph):
+        return fc.weight_grad(x, k, s, p, d, g, K, conv._grad_W, chunk_elems, form)
+
+
+def _applies(form, case, dtype):
+    return form not in ("channels_last", "half") or case[1] == 2
+
+
+@pytest.mark.parametrize("graph", [False, True], ids=["in-place", "graph"])
+@pytest.mark.parametrize("chunk_elems", [None, 1], ids=["one-chunk", "per-sample"])
+@pytest.mark.parametrize("form", FORMS, ids=[str(f) for f in FORMS])
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_weight_grad_is_the_plain_formula_in_float64(case, form, chunk_elems, graph):
+    if not _applies(form, case, torch.float64):
+        pytest.skip("a 2-D form")
+    x, k, *args = operands(case)
+    got, want = fast(x, k, *args, form=form, chunk_elems=chunk_elems, graph=graph), plain(x, k, *args)
+    assert got.shape == want.shape and got.dtype == want.dtype
+    assert got.is_contiguous()  # W's own layout: autograd accumulates it without a copy
+    assert rel_err(got, want) < 1e-12
+
+
+@pytest.mark.parametrize("dtype", DTYPES[1:])
+@pytest.mark.parametrize("chunk_elems", [None, 1], ids=["one-chunk", "per-sample"])
+@pytest.mark.parametrize("form", FORMS, ids=[str(f) for f in FORMS])
+@pytest.mark.parametrize("case", [c for c in CASES if c[0] in ("1d", "2d-groups", "2d-depthwise-x2", "2d-wide",
+                                                               "3d", "2d-transposed", "2d-pointwise")],
+                         ids=lambda c: c[0])
+def test_weight_grad_in_low_precision(case, form, chunk_elems, dtype):
+    """err(fast path in dtype, float64 oracle) ≤ 2·err(plain formula in dtype, oracle) + floor(dtype)."""
+    if not _applies(form, case, dtype):
+        pytest.skip("a 2-D form")
+    x, k, *args = operands(case, N=8)
+    oracle = plain(x, k, *args)
+    xl, kl = x.to(dtype), k.to(dtype)
+    got = fast(xl, kl, *args, form=form, chunk_elems=chunk_elems)
+    assert got.dtype == dtype and got.shape == oracle.shape and got.is_contiguous()
+    assert rel_err(got, oracle) <= 2 * rel_err(plain(xl, kl, *args), oracle) + FLOOR[dtype]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_weight_grad_as_chosen(case, dtype, device):
+    """The form the backward takes on this device (CPU: by dtype, shape and vector width)."""
+    x, k, *args = operands(case, N=5)
+    oracle = plain(x, k, *args)
+    xl, kl = x.to(device, dtype), k.to(device, dtype)
+    got = fast(xl, kl, *args)
+    assert got.dtype == dtype and got.shape == oracle.shape and got.device == xl.device
+    bound = 1e-12 if dtype == torch.float64 else 2 * rel_err(plain(xl, kl, *args), oracle) + FLOOR[dtype]
+    assert rel_err(got, oracle) <= bound
+
+
+@pytest.mark.parametrize("form", FORMS, ids=[str(f) for f in FORMS])
+@pytest.mark.parametrize("case", [CASES[2], CASES[5], CASES[13]], ids=lambda c: c[0])
+def test_weight_grad_of_an_empty_batch_is_zero(case, form):
+    if not _applies(form, case, torch.float32):
+        pytest.skip("a 2-D form")
+    x, k, *args = operands(case, dtype=torch.float32, N=0)
+    want = plain(*operands(case, dtype=torch.float32, N=1)[:2], *args)
+    got = fast(x, k, *args, form=form)
+    assert got.shape == want.shape and not got.any()
+
+
+SMALL = [CASES[1], ("2d-groups-small", 2, 2, 4, 4, 4, 2, 2, 1, 1, 2, False, 0),
+         ("2d-depthwise-small", 2, 2, 2, 2, 4, 3, 1, 1, 1, 2, False, 0),
+         ("2d-transposed-small", 2, 2, 2, 2, 3, 2, 2, 0, 1, 1, True, 1)]
+
+
+@pytest.mark.parametrize("case", SMALL, ids=lambda c: c[0])
+def test_weight_grad_gemm_is_differentiable(case):
+    """The GEMM form in differentiable ops: gradcheck / gradgradcheck through it (double backward of conv)."""
+    x, k, *args = operands(case, N=2)
+    fn = lambda x, k: fc.weight_grad(x, k, *args, conv._grad_W, 1, "gemm")  # noqa: E731  two batch chunks
+    x.requires_grad_(), k.requires_grad_()
+    assert torch.autograd.gradcheck(fn, (x, k))
+    assert torch.autograd.gradgradcheck(fn, (x, k))
+
+
+def test_weight_grad_gemm_reaches_the_backward():
+    """A float32 conv2d's ∂J/∂W on the CPU goes through weight_grad_gemm where gemm_form says so (a bug
+    planted there shows in the gradient), and through the plain formula where it does not."""
+    a = torch.randn(4, 3, 8, 8, requires_grad=True)
+    W = torch.randn(6, 3, 3, 3, requires_grad=True)
+    import torchbp.functional as tbf
+    tbf.conv2d(a, W, padding=1).sum().backward()
+    right = W.grad.clone()
+    W.grad = None
+    original = fc.weight_grad_gemm
+    try:
+        fc.weight_grad_gemm = lambda *args: 2 * original(*args)
+        tbf.conv2d(a, W, padding=1).sum().backward()
+    finally:
+        fc.weight_grad_gemm = original
+    assert torch.allclose(W.grad, 2 * right)
+
+
+def _shape(N, C, Y, K=(3, 3), g=1):
+    x = torch.empty(N, C, *(y + 2 for y in Y))
+    k = torch.empty(N, C, *Y)
+    return x, k, g, K
+
+
+@pytest.mark.parametrize("vector", [8, 16])
+def test_gemm_form_thresholds(vector, monkeypatch):
+    """Both sides of each threshold of the choice: pointwise, depthwise positions, positions, channels per
+    group against the CPU's vector width."""
+    monkeypatch.setattr(fc, "cpu_vector_floats", lambda: vector)
+    P, D = fc.GEMM_MAX_POSITIONS, fc.DEPTHWISE_MIN_POSITIONS
+    assert fc.gemm_form(*_shape(2, 64, (32, 32), K=(1, 1)))  # pointwise: always
+    assert fc.gemm_form(*_shape(2, 8, (1, D + 1), g=8))  # depthwise over enough positions
+    assert not fc.gemm_form(*_shape(2, 8, (1, D), g=8))
+    assert fc.gemm_form(*_shape(2, 64, (1, P)))  # few positions
+    assert not fc.gemm_form(*_shape(2, 64, (1, P + 1)))
+    assert fc.gemm_form(*_shape(2, vector - 1, (1, P + 1)))  # few channels per group, by the vector width
+    assert not fc.gemm_form(*_shape(2, vector, (1, P + 1)))
+    assert not fc.gemm_form(*_shape(2, 2 * vector, (1, P + 1), g=2))
+    assert fc.gemm_form(*_shape(2, 2 * vector - 2, (1, P + 1), g=2))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("positions", ["few", "many"])
+def test_weight_grad_picks_its_form(dtype, positions, monkeypatch):
+    """Which form runs: GEMM for float64 always and float32 where gemm_form says so, the channels-last kernel
+    for other wide float32 2-D convolutions, half chunks for half precision; each still the plain value."""
+    ran = []
+    for name in ("weight_grad_gemm", "_channels_last_kernel", "half_chunk"):
+        original = getattr(fc, name)
+        monkeypatch.setattr(fc, name, lambda *a, _o=original, _n=name: ran.append(_n) or _o(*a))
+    Y = 4 if positions == "few" else 12
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 32, Y + 2, Y + 2, generator=gen, dtype=torch.float64)
+    k = torch.randn(3, 8, Y, Y, generator=gen, dtype=torch.float64)
+    args = (1, 1), (0, 0), (1, 1), 1, (3, 3)
+    want = plain(x, k, *args)
+    got = fast(x.to(dtype), k.to(dtype), *args)
+    expected = {torch.float64: "weight_grad_gemm", torch.bfloat16: "half_chunk", torch.float16: "half_chunk",
+                torch.float32: "weight_grad_gemm" if positions == "few" else "_channels_last_kernel"}[dtype]
+    assert ran and set(ran) == {expected}
+    assert rel_err(got, want) < (1e-12 if dtype == torch.float64 else 4 * FLOOR[dtype])
+
+
+def test_channels_last_chunks_by_the_vector_width(monkeypatch):
+    """The channels-last form takes one vector of samples per batch chunk."""
+    calls = []
+    for vector in (8, 16):
+        monkeypatch.setattr(fc, "cpu_vector_floats", lambda v=vector: v)
+        x, k, *args = operands(CASES[10], dtype=torch.float32, N=33)
+        fc.weight_grad(x, k, *args, lambda x, k, *a: calls.append(x.shape[0]) or conv._grad_W(x, k, *a),
+                       None, "channels_last")
+        assert max(calls) <= vector and len(calls) == -(-33 // vector) and sum(calls) == 33
+        calls.clear()
+
+
+@pytest.mark.parametrize("positions, per", [(4096, 2), (1024, 4), (256, 16), (49, 32), (1, 32), (16384, 2)])
+def test_half_chunk(positions, per):
+    k = torch.empty(1, 1, positions)
+    assert fc.half_chunk(k) == per
+
+
+@pytest.mark.parametrize("n, elems, limit, want", [(8, 10, None, 1), (8, fc.CHUNK_ELEMS + 1, None, 2),
+                                                    (8, 100, 1, 8), (0, 0, None, 1), (3, 10, 4, 3)])
+def test_n_chunks(n, elems, limit, want):
+    assert fc.n_chunks(n, elems, limit) == want
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("chunk_elems", [None, 1], ids=["one-chunk", "per-sample"])
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_bias_grad_is_the_plain_sum(n, chunk_elems, dtype, device):
+    gen = torch.Generator().manual_seed(1)
+    delta = torch.randn(5, 4, *(3,) * n, generator=gen, dtype=torch.float64)
+    oracle = conv._grad_b(delta)
+    dl = delta.to(device, dtype)
+    with torch.no_grad():
+        got = fc.bias_grad(dl, conv._grad_b, chunk_elems)
+    assert got.dtype == dtype and got.shape == (4,)
+    bound = 1e-12 if dtype == torch.float64 else 2 * rel_err(conv._grad_b(dl), oracle) + FLOOR[dtype]
+    assert rel_err(got, oracle) <= bound
+
+
+def test_plain_formulas_match_native():
+    """The plain formulas themselves, against native autograd (the fast paths are held to them)."""
+    for case in CASES:
+        _, n, N, C, O, L, K, s, p, d, g, transposed, op = case
+        if transposed:
+            continue
+        L, K, s, p, d = (_tuple(v, n) for v in (L, K, s, p, d))
+        a = torch.randn(N, C, *L, dtype=torch.float64, requires_grad=True)
+        W = torch.randn(O, C // g, *K, dtype=torch.float64, requires_grad=True)
+        b = torch.randn(O, dtype=torch.float64, requires_grad=True)
+        z = conv._CONV[n](a, W, b, s, p, d, g)
+        delta = torch.randn_like(z)
+        ga, gW, gb = torch.autograd.grad(z, (a, W, b), delta)
+        assert rel_err(conv._grad_a(delta, W.detach(), s, p, d, g, L), ga) < 1e-12, case[0]
+        assert rel_err(conv._grad_W(a.detach(), delta, s, p, d, g, K), gW) < 1e-12, case[0]
+        assert rel_err(conv._grad_b(delta), gb) < 1e-12, case[0]
