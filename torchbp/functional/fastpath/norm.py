@@ -86,12 +86,17 @@ def cells_in_place(delta, x, mu, r, w, red, pdims, cell, training, need_x, need_
     def chunk(t, s):  # a chunk of x or δ, as a fresh float32 copy where x is half precision on the CPU
         return t[s].to(torch.float32, copy=True) if half_cpu else t[s]
 
+    spare = []  # one chunk: P's buffer, which then takes δ_x (no second full-size allocation)
+
     def sums(s):  # a chunk's Σδ and Σ δ ⊙ (x − μ) per cell
         d = chunk(delta, s)
         s1 = d.sum(cell, keepdim=True, dtype=r.dtype) if need_b or stats else None
         if need_w or stats:
             xc = chunk(x, s).sub_(part(mu, s)) if half_cpu else torch.sub(x[s], part(mu, s))
-            return s1, xc.mul_(d).sum(cell, keepdim=True)
+            P = xc.mul_(d)
+            if len(chunks) == 1 and need_x and training:
+                spare.append(P)
+            return s1, P.sum(cell, keepdim=True)
         return s1, None
 
     # per-cell sums over the chunks: added where the cell spans the batch, else stacked
@@ -110,9 +115,18 @@ def cells_in_place(delta, x, mu, r, w, red, pdims, cell, training, need_x, need_
             a = c2.sum(red, keepdim=True).mul_(r.pow(3)).div_(-M)
             b = c1.sum(red, keepdim=True).mul_(r).div_(-M).sub_(mu * a)
         for s in chunks:
-            g = chunk(delta, s).mul_(part(k, s)) if half_cpu else delta[s] * part(k, s)
-            if training:
-                g.addcmul_(chunk(x, s), part(a, s)).add_(part(b, s))
+            if training:  # δ_x = (a ⊙ x + b) + k ⊙ δ, the first into a buffer of our own where there is one
+                if spare:  # P's: x goes in (converted to float32 where half), then a ⊙ x + b in place
+                    buf = spare.pop()
+                    xs = buf.copy_(x[s]) if half_cpu else x[s]
+                elif half_cpu:
+                    buf = xs = chunk(x, s)
+                else:
+                    buf, xs = None, x[s]
+                g = torch.addcmul(part(b, s), xs, part(a, s), out=buf)
+                g.addcmul_(chunk(delta, s), part(k, s))
+            else:
+                g = chunk(delta, s).mul_(part(k, s)) if half_cpu else delta[s] * part(k, s)
             if len(chunks) == 1:
                 grad_x = g
             else:
