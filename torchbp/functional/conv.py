@@ -192,14 +192,27 @@ def _tuple(v, n, op, name):
     return v
 
 
-def _conv(op, n, input, weight, bias, stride, padding, dilation, groups):
+def _check_args(op, n, input, weight, bias, groups, layout):
+    """The checks a convolution and a transposed one share; returns the input's channel count. ``layout``:
+    the weight's leading dims, as its error names them."""
     check_compatible(op, input=input, weight=weight, bias=bias)
-    check(weight.dim() == n + 2, op, f"weight must be {n + 2}-D (out_channels, in_channels/groups, "
+    check(weight.dim() == n + 2, op, f"weight must be {n + 2}-D ({layout}, "
           f"{', '.join(('kD', 'kH', 'kW')[3 - n:])}), got shape {list(weight.shape)}")
     check(input.dim() in (n + 1, n + 2), op, f"expected {n + 1}-D (unbatched) or {n + 2}-D (batched) input, "
           f"got shape {list(input.shape)}")
     check(isinstance(groups, int) and groups > 0, op, f"groups must be a positive int, got {groups}")
-    C = input.shape[-n - 1]
+    return input.shape[-n - 1]
+
+
+def _apply_batched(cls, n, input, *args):
+    """cls applied to a batched input (an unbatched one gains and loses a batch dim of 1 around it)."""
+    batched = input.dim() == n + 2
+    out = apply(cls, LOWER, input if batched else input.unsqueeze(0), *args)
+    return out if batched else out.squeeze(0)
+
+
+def _conv(op, n, input, weight, bias, stride, padding, dilation, groups):
+    C = _check_args(op, n, input, weight, bias, groups, "out_channels, in_channels/groups")
     check(C == weight.shape[1] * groups, op, f"input has {C} channels (shape {list(input.shape)}) but weight "
           f"expects {weight.shape[1] * groups} = {weight.shape[1]} x groups {groups} (shape {list(weight.shape)})")
     check(weight.shape[0] % groups == 0, op, f"out_channels {weight.shape[0]} not divisible by groups {groups}")
@@ -220,10 +233,7 @@ def _conv(op, n, input, weight, bias, stride, padding, dilation, groups):
     else:
         padding = _tuple(padding, n, op, "padding")
     check(all(q >= 0 for q in padding), op, f"negative padding {padding}")
-    batched = input.dim() == n + 2
-    out = apply(Conv, LOWER, input if batched else input.unsqueeze(0), weight, bias,
-                stride, padding, dilation, groups)
-    return out if batched else out.squeeze(0)
+    return _apply_batched(Conv, n, input, weight, bias, stride, padding, dilation, groups)
 
 
 def conv1d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
@@ -242,13 +252,7 @@ def conv3d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
 
 
 def _conv_transpose(op, n, input, weight, bias, stride, padding, output_padding, groups, dilation):
-    check_compatible(op, input=input, weight=weight, bias=bias)
-    check(weight.dim() == n + 2, op, f"weight must be {n + 2}-D (in_channels, out_channels/groups, "
-          f"{', '.join(('kD', 'kH', 'kW')[3 - n:])}), got shape {list(weight.shape)}")
-    check(input.dim() in (n + 1, n + 2), op, f"expected {n + 1}-D (unbatched) or {n + 2}-D (batched) input, "
-          f"got shape {list(input.shape)}")
-    check(isinstance(groups, int) and groups > 0, op, f"groups must be a positive int, got {groups}")
-    C = input.shape[-n - 1]
+    C = _check_args(op, n, input, weight, bias, groups, "in_channels, out_channels/groups")
     check(C == weight.shape[0], op, f"input has {C} channels (shape {list(input.shape)}) but weight expects "
           f"{weight.shape[0]} (shape {list(weight.shape)}, a transposed convolution's (in, out/groups, ...))")
     check(C % groups == 0, op, f"in_channels {C} not divisible by groups {groups}")
@@ -260,10 +264,7 @@ def _conv_transpose(op, n, input, weight, bias, stride, padding, output_padding,
     check(all(q >= 0 for q in padding), op, f"negative padding {padding}")
     check(all(0 <= q < max(s, d) for q, s, d in zip(output_padding, stride, dilation)), op,
           f"output_padding {output_padding} must be smaller than either stride {stride} or dilation {dilation}")
-    batched = input.dim() == n + 2
-    out = apply(ConvTranspose, LOWER, input if batched else input.unsqueeze(0), weight, bias,
-                stride, padding, output_padding, dilation, groups)
-    return out if batched else out.squeeze(0)
+    return _apply_batched(ConvTranspose, n, input, weight, bias, stride, padding, output_padding, dilation, groups)
 
 
 def conv_transpose1d(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1):
