@@ -89,7 +89,18 @@ class Index(DeltaFunction):
         return g.reshape(ctx.shape), None
 
 
-class Gather(DeltaFunction):
+class _ReadAt(DeltaFunction):
+    """What the ops reading x along ``dim`` at ``index`` (forward(x, dim, index)) keep for backward: the
+    index and x's shape."""
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, ctx.dim, index = inputs
+        ctx.save_for_backward(index)
+        ctx.shape = x.shape
+
+
+class Gather(_ReadAt):
     """out[i][j] = x[index[i][j]][j] (dim 0; likewise any dim);  δ_x = δ scattered and added at index."""
 
     @staticmethod
@@ -97,29 +108,17 @@ class Gather(DeltaFunction):
         return torch.gather(x, dim, index)
 
     @staticmethod
-    def setup_context(ctx, inputs, output):
-        x, ctx.dim, index = inputs
-        ctx.save_for_backward(index)
-        ctx.shape = x.shape
-
-    @staticmethod
     def backward(ctx, delta):
         (index,) = ctx.saved_tensors
         return delta.new_zeros(ctx.shape).scatter_add(ctx.dim, index, delta), None, None
 
 
-class IndexSelect(DeltaFunction):
+class IndexSelect(_ReadAt):
     """out = x rows ``index`` along dim;  δ_x = δ added back at those rows (index_add)."""
 
     @staticmethod
     def forward(x, dim, index):
         return torch.index_select(x, dim, index)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        x, ctx.dim, index = inputs
-        ctx.save_for_backward(index)
-        ctx.shape = x.shape
 
     @staticmethod
     def backward(ctx, delta):

@@ -55,21 +55,16 @@ class Sum(DeltaFunction):
         return _expand(delta, ctx.shape, ctx.dims, ctx.keepdim), None, None, None
 
 
-class Mean(DeltaFunction):
-    """out = (1/n) Σ_dims x;  δ_x = δ / n broadcast back (n the number of reduced elements)."""
+class Mean(Sum):
+    """out = (1/n) Σ_dims x;  δ_x = δ / n broadcast back (n the number of reduced elements): Sum's δ of δ / n."""
 
     @staticmethod
     def forward(x, dims, keepdim, dtype):
         return torch.mean(x, dims, keepdim, dtype=dtype)
 
     @staticmethod
-    def setup_context(ctx, inputs, output):
-        x, ctx.dims, ctx.keepdim, _ = inputs
-        ctx.shape = x.shape
-
-    @staticmethod
     def backward(ctx, delta):
-        return _expand(delta / _count(ctx.shape, ctx.dims), ctx.shape, ctx.dims, ctx.keepdim), None, None, None
+        return Sum.backward(ctx, delta / _count(ctx.shape, ctx.dims))
 
 
 class Var(DeltaFunction):
