@@ -14,7 +14,7 @@ import weakref
 import torch
 
 from . import registry
-from .intercept import _needs_grad, _Router
+from .intercept import _grad_enabled, _needs_grad, _routes, _Router
 
 # Tensor methods / torch functions that only view, reshape, cast or copy a tensor (their autograd nodes are the
 # ones the audit's coverage looks through): a parameter passing through them is still "the parameter".
@@ -55,26 +55,36 @@ class _StrictRouter(_Router):
         self.names = {id(p): n for n, p in params}
         self.followed = weakref.WeakValueDictionary({id(p): p for _, p in params})
 
+    def _first_followed(self, args, kwargs):
+        """The first argument that is a followed tensor (a parameter or a structure op's result of one), or None."""
+        followed = self.followed
+        for t in _flat((args, kwargs) if kwargs else args):
+            if followed.get(id(t)) is t:
+                return t
+        return None
+
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        target = registry.function_for(func)
-        grad = torch.is_grad_enabled()
+        try:
+            target = _routes.get(func)
+        except TypeError:  # an unhashable callable is never registered
+            target = None
+        grad = _grad_enabled()
         if target is not None and grad and _needs_grad(args, kwargs):
-            return target(*args, **kwargs)
-        out = func(*args, **kwargs)
-        if grad:
-            hits = [t for t in _flat((args, kwargs)) if self.followed.get(id(t)) is t]
-            if hits:
+            return target(*args, **kwargs) if kwargs else target(*args)
+        out = func(*args, **kwargs) if kwargs else func(*args)
+        if grad and self.followed:
+            hit = self._first_followed(args, kwargs)
+            if hit is not None:
                 results = [t for t in _flat(out) if t.requires_grad]
                 if results and _name(func) in STRUCTURE:
                     for t in results:
                         self.followed[id(t)] = t
-                        self.names.setdefault(id(t), self.names.get(id(hits[0]), "?"))
+                        self.names.setdefault(id(t), self.names.get(id(hit), "?"))
                 elif results:
                     cls = registry.native_for(type(self.module)) or type(self.module)
                     raise TypeError(
                         f"torchbp.swap(strict=True): {cls.__qualname__}'s parameter "
-                        f"'{self.names.get(id(hits[0]), '?')}' meets {getattr(func, '__qualname__', _name(func))}, "
+                        f"'{self.names.get(id(hit), '?')}' meets {getattr(func, '__qualname__', _name(func))}, "
                         "which has no δ formula: its gradient would come from native autograd. Register one with "
                         "torchbp.register(native_fn, delta_fn), or swap with strict=False.")
         return out
