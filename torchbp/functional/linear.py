@@ -32,10 +32,24 @@ class Linear(DeltaFunction):
     def backward(ctx, delta):
         a, W = ctx.saved_tensors
         need_a, need_W, need_b = ctx.needs_input_grad  # need_b is False when b is None
-        grad_a = delta @ W if need_a else None
-        grad_W = delta.t() @ a if need_W else None
-        grad_b = delta.sum(0) if need_b else None
-        return grad_a, grad_W, grad_b
+        return (Linear.grad_a(delta, W) if need_a else None, Linear.grad_W(delta, a) if need_W else None,
+                Linear.grad_b(delta) if need_b else None)
+
+    # the three formulas, also the fused dense run's (functional.stack)
+    @staticmethod
+    def grad_a(delta, W):
+        """δ_a = δ W."""
+        return delta @ W
+
+    @staticmethod
+    def grad_W(delta, a):
+        """∂J/∂W = δᵀ a."""
+        return delta.t() @ a
+
+    @staticmethod
+    def grad_b(delta):
+        """∂J/∂b = Σ_batch δ."""
+        return delta.sum(0)
 
 
 def linear(input, weight, bias=None):

@@ -3,7 +3,7 @@
 forward, for l = 0 … L−1:  z(l+1) = W(l) a(l) + b(l),  a(l+1) = f_l(z(l+1))  (f_l optional)
 backward, from the top of the run down (the derivation's recursion, written once):
   δ(l+1)  = δ_a(l+1) ⊙ f_l'(z(l+1))     (each activation's own ``delta``)
-  ∂J/∂W(l) = δ(l+1)ᵀ a(l),   ∂J/∂b(l) = Σ_batch δ(l+1),   δ_a(l) = δ(l+1) W(l)
+  ∂J/∂W(l) = δ(l+1)ᵀ a(l),   ∂J/∂b(l) = Σ_batch δ(l+1),   δ_a(l) = δ(l+1) W(l)   (Linear's own grad_W, grad_b, grad_a)
 
 The formulas are exactly Linear's and the activations'; what changes is that Python's per-Function
 cost (apply, context, saved tensors, one autograd node) is paid once per run instead of once per
@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ._common import LOWER, DeltaFunction, _apply_autocast_off, _cast, autocast_dtype
+from .linear import Linear
 
 # whether the running backward keeps the graph (retain_graph): then ctx must keep the run's tensors
 _keep_graph = getattr(getattr(torch._C, "_autograd", None), "_get_current_graph_task_keep_graph", None)
@@ -79,11 +80,11 @@ class DenseStack(DeltaFunction):
                 delta = cls.delta(delta, kept[l], *args)
             kept[l] = None
             if need[3 + 2 * l]:
-                grads[2 * l] = torch.mm(delta.t(), inputs[l])
+                grads[2 * l] = Linear.grad_W(delta, inputs[l])
             inputs[l] = None
             if need[4 + 2 * l]:
-                grads[2 * l + 1] = delta.sum(0)
-            delta = torch.mm(delta, Ws[l]) if l > 0 or need[0] else None
+                grads[2 * l + 1] = Linear.grad_b(delta)
+            delta = Linear.grad_a(delta, Ws[l]) if l > 0 or need[0] else None
             Ws[l] = None  # autocast's copy of W(l) goes now, as native's goes with its layer's node
             if pdt is not None:  # then the casts back (ToCopy's δ): one half-precision ∂J/∂W alive at a time
                 grads[2 * l: 2 * l + 2] = [g if g is None else g.to(pdt[i]) for i, g in
@@ -94,7 +95,6 @@ class DenseStack(DeltaFunction):
 def _run(x, acts, params, replay=False):
     """The run's forward: (output, each layer's input, each activation's saved tensor). ``replay``: through
     Linear.apply and the activations' own δ Functions, so the results are connected to x and the parameters."""
-    from .linear import Linear
     a, inputs, kept = x, [], []
     for l, act in enumerate(acts):
         inputs.append(a)
