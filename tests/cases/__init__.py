@@ -24,8 +24,8 @@ class Case:
 
     args: builds the positional arguments afresh for each test (the tensors that want a gradient have
     requires_grad); kwargs: a dict, or a callable building one (for tensors among the keywords).
-    checks: the matrix checks this input takes: FLOAT64 (rel 1e-10, on every device), GRADCHECK (gradcheck and,
-    unless ``gradgrad`` is False, gradgradcheck), LOW (the low-precision oracle rule in ``low_dtypes``, on
+    checks: the matrix checks this input takes: FLOAT64 (rel 1e-10, on every device), GRADCHECK (gradcheck and
+    gradgradcheck), LOW (the low-precision oracle rule in ``low_dtypes``, on
     every device unless ``devices`` says otherwise).
     why: the reason a check that would seem to apply is left out (read by people, not by the matrix).
     delta_ran: FLOAT64 also asserts that a δ Function node is in the graph of ``ours``' output.
@@ -37,7 +37,6 @@ class Case:
     args: Callable[[], tuple]
     kwargs: dict | Callable[[], dict] = field(default_factory=dict)
     checks: tuple = (FLOAT64, GRADCHECK, LOW)
-    gradgrad: bool = True
     low_dtypes: tuple = LOW_DTYPES
     devices: tuple = ("cpu", "cuda")
     delta_ran: bool = False
