@@ -150,8 +150,10 @@ def check_compatible(op: str, **tensors) -> None:
 def check_inplace_target(op: str, x: torch.Tensor) -> None:
     """Refuse, as autograd does, an in-place op on a view that a custom Function returned (a user's own
     Function, or a δ Function): the view's graph would not see the op, so a caller going on with the view
-    would get a gradient without it. Under no_grad nothing is recorded, and the op may run."""
-    if torch.is_grad_enabled() and x._is_view() and isinstance(x.grad_fn, torch.autograd.function.BackwardCFunction):
+    would get a gradient without it. Under no_grad nothing is recorded, and the op may run. (Not while
+    torch.compile traces: ``_is_view`` would break the graph, and the traced write is native's copy_.)"""
+    if torch.is_grad_enabled() and not compiling() and x._is_view() \
+            and isinstance(x.grad_fn, torch.autograd.function.BackwardCFunction):
         raise RuntimeError(
             f"torchbp.functional.{op}: the input is a view returned by a custom Function "
             f"({type(x.grad_fn).__name__}) and is being modified in place; autograd forbids this (its logic for "
