@@ -279,7 +279,8 @@ class Hardswish(_Pointwise):
     """a = z·relu6(z + 3)/6;  f'(z) = 0 for z ≤ −3, z/3 + ½ for −3 < z < 3, 1 for z ≥ 3 (native's
     values at the kinks ±3).
 
-    f' = (u + ½) + u·[|z| < 3], u = clamp(z/6, −½, ½): the same values without a select.
+    With q = clamp(z, −3, 3)/3: f' = q + ½ − ½·trunc(q), the same values without a select (trunc(q) is
+    ±1 only where q = ±1, at and beyond the kinks, and 0 inside: no value below 3 divides to 1).
     """
 
     save_output = False
@@ -290,9 +291,8 @@ class Hardswish(_Pointwise):
 
     @staticmethod
     def delta(g, z):
-        u = (z / 6).clamp_(-0.5, 0.5)  # z/6 where |z| < 3; finite (not ±inf) where it is multiplied by 0
-        inside = z.abs().sub_(3).sign_().clamp_(max=0)  # −[|z| < 3]
-        return select_scale(g, (u + 0.5).addcmul_(u, inside, value=-1))
+        q = z.clamp(-3, 3).div_(3)
+        return select_scale(g, torch.trunc(q).mul_(-0.5).add_(q).add_(0.5))
 
 
 _SIXTH_F32 = float(torch.tensor(1 / 6, dtype=torch.float32))  # native's 1/6: a float32 constant
