@@ -5,6 +5,8 @@ Pooling runs in its input's dtype (autocast leaves it alone).
 """
 from __future__ import annotations
 
+from math import inf, nan
+
 import torch
 import torch.nn.functional as F
 
@@ -143,17 +145,37 @@ class AvgPool(DeltaFunction):
                 inside, div = in0[:, :, None] & (rest[0][0] & rest[1][0].T), div * rest[1][1]
             opmath = torch.float32 if delta.dtype in (torch.float16, torch.bfloat16) else delta.dtype
             share = (delta.to(opmath) / div.to(opmath)).to(delta.dtype)
-            return share * inside.to(delta.dtype), None, None, None, None, None, None, None
+            # where, not a product with the 0/1 window: a NaN or inf δ stays inside its window
+            return torch.where(inside, share, 0), None, None, None, None, None, None, None
         mats = _window_matrices(ctx, delta)
-        if ctx.n == 1:
-            g = delta @ mats[0].T
-        elif ctx.n == 3:  # along W, then H, then D (B_D on the left of the flattened (H, W) planes)
-            g = mats[1] @ (delta @ mats[2].T)
-            g = (mats[0] @ g.flatten(-2)).view(*g.shape[:-3], mats[0].shape[0], *g.shape[-2:])
-        else:  # along W, then along H with B on the left: δ_prev comes out contiguous (a transposed
-            # δ_prev made the ops after it, e.g. the ReLU δ before a global pool, 4x slower), at GEMM speed
-            g = mats[0] @ (delta @ mats[1].T)
+        finite = torch.isfinite(delta)
+        if _known_finite(finite):
+            return _spread(ctx.n, mats, delta), None, None, None, None, None, None, None
+        # A NaN or ±inf δ[y] reaches only the inputs of window y, as native's: the products with B would
+        # spread it along whole rows (NaN · 0), so the finite δ go through B and each kind of non-finite
+        # one marks the inputs its windows cover
+        g = _spread(ctx.n, mats, torch.where(finite, delta, 0))
+        hit = [_spread(ctx.n, mats, m.to(delta.dtype)) > 0 for m in (delta == inf, delta == -inf, delta.isnan())]
+        g = g.masked_fill(hit[0], inf).masked_fill(hit[1], -inf).masked_fill(hit[2] | hit[0] & hit[1], nan)
         return g, None, None, None, None, None, None, None
+
+
+def _known_finite(finite):
+    """Whether every δ is known finite, so the window products need no care (on CUDA the check would wait
+    for the device: not checked there)."""
+    return finite.device.type == "cpu" and bool(finite.all())
+
+
+def _spread(n, mats, delta):
+    """B δ along each of the n spatial dims (``_window_matrices``)."""
+    if n == 1:
+        return delta @ mats[0].T
+    if n == 3:  # along W, then H, then D (B_D on the left of the flattened (H, W) planes)
+        g = mats[1] @ (delta @ mats[2].T)
+        return (mats[0] @ g.flatten(-2)).view(*g.shape[:-3], mats[0].shape[0], *g.shape[-2:])
+    # along W, then along H with B on the left: δ_prev comes out contiguous (a transposed δ_prev made the
+    # ops after it, e.g. the ReLU δ before a global pool, slower), at GEMM speed
+    return mats[0] @ (delta @ mats[1].T)
 
 
 def _tuple(v, n, op, name):
