@@ -339,6 +339,8 @@ def _run(plan, model, against, original_reference, reference, loss_fn, localize,
         judge = Judge(kept, plan.dtype, native_err, ref_norms, keep_subjects=auto)
         del kept
         subject = _subject_pass(plan, subject_model, judge, say)
+        if auto and not any(r["status"] in (compare.FAIL, compare.NONFINITE) for r in judge.results.values()):
+            judge.subjects = None  # the hooked pass agrees with native: its gradients go (memory)
         why = _as_trained_needed(plan, subject)
         env["as_trained"] = f"run: {why}" if why else AS_TRAINED_SKIPPED
         trained = _as_trained_pass(plan, subject_model, reference_model, judge, env, say) if why else None
@@ -346,8 +348,18 @@ def _run(plan, model, against, original_reference, reference, loss_fn, localize,
         rows, bad_keys = build_rows(judge, subject, subject_model, plan.routed, as_trained=trained)
         if bad_keys and auto:
             use_oracle = True
-            judge, trained, reference_loss = _against_oracle(plan, reference_model, original_reference, judge,
-                                                             trained, say)
+            if judge.subjects is not None:
+                judge, trained, reference_loss = _against_oracle(plan, reference_model, original_reference, judge,
+                                                                 trained, say)
+            else:  # only the pass as trained missed the floor: both subject passes again, against the oracle
+                oracle_grads = _oracle_pass(plan, reference_model, original_reference, say)
+                kept, native_err, ref_norms, reference_loss = _reference_pass(plan, reference_model, oracle_grads,
+                                                                              say)
+                judge = Judge(kept, plan.dtype, native_err, ref_norms)
+                del oracle_grads, kept
+                subject = _subject_pass(plan, subject_model, judge, say)
+                trained = _as_trained_pass(plan, subject_model, reference_model, judge, env, say)
+                judge.parameter_refs.clear()
             rows, bad_keys = build_rows(judge, subject, subject_model, plan.routed, as_trained=trained)
         judge = trained = None  # (the subject gradients kept for the oracle, if any)
         env["oracle"] = "float64" if (plan.low and use_oracle) else (
