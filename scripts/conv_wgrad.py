@@ -2,12 +2,15 @@
 """Formulations of the convolution δ's ∂J/∂W, timed against native autograd's weight gradient.
 
 ∂J/∂W = a ⋆ δ (the derivation's δ aᵀ summed over the batch and the output positions) can be computed as
-- ``torchbp``: torchbp's conv2d δ as it runs (batch chunks on the CPU, δ channels-last there in float32);
-- ``kernel``: one convolution of a (batch and channels swapped) with δ as the kernel (torchbp's form,
-  whole batch, plain layout);
-- ``im2col``: the input windows unfolded, then one matrix product δ · colsᵀ over batch × positions.
+- ``torchbp``: torchbp's conv2d δ as it runs (the form ``fastpath.conv.weight_grad`` picks here);
+- ``kernel``: the plain formula, one convolution of a (batch and channels swapped) with δ as the kernel
+  (``conv._grad_W``, whole batch, plain layout);
+- ``gemm``: the input windows unfolded, then one matrix product over batch × positions, in batch chunks
+  (``fastpath.conv.weight_grad_gemm``);
+- ``channels_last``: the plain convolution with its kernel channels-last, a vector of samples per chunk;
+- ``half``: the plain convolution in the half-precision batch chunks.
 Each is checked against native (float32: rel err), so a faster form is also a right one. For choosing the
-form per device (cuDNN runs ``kernel`` ~30x slower than its own weight-gradient kernel on the bench CNN).
+form per device and shape (``fastpath.conv.gemm_form``).
 
   python scripts/conv_wgrad.py [--device cuda] [--dtypes float32,bfloat16] [--reps 20] [--shapes cnn.conv2]
 """
@@ -23,18 +26,12 @@ import torch.nn.functional as F
 
 import torchbp.functional as tbf
 from torchbp.functional.conv import _grad_W
+from torchbp.functional.fastpath import conv as fc
 
 # (name, a shape, out channels, kernel, stride, padding): the bench CNN's two convs, a ResNet 3×3 and a stem
+FORMS = ("torchbp", "kernel", "gemm", "channels_last", "half")
 SHAPES = [("cnn.conv1", (64, 3, 32, 32), 32, 3, 1, 0), ("cnn.conv2", (64, 32, 15, 15), 64, 3, 1, 0),
           ("resnet.3x3", (32, 64, 56, 56), 64, 3, 1, 1), ("resnet.stem", (32, 3, 224, 224), 64, 7, 2, 3)]
-
-
-def im2col(a, delta, s, p, K):
-    cols = F.unfold(a, K, padding=p, stride=s)                     # (N, C·k, L)
-    d = delta.flatten(2)                                            # (N, O, L)
-    gw = torch.mm(d.transpose(0, 1).reshape(d.shape[1], -1),       # (O, N·L)
-                  cols.transpose(1, 2).reshape(-1, cols.shape[1]))  # (N·L, C·k)
-    return gw.view(delta.shape[1], a.shape[1], *K)
 
 
 def timed(fn, reps, device):
@@ -60,7 +57,7 @@ def main(argv=None) -> int:
     ap.add_argument("--shapes", default=",".join(n for n, *_ in SHAPES), help="comma-separated, from the default")
     args = ap.parse_args(argv)
     dev = args.device
-    print(f"{'shape':12s} {'dtype':9s} {'native ms':>9s} " + " ".join(f"{n:>16s}" for n in ("torchbp", "kernel", "im2col"))
+    print(f"{'shape':12s} {'dtype':9s} {'native ms':>9s} " + " ".join(f"{n:>16s}" for n in FORMS)
           + "   (ms, × native, rel err)")
     for name, shape, O, k, s, p in (row for row in SHAPES if row[0] in args.shapes.split(",")):
         for dt in args.dtypes.split(","):
@@ -74,9 +71,11 @@ def main(argv=None) -> int:
             native = lambda: torch.autograd.grad(z_native, W, delta, retain_graph=True)[0]  # noqa: E731
             ref = native().double()
             t_native = timed(native, args.reps, dev)
+            conv_args = (s, s), (p, p), (1, 1), 1, (k, k)
             forms = {"torchbp": lambda: torch.autograd.grad(z_tbp, W, delta, retain_graph=True)[0],
-                     "kernel": lambda: _grad_W(a, delta, (s, s), (p, p), (1, 1), 1, (k, k)),
-                     "im2col": lambda: im2col(a, delta, s, p, (k, k))}
+                     "kernel": lambda: _grad_W(a, delta, *conv_args)}
+            for form in FORMS[2:]:
+                forms[form] = lambda form=form: fc.weight_grad(a, delta, *conv_args, _grad_W, None, form)
             cells = []
             for fn in forms.values():
                 try:
