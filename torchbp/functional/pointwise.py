@@ -175,10 +175,8 @@ class Minimum(_Elementwise):
 
     @staticmethod
     def grads(d, out, args, needs):
-        a, b = args
-        tie = torch.where(a == b, d / 2, d)
-        return (tie.masked_fill(a > b, 0) if needs[0] else None,
-                tie.masked_fill(b > a, 0) if needs[1] else None)
+        # maximum's rule with the comparisons reversed: δ_a is 0 where b < a, δ_b where a < b
+        return Maximum.grads(d, out, args[::-1], needs)
 
 
 class Where(_Elementwise):
