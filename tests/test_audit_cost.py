@@ -114,7 +114,7 @@ def test_a_subject_given_with_against_is_always_run_as_trained():
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("n", [1, 1000, 5000])
+@pytest.mark.parametrize("n", [1, 1000, 70000, 200000])
 def test_metrics_one_reduction_agrees_with_the_chunked_path(monkeypatch, dtype, n):
     g = torch.Generator().manual_seed(n)
     s = torch.randn(n, dtype=torch.float64, generator=g).to(dtype)

@@ -28,7 +28,7 @@ def finite(t: torch.Tensor) -> bool:
     return bool(torch.isfinite(t.detach().abs().amax()))
 
 
-_CHUNK = 1 << 18  # elements per step: float64 temporaries stay small (large fresh buffers page-fault)
+_CHUNK = 1 << 15  # elements per step: float64 temporaries stay small (memory; fresh buffers page-fault)
 
 
 def metrics(s: torch.Tensor, r: torch.Tensor, ref_norm: float | None = None) -> dict:
@@ -69,12 +69,12 @@ def _norms(s: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
 def _chunked_norms(s: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
     """``_norms`` of long flat tensors, a chunk at a time through two float64 buffers reused for every
     chunk (no full-size temporaries, no fresh allocation per chunk)."""
-    n = s.numel()
-    a64 = torch.empty(min(n, _CHUNK), dtype=torch.float64, device=s.device)
+    n, step = s.numel(), _CHUNK
+    a64 = torch.empty(min(n, step), dtype=torch.float64, device=s.device)
     b64 = torch.empty_like(a64)
     parts = []  # per chunk: ‖s‖, ‖r‖, ‖s − r‖, max(s − r), min(s − r)
-    for start in range(0, n, _CHUNK):
-        m = min(_CHUNK, n - start)
+    for start in range(0, n, step):
+        m = min(step, n - start)
         a, b = a64[:m], b64[:m]
         a.copy_(s[start:start + m])
         b.copy_(r[start:start + m])

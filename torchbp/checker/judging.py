@@ -90,7 +90,9 @@ class Judge:
             m, sha = dict(last[3]), last[4]
         else:
             m, sha = compare.metrics(subject, reference, ref_norm), digest(subject)
-            self._last = (subject, reference, ref_norm, dict(m), sha)  # (held: their memory is not reused)
+            # a δ is held until the next one arrives (so its memory is not reused); parameters' gradients
+            # come last, from no chain: none held
+            self._last = None if _is_parameter(k[1]) else (subject, reference, ref_norm, dict(m), sha)
         native = self.native_err.get(k, math.nan) if self.native_err is not None else None
         key, qty = k
         if qty.startswith("grad_output"):
