@@ -84,6 +84,8 @@ class Judge:
         if reference is None:
             reference = torch.zeros(subject.shape, dtype=torch.float64, device=subject.device)
         ref_norm = self.ref_norms.get(k)
+        if _is_parameter(k[1]):
+            self._last = None  # the last δ goes before a parameter's gradient is judged
         last = self._last
         if last is not None and _same(subject, last[0]) and _same(reference, last[1]) and ref_norm == last[2]:
             # the tensors judged just before (a layer's grad_input is its predecessor's grad_output)
