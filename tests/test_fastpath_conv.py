@@ -166,10 +166,10 @@ def test_weight_grad_gemm_reaches_the_backward():
     assert torch.allclose(W.grad, 2 * right)
 
 
-def _shape(N, C, Y, K=(3, 3), g=1):
+def _shape(N, C, Y, K=(3, 3), g=1, s=(1, 1)):
     x = torch.empty(N, C, *(y + 2 for y in Y))
     k = torch.empty(N, C, *Y)
-    return x, k, g, K
+    return x, k, g, K, s
 
 
 @pytest.mark.parametrize("vector", [8, 16])
@@ -183,7 +183,9 @@ def test_gemm_form_thresholds(vector, monkeypatch):
     assert not fc.gemm_form(*_shape(2, 8, (1, D), g=8))
     assert fc.gemm_form(*_shape(2, 64, (1, P)))  # few positions
     assert not fc.gemm_form(*_shape(2, 64, (1, P + 1)))
-    assert fc.gemm_form(*_shape(2, vector - 1, (1, P + 1)))  # few channels per group, by the vector width
+    assert fc.gemm_form(*_shape(2, vector - 1, (1, P + 1)))  # few channels per group, by the vector width,
+    assert not fc.gemm_form(*_shape(2, vector - 1, (1, P + 1), s=(1, 2)))  # with stride 1
+    assert fc.gemm_form(*_shape(2, vector - 1, (1, P), s=(2, 2)))
     assert not fc.gemm_form(*_shape(2, vector, (1, P + 1)))
     assert not fc.gemm_form(*_shape(2, 2 * vector, (1, P + 1), g=2))
     assert fc.gemm_form(*_shape(2, 2 * vector - 2, (1, P + 1), g=2))

@@ -83,10 +83,10 @@ def weight_grad_gemm(x, k, s, p, d, g, K):
     return gw.reshape(O, C // g, *K)
 
 
-def gemm_form(x, k, g, K):
+def gemm_form(x, k, g, K, s):
     """Whether the CPU's float32 ∂J/∂W takes ``weight_grad_gemm`` rather than the plain convolution: where
     that convolution's kernel (k's positions per sample) is small, or x has few channels per group, oneDNN
-    runs it with little work per kernel tap; a depthwise convolution's (one channel per group) goes the
+    runs it with little work per kernel tap (with stride 1 for the latter); a depthwise convolution's (one channel per group) goes the
     other way, its GEMMs degenerate to dot products, worth it only over enough positions. A pointwise (1×1)
     convolution's windows are x itself: always the GEMM."""
     cg, positions = x.shape[1] // g, math.prod(k.shape[2:])
@@ -94,7 +94,9 @@ def gemm_form(x, k, g, K):
         return True
     if cg == 1:
         return positions > DEPTHWISE_MIN_POSITIONS
-    return positions <= GEMM_MAX_POSITIONS or cg < cpu_vector_floats()
+    # few channels (a stem): the GEMM where the windows are gathered with unit stride; a strided gather of
+    # the unfolded copy costs more than oneDNN's strided convolution saves
+    return positions <= GEMM_MAX_POSITIONS or cg < cpu_vector_floats() and all(i == 1 for i in s)
 
 
 GEMM_MAX_POSITIONS = 64  # float32: the GEMM form up to this many k positions per sample, ...
@@ -111,7 +113,7 @@ def weight_grad(x, k, s, p, d, g, K, plain, chunk_elems=None, form=None):
     if x.device.type == "cuda" and form is None:
         return plain(x, k, s, p, d, g, K).contiguous()
     if form is None:
-        if x.dtype == torch.float64 or x.dtype == torch.float32 and gemm_form(x, k, g, K):
+        if x.dtype == torch.float64 or x.dtype == torch.float32 and gemm_form(x, k, g, K, s):
             form = "gemm"
         elif x.dtype == torch.float32 and len(K) == 2 and x.shape[1] // g >= cpu_vector_floats():
             form = "channels_last"
