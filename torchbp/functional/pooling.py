@@ -36,7 +36,7 @@ class MaxPool(DeltaFunction):
         if n == 2 and x.device.type == "cpu" and x.dim() == 4 and x.shape[1] >= 8 and x.is_contiguous() \
                 and not _is_batched(x):  # vmap cannot query memory formats
             # CPU's NCHW kernel is scalar; its channels-last one vectorises over channels and picks the same
-            # elements (ties, NaN): 2-5x faster even with the two layout copies (measured C >= 8)
+            # elements (ties, NaN): faster even with the two layout copies, from 8 channels
             out, idx = _MAX[2](x.contiguous(memory_format=torch.channels_last), kernel_size, stride, padding,
                                dilation, ceil_mode)
             return out.contiguous(), idx.contiguous()
@@ -137,8 +137,7 @@ class AvgPool(DeltaFunction):
         if all(o == 1 for o in delta.shape[-ctx.n:]):
             # one window over the whole map (global pooling): δ_prev[j] = [j in the window] · δ / divisor,
             # δ / divisor for each (sample, channel) first (in float32 for half types, rounded once, as
-            # native's kernel), then one broadcast product with the 0/1 window (GEMMs with one inner element
-            # were 7x slower)
+            # native's kernel), then selected inside the 0/1 window (GEMMs with one inner element are slow)
             (in0, d0), *rest = _windows(ctx, delta)
             inside, div = (in0[:, 0], d0) if ctx.n == 1 else (in0 & rest[0][0].T, d0 * rest[0][1])
             if ctx.n == 3:  # the (D, H, W) window: D's 0/1 column times the (H, W) one of H and W
