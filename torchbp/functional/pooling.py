@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from ._common import DeltaFunction, check, check_tensor
+from .fastpath import pooling as fast
 
 _MAX = {1: torch.max_pool1d_with_indices, 2: torch._C._nn.max_pool2d_with_indices,
         3: torch._C._nn.max_pool3d_with_indices}
@@ -18,7 +19,6 @@ _ADAPTIVE_MAX = {1: torch.adaptive_max_pool1d, 2: torch._C._nn.adaptive_max_pool
                  3: torch._C._nn.adaptive_max_pool3d}  # (out, indices)
 _ADAPTIVE_AVG = {1: F.adaptive_avg_pool1d, 2: torch._C._nn.adaptive_avg_pool2d,
                  3: torch._C._nn.adaptive_avg_pool3d}
-_is_batched = getattr(torch._C._functorch, "is_batchedtensor", lambda x: False)
 
 
 class MaxPool(DeltaFunction):
@@ -33,13 +33,8 @@ class MaxPool(DeltaFunction):
     def forward(x, n, kernel_size, stride, padding, dilation, ceil_mode):
         if kernel_size is None:
             return _ADAPTIVE_MAX[n](x, stride)
-        if n == 2 and x.device.type == "cpu" and x.dim() == 4 and x.shape[1] >= 8 and x.is_contiguous() \
-                and not _is_batched(x):  # vmap cannot query memory formats
-            # CPU's NCHW kernel is scalar; its channels-last one vectorises over channels and picks the same
-            # elements (ties, NaN): faster even with the two layout copies, from 8 channels
-            out, idx = _MAX[2](x.contiguous(memory_format=torch.channels_last), kernel_size, stride, padding,
-                               dilation, ceil_mode)
-            return out.contiguous(), idx.contiguous()
+        if n == 2:  # on the CPU through the channels-last kernel where it is faster
+            return fast.max_pool2d_with_indices(x, kernel_size, stride, padding, dilation, ceil_mode)
         return _MAX[n](x, kernel_size, stride, padding, dilation, ceil_mode)
 
     @staticmethod
