@@ -13,6 +13,7 @@ Each is checked against native (float32: rel err), so a faster form is also a ri
 form per device and shape (``fastpath.conv.gemm_form``).
 
   python scripts/conv_wgrad.py [--device cuda] [--dtypes float32,bfloat16] [--reps 20] [--shapes cnn.conv2]
+                               [--forms torchbp,kernel,gemm,channels_last,half]
 """
 from __future__ import annotations
 
@@ -54,10 +55,13 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtypes", default="float32,bfloat16")
     ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--forms", default="torchbp,kernel,gemm",
+                    help=f"comma-separated, from {', '.join(FORMS)} (default: torchbp,kernel,gemm)")
     ap.add_argument("--shapes", default=",".join(n for n, *_ in SHAPES), help="comma-separated, from the default")
     args = ap.parse_args(argv)
     dev = args.device
-    print(f"{'shape':12s} {'dtype':9s} {'native ms':>9s} " + " ".join(f"{n:>16s}" for n in FORMS)
+    forms_asked = [f for f in FORMS if f in args.forms.split(",")]
+    print(f"{'shape':12s} {'dtype':9s} {'native ms':>9s} " + " ".join(f"{n:>16s}" for n in forms_asked)
           + "   (ms, × native, rel err)")
     for name, shape, O, k, s, p in (row for row in SHAPES if row[0] in args.shapes.split(",")):
         for dt in args.dtypes.split(","):
@@ -77,7 +81,7 @@ def main(argv=None) -> int:
             for form in FORMS[2:]:
                 forms[form] = lambda form=form: fc.weight_grad(a, delta, *conv_args, _grad_W, None, form)
             cells = []
-            for fn in forms.values():
+            for fn in (forms[f] for f in forms_asked):
                 try:
                     err = ((fn().double() - ref).norm() / ref.norm()).item()
                     t = timed(fn, args.reps, dev)
