@@ -8,12 +8,12 @@
 - ``gemm``: the input windows unfolded, then one matrix product over batch × positions, in batch chunks
   (``fastpath.conv.weight_grad_gemm``);
 - ``channels_last``: the plain convolution with its kernel channels-last, a vector of samples per chunk;
-- ``half``: the plain convolution in the half-precision batch chunks.
+- ``plain``: the plain convolution in batch chunks.
 Each is checked against native (float32: rel err), so a faster form is also a right one. For choosing the
 form per device and shape (``fastpath.conv.gemm_form``).
 
   python scripts/conv_wgrad.py [--device cuda] [--dtypes float32,bfloat16] [--reps 20] [--shapes cnn.conv2]
-                               [--forms torchbp,kernel,gemm,channels_last,half]
+                               [--forms torchbp,kernel,gemm,channels_last,plain]
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ from torchbp.functional.conv import _grad_W
 from torchbp.functional.fastpath import conv as fc
 
 # (name, a shape, out channels, kernel, stride, padding): the bench CNN's two convs, a ResNet 3×3 and a stem
-FORMS = ("torchbp", "kernel", "gemm", "channels_last", "half")
+FORMS = ("torchbp", "kernel", "gemm", "channels_last", "plain")
 SHAPES = [("cnn.conv1", (64, 3, 32, 32), 32, 3, 1, 0), ("cnn.conv2", (64, 32, 15, 15), 64, 3, 1, 0),
           ("resnet.3x3", (32, 64, 56, 56), 64, 3, 1, 1), ("resnet.stem", (32, 3, 224, 224), 64, 7, 2, 3)]
 

@@ -1,7 +1,9 @@
 """fastpath.conv against the plain formulas of torchbp.functional.conv: ∂J/∂W = x ⋆ k (``conv._grad_W``, one
-convolution) in each form ``weight_grad`` can take (unfold + GEMM, channels-last kernel, half-precision chunks,
-plain chunks), ∂J/∂b = Σ δ (``conv._grad_b``), in float64 (to rounding) and in float32, bfloat16 and float16
-(the low-precision rule against a float64 oracle); conv1d/2d/3d and transposed, groups, stride, padding,
+convolution) in each form ``weight_grad`` can take (unfold + GEMM, channels-last kernel, float32 chunks of a
+half-precision convolution, plain chunks), ∂J/∂b = Σ δ (``conv._grad_b``), in float64 (to rounding) and in
+float32, bfloat16 and float16 (the low-precision rule against a float64 oracle, with native autograd's ∂J/∂W as
+the yardstick: the plain formula in half precision is itself wrong on some CPUs, see fastpath.conv);
+conv1d/2d/3d and transposed, groups, stride, padding,
 dilation, an empty batch; on both sides of every threshold (batch chunks, the form chosen by shape and by
 the CPU's vector width)."""
 
@@ -14,7 +16,7 @@ from torchbp.functional.fastpath import conv as fc
 from util import DEVICES, FLOOR, rel_err
 
 DTYPES = [torch.float64, torch.float32, torch.bfloat16, torch.float16]
-FORMS = ["gemm", "channels_last", "half", "plain", None]
+FORMS = ["gemm", "channels_last", "float32", "plain", None]
 
 # (id, n, N, C_in, C_out, L, K, stride, padding, dilation, groups, transposed, output_padding)
 CASES = [
@@ -29,6 +31,8 @@ CASES = [
     ("2d-pointwise", 2, 3, 6, 4, 5, 1, 1, 0, 1, 1, False, 0),
     ("2d-pointwise-strided", 2, 3, 6, 4, 7, 1, 2, 0, 1, 1, False, 0),
     ("2d-wide", 2, 2, 20, 24, 6, 3, 1, 1, 1, 1, False, 0),
+    # oneDNN's bfloat16 forward convolution returns a wrong ∂J/∂W for this one's plain formula on AMX CPUs
+    ("2d-kernel-as-large-as-the-map", 2, 8, 16, 64, 8, 3, 1, 1, 1, 1, False, 0),
     ("3d", 3, 2, 3, 4, 5, 3, 1, 1, 1, 1, False, 0),
     ("3d-strided-groups", 3, 2, 4, 4, 6, 2, 2, 0, 1, 2, False, 0),
     ("1d-transposed", 1, 3, 4, 6, 5, 3, 2, 1, 1, 2, True, 1),
@@ -73,7 +77,17 @@ def fast(x, k, s, p, d, g, K, form=None, chunk_elems=None, graph=False):
 
 
 def _applies(form, case, dtype):
-    return form not in ("channels_last", "half") or case[1] == 2
+    return form != "channels_last" or case[1] == 2
+
+
+def native(case, x, k, s, p, d, g, K):
+    """Native autograd's ∂J/∂W for a case's operands, in their dtype: the yardstick of the low-precision rule."""
+    n, transposed, op = case[1], case[11], _tuple(case[12], case[1])
+    W = torch.zeros(k.shape[1], x.shape[1] // g, *K, dtype=x.dtype, device=x.device, requires_grad=True)
+    if transposed:  # x = δ, k = a
+        z = conv._CONV_T[n](k, W, None, s, p, op, g, d)
+        return torch.autograd.grad(z, W, x)[0]
+    return torch.autograd.grad(conv._CONV[n](x, W, None, s, p, d, g), W, k)[0]
 
 
 @pytest.mark.parametrize("graph", [False, True], ids=["in-place", "graph"])
@@ -94,10 +108,14 @@ def test_weight_grad_is_the_plain_formula_in_float64(case, form, chunk_elems, gr
 @pytest.mark.parametrize("chunk_elems", [None, 1], ids=["one-chunk", "per-sample"])
 @pytest.mark.parametrize("form", FORMS, ids=[str(f) for f in FORMS])
 @pytest.mark.parametrize("case", [c for c in CASES if c[0] in ("1d", "2d-groups", "2d-depthwise-x2", "2d-wide",
-                                                               "3d", "2d-transposed", "2d-pointwise")],
+                                                               "3d", "2d-transposed", "2d-pointwise",
+                                                               "2d-kernel-as-large-as-the-map")],
                          ids=lambda c: c[0])
 def test_weight_grad_in_low_precision(case, form, chunk_elems, dtype):
-    """err(fast path in dtype, float64 oracle) ≤ 2·err(plain formula in dtype, oracle) + floor(dtype)."""
+    """err(fast path in dtype, float64 oracle) ≤ 2·err(native in dtype, oracle) + floor(dtype); the plain
+    convolution in half precision is not held to it (oneDNN's is wrong for some shapes on AMX CPUs)."""
+    if form in ("plain", "channels_last") and dtype in (torch.bfloat16, torch.float16):
+        pytest.skip("the convolution in half precision: never chosen there (what the forms replace)")
     if not _applies(form, case, dtype):
         pytest.skip("a 2-D form")
     x, k, *args = operands(case, N=8)
@@ -105,7 +123,7 @@ def test_weight_grad_in_low_precision(case, form, chunk_elems, dtype):
     xl, kl = x.to(dtype), k.to(dtype)
     got = fast(xl, kl, *args, form=form, chunk_elems=chunk_elems)
     assert got.dtype == dtype and got.shape == oracle.shape and got.is_contiguous()
-    assert rel_err(got, oracle) <= 2 * rel_err(plain(xl, kl, *args), oracle) + FLOOR[dtype]
+    assert rel_err(got, oracle) <= 2 * rel_err(native(case, xl, kl, *args), oracle) + FLOOR[dtype]
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -118,12 +136,12 @@ def test_weight_grad_as_chosen(case, dtype, device):
     xl, kl = x.to(device, dtype), k.to(device, dtype)
     got = fast(xl, kl, *args)
     assert got.dtype == dtype and got.shape == oracle.shape and got.device == xl.device
-    bound = 1e-12 if dtype == torch.float64 else 2 * rel_err(plain(xl, kl, *args), oracle) + FLOOR[dtype]
+    bound = 1e-12 if dtype == torch.float64 else 2 * rel_err(native(case, xl, kl, *args), oracle) + FLOOR[dtype]
     assert rel_err(got, oracle) <= bound
 
 
 @pytest.mark.parametrize("form", FORMS, ids=[str(f) for f in FORMS])
-@pytest.mark.parametrize("case", [CASES[2], CASES[5], CASES[13]], ids=lambda c: c[0])
+@pytest.mark.parametrize("case", [CASES[2], CASES[5], CASES[14]], ids=lambda c: c[0])
 def test_weight_grad_of_an_empty_batch_is_zero(case, form):
     if not _applies(form, case, torch.float32):
         pytest.skip("a 2-D form")
@@ -195,9 +213,10 @@ def test_gemm_form_thresholds(vector, monkeypatch):
 @pytest.mark.parametrize("positions", ["few", "many"])
 def test_weight_grad_picks_its_form(dtype, positions, monkeypatch):
     """Which form runs: GEMM for float64 always and float32 where gemm_form says so, the channels-last kernel
-    for other wide float32 2-D convolutions, half chunks for half precision; each still the plain value."""
+    for other wide float32 2-D convolutions; in half precision the GEMM where gemm_form says so, float32 chunks
+    otherwise; each still the plain value."""
     ran = []
-    for name in ("weight_grad_gemm", "_channels_last_kernel", "half_chunk"):
+    for name in ("weight_grad_gemm", "_channels_last_kernel", "_in_float32"):
         original = getattr(fc, name)
         monkeypatch.setattr(fc, name, lambda *a, _o=original, _n=name: ran.append(_n) or _o(*a))
     Y = 4 if positions == "few" else 12
@@ -207,7 +226,8 @@ def test_weight_grad_picks_its_form(dtype, positions, monkeypatch):
     args = (1, 1), (0, 0), (1, 1), 1, (3, 3)
     want = plain(x, k, *args)
     got = fast(x.to(dtype), k.to(dtype), *args)
-    expected = {torch.float64: "weight_grad_gemm", torch.bfloat16: "half_chunk", torch.float16: "half_chunk",
+    half = "weight_grad_gemm" if positions == "few" else "_in_float32"
+    expected = {torch.float64: "weight_grad_gemm", torch.bfloat16: half, torch.float16: half,
                 torch.float32: "weight_grad_gemm" if positions == "few" else "_channels_last_kernel"}[dtype]
     assert ran and set(ran) == {expected}
     assert rel_err(got, want) < (1e-12 if dtype == torch.float64 else 4 * FLOOR[dtype])
@@ -223,12 +243,6 @@ def test_channels_last_chunks_by_the_vector_width(monkeypatch):
                        None, "channels_last")
         assert max(calls) <= vector and len(calls) == -(-33 // vector) and sum(calls) == 33
         calls.clear()
-
-
-@pytest.mark.parametrize("positions, per", [(4096, 2), (1024, 4), (256, 16), (49, 32), (1, 32), (16384, 2)])
-def test_half_chunk(positions, per):
-    k = torch.empty(1, 1, positions)
-    assert fc.half_chunk(k) == per
 
 
 @pytest.mark.parametrize("n, elems, limit, want", [(8, 10, None, 1), (8, fc.CHUNK_ELEMS + 1, None, 2),

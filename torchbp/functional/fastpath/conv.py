@@ -13,11 +13,14 @@ kernel (``conv.weight_grad``; x = a, k = δ for a convolution, exchanged for a t
     without a copy.
   * CPU, other float32 2-D convolutions: the plain convolution with its kernel channels-last (the samples
     innermost), one vector of samples (``cpu_vector_floats``) per batch chunk.
-  * CPU, float16 / bfloat16 2-D: the plain convolution in batch chunks (``half_chunk``), each chunk's sum in
-    float32: oneDNN's algorithm for this convolution changes with its input channels (the chunk), and is
-    fastest with chunk × δ's positions near HALF_POSITIONS.
-  * otherwise the plain convolution in batch chunks of CHUNK_ELEMS δ elements (half precision summed in
-    float32); on CUDA in one call (launches cost more than the batch sum saves).
+  * CPU, float16 / bfloat16: never the plain convolution in half precision. oneDNN's half-precision
+    forward convolution returns wrong values for some of these shapes (a kernel the size of the feature
+    map) on CPUs with AMX (bfloat16 ∂J/∂W with a relative error of 1 against the float64 oracle), where its
+    matrix product and its float32 convolution are right. So ``weight_grad_gemm`` in half precision where
+    ``gemm_form`` says so, otherwise the plain convolution on float32 copies of each batch chunk; the
+    chunks summed in float32.
+  * otherwise the plain convolution in batch chunks of CHUNK_ELEMS δ elements; on CUDA in one call
+    (launches cost more than the batch sum saves).
 - ``bias_grad``: Σ δ, in float32 batch chunks for half-precision δ on the CPU.
 
 No choice here reads a timing: the forms rest on what each kernel library does with these shapes, which
@@ -35,8 +38,6 @@ from . import cpu_vector_floats
 from .._common import inplace_ok
 
 CHUNK_ELEMS = 1 << 19  # elements per batch chunk of a sum over the batch (δ, or the unfolded input); 2 MiB float32
-HALF_POSITIONS = 4096  # half precision: samples per chunk × δ's positions, the convolution's sweet spot
-HALF_CHUNK_RANGE = (2, 32)  # ... with at least 2 and at most 32 samples a chunk
 
 _HALF = (torch.float16, torch.bfloat16)
 
@@ -50,14 +51,6 @@ def n_chunks(n_samples, n_elems, chunk_elems=None):
     """How many batch chunks keep each under ``chunk_elems`` elements (at least 1, at most one per sample)."""
     per = CHUNK_ELEMS if chunk_elems is None else chunk_elems
     return max(1, min(n_samples, -(-n_elems // per)))
-
-
-def half_chunk(k):
-    """Samples per batch chunk for the half-precision convolution with ``k`` (the kernel of the ∂J/∂W
-    convolution, δ or a) as its kernel: the power of two nearest below HALF_POSITIONS / k's positions,
-    within HALF_CHUNK_RANGE."""
-    lo, hi = HALF_CHUNK_RANGE
-    return min(hi, max(lo, 1 << max(0, (HALF_POSITIONS // max(1, math.prod(k.shape[2:]))).bit_length() - 1)))
 
 
 def weight_grad_gemm(x, k, s, p, d, g, K):
@@ -106,40 +99,50 @@ DEPTHWISE_MIN_POSITIONS = 16  # ... and for a depthwise convolution, from above 
 def weight_grad(x, k, s, p, d, g, K, plain, chunk_elems=None, form=None):
     """∂J/∂W = x ⋆ k summed over the batch, in the form this device and dtype run fastest (the module's
     doc); ``plain`` is the plain formula (``conv._grad_W``), which the forms other than the GEMM call per
-    batch chunk. Returns W's layout (O, C/g, *K), contiguous. ``form`` ("gemm", "channels_last", "plain",
-    "half") overrides the choice (tests)."""
+    batch chunk. Returns W's layout (O, C/g, *K), contiguous. ``form`` ("gemm", "channels_last", "float32",
+    "plain") overrides the choice (tests)."""
     if x.shape[0] == 0:  # an empty batch: a sum over no samples
         return x.new_zeros((k.shape[1], x.shape[1] // g, *K))
     if x.device.type == "cuda" and form is None:
         return plain(x, k, s, p, d, g, K).contiguous()
     if form is None:
-        if x.dtype == torch.float64 or x.dtype == torch.float32 and gemm_form(x, k, g, K, s):
+        half = x.dtype in _HALF
+        if x.dtype == torch.float64 or x.dtype in (torch.float32, *_HALF) and gemm_form(x, k, g, K, s):
             form = "gemm"
+        elif half:
+            form = "float32"
         elif x.dtype == torch.float32 and len(K) == 2 and x.shape[1] // g >= cpu_vector_floats():
             form = "channels_last"
         else:
-            form = "half" if x.dtype in _HALF and len(K) == 2 else "plain"
+            form = "plain"
     if form == "gemm":
         per_sample = x.shape[1] * math.prod(K) * math.prod(k.shape[2:])  # one sample's unfolded windows
         nc = n_chunks(x.shape[0], x.shape[0] * per_sample, chunk_elems)
+        low = nc > 1 and x.dtype in _HALF
         gw = None
         for x_c, k_c in zip(x.chunk(nc), k.chunk(nc)):
-            gw = _add(gw, weight_grad_gemm(x_c, k_c, s, p, d, g, K))
-        return gw
+            part = weight_grad_gemm(x_c, k_c, s, p, d, g, K)
+            gw = _add(gw, part.float() if low else part)
+        return gw.to(x.dtype) if low else gw
     nc = n_chunks(k.shape[0], k.numel(), chunk_elems)
     if form == "channels_last":
         # oneDNN's convolution with the kernel (k, batch and channels swapped) channels-last, i.e. the samples
         # innermost: one vector of samples per chunk
         nc = max(nc, -(-k.shape[0] // cpu_vector_floats()))
         plain = functools.partial(_channels_last_kernel, plain)
-    elif form == "half":
-        nc = max(nc, -(-k.shape[0] // half_chunk(k)))
-    low = nc > 1 and x.dtype in _HALF
+    elif form == "float32" and x.dtype in _HALF:
+        plain = functools.partial(_in_float32, plain)
+    low = (nc > 1 or form == "float32") and x.dtype in _HALF  # the sum in float32, cast back once
     gw = None
     for x_c, k_c in zip(x.chunk(nc), k.chunk(nc)):
         part = plain(x_c, k_c, s, p, d, g, K)
         gw = _add(gw, part.float() if low else part)
     return (gw.to(x.dtype) if low else gw).contiguous()
+
+
+def _in_float32(plain, x, k, *args):
+    """The plain formula on float32 copies of this chunk of x and k (half precision: see the module's doc)."""
+    return plain(x.float(), k.float(), *args)
 
 
 def _channels_last_kernel(plain, x, k, *args):
