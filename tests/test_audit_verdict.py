@@ -131,17 +131,17 @@ def test_fused_dense_stack_is_judged_as_trained(monkeypatch):
 def test_a_half_precision_fast_path_is_reached_by_an_audit_in_that_dtype(monkeypatch):
     """A path chosen by dtype (the CPU's half-precision ∂J/∂W of a convolution) is judged by an audit
     in that dtype; the float64 audit cannot see it, and need not pretend to."""
-    from torchbp.functional import conv
+    from torchbp.functional.fastpath import conv as fast
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Tanh(), nn.Flatten(), nn.Linear(4 * 4 * 4, 2))
     x = torch.randn(4, 3, 6, 6)
-    original = conv._grad_W
+    original = fast.weight_grad_gemm
 
     def planted(a, *args, **kwargs):
         gw = original(a, *args, **kwargs)
         return 1.5 * gw if a.dtype == torch.bfloat16 else gw  # a bug in the half-precision branch only
 
-    monkeypatch.setattr(conv, "_grad_W", planted)
+    monkeypatch.setattr(fast, "weight_grad_gemm", planted)
     assert torchbp.audit(model, x).ok
     r = torchbp.audit(model, x, dtype=torch.bfloat16)
     assert not r.ok and r.first_divergence == "0", str(r)
