@@ -16,9 +16,10 @@ kernel (``conv.weight_grad``; x = a, k = δ for a convolution, exchanged for a t
   * CPU, float16 / bfloat16: never the plain convolution in half precision. oneDNN's half-precision
     forward convolution returns wrong values for some of these shapes (a kernel the size of the feature
     map) on CPUs with AMX (bfloat16 ∂J/∂W with a relative error of 1 against the float64 oracle), where its
-    matrix product and its float32 convolution are right. So ``weight_grad_gemm`` in half precision where
-    ``gemm_form`` says so, otherwise the plain convolution on float32 copies of each batch chunk; the
-    chunks summed in float32.
+    matrix product and its float32 convolution are right. So ``weight_grad_gemm`` in half precision (a
+    half-precision GEMM is about as fast as oneDNN's half-precision convolution here, and beats the float32
+    one), but for strided few-channel stems (``half_gemm_form``): there the convolution on float32 copies
+    of each batch chunk; the chunks summed in float32.
   * otherwise the plain convolution in batch chunks of CHUNK_ELEMS δ elements; on CUDA in one call
     (launches cost more than the batch sum saves).
 - ``bias_grad``: Σ δ, in float32 batch chunks for half-precision δ on the CPU.
@@ -92,6 +93,13 @@ def gemm_form(x, k, g, K, s):
     return positions <= GEMM_MAX_POSITIONS or cg < cpu_vector_floats() and all(i == 1 for i in s)
 
 
+def half_gemm_form(x, g, s):
+    """Whether the CPU's half-precision ∂J/∂W takes ``weight_grad_gemm``: always, but for a strided convolution
+    with few channels per group (a stem), whose strided gather of the unfolded copy costs more than the
+    convolution on float32 copies."""
+    return all(i == 1 for i in s) or x.shape[1] // g >= cpu_vector_floats()
+
+
 GEMM_MAX_POSITIONS = 64  # float32: the GEMM form up to this many k positions per sample, ...
 DEPTHWISE_MIN_POSITIONS = 16  # ... and for a depthwise convolution, from above this many
 
@@ -99,19 +107,17 @@ DEPTHWISE_MIN_POSITIONS = 16  # ... and for a depthwise convolution, from above 
 def weight_grad(x, k, s, p, d, g, K, plain, chunk_elems=None, form=None):
     """∂J/∂W = x ⋆ k summed over the batch, in the form this device and dtype run fastest (the module's
     doc); ``plain`` is the plain formula (``conv._grad_W``), which the forms other than the GEMM call per
-    batch chunk. Returns W's layout (O, C/g, *K), contiguous. ``form`` ("gemm", "channels_last", "float32",
-    "plain") overrides the choice (tests)."""
+    batch chunk. Returns W's layout (O, C/g, *K), contiguous. ``form`` ("gemm", "channels_last", "plain")
+    overrides the choice (tests)."""
     if x.shape[0] == 0:  # an empty batch: a sum over no samples
         return x.new_zeros((k.shape[1], x.shape[1] // g, *K))
     if x.device.type == "cuda" and form is None:
         return plain(x, k, s, p, d, g, K).contiguous()
     if form is None:
-        half = x.dtype in _HALF
-        if x.dtype == torch.float64 or x.dtype in (torch.float32, *_HALF) and gemm_form(x, k, g, K, s):
+        if x.dtype == torch.float64 or x.dtype == torch.float32 and gemm_form(x, k, g, K, s) \
+                or x.dtype in _HALF and half_gemm_form(x, g, s):
             form = "gemm"
-        elif half:
-            form = "float32"
-        elif x.dtype == torch.float32 and len(K) == 2 and x.shape[1] // g >= cpu_vector_floats():
+        elif x.dtype != torch.float64 and len(K) == 2 and x.shape[1] // g >= cpu_vector_floats():
             form = "channels_last"
         else:
             form = "plain"
@@ -130,9 +136,10 @@ def weight_grad(x, k, s, p, d, g, K, plain, chunk_elems=None, form=None):
         # innermost: one vector of samples per chunk
         nc = max(nc, -(-k.shape[0] // cpu_vector_floats()))
         plain = functools.partial(_channels_last_kernel, plain)
-    elif form == "float32" and x.dtype in _HALF:
+    half = x.dtype in _HALF
+    if half and x.device.type == "cpu":  # never oneDNN's half-precision convolution (the module's doc)
         plain = functools.partial(_in_float32, plain)
-    low = (nc > 1 or form == "float32") and x.dtype in _HALF  # the sum in float32, cast back once
+    low = half and (nc > 1 or x.device.type == "cpu")  # the sum in float32, cast back once
     gw = None
     for x_c, k_c in zip(x.chunk(nc), k.chunk(nc)):
         part = plain(x_c, k_c, s, p, d, g, K)
