@@ -280,7 +280,7 @@ def audit(model, inputs, target=None, *, loss_fn=None, against=None, dtype=None,
     - ``oracle`` (below float64): "always" runs the float64 oracle and reports both errors; "auto"
       first compares subject and native directly and runs the oracle only if some gradient differs
       by more than floor(dtype) (a pass there implies the oracle rule; rows then hold the error vs
-      native and ``native_rel_err`` None; ``environment["oracle"]`` says which). About 2x faster.
+      native and ``native_rel_err`` None; ``environment["oracle"]`` says which). Faster where it passes.
     - ``oracle_device``: where the float64 oracle runs (default: ``device``). ``"cpu"`` judges a GPU's
       float32/TF32/bf16 gradients against a float64 computation that shares none of the GPU's kernels.
       Random layers (dropout) draw their masks from that device's generator, so a model that samples

@@ -50,7 +50,7 @@ class DeltaFunction(torch.autograd.Function):
     @classmethod
     def apply(cls, *args, **kwargs):
         # torch's Function.apply binds the args to forward's signature with inspect.signature on every
-        # call (~7 µs; the derivation's network's step makes 18 such calls: 482 → 355 µs without it). Where that
+        # call, a large share of a small model's step. Where that
         # binding is the identity and no functorch transform (vmap, grad, ...) is active, do what it does
         # next: unwrap dead functorch wrappers, then the C++ apply. Anything else takes torch's path.
         try:
@@ -60,8 +60,7 @@ class DeltaFunction(torch.autograd.Function):
                 return super().apply(*args, **kwargs)
             if not torch.is_grad_enabled() and cls.setup_context is not _NO_SETUP:
                 # no_grad / inference_mode: no graph to record, and forward (new style: no ctx) is torch's
-                # own ops, so call it directly (a swapped model's inference: derivation's network 60 → 40 µs,
-                # native 28)
+                # own ops, so call it directly (no Function bookkeeping in a swapped model's inference)
                 return cls.forward(*args)
             return super(torch.autograd.Function, cls).apply(  # torch._C._FunctionBase.apply
                 *[_unwrap_if_dead(a) if isinstance(a, torch.Tensor) else a for a in args])
@@ -164,7 +163,7 @@ def check_inplace_target(op: str, x: torch.Tensor) -> None:
 class _named:
     """``with _named(op):`` re-raises an error of torch's own forward (its value, shape and mode checks run
     in the native kernels: no extra pass or host sync) with the op's name in front, as torchbp's own checks
-    name it. (A class: a contextlib generator costs ~1.5 µs per call.)"""
+    name it. (A class: a contextlib generator costs several times as much per call.)"""
 
     __slots__ = ("op",)
 
@@ -218,7 +217,7 @@ def compiling() -> bool:
 
 def _apply_autocast_off(fn, device_type, args):
     """``fn.apply(*args)`` under ``torch.autocast(device_type, enabled=False)``, entered (when autocast
-    is on for ``device_type``). The context manager's Python bookkeeping costs ~2.5 µs per op; on this
+    is on for ``device_type``). The context manager's Python bookkeeping costs more than a small op; on this
     thread its effect is the switch alone, so that is all this does, except where the context manager
     does more: under torch.compile and under torch function modes (torch.export records it)."""
     if _set_autocast is None or _compiling is None or _function_mode_on is None or _compiling() \

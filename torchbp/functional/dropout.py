@@ -48,7 +48,7 @@ class Dropout(DeltaFunction):
         # at::dropout's CPU (and in-place) path, op for op: the same RNG draws, the same bits
         noise = torch.empty_like(a).bernoulli_(1 - p).div_(1 - p)
         out = a.mul_(noise) if inplace else a * noise
-        return out, noise.bool()  # (9x faster than noise != 0 here)
+        return out, noise.bool()  # (a cast: cheaper than the comparison noise != 0 on the CPU)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
