@@ -55,10 +55,25 @@ def run(fn, args, kwargs=None, seed=0):
     return out, [torch.zeros_like(l) if gr is None else gr for l, gr in zip(leaves, grads)]
 
 
-def assert_matches_native(ours, native, args, kwargs=None, *, dtype=torch.float64, device="cpu"):
+def _under_autocast(fn, device, dtype):
+    """``fn`` with its forward run under ``torch.autocast(device, dtype)`` (the backward runs outside, as in
+    training)."""
+    def call(*args, **kwargs):
+        with torch.autocast(device, dtype=dtype):
+            return fn(*args, **kwargs)
+    return call
+
+
+def assert_matches_native(ours, native, args, kwargs=None, *, dtype=torch.float64, device="cpu", autocast=None):
     """float64: rel err <= 1e-10 for the output and every gradient.  Lower precision: against a
-    float64 oracle, err(ours) <= 2 * err(native same dtype) + floor(dtype)."""
+    float64 oracle, err(ours) <= 2 * err(native same dtype) + floor(dtype).  ``autocast`` (a dtype): both
+    forwards run under ``torch.autocast`` on float32 inputs, must give native's dtypes, and are held to the
+    low-precision rule with that dtype's floor."""
     kwargs = kwargs or {}
+    oracle = native
+    if autocast is not None:
+        dtype = torch.float32
+        ours, native = _under_autocast(ours, device, autocast), _under_autocast(native, device, autocast)
     a_args, a_kw = _convert(args, dtype, device), _convert(kwargs, dtype, device)
     n_args, n_kw = _convert(args, dtype, device), _convert(kwargs, dtype, device)
     out_s, g_s = run(ours, a_args, a_kw)
@@ -71,11 +86,12 @@ def assert_matches_native(ours, native, args, kwargs=None, *, dtype=torch.float6
             assert rel_err(s, n) <= 1e-10, f"item {i}: rel err {rel_err(s, n):.3e}"
         return
     o_args, o_kw = _convert(args, torch.float64, "cpu"), _convert(kwargs, torch.float64, "cpu")
-    out_o, g_o = run(native, o_args, o_kw)
+    out_o, g_o = run(oracle, o_args, o_kw)
+    floor = FLOOR[autocast if autocast is not None else dtype]
     for i, ((s, n), o) in enumerate(zip(pairs, _tensors(out_o) + g_o)):
         assert s.shape == n.shape and s.dtype == n.dtype, (i, s.shape, n.shape, s.dtype, n.dtype)
         es, en = rel_err(s, o), rel_err(n, o)
-        assert es <= 2 * en + FLOOR[dtype], f"item {i}: err {es:.3e} vs native {en:.3e} ({dtype})"
+        assert es <= 2 * en + floor, f"item {i}: err {es:.3e} vs native {en:.3e} ({autocast or dtype})"
 
 
 def gradchecks(fn, args, kwargs=None):

@@ -1,20 +1,30 @@
-"""The case tables: one module per family, each a list of :class:`Case` (an op, its native counterpart, one
-input and the checks of the common matrix that input takes). ``tests/test_matrix.py`` drives every check over
-every table once; a family's test file keeps only what the matrix cannot say (edge cases, regressions,
-twins, routes).
+"""The case tables: one module per family, each a list ``CASES`` of :class:`Case` (an op, its native
+counterpart, one input and the checks of the common matrix that input takes) and a list ``BAD`` of
+:class:`Bad` (an input both sides refuse, and what torchbp's error must say). ``tests/test_matrix.py`` drives
+every check over every table once; a family's test file keeps only what the matrix cannot say (edge cases,
+regressions, fast paths, models).
+
+The checks: FLOAT64 (ours against native, rel 1e-10, on every device), GRADCHECK (gradcheck and
+gradgradcheck), LOW (the low-precision oracle rule in each of ``low_dtypes``), AUTOCAST (under
+``torch.autocast``: the dtypes native gives, and the low-precision rule), VMAP (per-example gradients under
+``torch.func.vmap(torch.func.grad(...))``, rel 1e-10) and ROUTE (``native`` run under
+``torchbp.manual_backward()`` builds a δ graph and agrees with native, rel 1e-10).
 
 To add an op's cases: append ``Case``s to its family's table (or ``sweep(...)`` them: one per input per
-check), give a skipped check its reason in ``why``, and list a new family module in ``FAMILIES``."""
+check), and name a check an input cannot take in ``skip`` with its reason. A new module in this package is a
+new family table."""
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 
-FLOAT64, GRADCHECK, LOW = "float64", "gradcheck", "low"
+FLOAT64, GRADCHECK, LOW, AUTOCAST, VMAP, ROUTE = "float64", "gradcheck", "low", "autocast", "vmap", "route"
+ALL = (FLOAT64, GRADCHECK, LOW, AUTOCAST, VMAP, ROUTE)
 LOW_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
@@ -24,10 +34,12 @@ class Case:
 
     args: builds the positional arguments afresh for each test (the tensors that want a gradient have
     requires_grad); kwargs: a dict, or a callable building one (for tensors among the keywords).
-    checks: the matrix checks this input takes: FLOAT64 (rel 1e-10, on every device), GRADCHECK (gradcheck and
-    gradgradcheck), LOW (the low-precision oracle rule in ``low_dtypes``, on
-    every device unless ``devices`` says otherwise).
-    why: the reason a check that would seem to apply is left out (read by people, not by the matrix).
+    checks: the matrix checks this input takes (see the module's docstring), on every device of ``devices``.
+    skip: {check: reason} for the checks of ``checks`` this input cannot take; they are dropped from
+    ``checks`` and the reason stays for the reader.
+    vmap_dims: ``in_dims`` of the VMAP check (default: the first argument's dim 0, the rest shared); the
+    gradients taken are those of every floating argument that requires grad.
+    why: a note on what the case leaves out (read by people, not by the matrix).
     delta_ran: FLOAT64 also asserts that a δ Function node is in the graph of ``ours``' output.
     quiet: the warnings both sides raise (as torch does) are silenced."""
 
@@ -36,12 +48,19 @@ class Case:
     native: Callable
     args: Callable[[], tuple]
     kwargs: dict | Callable[[], dict] = field(default_factory=dict)
-    checks: tuple = (FLOAT64, GRADCHECK, LOW)
+    checks: tuple = ALL
+    skip: dict = field(default_factory=dict)
+    vmap_dims: tuple | None = None
     low_dtypes: tuple = LOW_DTYPES
     devices: tuple = ("cpu", "cuda")
     delta_ran: bool = False
     quiet: bool = False
     why: str = ""
+
+    def __post_init__(self):
+        unknown = set(self.checks) - set(ALL) or set(self.skip) - set(ALL)
+        assert not unknown, f"{self.id}: unknown checks {unknown}"
+        object.__setattr__(self, "checks", tuple(c for c in self.checks if c not in self.skip))
 
     def make(self):
         """Fresh (args, kwargs)."""
@@ -49,15 +68,40 @@ class Case:
         return tuple(self.args()), kw
 
 
+# which checks a sweep's inputs take: the float64 inputs (edge values) also go through vmap and the routing,
+# the low-precision inputs (larger, well-conditioned) also through autocast
+SWEEP = {FLOAT64: (FLOAT64, VMAP, ROUTE), GRADCHECK: (GRADCHECK,), LOW: (LOW, AUTOCAST)}
+
+
 def sweep(family, name, ours, native, kwargs=None, *, float64=(), gradcheck=(), low=(), **options):
-    """One Case per input per check: ``float64``, ``gradcheck``, ``low`` are lists of (label, args builder)."""
+    """One Case per input per kind: ``float64``, ``gradcheck``, ``low`` are lists of (label, args builder),
+    each input taking the checks ``SWEEP`` gives its kind (less those in ``skip``)."""
     kwargs = {} if kwargs is None else kwargs
     label = f"{family}.{name}"
     out = []
-    for check, inputs in ((FLOAT64, float64), (GRADCHECK, gradcheck), (LOW, low)):
+    for kind, inputs in ((FLOAT64, float64), (GRADCHECK, gradcheck), (LOW, low)):
         for tag, make in inputs:
-            out.append(Case(f"{label}-{tag}", ours, native, make, kwargs, checks=(check,), **options))
+            out.append(Case(f"{label}-{tag}", ours, native, make, kwargs, checks=SWEEP[kind], **options))
     return out
+
+
+@dataclass(frozen=True)
+class Bad:
+    """An input both ``ours`` and ``native`` refuse; ours with an error whose text matches ``match`` (naming
+    the op and the problem). ``native=None``: torch accepts it and computes something wrong or undefined,
+    which torchbp refuses (say why in ``why``)."""
+
+    id: str
+    ours: Callable
+    native: Callable | None
+    args: Callable[[], tuple]
+    match: str
+    kwargs: dict | Callable[[], dict] = field(default_factory=dict)
+    why: str = ""
+
+    def make(self):
+        kw = self.kwargs() if callable(self.kwargs) else dict(self.kwargs)
+        return tuple(self.args()), kw
 
 
 class ModuleCall:
@@ -100,14 +144,22 @@ def shape_id(shape) -> str:
     return "x".join(map(str, shape)) if len(shape) else "0d"
 
 
-FAMILIES = ["linear", "activation", "loss", "conv", "pooling", "normalization", "sparse", "tensor_ops", "attention", "upsampling", "rnn"]
+def families() -> list:
+    """Every family table: the modules of this package."""
+    names = sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
+    return [importlib.import_module(f"cases.{name}") for name in names]
 
 
 def all_cases() -> list[Case]:
-    cases = []
-    for name in FAMILIES:
-        cases += importlib.import_module(f"cases.{name}").CASES
+    cases = [c for family in families() for c in family.CASES]
     ids = [(c.id, check) for c in cases for check in c.checks]  # an id names one input of one check
     dup = {i for i, n in Counter(ids).items() if n > 1}
     assert not dup, f"duplicate case ids: {sorted(dup)}"
     return cases
+
+
+def all_bad() -> list[Bad]:
+    bad = [b for family in families() for b in getattr(family, "BAD", ())]
+    dup = {i for i, n in Counter(b.id for b in bad).items() if n > 1}
+    assert not dup, f"duplicate bad-input ids: {sorted(dup)}"
+    return bad
