@@ -149,3 +149,14 @@ def test_per_example_grads_under_vmap(cell):
         want = torch.autograd.grad(nat(x[i])[0].sin().sum(), list(nat.parameters()))
         for k, w in zip(p, want):
             torch.testing.assert_close(got[k][i], w, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_relu_rnn_half_precision_kinks_switch_as_native(seed):
+    """A ReLU unit within rounding of 0 switches on how z_t was rounded: the δ forward rounds z_t as native
+    does, so in bfloat16 it switches with native's and the low-precision rule holds on every input."""
+    nat, ours = make("RNN_relu", I=8, H=16, num_layers=2, bidirectional=True)
+    torch.manual_seed(seed)
+    x = torch.randn(5, 3, 8, requires_grad=True)
+    assert_matches_native(call(ours), call(nat), (x, *[p.detach().requires_grad_() for p in ours.parameters()]),
+                          dtype=torch.bfloat16)

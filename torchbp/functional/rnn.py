@@ -91,10 +91,12 @@ def _grads_w(ctx, dz_in, dz_h, x, h0, out, W_ih, reverse, i_w):
 # --- Elman RNN --------------------------------------------------------------------------------------------
 
 def _rnn_steps(x, h0, W_ih, W_hh, b_ih, b_hh, relu, reverse):
-    b = b_ih + b_hh if b_ih is not None else None
-    z_x, h, outs = _proj(x, W_ih, b), h0, []
+    # z_t rounded as native rounds it, (W_ih x_t + b_ih) + (W_hh h + b_hh): in half precision a ReLU unit
+    # within rounding of 0 then switches as native's does, not on a coin toss that changes its δ
+    z_x, h, outs = _proj(x, W_ih, b_ih), h0, []
+    W_hh_t = W_hh.t()
     for t in _order(x.shape[0], reverse):
-        z = torch.addmm(z_x[t], h, W_hh.t())
+        z = (h @ W_hh_t if b_hh is None else torch.addmm(b_hh, h, W_hh_t)) + z_x[t]
         h = torch.relu(z) if relu else torch.tanh(z)
         outs.append(h)
     return _stack(outs, reverse)
