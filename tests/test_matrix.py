@@ -104,12 +104,13 @@ def test_autocast(case, device):
 
 
 def _per_example_grads(fn, args, kw, in_dims):
-    """vmap(grad(Σ fn(...)²)) over ``in_dims``, for every floating argument that requires grad."""
+    """vmap(grad(Σ (w ⊙ fn(...))²)) over ``in_dims``, for every floating argument that requires grad."""
     wrt = tuple(i for i, a in enumerate(args) if isinstance(a, torch.Tensor) and a.requires_grad)
     leaves = [a.detach() if isinstance(a, torch.Tensor) else a for a in args]
 
-    def cost(*a):
-        return sum(o.square().sum() for o in _tensors(fn(*a, **kw)) if o.is_floating_point())
+    def cost(*a):  # weighted: a plain Σ o² is constant (gradient 0) for norm-preserving ops such as normalize
+        return sum((o * torch.linspace(1, 2, o.numel(), dtype=o.dtype).view(o.shape)).square().sum()
+                   for o in _tensors(fn(*a, **kw)) if o.is_floating_point())
 
     return torch.func.vmap(torch.func.grad(cost, argnums=wrt), in_dims=in_dims)(*leaves)
 
