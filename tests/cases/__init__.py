@@ -106,17 +106,21 @@ class Bad:
 
 class ModuleCall:
     """``cls(**kw)`` (swapped to its δ twin when ``twin``) applied to x as a function of (x, *parameters), so
-    the matrix sees and compares the parameters' gradients too. A fresh module each call: its own parameter
-    values are replaced by the arguments."""
+    the matrix sees and compares the parameters' gradients too. A fresh module each call (a copy of one built
+    here: building draws random numbers, which vmap refuses), its parameter values replaced by the arguments."""
 
     def __init__(self, cls, kw, twin):
         self.cls, self.kw, self.twin = cls, kw, twin
         self.__name__ = ("δ " if twin else "") + cls.__name__
+        with torch.random.fork_rng(devices=[]):
+            self._template = cls(**kw)
 
     def __call__(self, x, *params):
+        import copy
+
         import torchbp
 
-        module = self.cls(**self.kw)
+        module = copy.deepcopy(self._template)
         if self.twin:
             module = torchbp.swap(module)
             assert type(module) is not self.cls and isinstance(module, self.cls), type(module)
