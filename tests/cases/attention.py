@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 
 import torchbp.functional as tbf
-from cases import FLOAT64, GRADCHECK, LOW, Case
+from cases import FLOAT64, GRADCHECK, LOW, SWEEP, VMAP, Bad, Case
 from cases.linear import leaves
 
 GQA = "enable_gqa" in (F.scaled_dot_product_attention.__doc__ or "")
@@ -61,13 +61,50 @@ def _id(case):
         (f"-{kind}{'x'.join(map(str, mshape))}" if kind else "") + "".join(f"-{k}={v}" for k, v in kw.items())
 
 
+def _vmap(case):
+    """Per example: q, k, v mapped over their first batch dim (k, v shared where they broadcast it), the mask
+    shared."""
+    qs, ks, vs, kind, mshape, kw = case
+    if len(qs) == 2:
+        return {"skip": {VMAP: "no batch dim: mapping one leaves a 1-D query"}}
+    dims = (0, 0, 0) if ks[0] == qs[0] else (0, None, None)
+    return {"vmap_dims": dims + ((None,) if kind else ())}
+
+
 CASES = []
-for checks, table in ((FLOAT64, SDPA_CASES), (GRADCHECK, SDPA_SMALL), (LOW, SDPA_LOW)):
+for kind, table in ((FLOAT64, SDPA_CASES), (GRADCHECK, SDPA_SMALL), (LOW, SDPA_LOW)):
     for case in table:
         if case[-1].get("enable_gqa") and not GQA:
             continue  # enable_gqa needs torch >= 2.5
         CASES.append(Case(_id(case), tbf.scaled_dot_product_attention, F.scaled_dot_product_attention,
-                          lambda case=case: sdpa_args(case)[0], case[-1], checks=(checks,)))
+                          lambda case=case: sdpa_args(case)[0], case[-1], checks=SWEEP[kind],
+                          **(_vmap(case) if kind == FLOAT64 else {})))
 CASES.append(Case("attention.sdpa-8x4x128x64-causal", tbf.scaled_dot_product_attention,
                   F.scaled_dot_product_attention, lambda: leaves((8, 4, 128, 64), (8, 4, 128, 64), (8, 4, 128, 64)),
-                  {"is_causal": True}, checks=(LOW,), low_dtypes=(torch.float32, torch.bfloat16), devices=("cpu",)))
+                  {"is_causal": True}, checks=SWEEP[LOW], low_dtypes=(torch.float32, torch.bfloat16),
+                  devices=("cpu",)))
+
+
+# --- bad inputs: torchbp's error names the op --------------------------------------------------------------
+def _q():
+    return torch.randn(2, 3, 4, 8)
+
+
+def _sdpa_bad(tag, args, match, kwargs=None, native=F.scaled_dot_product_attention, why=""):
+    return Bad(f"attention.sdpa-{tag}", tbf.scaled_dot_product_attention, native, args, match,
+               {} if kwargs is None else kwargs, why)
+
+
+BAD = [
+    _sdpa_bad("mask-and-causal", lambda: (_q(), _q(), _q(), torch.ones(4, 4, dtype=torch.bool)),
+              r"scaled_dot_product_attention: pass either attn_mask or is_causal=True, not both \(torch's CPU "
+              "kernel takes both", {"is_causal": True}, native=None,
+              why="torch's CPU kernel takes both and silently applies only the causal mask"),
+    _sdpa_bad("key-dim", lambda: (_q(), torch.randn(2, 3, 4, 7), _q()),
+              "scaled_dot_product_attention: query and key must share the last dim"),
+    _sdpa_bad("mask-dtype", lambda: (_q(), _q(), _q(), torch.zeros(4, 4, dtype=torch.float64)),
+              "scaled_dot_product_attention: attn_mask must be bool or have"),
+] + ([
+    _sdpa_bad("gqa-heads", lambda: (_q(), torch.randn(2, 2, 4, 8), torch.randn(2, 2, 4, 8)),
+              "enable_gqa: query's 3 heads must be a multiple", {"enable_gqa": True}),
+] if GQA else [])

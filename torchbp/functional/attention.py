@@ -190,7 +190,8 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
           f"{list(query.shape)}, {list(key.shape)}, {list(value.shape)}")
     if attn_mask is not None:
         check_tensor(_OP, "attn_mask", attn_mask)
-        check(not is_causal, _OP, "pass either attn_mask or is_causal=True, not both (torch refuses it too)")
+        check(not is_causal, _OP, "pass either attn_mask or is_causal=True, not both (torch's CPU kernel takes "
+                                  "both and drops the mask)")
         check(attn_mask.dtype == torch.bool or attn_mask.dtype == query.dtype, _OP,
               f"attn_mask must be bool or have query's dtype {query.dtype}, got {attn_mask.dtype}")
         check(attn_mask.device == query.device, _OP,
