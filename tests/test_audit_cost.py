@@ -181,3 +181,42 @@ def test_the_default_loss_gives_the_oracle_the_same_v_whichever_pass_runs_first(
         assert r.ok and "float64_upgraded" not in r.environment, r.environment.get("float64_upgraded")
         root = next(row for row in r.rows if row.layer == "" and row.quantity == "grad_output")
         assert root.rel_err == 0.0, root
+
+
+def _graph_nodes(t):
+    seen, stack = set(), [t.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        stack.extend(child for child, _ in node.next_functions)
+    return {type(n).__name__ for n in seen}
+
+
+@pytest.mark.parametrize("routed", [False, True])
+def test_an_inplace_activation_is_hooked_without_an_alias_of_its_input(routed):
+    """An activation that writes over its input (``inplace=True``) gets no hooked alias of the input:
+    an in-place op on an alias is recorded as a copy into the aliased memory (CopySlices: a clone and
+    strided copies of every gradient in backward). Its grad_input is still captured, the same δ that
+    arrives at the layer before it."""
+    from torchbp.checker.capture import Capture
+    from torchbp.checker.passes import routing
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(inplace=True), nn.Conv2d(4, 2, 3),
+                          nn.Hardswish(inplace=True)).double()
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    got = []
+    with routing(model) if routed else torch.enable_grad(), Capture(model, lambda *a: got.append(a[:2])) as cap:
+        out = model(x)
+    cap.resolve()
+    nodes = _graph_nodes(out)
+    assert "CopySlices" not in nodes, nodes
+    out.sum().backward()
+    cap.remove_tensor_hooks()
+    assert {("2", "grad_input"), ("1", "grad_output"), ("4", "grad_input"), ("3", "grad_output")} <= set(got)
+    r = torchbp.audit(model, x)
+    assert r.ok, str(r)
+    rows = {(row.layer, row.quantity): row for row in r.rows}
+    assert rows[("2", "grad_input")].sha256 == rows[("1", "grad_output")].sha256
+    assert rows[("4", "grad_input")].sha256 == rows[("3", "grad_output")].sha256

@@ -146,6 +146,16 @@ class Capture:
         self._pending.append((base, base._version, t.register_hook(lambda g: fire("view", g)),
                               fallback, use))
 
+    def _hook_overwritten(self, t: torch.Tensor, key: str, qty: str):
+        """The gradient arriving at a tensor that the module is about to overwrite in place: a pre-hook on
+        the node that made it (the gradient of the value it had before), as an alias's fallback has."""
+        nr = t.output_nr
+
+        def fire(gs):
+            if gs[nr] is not None:
+                self.sink(key, qty, gs[nr])
+        self._pending.append((None, 0, None, t.grad_fn.register_prehook(fire), None))
+
     def resolve(self):
         """After the forward pass: stop recording module calls, and choose, of each view/fallback pair,
         the hook that will see this tensor's gradient (see the module docstring). Hooks are switched
@@ -180,11 +190,18 @@ class Capture:
         if not paths:
             return None
         it = iter(paths)
+        overwrites = overwrites_input(m)
 
         def alias(t):
             if not differentiable(t):
                 return t
             q = quantity("grad_input", paths, next(it)[1:])
+            if overwrites and t.grad_fn is not None and not t._is_view() and t.is_contiguous():
+                # the module writes over t: an alias would be modified in place, which autograd records
+                # as a copy into t's memory (a clone and strided copies of every gradient in backward);
+                # the hook goes where the alias's fallback would take it, on the node that made t
+                self._hook_overwritten(t, key, q)
+                return t
             if t._is_view() and not _plain_view(t):
                 # a view of a view inherits a creation mode that forbids in-place ops on it (made
                 # inside a custom Function, by a multi-output op): hook t itself (its total gradient)
@@ -209,6 +226,21 @@ class Capture:
             self.outputs[key].append((q, p))
             self._hook(t, key, q)
         return None
+
+
+# activations whose ``inplace=True`` always writes over the input while gradients are recorded
+_OVERWRITING = (torch.nn.ReLU, torch.nn.ReLU6, torch.nn.LeakyReLU, torch.nn.ELU, torch.nn.CELU, torch.nn.SELU,
+                torch.nn.SiLU, torch.nn.Mish, torch.nn.Hardtanh, torch.nn.Hardswish, torch.nn.Hardsigmoid,
+                torch.nn.RReLU, torch.nn.Threshold)
+
+
+def overwrites_input(m: torch.nn.Module) -> bool:
+    """Whether ``m`` is one of torch's activations (or its twin) set to write over its input in place
+    (a subclass may run another forward: not assumed)."""
+    if getattr(m, "inplace", False) is not True:
+        return False
+    cls = registry.native_for(type(m)) or type(m)
+    return cls in _OVERWRITING
 
 
 def _plain_view(t: torch.Tensor) -> bool:
