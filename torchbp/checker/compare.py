@@ -70,6 +70,8 @@ def _chunked_norms(s: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
     """``_norms`` of long flat tensors, a chunk at a time through two float64 buffers reused for every
     chunk (no full-size temporaries, no fresh allocation per chunk)."""
     n, step = s.numel(), _CHUNK
+    if s.dtype == r.dtype == torch.float64:
+        return _chunked_norms_float64(s, r)
     a64 = torch.empty(min(n, step), dtype=torch.float64, device=s.device)
     b64 = torch.empty_like(a64)
     parts = []  # per chunk: ‖s‖, ‖r‖, ‖s − r‖, max(s − r), min(s − r)
@@ -83,6 +85,20 @@ def _chunked_norms(s: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
         parts.append(torch.stack([na, nb, torch.linalg.vector_norm(d), *reversed(torch.aminmax(d))]))
     p = torch.stack(parts)
     return torch.cat([torch.linalg.vector_norm(p[:, :3], dim=0), p[:, 3].amax().reshape(1), p[:, 4].amin().reshape(1)])
+
+
+def _chunked_norms_float64(s: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """``_chunked_norms`` of two float64 tensors: their norms straight from the data (no copy needed), only
+    the difference a chunk at a time through one reused buffer."""
+    n, step = s.numel(), _CHUNK
+    d64 = torch.empty(min(n, step), dtype=torch.float64, device=s.device)
+    parts = []  # per chunk: ‖s − r‖, max(s − r), min(s − r)
+    for start in range(0, n, step):
+        m = min(step, n - start)
+        d = torch.sub(s[start:start + m], r[start:start + m], out=d64[:m])
+        parts.append(torch.stack([torch.linalg.vector_norm(d), *reversed(torch.aminmax(d))]))
+    p = torch.stack(parts)
+    return torch.stack([*torch._foreach_norm([s, r]), torch.linalg.vector_norm(p[:, 0]), p[:, 1].amax(), p[:, 2].amin()])
 
 
 def norm(t: torch.Tensor) -> float:
