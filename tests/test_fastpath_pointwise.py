@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 import torchbp.functional as tbf
 from torchbp.functional.fastpath import pointwise as fp
+from util import rel_err
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
                                                                  reason="no CUDA device"))]
@@ -132,3 +133,105 @@ def test_activation_delta_at_kinks_and_nonfinite_values_is_natives(name, ours, n
     assert torch.equal(got.isnan(), want.isnan()), (z[got.isnan() != want.isnan()], d[got.isnan() != want.isnan()])
     torch.testing.assert_close(got, want, rtol=1e-14, atol=0, equal_nan=True)
     assert torch.equal(got == 0, want == 0)
+
+
+# --- scale_pieces: δ ⊙ f'(t) a piece at a time, against the whole-tensor formula ------------------------
+
+PIECED = [  # (name, ours, native)
+    ("gelu", tbf.gelu, F.gelu),
+    ("gelu_tanh", lambda z: tbf.gelu(z, approximate="tanh"), lambda z: F.gelu(z, approximate="tanh")),
+    ("silu", tbf.silu, F.silu),
+]
+
+
+def _pieces(dtype):
+    """Elements in one piece of ``dtype``."""
+    return fp.PIECE_BYTES // torch.empty((), dtype=dtype).element_size()
+
+
+def _pieced_inputs(n, dtype, special=False):
+    g = torch.Generator().manual_seed(1)
+    z = torch.randn(n, generator=g, dtype=torch.float64) * 3
+    d = torch.randn(n, generator=g, dtype=torch.float64)
+    if special:  # NaN, ±inf, ±0 in z and in δ, at the ends of pieces too
+        k = len(SPECIAL)
+        z[:k] = torch.tensor(SPECIAL, dtype=torch.float64)
+        d[-k:] = torch.tensor(SPECIAL, dtype=torch.float64)
+    return z.to(dtype), d.to(dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name,ours,native", PIECED, ids=[p[0] for p in PIECED])
+@pytest.mark.parametrize("size", ["one piece", "pieces and a tail", "whole pieces"])
+def test_scale_pieces_is_the_plain_formula(name, ours, native, dtype, size, monkeypatch):
+    """Below the threshold the plain formula runs; above it each piece gives the plain formula's values
+    (to the last bit but for the vector loops' tails: a piece ends where the whole tensor does not)."""
+    monkeypatch.setattr(fp, "PIECE_BYTES", 64 * torch.empty((), dtype=dtype).element_size())
+    n = {"one piece": 64, "pieces and a tail": 64 * 5 + 7, "whole pieces": 64 * 4}[size]
+    for special in (False, True):
+        z, d = _pieced_inputs(n, dtype, special)
+        fast = _delta(ours, z, d)
+        calls = []
+        real = fp.scale_pieces_plain
+        monkeypatch.setattr(fp, "scale_pieces_plain", lambda *a: calls.append(1) or real(*a))
+        with monkeypatch.context() as m:
+            m.setattr(fp, "PIECE_BYTES", 1 << 40)  # one piece: the plain formula
+            plain = _delta(ours, z, d)
+        assert calls, "the plain formula did not run"
+        calls.clear()
+        _delta(ours, z, d)
+        assert bool(calls) == (size == "one piece")
+        monkeypatch.setattr(fp, "scale_pieces_plain", real)
+        assert torch.equal(fast.isnan(), plain.isnan())
+        ok = ~fast.isnan()
+        tol = {torch.float64: 1e-15, torch.float32: 1e-6}.get(dtype, 1e-2)
+        torch.testing.assert_close(fast[ok], plain[ok], rtol=tol, atol=tol * 1e-3)
+        # and native's values, as the plain formula has them
+        want = _delta(native, z.double(), d.double())
+        if dtype == torch.float64:
+            ok = z.isfinite()
+            assert torch.equal(fast[ok].isfinite(), want[ok].isfinite())
+            ok = ok & want.isfinite()
+            assert rel_err(fast[ok], want[ok]) <= 1e-10
+
+
+@pytest.mark.parametrize("name,ours,native", PIECED, ids=[p[0] for p in PIECED])
+def test_scale_pieces_temporaries_stay_piece_sized(name, ours, native):
+    """The δ's backward holds no temporary larger than a piece: its peak live memory above what was
+    live before is its output and a few pieces (native's fused backward: its output alone; the whole-tensor
+    formula: two or more temporaries of the output's size)."""
+    from torch._C._profiler import _EventType
+    from torch.profiler import ProfilerActivity, profile
+
+    n = 64 * _pieces(torch.float32)
+    z = torch.randn(n, requires_grad=True)
+    d = torch.randn(n)
+    out = ours(z)
+
+    def peak(run):
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            run()
+        allocs, stack = [], list(prof.profiler.kineto_results.experimental_event_tree())
+        while stack:
+            node = stack.pop()
+            if node.typed[0] == _EventType.Allocation:
+                allocs.append((node.start_time_ns, node.typed[1].alloc_size))
+            stack.extend(node.children)
+        live = top = 0
+        for _, size in sorted(allocs):
+            live += size
+            top = max(top, live)
+        return top
+
+    got = peak(lambda: torch.autograd.grad(out, z, d, retain_graph=True))
+    assert got <= 4 * n + 8 * fp.PIECE_BYTES, (got, 4 * n)
+
+
+@pytest.mark.parametrize("name,ours,native", PIECED, ids=[p[0] for p in PIECED])
+def test_scale_pieces_records_the_plain_formula(name, ours, native):
+    """Under create_graph the whole-tensor formula runs, differentiable twice (gradgradcheck)."""
+    z = torch.randn(3 * _pieces(torch.float64) // 1024 + 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradgradcheck(lambda t: ours(t), (z[:40].detach().requires_grad_(),))
+    d = torch.randn_like(z)
+    (gz,) = torch.autograd.grad(ours(z), z, d, create_graph=True)
+    assert gz.grad_fn is not None

@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from ._common import FP32_CUDA, LOWER, DeltaFunction, _functorch_active, apply, check, check_compatible, \
-    check_inplace_target, check_tensor, compiling, scale_
-from .fastpath.pointwise import select_scale
+    check_inplace_target, check_tensor, compiling, inplace_ok, scale_
+from .fastpath.pointwise import gelu_scale, scale_pieces, select_scale
 
 
 class _Pointwise(DeltaFunction):
@@ -179,14 +179,24 @@ class GELU(_Pointwise):
         return F.gelu(z, approximate=approximate)
 
     @staticmethod
+    def df(z):
+        """Φ(z) + z·φ(z), fresh (on two temporaries, in place, where no graph is recorded)."""
+        if inplace_ok():
+            e = z.square().mul_(-0.5).exp_().mul_(z)
+            return torch.mul(z, 1 / _SQRT_2).erf_().add_(1).mul_(0.5).add_(e, alpha=_INV_SQRT_2PI)
+        return (torch.erf(z * (1 / _SQRT_2)) + 1) * 0.5 + z * torch.exp(z * z * -0.5) * _INV_SQRT_2PI
+
+    @staticmethod
+    def df_tanh(z):
+        t = torch.tanh(_SQRT_2_OVER_PI * (z + 0.044715 * z ** 3))
+        return 0.5 * (1 + t) + 0.5 * z * (1 - t * t) * _SQRT_2_OVER_PI * (1 + 3 * 0.044715 * z * z)
+
+    @staticmethod
     def delta(g, z, approximate):
+        # δ ⊙ f'(z), f' taken in pieces on the CPU (fastpath.pointwise: no temporary of z's size)
         if approximate == "tanh":
-            t = torch.tanh(_SQRT_2_OVER_PI * (z + 0.044715 * z ** 3))
-            df = 0.5 * (1 + t) + 0.5 * z * (1 - t * t) * _SQRT_2_OVER_PI * (1 + 3 * 0.044715 * z * z)
-        else:  # Φ(z) + z·φ(z) on two temporaries (erf_, exp_ in place: still differentiable twice)
-            e = z.square().mul_(-0.5).exp_()
-            df = (z * (1 / _SQRT_2)).erf_().add_(1).mul_(0.5).addcmul_(z, e, value=_INV_SQRT_2PI)
-        return scale_(df, g)
+            return scale_pieces(g, z, GELU.df_tanh)
+        return gelu_scale(g, z, GELU.df)
 
 
 class SiLU(_Pointwise):
@@ -199,9 +209,16 @@ class SiLU(_Pointwise):
         return F.silu(z)
 
     @staticmethod
-    def delta(g, z):
+    def df(z):
+        """σ(z)·(1 + z·(1 − σ(z))), fresh (on two temporaries, in place, where no graph is recorded)."""
         s = torch.sigmoid(z)
-        return g * s * (1 + z * (1 - s))
+        if inplace_ok():
+            return torch.rsub(s, 1).mul_(z).add_(1).mul_(s)
+        return s * (1 + z * (1 - s))
+
+    @staticmethod
+    def delta(g, z):
+        return scale_pieces(g, z, SiLU.df)
 
 
 class Softplus(_Pointwise):
