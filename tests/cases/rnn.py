@@ -3,8 +3,9 @@ import itertools
 
 import torch
 
+import torchbp.functional.rnn as tbr
 import torchbp.nn.rnn as tbn
-from cases import FLOAT64, GRADCHECK, LOW, Case
+from cases import AUTOCAST, FLOAT64, GRADCHECK, LOW, SWEEP, VMAP, Bad, Case
 
 CELLS = ["RNN", "RNN_relu", "GRU", "LSTM"]
 
@@ -53,6 +54,22 @@ def flat(f):
     return lambda *a: (lambda o, s: (o, *s) if isinstance(s, tuple) else (o, s))(*f(*a))
 
 
+NO_VMAP = {VMAP: "native's RNN refuses vmap (tests/test_rnn.py holds ours under vmap against a loop of native)"}
+
+
+def _autocast_skip(cell):
+    """oneDNN has no bfloat16 LSTM primitive for some CPUs (AVX2 only): AUTOCAST is skipped there."""
+    kind = cell.split("_")[0]
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            getattr(torch.nn, kind)(2, 2)(torch.randn(2, 1, 2))
+    except RuntimeError as exc:
+        if "could not create a primitive" in str(exc):
+            return {AUTOCAST: f"native {kind} cannot run under bfloat16 autocast on this CPU"}
+        raise
+    return {}
+
+
 CASES = []
 for cell in CELLS:
     for num_layers, bidirectional, batch_first, bias, h0 in itertools.product([1, 2], [False, True], [False, True],
@@ -61,13 +78,14 @@ for cell in CELLS:
         nat, ours = make(cell, **kw)
         CASES.append(Case(f"rnn.{cell}-layers{num_layers}-bi{bidirectional}-bf{batch_first}-bias{bias}-h0{h0}",
                           call(ours), call(nat), lambda cell=cell, nat=nat, bf=batch_first, h0=h0: args_for(
-                              cell, nat, batch_first=bf, h0=h0), checks=(FLOAT64,), devices=("cpu",)))
+                              cell, nat, batch_first=bf, h0=h0), checks=SWEEP[FLOAT64], skip=NO_VMAP,
+                          devices=("cpu",)))
     for bidirectional in (False, True):
         for h0 in (True, False):
             nat, ours = make(cell, num_layers=2, bidirectional=bidirectional)
             CASES.append(Case(f"rnn.{cell}-unbatched-layers2-bi{bidirectional}-h0{h0}", call(ours), call(nat),
                               lambda cell=cell, nat=nat, h0=h0: args_for(cell, nat, unbatched=True, h0=h0),
-                              checks=(FLOAT64,), devices=("cpu",)))
+                              checks=SWEEP[FLOAT64], skip=NO_VMAP, devices=("cpu",)))
         nat, ours = make(cell, I=2, H=2, num_layers=2, bidirectional=bidirectional)
         CASES.append(Case(f"rnn.{cell}-I2-H2-layers2-bi{bidirectional}-T3", flat(call(ours)), None,
                           lambda cell=cell, nat=nat: args_for(cell, nat, T=3, N=2), checks=(GRADCHECK,)))
@@ -78,7 +96,33 @@ for cell in CELLS:
         x = torch.randn(6, 4, 8, requires_grad=True)
         states = tuple(torch.randn(4, 4, 16, requires_grad=True) for _ in range(2 if cell == "LSTM" else 1))
         return (x, *states, *(p.detach().float().requires_grad_() for p in nat.parameters()))
-    CASES.append(Case(f"rnn.{cell}-I8-H16-layers2-bi", call(ours), call(nat), low_args, checks=(LOW,)))
+    CASES.append(Case(f"rnn.{cell}-I8-H16-layers2-bi", call(ours), call(nat), low_args, checks=SWEEP[LOW],
+                      skip=_autocast_skip(cell)))
 nat, ours = make("LSTM", num_layers=2, bidirectional=True)
 CASES.append(Case("rnn.LSTM-layers2-bi", call(ours), call(nat), lambda nat=nat: args_for("LSTM", nat),
-                  checks=(FLOAT64,)))
+                  checks=SWEEP[FLOAT64], skip=NO_VMAP))
+
+
+# --- bad inputs: refused by native too; the functional entries name the op, the modules keep torch's checks -----
+def _packed():
+    from torch.nn.utils.rnn import pack_padded_sequence
+    return pack_padded_sequence(torch.randn(5, 2, 3, dtype=torch.float64), [5, 3])
+
+
+BAD = []
+for cell in ["RNN", "GRU", "LSTM"]:
+    nat, ours = make(cell)
+    name = cell.lower().replace("rnn", "rnn_tanh")
+    BAD += [
+        Bad(f"rnn.{name}-packed", getattr(tbr, name), getattr(torch, name),
+            lambda cell=cell, nat=nat: (_packed(), (torch.zeros(1, 2, 4, dtype=torch.float64),) * 2 if cell == "LSTM"
+                                        else torch.zeros(1, 2, 4, dtype=torch.float64), nat._flat_weights, True, 1,
+                                        0.0, False, False, False),
+            f"torchbp.functional.{name}: a PackedSequence goes in as its data"),
+        Bad(f"rnn.{cell}-4d", ours, nat, lambda: (torch.randn(1, 5, 2, 3, dtype=torch.float64),),
+            "Expected input to be 2D or 3D", why="the module's own check"),
+    ]
+nat, ours = make("GRU")
+BAD.append(Bad("rnn.GRU-hidden-shape", ours, nat,
+               lambda: (torch.randn(5, 2, 3, dtype=torch.float64), torch.randn(1, 3, 4, dtype=torch.float64)),
+               "Expected hidden size", why="torch's own check"))
