@@ -220,3 +220,49 @@ def test_an_inplace_activation_is_hooked_without_an_alias_of_its_input(routed):
     rows = {(row.layer, row.quantity): row for row in r.rows}
     assert rows[("2", "grad_input")].sha256 == rows[("1", "grad_output")].sha256
     assert rows[("4", "grad_input")].sha256 == rows[("3", "grad_output")].sha256
+
+
+def test_passes_over_a_converted_copy_restore_it_from_the_original_not_from_clones(monkeypatch):
+    """The default audit of a float32 model works on a float64 copy; each pass restores the copy's
+    parameters and buffers from the original (converted as the copy was), so no clone of the model is
+    held through a pass; what a forward changes (a parameter clamped in place, a buffer reassigned, running
+    statistics) is still undone bit for bit."""
+    from torchbp.checker import state
+
+    class Mutating(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin, self.bn = nn.Linear(8, 6), nn.BatchNorm1d(6)
+            self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+
+        def forward(self, x):
+            with torch.no_grad():
+                self.lin.weight.clamp_(-0.1, 0.1)
+            self.steps = self.steps + 1
+            return torch.tanh(self.bn(self.lin(x)))
+
+    torch.manual_seed(0)
+    model = Mutating()
+    originals = {id(t) for t in list(model.parameters()) + list(model.buffers())}
+    states = []
+    real = state.ModelState.__init__
+
+    def record(self, m, source=None):
+        real(self, m, source)
+        states.append(self)
+    monkeypatch.setattr(state.ModelState, "__init__", record)
+    r = torchbp.audit(model, X.float())
+    assert r.ok and r.environment["dtype"] == "float64", str(r)
+    assert len(states) >= 2
+    for s in states:
+        assert all(id(v) in originals for _, v in s.values), "a pass cloned the model's tensors"
+    copy = state.converted_copy(model, torch.float64, torch.device("cpu"))
+    held = {n: t for n, t in list(copy.named_parameters()) + list(copy.named_buffers())}
+    s = state.ModelState(copy, model)
+    copy(X)
+    copy(X)
+    assert int(copy.steps) == 2 and held["steps"] is not copy.steps
+    s.restore()
+    for n, t in list(copy.named_parameters()) + list(copy.named_buffers()):
+        assert t is held[n], n
+        assert torch.equal(t, dict(list(model.named_parameters()) + list(model.named_buffers()))[n].to(t.dtype)), n

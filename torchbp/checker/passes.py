@@ -219,17 +219,18 @@ class Pass:
     - ``native_only``: a reference pass; refuse when its graph holds a δ Function (the model's own
       forward routes through torchbp): never δ against δ.
 
-    Every parameter and buffer of ``model`` is restored afterwards (:class:`ModelState`).
+    Every parameter and buffer of ``model`` is restored afterwards (:class:`ModelState`; from ``source``,
+    the model it is a converted copy of, where there is one).
     """
 
     def __init__(self, model, inputs, target, loss_fn, sink, *, seed, device, context=(), random=None,
-                 keep_inputs=(), walk=False, repeat=0, on_repeat=None, hooked=True, native_only=False):
+                 keep_inputs=(), walk=False, repeat=0, on_repeat=None, hooked=True, native_only=False, source=None):
         sink = _outside_modes(sink)
         self.capture = Capture(model, sink if hooked else _ignore, keep_inputs, device)
         self.covered = self.custom = self.reached = self.loss_value = None
         self.inline = set()  # hooked: "checkpoint" when a checkpointed segment ran inline
         self.hook_dependent = []  # hooked: keys of the modules that may run otherwise without hooks
-        state = ModelState(model)
+        state = ModelState(model, source)
         try:
             seed_generators(seed, device)
             if random is not None:

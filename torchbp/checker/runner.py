@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import math
 import sys
-from dataclasses import dataclass
+import weakref
+from dataclasses import dataclass, field
 
 import torch
 
@@ -56,6 +57,19 @@ class _Plan:
     random: RandomSources
     float64: Float64Throughout  # shared by every float64 pass: lower-precision islands upgraded
     caller_modes: list    # the caller's TorchFunctionModes, suspended (re-entered for an ``against`` subject)
+    # working copy -> the model it was converted from (each pass restores the copy from it: no clone)
+    originals: weakref.WeakKeyDictionary = field(default_factory=weakref.WeakKeyDictionary)
+
+    def original_of(self, model):
+        """The model ``model`` is a converted copy of, or None (the model itself, a materialised copy)."""
+        return self.originals.get(model)
+
+    def working(self, model):
+        """``model`` itself when it fits the audit's dtype and device, else a converted copy (recorded)."""
+        copy = working_model(model, self.dtype, self.device)
+        if copy is not model:
+            self.originals[copy] = model
+        return copy
 
     @property
     def low(self) -> bool:
@@ -132,7 +146,7 @@ def _working_reference(plan, original):
     on a copy, so that every pass (oracle included) sees the same weights and the user's model stays
     uninitialised."""
     if not has_lazy_parameters(original):
-        return working_model(original, plan.dtype, plan.device)
+        return plan.working(original)
     materialised = converted_copy(original, plan.dtype, plan.device)
     args, kwargs = split_inputs(plan.inputs)
     with torch.no_grad():
@@ -145,14 +159,16 @@ def _oracle_pass(plan, reference_model, original, say):
     """The float64 oracle's gradients (a float64 copy of the reference, on ``oracle_device``)."""
     say("float64 oracle pass")
     keep = KeepGrads()
+    source = plan.original_of(reference_model)
     if reference_model is original or plan.oracle_device != plan.device:
         oracle_model = converted_copy(reference_model, torch.float64, plan.oracle_device)
+        source = reference_model if source is None else source
     else:
         oracle_model = reference_model.double()  # a working copy already: converted back below
     Pass(oracle_model, convert(plan.inputs, torch.float64, plan.oracle_device),
          convert(plan.target, torch.float64, plan.oracle_device), plan.reference_loss, keep,
          seed=plan.seed, device=plan.oracle_device, random=plan.random,
-         context=plan.native_context(torch.float64), native_only=True)
+         context=plan.native_context(torch.float64), native_only=True, source=source)
     if oracle_model is reference_model:
         reference_model.to(plan.dtype)
     return keep.store
@@ -164,7 +180,7 @@ def _reference_pass(plan, reference_model, oracle_grads, say):
     sink = KeepGrads() if oracle_grads is None else ErrorsVsOracle(oracle_grads)
     reference = Pass(reference_model, plan.inputs, plan.target, plan.reference_loss, sink, seed=plan.seed,
                      device=plan.device, random=plan.random, context=plan.native_context(plan.dtype),
-                     native_only=True)
+                     native_only=True, source=plan.original_of(reference_model))
     if oracle_grads is None:
         return sink.store, None, None, reference.loss_value
     return oracle_grads, sink.err, sink.norms, reference.loss_value
@@ -206,7 +222,8 @@ def _subject_pass(plan, subject_model, judge, say):
     say("subject pass (δ formulas)" if plan.routed else "subject pass")
     subject = Pass(subject_model, plan.inputs, plan.target, plan.subject_loss, judge, seed=plan.seed,
                    device=plan.device, random=plan.random, context=plan.subject_context(subject_model),
-                   walk=True, repeat=plan.repeat, on_repeat=lambda: setattr(judge, "repeating", True))
+                   walk=True, repeat=plan.repeat, on_repeat=lambda: setattr(judge, "repeating", True),
+                   source=plan.original_of(subject_model))
     judge.finish()
     return subject
 
@@ -240,12 +257,13 @@ def _as_trained_pass(plan, subject_model, reference_model, judge, env, say):
     say("subject pass as trained (no hooks)")
     trained = judge.for_parameters()
     Pass(subject_model, plan.inputs, plan.target, plan.subject_loss, trained, seed=plan.seed,
-         device=plan.device, random=plan.random, context=plan.subject_context(subject_model), hooked=False)
+         device=plan.device, random=plan.random, context=plan.subject_context(subject_model), hooked=False,
+         source=plan.original_of(subject_model))
     if trained.kept:
         reached = KeepGrads()
         Pass(reference_model, plan.inputs, plan.target, plan.reference_loss, reached, seed=plan.seed,
              device=plan.device, random=plan.random, context=plan.native_context(plan.dtype), hooked=False,
-             native_only=True)
+             native_only=True, source=plan.original_of(reference_model))
         unreached = sorted(k for k in trained.kept if k not in reached.store)
         for k in unreached:
             del trained.kept[k]
@@ -335,7 +353,7 @@ def _run(plan, model, against, original_reference, reference, loss_fn, localize,
         oracle_grads = _oracle_pass(plan, reference_model, original_reference, say) if use_oracle else None
         kept, native_err, ref_norms, reference_loss = _reference_pass(plan, reference_model, oracle_grads, say)
         del oracle_grads
-        subject_model = reference_model if plan.routed else working_model(model, plan.dtype, plan.device)
+        subject_model = reference_model if plan.routed else plan.working(model)
         judge = Judge(kept, plan.dtype, native_err, ref_norms, keep_subjects=auto)
         del kept
         subject = _subject_pass(plan, subject_model, judge, say)

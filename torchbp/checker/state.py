@@ -69,17 +69,22 @@ class ModelState:
     forward that reassigns a buffer (``self.steps = self.steps + 1``) or changes a parameter in place
     (``nn.Embedding(max_norm=...)``) is undone by ``restore()``, bit for bit, with the same objects."""
 
-    def __init__(self, model):
+    def __init__(self, model, source=None):
+        """``source``: the model that ``model`` is a converted copy of (a working copy's original, which the
+        audit never runs): each value is restored from the original's tensor, converted as the copy was,
+        instead of from a clone, so no second copy of the model is held through a pass."""
         self.slots = []
         for m in model.modules():
             for table in (m._parameters, m._buffers):
                 self.slots.append((m, table, dict(table)))
+        origin = _originals(model, source) if source is not None else {}
         seen, self.values = set(), []
         for _, _, held in self.slots:
             for t in held.values():
                 if t is not None and id(t) not in seen and not torch.nn.parameter.is_lazy(t):
                     seen.add(id(t))
-                    self.values.append((t, t.detach().clone()))
+                    o = origin.get(id(t))
+                    self.values.append((t, o if o is not None else t.detach().clone()))
 
     def restore(self):
         for m, table, held in self.slots:
@@ -90,6 +95,23 @@ class ModelState:
         with torch.no_grad():
             for t, value in self.values:
                 t.copy_(value)
+
+
+def _originals(model, source) -> dict:
+    """id(tensor of ``model``) -> the tensor of ``source`` at the same module path and name (``model`` a
+    converted deep copy of ``source``: the same modules in the same order), where both are there with the
+    same shape."""
+    mods, src = list(model.modules()), list(source.modules())
+    if len(mods) != len(src):
+        return {}
+    origin = {}
+    for m, s in zip(mods, src):
+        for mine, theirs in ((m._parameters, s._parameters), (m._buffers, s._buffers)):
+            for k, t in mine.items():
+                o = theirs.get(k)
+                if t is not None and o is not None and o.shape == t.shape and not torch.nn.parameter.is_lazy(o):
+                    origin.setdefault(id(t), o)
+    return origin
 
 
 class RandomSources:
