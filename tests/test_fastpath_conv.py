@@ -1,6 +1,7 @@
 """fastpath.conv against the plain formulas of torchbp.functional.conv: ∂J/∂W = x ⋆ k (``conv._grad_W``, one
-convolution) in each form ``weight_grad`` can take (unfold + GEMM, channels-last kernel, float32 chunks of a
-half-precision convolution, plain chunks), ∂J/∂b = Σ δ (``conv._grad_b``), in float64 (to rounding) and in
+convolution) in each form ``weight_grad`` can take (unfold + GEMM, a pointwise convolution's per-sample
+products, channels-last kernel, float32 chunks of a half-precision convolution, plain chunks), ∂J/∂b = Σ δ
+(``conv._grad_b``), δ_a = Wᵀ ⋆ δ (``conv._grad_a``) in a pointwise convolution's product forms, in float64 (to rounding) and in
 float32, bfloat16 and float16 (the low-precision rule against a float64 oracle, with native autograd's ∂J/∂W as
 the yardstick: the plain formula in half precision is itself wrong on some CPUs, see fastpath.conv);
 conv1d/2d/3d and transposed, groups, stride, padding,
@@ -16,7 +17,7 @@ from torchbp.functional.fastpath import conv as fc
 from util import DEVICES, FLOOR, rel_err
 
 DTYPES = [torch.float64, torch.float32, torch.bfloat16, torch.float16]
-FORMS = ["gemm", "channels_last", "plain", None]
+FORMS = ["gemm", "pointwise", "channels_last", "plain", None]
 
 # (id, n, N, C_in, C_out, L, K, stride, padding, dilation, groups, transposed, output_padding)
 CASES = [
@@ -39,6 +40,10 @@ CASES = [
     ("2d-transposed", 2, 2, 4, 3, 4, 3, 2, 1, 1, 1, True, 1),
     ("2d-transposed-outpad-past-stride", 2, 2, 3, 4, 4, 3, 1, 0, 3, 1, True, 2),
     ("3d-transposed", 3, 2, 2, 3, 3, 2, 2, 0, 1, 1, True, 1),
+    ("2d-pointwise-one-position", 2, 3, 6, 4, 1, 1, 1, 0, 1, 1, False, 0),
+    ("1d-pointwise-few-positions", 1, 3, 5, 7, 3, 1, 1, 0, 1, 1, False, 0),
+    ("3d-pointwise", 3, 2, 3, 4, 3, 1, 1, 0, 1, 1, False, 0),
+    ("2d-pointwise-transposed", 2, 3, 6, 4, 5, 1, 1, 0, 1, 1, True, 0),
 ]
 IDS = [c[0] for c in CASES]
 
@@ -77,6 +82,9 @@ def fast(x, k, s, p, d, g, K, form=None, chunk_elems=None, graph=False):
 
 
 def _applies(form, case, dtype):
+    if form == "pointwise":  # a pointwise convolution's form, float32 / float64 only
+        _, n, *_, K, s, p, d, g, _, _ = case
+        return fc.pointwise(_tuple(K, n), _tuple(s, n), _tuple(p, n), g) and dtype in (torch.float32, torch.float64)
     return form != "channels_last" or case[1] == 2
 
 
@@ -96,7 +104,7 @@ def native(case, x, k, s, p, d, g, K):
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_weight_grad_is_the_plain_formula_in_float64(case, form, chunk_elems, graph):
     if not _applies(form, case, torch.float64):
-        pytest.skip("a 2-D form")
+        pytest.skip("a 2-D form, or a pointwise convolution's")
     x, k, *args = operands(case)
     got, want = fast(x, k, *args, form=form, chunk_elems=chunk_elems, graph=graph), plain(x, k, *args)
     assert got.shape == want.shape and got.dtype == want.dtype
@@ -116,7 +124,7 @@ def test_weight_grad_in_low_precision(case, form, chunk_elems, dtype):
     formula's own error is no yardstick: oneDNN's half-precision convolution is wrong for some shapes on AMX
     CPUs, which the forms never run)."""
     if not _applies(form, case, dtype):
-        pytest.skip("a 2-D form")
+        pytest.skip("a 2-D form, or a pointwise convolution's in float32")
     x, k, *args = operands(case, N=8)
     oracle = plain(x, k, *args)
     xl, kl = x.to(dtype), k.to(dtype)
@@ -143,7 +151,7 @@ def test_weight_grad_as_chosen(case, dtype, device):
 @pytest.mark.parametrize("case", [CASES[2], CASES[5], CASES[14]], ids=lambda c: c[0])
 def test_weight_grad_of_an_empty_batch_is_zero(case, form):
     if not _applies(form, case, torch.float32):
-        pytest.skip("a 2-D form")
+        pytest.skip("a 2-D form, or a pointwise convolution's")
     x, k, *args = operands(case, dtype=torch.float32, N=0)
     want = plain(*operands(case, dtype=torch.float32, N=1)[:2], *args)
     got = fast(x, k, *args, form=form)
@@ -300,3 +308,114 @@ def test_plain_formulas_match_native():
         assert rel_err(conv._grad_a(delta, W.detach(), s, p, d, g, L), ga) < 1e-12, case[0]
         assert rel_err(conv._grad_W(a.detach(), delta, s, p, d, g, K), gW) < 1e-12, case[0]
         assert rel_err(conv._grad_b(delta), gb) < 1e-12, case[0]
+
+
+# --- δ_a of a pointwise convolution: Wᵀ δ at every position, as matrix products --------------------------
+
+def _pointwise(N, C, O, Y, dtype=torch.float64, seed=0):
+    """(δ, W, a's spatial extent) of a pointwise convolution with spatial extent ``Y``."""
+    gen = torch.Generator().manual_seed(seed)
+    delta = torch.randn(N, O, *Y, generator=gen, dtype=torch.float64)
+    W = torch.randn(O, C, *[1] * len(Y), generator=gen, dtype=torch.float64)
+    return delta.to(dtype), W.to(dtype), tuple(Y)
+
+
+def _grad_a_plain(delta, W, L):
+    n = len(L)
+    return conv._grad_a(delta, W, (1,) * n, (0,) * n, (1,) * n, 1, L)
+
+
+T = fc.POINTWISE_BATCHED_MIN_POSITIONS
+# one position per sample, a few (both sides of 1 and of the threshold), many; conv1d and conv3d
+POINTWISE_Y = [(1, 1), (1, 2), (1, T - 1), (1, T), (T + 1,), (2, 3, 3), (6, 6)]
+
+
+@pytest.mark.parametrize("graph", [False, True], ids=["in-place", "graph"])
+@pytest.mark.parametrize("Y", POINTWISE_Y, ids=str)
+def test_pointwise_input_grad_is_the_plain_formula_in_float64(Y, graph):
+    delta, W, L = _pointwise(3, 5, 7, Y)
+    with torch.set_grad_enabled(graph):
+        got = fc.input_grad_pointwise(delta, W)
+    want = _grad_a_plain(delta, W, L)
+    assert got.shape == want.shape and got.dtype == want.dtype and got.is_contiguous()
+    assert rel_err(got, want) < 1e-12
+
+
+@pytest.mark.parametrize("dtype", DTYPES[1:])
+@pytest.mark.parametrize("Y", POINTWISE_Y, ids=str)
+def test_pointwise_input_grad_in_low_precision(Y, dtype):
+    """err(fast path in dtype, float64 oracle) ≤ 2·err(native δ_a in dtype, oracle) + floor(dtype)."""
+    delta, W, L = _pointwise(8, 24, 32, Y)
+    oracle = _grad_a_plain(delta, W, L)
+    dl, Wl = delta.to(dtype), W.to(dtype)
+    a = torch.zeros(dl.shape[0], W.shape[1], *L, dtype=dtype, requires_grad=True)
+    native_ga = torch.autograd.grad(conv._CONV[len(L)](a, Wl), a, dl)[0]
+    got = fc.input_grad_pointwise(dl, Wl)
+    assert got.dtype == dtype and got.shape == oracle.shape
+    assert rel_err(got, oracle) <= 2 * rel_err(native_ga, oracle) + FLOOR[dtype]
+
+
+@pytest.mark.parametrize("Y", [(1, 1), (1, 3), (1, T)], ids=str)
+def test_pointwise_input_grad_is_differentiable(Y):
+    """Each branch in differentiable ops: gradcheck and gradgradcheck (double backward of a 1×1 convolution)."""
+    delta, W, _ = _pointwise(2, 2, 3, Y)
+    delta.requires_grad_(), W.requires_grad_()
+    assert torch.autograd.gradcheck(fc.input_grad_pointwise, (delta, W))
+    assert torch.autograd.gradgradcheck(fc.input_grad_pointwise, (delta, W))
+
+
+@pytest.mark.parametrize("Y", [(1, 1), (1, 3), (1, T)], ids=str)
+def test_pointwise_input_grad_under_vmap(Y):
+    delta, W, L = _pointwise(4, 3, 5, Y)
+    got = torch.func.vmap(fc.input_grad_pointwise, in_dims=(0, None))(delta.unsqueeze(1), W)
+    assert rel_err(got.squeeze(1), _grad_a_plain(delta, W, L)) < 1e-12
+
+
+def test_pointwise_applies_to_unit_kernels_with_stride_1_no_padding_one_group():
+    assert fc.pointwise((1, 1), (1, 1), (0, 0), 1) and fc.pointwise((1,), (1,), (0,), 1)
+    assert not fc.pointwise((1, 3), (1, 1), (0, 0), 1)
+    assert not fc.pointwise((1, 1), (2, 1), (0, 0), 1)
+    assert not fc.pointwise((1, 1), (1, 1), (0, 1), 1)
+    assert not fc.pointwise((1, 1), (1, 1), (0, 0), 2)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_a_pointwise_convolution_backward_takes_the_product_on_the_cpu(dtype, device, monkeypatch):
+    """conv2d's δ_a goes through input_grad_pointwise for a 1×1 convolution on the CPU (a bug planted there
+    shows in the gradient), and the transposed convolution elsewhere (strided, padded, grouped, CUDA)."""
+    import torchbp.functional as tbf
+    original, ran = fc.input_grad_pointwise, []
+    monkeypatch.setattr(fc, "input_grad_pointwise", lambda *a: ran.append(1) or 2 * original(*a))
+    for kw, C, pointwise in ((dict(), 4, True), (dict(stride=2), 4, False), (dict(padding=1), 4, False),
+                             (dict(groups=2), 4, False)):
+        a = torch.randn(3, C, 5, 5, dtype=torch.float64, requires_grad=True)
+        W = torch.randn(6, C // kw.get("groups", 1), 1, 1, dtype=torch.float64, requires_grad=True)
+        delta = torch.randn_like(torch.nn.functional.conv2d(a, W, **kw))
+        want = torch.autograd.grad(torch.nn.functional.conv2d(a, W, **kw), a, delta)[0]
+        al, Wl = (t.detach().to(device, dtype).requires_grad_() for t in (a, W))
+        got = torch.autograd.grad(tbf.conv2d(al, Wl, **kw), al, delta.to(device, dtype))[0]
+        planted = pointwise and device == "cpu"
+        assert bool(ran) == planted
+        ran.clear()
+        tol = 1e-12 if dtype == torch.float64 else 8 * FLOOR[dtype]
+        assert rel_err(got.double().cpu(), 2 * want if planted else want) < tol
+
+
+@pytest.mark.parametrize("Y", [(1, 1), (1, 2), (4, 5)], ids=str)
+def test_pointwise_weight_grad_takes_the_per_sample_products_from_two_positions(Y, monkeypatch):
+    """float32 / float64 on the CPU: a pointwise convolution's ∂J/∂W through weight_grad_pointwise from two
+    positions per sample; with one, the GEMM form (its gathers are views then)."""
+    ran = []
+    for name in ("weight_grad_pointwise", "weight_grad_gemm"):
+        original = getattr(fc, name)
+        monkeypatch.setattr(fc, name, lambda *a, _o=original, _n=name: ran.append(_n) or _o(*a))
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 5, *Y, generator=gen, dtype=torch.float64)
+    k = torch.randn(3, 4, *Y, generator=gen, dtype=torch.float64)
+    args = (1, 1), (0, 0), (1, 1), 1, (1, 1)
+    for dtype in (torch.float64, torch.float32):
+        got = fast(x.to(dtype), k.to(dtype), *args)
+        assert ran == ["weight_grad_pointwise" if Y != (1, 1) else "weight_grad_gemm"]
+        ran.clear()
+        assert rel_err(got, plain(x, k, *args)) < (1e-12 if dtype == torch.float64 else 4 * FLOOR[dtype])

@@ -24,8 +24,9 @@ class Conv(DeltaFunction):
       ∂J/∂W = a ⋆ δ:  W[o, c, i] gets Σ_{batch, y} δ[o, y] a[c, s·y + d·i − p] (the derivation's δ aᵀ), one
               convolution of a (batch and channels swapped) with δ as the kernel              ``_grad_W``
       ∂J/∂b = Σ_{batch, y} δ                                                                 ``_grad_b``
-    ``padding`` here is symmetric ints; the functional forms lower "same"/"valid" to that. The batch sums
-    run in the form this device and dtype run fastest (``fastpath.conv``), held equal to these.
+    ``padding`` here is symmetric ints; the functional forms lower "same"/"valid" to that. The batch sums,
+    and a pointwise convolution's δ_a, run in the form this device and dtype run fastest (``fastpath.conv``),
+    held equal to these.
     """
 
     @staticmethod
@@ -40,7 +41,7 @@ class Conv(DeltaFunction):
     @staticmethod
     def backward(ctx, delta):
         a, W, need_a, s, p, d, g = _saved(ctx)
-        grad_a = _grad_a(delta, W, s, p, d, g, ctx.a_shape[2:]) if need_a else None
+        grad_a = fast.input_grad(delta, W, s, p, d, g, ctx.a_shape[2:], _grad_a) if need_a else None
         return (grad_a, *_param_grads(ctx, a, delta, delta), None, None, None, None)
 
 
@@ -185,10 +186,12 @@ def pad(input, pad, mode="constant", value=None):
         return Pad.apply(input, tuple(pad), mode, value)
 
 
+# The checks below run on every call: each message is built only when its check fails.
+
 def _tuple(v, n, op, name):
     v = tuple(v) if isinstance(v, (tuple, list)) else (v,) * n
-    check(len(v) == n and all(isinstance(i, int) for i in v), op,
-          f"{name} must be an int or a tuple of {n} ints, got {v}")
+    if len(v) != n or not all(isinstance(i, int) for i in v):
+        check(False, op, f"{name} must be an int or a tuple of {n} ints, got {v}")
     return v
 
 
@@ -196,11 +199,14 @@ def _check_args(op, n, input, weight, bias, groups, layout):
     """The checks a convolution and a transposed one share; returns the input's channel count. ``layout``:
     the weight's leading dims, as its error names them."""
     check_compatible(op, input=input, weight=weight, bias=bias)
-    check(weight.dim() == n + 2, op, f"weight must be {n + 2}-D ({layout}, "
-          f"{', '.join(('kD', 'kH', 'kW')[3 - n:])}), got shape {list(weight.shape)}")
-    check(input.dim() in (n + 1, n + 2), op, f"expected {n + 1}-D (unbatched) or {n + 2}-D (batched) input, "
-          f"got shape {list(input.shape)}")
-    check(isinstance(groups, int) and groups > 0, op, f"groups must be a positive int, got {groups}")
+    if weight.dim() != n + 2:
+        check(False, op, f"weight must be {n + 2}-D ({layout}, {', '.join(('kD', 'kH', 'kW')[3 - n:])}), "
+                         f"got shape {list(weight.shape)}")
+    if input.dim() not in (n + 1, n + 2):
+        check(False, op, f"expected {n + 1}-D (unbatched) or {n + 2}-D (batched) input, got shape "
+                         f"{list(input.shape)}")
+    if not (isinstance(groups, int) and groups > 0):
+        check(False, op, f"groups must be a positive int, got {groups}")
     return input.shape[-n - 1]
 
 
@@ -213,11 +219,14 @@ def _apply_batched(cls, n, input, *args):
 
 def _conv(op, n, input, weight, bias, stride, padding, dilation, groups):
     C = _check_args(op, n, input, weight, bias, groups, "out_channels, in_channels/groups")
-    check(C == weight.shape[1] * groups, op, f"input has {C} channels (shape {list(input.shape)}) but weight "
-          f"expects {weight.shape[1] * groups} = {weight.shape[1]} x groups {groups} (shape {list(weight.shape)})")
-    check(weight.shape[0] % groups == 0, op, f"out_channels {weight.shape[0]} not divisible by groups {groups}")
-    check(bias is None or tuple(bias.shape) == (weight.shape[0],), op,
-          f"bias must have shape [{weight.shape[0]}], got {list(bias.shape) if bias is not None else None}")
+    if C != weight.shape[1] * groups:
+        check(False, op, f"input has {C} channels (shape {list(input.shape)}) but weight expects "
+                         f"{weight.shape[1] * groups} = {weight.shape[1]} x groups {groups} (shape "
+                         f"{list(weight.shape)})")
+    if weight.shape[0] % groups:
+        check(False, op, f"out_channels {weight.shape[0]} not divisible by groups {groups}")
+    if bias is not None and tuple(bias.shape) != (weight.shape[0],):
+        check(False, op, f"bias must have shape [{weight.shape[0]}], got {list(bias.shape)}")
     stride, dilation = _tuple(stride, n, op, "stride"), _tuple(dilation, n, op, "dilation")
     if isinstance(padding, str):
         check(padding in ("same", "valid"), op, f"padding must be 'same', 'valid' or ints, got {padding!r}")
@@ -232,7 +241,8 @@ def _conv(op, n, input, weight, bias, stride, padding, dilation, groups):
                 input = pad(input, [q for e in reversed(extra) for q in (0, e)])
     else:
         padding = _tuple(padding, n, op, "padding")
-    check(all(q >= 0 for q in padding), op, f"negative padding {padding}")
+    if not all(q >= 0 for q in padding):
+        check(False, op, f"negative padding {padding}")
     return _apply_batched(Conv, n, input, weight, bias, stride, padding, dilation, groups)
 
 
@@ -253,17 +263,22 @@ def conv3d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
 
 def _conv_transpose(op, n, input, weight, bias, stride, padding, output_padding, groups, dilation):
     C = _check_args(op, n, input, weight, bias, groups, "in_channels, out_channels/groups")
-    check(C == weight.shape[0], op, f"input has {C} channels (shape {list(input.shape)}) but weight expects "
-          f"{weight.shape[0]} (shape {list(weight.shape)}, a transposed convolution's (in, out/groups, ...))")
-    check(C % groups == 0, op, f"in_channels {C} not divisible by groups {groups}")
+    if C != weight.shape[0]:
+        check(False, op, f"input has {C} channels (shape {list(input.shape)}) but weight expects "
+                         f"{weight.shape[0]} (shape {list(weight.shape)}, a transposed convolution's "
+                         "(in, out/groups, ...))")
+    if C % groups:
+        check(False, op, f"in_channels {C} not divisible by groups {groups}")
     C_out = weight.shape[1] * groups
-    check(bias is None or tuple(bias.shape) == (C_out,), op,
-          f"bias must have shape [{C_out}], got {list(bias.shape) if bias is not None else None}")
+    if bias is not None and tuple(bias.shape) != (C_out,):
+        check(False, op, f"bias must have shape [{C_out}], got {list(bias.shape)}")
     stride, dilation = _tuple(stride, n, op, "stride"), _tuple(dilation, n, op, "dilation")
     padding, output_padding = _tuple(padding, n, op, "padding"), _tuple(output_padding, n, op, "output_padding")
-    check(all(q >= 0 for q in padding), op, f"negative padding {padding}")
-    check(all(0 <= q < max(s, d) for q, s, d in zip(output_padding, stride, dilation)), op,
-          f"output_padding {output_padding} must be smaller than either stride {stride} or dilation {dilation}")
+    if not all(q >= 0 for q in padding):
+        check(False, op, f"negative padding {padding}")
+    if not all(0 <= q < max(s, d) for q, s, d in zip(output_padding, stride, dilation)):
+        check(False, op, f"output_padding {output_padding} must be smaller than either stride {stride} or "
+                         f"dilation {dilation}")
     return _apply_batched(ConvTranspose, n, input, weight, bias, stride, padding, output_padding, dilation, groups)
 
 

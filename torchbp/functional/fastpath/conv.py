@@ -1,10 +1,14 @@
-"""Faster forms of the convolution δ's parameter gradients (``torchbp.functional.conv``).
+"""Faster forms of the convolution δ's formulas (``torchbp.functional.conv``).
 
 The plain formulas there: ∂J/∂W = x ⋆ k as ONE convolution of x (batch and channels swapped) with k as the
-kernel (``conv.weight_grad``; x = a, k = δ for a convolution, exchanged for a transposed one), and
-∂J/∂b = Σ_{batch, y} δ (``conv.bias_grad``). The helpers here compute the same sums:
+kernel (``conv.weight_grad``; x = a, k = δ for a convolution, exchanged for a transposed one),
+∂J/∂b = Σ_{batch, y} δ (``conv.bias_grad``) and δ_a = Wᵀ ⋆ δ, a transposed convolution (``conv._grad_a``).
+The helpers here compute the same sums:
 
 - ``weight_grad``: picks the form by device, dtype and shape:
+  * CPU, float64 and float32, a pointwise convolution (``pointwise``) with more than one position per sample:
+    ``weight_grad_pointwise`` (the windows are x itself: one product per sample accumulated into W by
+    addbmm, with no copy of x or k; the GEMM form gathers both into (channels, N·Y) copies first).
   * CPU, float64, and float32 where ``gemm_form`` says so: ``weight_grad_gemm`` (the input windows unfolded,
     one matrix product per group), in batch chunks that keep the unfolded copy small. oneDNN runs the
     plain formula's convolution (a kernel the size of the feature map, an output the size of W) with
@@ -23,6 +27,10 @@ kernel (``conv.weight_grad``; x = a, k = δ for a convolution, exchanged for a t
   * otherwise the plain convolution in batch chunks of CHUNK_ELEMS δ elements; on CUDA in one call
     (launches cost more than the batch sum saves).
 - ``bias_grad``: Σ δ, in float32 batch chunks for half-precision δ on the CPU.
+- ``input_grad``: δ_a = Wᵀ ⋆ δ (``conv._grad_a``, a transposed convolution); on the CPU, for a pointwise
+  convolution (kernel extent 1, stride 1, no padding, one group), the matrix product it is at every position
+  (``input_grad_pointwise``): torch runs that transposed convolution one sample at a time through a path
+  built for general kernels, with per-sample GEMMs whose inner size is a sample's positions.
 
 No choice here reads a timing: the forms rest on what each kernel library does with these shapes, which
 holds on AVX2 as on AVX-512 hosts. ``tests/test_fastpath_conv.py`` holds each form against the plain
@@ -108,19 +116,23 @@ def weight_grad(x, k, s, p, d, g, K, plain, chunk_elems=None, form=None):
     """∂J/∂W = x ⋆ k summed over the batch, in the form this device and dtype run fastest (the module's
     doc); ``plain`` is the plain formula (``conv._grad_W``), which the forms other than the GEMM call per
     batch chunk. Returns W's layout (O, C/g, *K), contiguous. ``form`` ("gemm", "channels_last", "plain")
-    overrides the choice (tests)."""
+    overrides the choice (tests); "pointwise" only for a pointwise convolution."""
     if x.shape[0] == 0:  # an empty batch: a sum over no samples
         return x.new_zeros((k.shape[1], x.shape[1] // g, *K))
     if x.device.type == "cuda" and form is None:
         return plain(x, k, s, p, d, g, K).contiguous()
     if form is None:
-        if x.dtype == torch.float64 or x.dtype == torch.float32 and gemm_form(x, k, g, K, s) \
+        if x.dtype in (torch.float64, torch.float32) and pointwise(K, s, p, g) and math.prod(x.shape[2:]) > 1:
+            form = "pointwise"
+        elif x.dtype == torch.float64 or x.dtype == torch.float32 and gemm_form(x, k, g, K, s) \
                 or x.dtype in _HALF and half_gemm_form(x, g, s):
             form = "gemm"
         elif x.dtype != torch.float64 and len(K) == 2 and x.shape[1] // g >= cpu_vector_floats():
             form = "channels_last"
         else:
             form = "plain"
+    if form == "pointwise":
+        return weight_grad_pointwise(x, k)
     if form == "gemm":
         per_sample = x.shape[1] * math.prod(K) * math.prod(k.shape[2:])  # one sample's unfolded windows
         nc = n_chunks(x.shape[0], x.shape[0] * per_sample, chunk_elems)
@@ -147,6 +159,16 @@ def weight_grad(x, k, s, p, d, g, K, plain, chunk_elems=None, form=None):
     return (gw.to(x.dtype) if low else gw).contiguous()
 
 
+def weight_grad_pointwise(x, k):
+    """∂J/∂W = x ⋆ k (``conv.weight_grad``) for a pointwise convolution (``pointwise``): W[o, c] = Σ_n Σ_y k[n, o, y] x[n, c, y],
+    per sample the product k_n (O, Y) times x_nᵀ (Y, C), summed over the batch into one (O, C) by addbmm, on x and
+    k as they are. Returns W's layout (O, C, 1, ...), contiguous."""
+    N, C, *Y = x.shape
+    O = k.shape[1]
+    gw = torch.addbmm(x.new_zeros(O, C), k.reshape(N, O, -1), x.reshape(N, C, -1).transpose(1, 2))
+    return gw.view(O, C, *[1] * len(Y))
+
+
 def _in_float32(plain, x, k, *args):
     """The plain formula on float32 copies of this chunk of x and k (half precision: see the module's doc)."""
     return plain(x.float(), k.float(), *args)
@@ -156,6 +178,44 @@ def _channels_last_kernel(plain, x, k, *args):
     """The plain formula with k stored so that, once its batch and channels are swapped into a kernel, the
     kernel is channels-last."""
     return plain(x, k.transpose(0, 1).contiguous(memory_format=torch.channels_last).transpose(0, 1), *args)
+
+
+POINTWISE_BATCHED_MIN_POSITIONS = 16  # a pointwise δ_a per sample from this many positions, below as one product
+
+
+def pointwise(K, s, p, g):
+    """Whether a convolution is pointwise: every kernel extent 1, stride 1, no padding, one group (δ_a is then
+    Wᵀ δ at every position, ``input_grad_pointwise``)."""
+    return g == 1 and all(i == 1 for i in K) and all(i == 1 for i in s) and not any(p)
+
+
+def input_grad(delta, W, s, p, d, g, L, plain, form=None):
+    """δ_a = Wᵀ ⋆ δ (``conv._grad_a``, passed as ``plain``) in the form this device and shape run fastest (the
+    module's doc). ``form`` ("pointwise", "plain") overrides the choice (tests)."""
+    if form is None:
+        form = "pointwise" if delta.device.type == "cpu" and pointwise(W.shape[2:], s, p, g) else "plain"
+    if form == "pointwise":
+        return input_grad_pointwise(delta, W)
+    return plain(delta, W, s, p, d, g, L)
+
+
+def input_grad_pointwise(delta, W):
+    """δ_a = Wᵀ ⋆ δ (``conv._grad_a``) for a pointwise convolution (``pointwise``): δ_a[n, c, y] = Σ_o W[o, c] δ[n, o, y],
+    i.e. Wᵀ (C, O) times each sample's δ (O, Y). With one position per sample, one product (N, O)(O, C) on δ and W
+    as they are; with a few (under POINTWISE_BATCHED_MIN_POSITIONS), one product over all N·Y positions (δ
+    gathered into (O, N·Y), the result back into δ_a's layout); from that many, one product per sample (bmm, no
+    copies). Returns a's shape (N, C, *Y), contiguous."""
+    N, O, *Y = delta.shape
+    C, Ys = W.shape[1], math.prod(Y)
+    w = W.reshape(O, C)
+    if Ys == 1:
+        return torch.mm(delta.reshape(N, O), w).view(N, C, *Y)
+    if Ys < POINTWISE_BATCHED_MIN_POSITIONS:
+        ga = torch.mm(w.t(), delta.transpose(0, 1).reshape(O, N * Ys))
+        return ga.view(C, N, *Y).transpose(0, 1).contiguous()
+    # bmm on Wᵀ expanded over the batch (no copy): torch.matmul of a 2-D weight that requires grad by a 3-D δ
+    # takes a slower path than this, even where no graph is recorded
+    return torch.bmm(w.t().expand(N, C, O), delta.reshape(N, O, Ys)).view(N, C, *Y)
 
 
 def bias_grad(delta, plain, chunk_elems=None):
