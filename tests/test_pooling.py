@@ -173,3 +173,17 @@ def test_video_net_trains_like_native_and_audits_with_full_coverage():
         assert s.shape == n.shape and float((s - n).norm() / n.norm()) <= 1e-10
     r = torchbp.audit(_video_net(), x)
     assert r.ok and r.coverage == 1.0, str(r)
+
+
+def test_avg_pool_under_jacrev_with_a_nonfinite_delta():
+    """Batched δ (jacrev) into the average pools, one δ row infinite: no data-dependent Python branch under
+    the transform, and the infinite δ stays inside its windows, as native's."""
+    x = torch.randn(1, 2, 5, 4, dtype=torch.float64)
+    for ours, native in ((lambda t: tbf.avg_pool2d(t, 3, 2, 1), lambda t: F.avg_pool2d(t, 3, 2, 1)),
+                         (lambda t: tbf.adaptive_avg_pool2d(t, (2, 3)), lambda t: F.adaptive_avg_pool2d(t, (2, 3)))):
+        torch.testing.assert_close(torch.func.jacrev(ours)(x), torch.func.jacrev(native)(x), rtol=1e-12, atol=0)
+        out = native(x)
+        v = torch.eye(out.numel(), dtype=torch.float64).view(-1, *out.shape)
+        v[0].view(-1)[0] = float("inf")
+        per = [torch.func.vmap(lambda g, f=f: torch.func.vjp(f, x)[1](g)[0])(v) for f in (ours, native)]
+        torch.testing.assert_close(*per, rtol=1e-12, atol=0, equal_nan=True)

@@ -10,7 +10,7 @@ from math import inf, nan
 import torch
 import torch.nn.functional as F
 
-from ._common import DeltaFunction, check, check_tensor
+from ._common import DeltaFunction, _functorch_active, check, check_tensor
 from .fastpath import pooling as fast
 
 _MAX = {1: torch.max_pool1d_with_indices, 2: torch._C._nn.max_pool2d_with_indices,
@@ -156,8 +156,10 @@ class AvgPool(DeltaFunction):
 
 def _known_finite(finite):
     """Whether every δ is known finite, so the window products need no care (on CUDA the check would wait
-    for the device: not checked there)."""
-    return finite.device.type == "cpu" and bool(finite.all())
+    for the device, and under a functorch transform such as vmap a tensor's value cannot steer Python: not
+    checked there)."""
+    transformed = _functorch_active is None or _functorch_active()
+    return finite.device.type == "cpu" and not transformed and bool(finite.all())
 
 
 def _spread(n, mats, delta):
