@@ -111,3 +111,26 @@ def test_chunk_threshold_is_an_argument():
         per = fast.cells_in_place(d, x, mu, r, w, (0, 2), (0, 2), (0, 2), True, True, True, True, chunk_elems=1)
     for a, b in zip(one, per):  # (one chunk hands δ_x back in float32, several in x's dtype: the caller casts)
         assert rel_err(a.to(x.dtype), b.to(x.dtype)) <= 4e-3
+
+
+@pytest.mark.parametrize("name", ["batch_norm", "instance_norm", "group_norm", "layer_norm"])
+def test_backward_makes_no_zero_tensors_for_the_statistics(name):
+    """μ and r are outputs of the Function that carry no δ: its backward gets None for them, not zero tensors
+    autograd would make (and fill) on every step."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.append(func.__name__)
+            return func(*args, **(kwargs or {}))
+
+    x, w, b, d = _inputs(name, torch.float32, "cpu")
+    x.requires_grad_()
+    out = CASES[name][0](x, w, b)
+    with Ops() as ops:
+        out.backward(d)
+    assert x.grad is not None and not [n for n in ops.names if n.startswith(("zeros", "fill", "full"))]

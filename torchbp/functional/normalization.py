@@ -160,6 +160,7 @@ class BatchNorm(DeltaFunction):
         x, w, b, rm, rv, training, momentum, eps = inputs
         _, mean, invstd = output
         ctx.mark_non_differentiable(mean, invstd)
+        ctx.set_materialize_grads(False)  # (μ, r carry no δ: no zero tensors made for them)
         ctx.save_for_backward(x, w, mean, invstd)
         ctx.training, ctx.eps = training, eps
         ctx.b_dtype = b.dtype if b is not None else None
@@ -173,6 +174,8 @@ def _per_channel_backward(ctx, delta, red):
     """batch_norm's and instance_norm's backward: x seen as (n, channel, spatial), γ per channel, μ and r
     reduced over ``red`` ((0, 2): the batch and spatial dims; (2,): each instance's spatial dims)."""
     x0, w0, mean, invstd = ctx.saved_tensors
+    if delta is None:  # no δ reached the output (grads are not materialized: see BatchNorm.setup_context)
+        return None, None, None
     N, C = x0.shape[:2]
     view = (N, C, math.prod(x0.shape[2:]))  # (n, channel, spatial); no -1: N may be 0
     return _backward(ctx, delta, x0, w0, mean, invstd, view, (1, C, 1), red, (0, 2), red, (C,), ctx.training,
@@ -238,6 +241,7 @@ def _save_stats(ctx, inputs, output):
     x, arg, w, b, eps = inputs
     _, mean, rstd = output
     ctx.mark_non_differentiable(mean, rstd)
+    ctx.set_materialize_grads(False)  # (μ, r carry no δ: no zero tensors made for them)
     ctx.save_for_backward(x, w, mean, rstd)
     ctx.eps, ctx.b_dtype = eps, (b.dtype if b is not None else None)
     return arg
@@ -275,6 +279,8 @@ def _affine_backward(ctx, delta, geometry):
     as ``geometry(ctx, x)`` says (``_backward``'s view, wview, red, pdims, cell, pshape)."""
     x0, w0, mean, rstd = ctx.saved_tensors
     need_x, _, need_w, need_b, _ = ctx.needs_input_grad
+    if delta is None:  # no δ reached the output (grads are not materialized: see _save_stats)
+        return None, None, None, None, None
     gx, gw, gb = _backward(ctx, delta, x0, w0, mean, rstd, *geometry(ctx, x0), True, (need_x, need_w, need_b))
     return gx, None, gw, gb, None
 

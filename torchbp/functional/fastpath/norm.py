@@ -58,6 +58,12 @@ def rows_in_place(delta, x, mu, r, w, need_x, need_w, need_b):
     return grad_x, gw, gb
 
 
+def _sum(t, dims):
+    """t summed over ``dims`` (kept), or t itself where it already has extent 1 along all of them (a per-cell
+    sum whose cells span those dims)."""
+    return t if all(t.shape[d] == 1 for d in dims) else t.sum(dims, keepdim=True)
+
+
 HALF_CHUNK = 1 << 19  # elements of x per batch chunk in cells_in_place for float16 / bfloat16 on the CPU
 
 
@@ -102,29 +108,31 @@ def cells_in_place(delta, x, mu, r, w, red, pdims, cell, training, need_x, need_
     # per-cell sums over the chunks: added where the cell spans the batch, else stacked
     parts = list(zip(*[sums(s) for s in chunks]))
     c1, c2 = (None if p[0] is None else sum(p[1:], p[0]) if 0 in cell else torch.cat(p) for p in parts)
-    gw = (c2 * r).sum(pdims) if need_w else None
-    gb = c1.sum(pdims) if need_b else None
+    gw = _sum(c2 * r, pdims) if need_w else None
+    gb = _sum(c1, pdims) if need_b else None
     grad_x = None
     if need_x:
         k = r if w is None else r * w
         a = b = None
-        if training:
+        if training:  # a = −Σ(γ Σ δ ⊙ (x − μ)) r³ / M,  b = −Σ(γ Σ δ) r / M − μ a  (the outer Σ over ``red``)
             M = math.prod([x.shape[d] for d in red])
-            if w is not None:
+            if w is not None:  # (new tensors: c1, c2 may be ∂J/∂β's and ∂J/∂γ's own)
                 c1, c2 = c1 * w, c2 * w
-            a = c2.sum(red, keepdim=True).mul_(r.pow(3)).div_(-M)
-            b = c1.sum(red, keepdim=True).mul_(r).div_(-M).sub_(mu * a)
+            u = r / -M
+            a = (_sum(c2, red) * u).mul_(r).mul_(r)
+            b = torch.addcmul(_sum(c1, red) * u, mu, a, value=-1)
         for s in chunks:
             if training:  # δ_x = (a ⊙ x + b) + k ⊙ δ, the first into a buffer of our own where there is one
                 if spare:  # P's: x goes in (converted to float32 where half), then a ⊙ x + b in place
                     buf = spare.pop()
-                    xs = buf.copy_(x[s]) if half_cpu else x[s]
+                    g = buf.copy_(x[s]).mul_(part(a, s)) if half_cpu else torch.mul(x[s], part(a, s), out=buf)
                 elif half_cpu:
-                    buf = xs = chunk(x, s)
+                    g = chunk(x, s).mul_(part(a, s))
                 else:
-                    buf, xs = None, x[s]
-                g = torch.addcmul(part(b, s), xs, part(a, s), out=buf)
-                g.addcmul_(chunk(delta, s), part(k, s))
+                    g = x[s] * part(a, s)
+                # (a ⊙ x, then + b in place: addcmul with the per-cell b as its broadcast first operand runs
+                # a slower loop than the two)
+                g.add_(part(b, s)).addcmul_(chunk(delta, s), part(k, s))
             else:
                 g = chunk(delta, s).mul_(part(k, s)) if half_cpu else delta[s] * part(k, s)
             if len(chunks) == 1:
