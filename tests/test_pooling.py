@@ -1,6 +1,7 @@
 """δ pooling (torchbp.functional.pooling: max, average, adaptive; 1-, 2- and 3-D) beyond the common matrix
-(tests/cases/pooling.py drives float64, gradcheck and low precision): ties, half-precision rounding,
-layouts, indices, functional forms, routes, refusals, a video net audited."""
+(tests/cases/pooling.py drives float64, gradcheck, low precision, autocast, vmap and routing over the module
+cases, and the refused inputs): ties, half-precision rounding, layouts, indices, functional forms, routes,
+batched δ, a video net audited."""
 import pytest
 import torch
 import torch.nn as nn
@@ -132,15 +133,6 @@ def test_functional_forms_indices_and_routes():
         z = F.adaptive_max_pool3d(x, 2)
     assert grad_fn_names(y)[:3] == ["AvgPoolBackward", "AvgPoolBackward", "MaxPoolBackward"], grad_fn_names(y)
     assert grad_fn_names(z)[0] == "MaxPoolBackward"
-
-
-def test_errors_name_the_op():
-    with pytest.raises(RuntimeError, match=r"max_pool3d: expected 4-D \(unbatched\) or 5-D"):
-        tbf.max_pool3d(torch.randn(5, 5, 5), 2)
-    with pytest.raises(RuntimeError, match=r"adaptive_avg_pool3d: output_size must be an int or a tuple of 3"):
-        tbf.adaptive_avg_pool3d(torch.randn(1, 5, 5, 5), (1, 2))
-    with pytest.raises(RuntimeError, match=r"avg_pool3d: kernel_size must be an int or a tuple of 3"):
-        tbf.avg_pool3d(torch.randn(1, 5, 5, 5), (2, 2))
 
 
 def _video_net():

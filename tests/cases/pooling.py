@@ -4,7 +4,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import torchbp.functional as tbf
-from cases import FLOAT64, GRADCHECK, LOW, LOW_DTYPES, Case, kw_id, module_case, shape_id
+from cases import FLOAT64, GRADCHECK, LOW, LOW_DTYPES, SWEEP, VMAP, Bad, Case, kw_id, module_case, shape_id
 
 POOL_CASES = [
     (nn.MaxPool1d, dict(kernel_size=3), (2, 3, 10)),
@@ -57,15 +57,22 @@ def distinct(shape):
 
 LOW_CASES = [POOL_CASES[4], POOL_CASES[12], POOL_CASES[-3]]
 
-CASES = ([module_case("pooling", *c, [FLOAT64]) for c in POOL_CASES]
+
+
+def unbatched(cls, kw, shape):
+    """VMAP's skip for an unbatched input: its slice loses the channel dim, which no pooling takes."""
+    return {VMAP: "an unbatched input's slice has no channel dim"} if len(shape) == int(cls.__name__[-2]) + 1 else {}
+
+
+CASES = ([module_case("pooling", *c, SWEEP[FLOAT64], skip=unbatched(*c)) for c in POOL_CASES]
          + [module_case("pooling", *c, [GRADCHECK], x=distinct if c[0] in (nn.MaxPool1d, nn.MaxPool2d) else None)
             for c in POOL_GRADCHECK]
-         + [module_case("pooling", *c, [LOW]) for c in LOW_CASES])
+         + [module_case("pooling", *c, SWEEP[LOW]) for c in LOW_CASES])
 CASES += [
     Case("pooling.adaptive_max_pool2d-1x2x5x4-(3, 2)", tbf.adaptive_max_pool2d, F.adaptive_max_pool2d,
          lambda: (torch.randn(1, 2, 5, 4, dtype=torch.float64, requires_grad=True), (3, 2)), checks=(GRADCHECK,)),
     Case("pooling.adaptive_max_pool2d-2x3x7x6-(3, 4)", tbf.adaptive_max_pool2d, F.adaptive_max_pool2d,
-         lambda: (torch.randn(2, 3, 7, 6, requires_grad=True), (3, 4)), checks=(LOW,), devices=("cpu",)),
+         lambda: (torch.randn(2, 3, 7, 6, requires_grad=True), (3, 4)), checks=SWEEP[LOW], devices=("cpu",)),
 ]
 
 
@@ -114,9 +121,27 @@ POOL3D_GRADCHECK = [  # (δ function, kwargs, input shape)
 
 for cls, kw, shape in POOL3D_CASES:
     dtypes = tuple(d for d in LOW_DTYPES[:2] if native_runs(cls, kw, shape, d))
-    CASES.append(module_case("pooling", cls, kw, shape, [FLOAT64, LOW], low_dtypes=dtypes, devices=("cpu",),
+    CASES.append(module_case("pooling", cls, kw, shape, SWEEP[FLOAT64] + SWEEP[LOW], low_dtypes=dtypes,
+                             devices=("cpu",), skip=unbatched(cls, kw, shape),
                              why="float16 not checked in 3-D; a dtype without a native CPU kernel: see test_pooling"))
 for fn, kw, shape in POOL3D_GRADCHECK:
     CASES.append(Case(f"pooling.{fn.__name__}[{kw_id(kw)}]-{shape_id(shape)}", fn, None,
                       lambda shape=shape: (torch.randn(shape, dtype=torch.float64, requires_grad=True),), kw,
                       checks=(GRADCHECK,)))
+
+
+# --- refused inputs --------------------------------------------------------------------------------------
+def _bad(op, tag, args, match):
+    return Bad(f"pooling.{op}-{tag}", getattr(tbf, op), getattr(F, op), args, f"torchbp.functional.{op}: {match}")
+
+
+BAD = [
+    _bad("max_pool2d", "2d", lambda: (torch.randn(5, 5), 2), r"expected 3-D \(unbatched\) or 4-D"),
+    _bad("adaptive_avg_pool2d", "output_size", lambda: (torch.randn(1, 5, 5), (1, 2, 3)),
+         r"output_size must be an int or a tuple of 2"),
+    _bad("avg_pool1d", "kernel_size", lambda: (torch.randn(1, 5, 5), (2, 2)), r"kernel_size must be an int or a tuple of 1"),
+    _bad("max_pool3d", "3d", lambda: (torch.randn(5, 5, 5), 2), r"expected 4-D \(unbatched\) or 5-D"),
+    _bad("adaptive_avg_pool3d", "output_size", lambda: (torch.randn(1, 5, 5, 5), (1, 2)),
+         r"output_size must be an int or a tuple of 3"),
+    _bad("avg_pool3d", "kernel_size", lambda: (torch.randn(1, 5, 5, 5), (2, 2)), r"kernel_size must be an int or a tuple of 3"),
+]
