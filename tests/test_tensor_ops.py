@@ -1,8 +1,9 @@
 """δ formulas of the tensor operations models run outside torch.nn layers (torchbp.functional.pointwise,
 reduction, indexing), as ``manual_backward()`` routes them. The common matrix (tests/cases/tensor_ops.py)
 checks every op in float64 (rel 1e-10, and that the δ Function really ran), gradcheck / gradgradcheck, float32
-and bfloat16 under the oracle rule; here: broadcasting, non-contiguous, 0-d and empty inputs, calls that stay
-native, model blocks built of tensor ops."""
+and bfloat16 under the oracle rule, autocast, per-example gradients under vmap, and dims out of range refused;
+here: broadcasting, non-contiguous, 0-d and empty inputs, calls that stay native, model blocks built of tensor
+ops."""
 from __future__ import annotations
 
 import torch

@@ -4,7 +4,7 @@ also asserts that a δ Function really ran (a DeltaFunction node in the graph), 
 import torch
 
 import torchbp
-from cases import FLOAT64, GRADCHECK, LOW, Case
+from cases import FLOAT64, GRADCHECK, LOW, ROUTE, SWEEP, VMAP, Bad, Case
 
 g = torch.Generator().manual_seed(0)
 
@@ -133,6 +133,12 @@ def _inplace_view(a, b):
 
 
 CASES = []
+# per example (vmap over dim 0) these lose the dim they name, or their operands' shapes no longer fit: both sides
+# refuse (weight_norm's g no longer fits v: torch's own _weight_norm then crashes under vmap)
+NO_VMAP = {"sum_dims", "var", "amax", "amin_ties", "max_dim", "logsumexp", "cumsum", "prod", "prod_empty_dim", "cat",
+           "stack", "index_mixed", "gather", "take_along_dim", "take_along_dim_broadcast", "scatter",
+           "scatter_add", "roll", "flip", "einsum", "einsum_sum_letter", "weight_norm", "weight_norm_dim2",
+           "addmm_", "inplace_on_view"}
 
 
 def _leaves(args):
@@ -140,10 +146,37 @@ def _leaves(args):
 
 
 for name, fn, args, _double in TABLE:
-    checks = [FLOAT64]
+    checks = list(SWEEP[FLOAT64])
     if name != "amin_ties":  # ties by construction: a subgradient, which finite differences cannot check
-        checks.append(GRADCHECK)
+        checks += SWEEP[GRADCHECK]
     if name not in ("index_mask", "masked_fill_", "amin_ties"):  # the mask / ties depend on the rounded values
-        checks.append(LOW)
+        checks += SWEEP[LOW]
     CASES.append(Case(f"tensor_ops.{name}", routed(fn), fn, lambda args=args: _leaves(args), checks=tuple(checks),
+                      skip={ROUTE: "ours is native's call routed: FLOAT64 (with delta_ran) is the route check",
+                            **({VMAP: "per example the op's dims or operands no longer fit"} if name in NO_VMAP
+                               else {VMAP: "a data-dependent shape: vmap refuses it"} if name == "index_mask"
+                               else {})},
                       low_dtypes=(torch.float32, torch.bfloat16), devices=("cpu",), delta_ran=True))
+
+
+# --- bad inputs: a dim out of range is refused as torch refuses it, never wrapped round onto another dim ----------
+def _bad_dim(name, fn, shape, match):
+    return Bad(f"tensor_ops.{name}", routed(fn), fn,
+               lambda: (torch.randn(shape, generator=g, dtype=torch.float64, requires_grad=True),), match)
+
+
+BAD = [
+    _bad_dim("sum-dim-2", lambda a: a.sum(2), (3, 4), r"torchbp.functional.sum: dim 2 is out of range .*\[3, 4\]"),
+    _bad_dim("sum-dims-neg", lambda a: torch.sum(a, (-3, 0)), (3, 4), "torchbp.functional.sum: dim -3 is out of range"),
+    _bad_dim("sum-0d", lambda a: a.sum(1), (), r"torchbp.functional.sum: dim 1 is out of range .* \[-1, 0\]"),
+    _bad_dim("mean", lambda a: a.mean(1), (4,), "torchbp.functional.mean: dim 1 is out of range"),
+    _bad_dim("var", lambda a: a.var(1), (4,), "torchbp.functional.var: dim 1 is out of range"),
+    _bad_dim("std", lambda a: a.std(dim=-3), (3, 4), "torchbp.functional.std: dim -3 is out of range"),
+    _bad_dim("norm", lambda a: a.norm(dim=2), (3, 4), "torchbp.functional.norm: dim 2 is out of range"),
+    _bad_dim("vector_norm", lambda a: torch.linalg.vector_norm(a, 1, 2), (3, 4),
+             "torchbp.functional.vector_norm: dim 2 is out of range"),
+    _bad_dim("amax", lambda a: a.amax(1), (4,), "torchbp.functional.amax: dim 1 is out of range"),
+    _bad_dim("amin", lambda a: torch.amin(a, -2), (4,), "torchbp.functional.amin: dim -2 is out of range"),
+    _bad_dim("logsumexp", lambda a: torch.logsumexp(a, 5), (3, 4),
+             "torchbp.functional.logsumexp: dim 5 is out of range"),
+]

@@ -238,7 +238,9 @@ class Einsum(DeltaFunction):
 
     @staticmethod
     def backward(ctx, delta):
-        ops = ctx.saved_tensors
+        # under autocast forward ran native's einsum, which contracts in the autocast dtype where it reaches a
+        # matmul: δ then comes in that dtype, and the contractions of δ take the operands as native's did
+        ops = [o if o.dtype == delta.dtype else o.to(delta.dtype) for o in ctx.saved_tensors]
         lhs, out = ctx.spec.split("->")
         subs = lhs.split(",")
         grads = []

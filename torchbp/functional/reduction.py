@@ -13,13 +13,19 @@ from ._common import DeltaFunction
 _T = torch.Tensor
 
 
-def _dims(x, dim):
-    """The reduced dims as sorted non-negative ints (None or () means every dim, as torch reads them)."""
+def _dims(op, x, dim):
+    """The reduced dims as sorted non-negative ints (None or () means every dim, as torch reads them); a dim
+    out of range is refused, as torch refuses it (a 0-d tensor has dims 0 and -1)."""
     n = x.dim()
     if dim is None or (isinstance(dim, (tuple, list)) and len(dim) == 0):
         return tuple(range(n))
     if isinstance(dim, int):
         dim = (dim,)
+    lo, hi = (-n, n - 1) if n else (-1, 0)
+    for d in dim:
+        if not lo <= d <= hi:
+            raise IndexError(f"torchbp.functional.{op}: dim {d} is out of range for an input of shape "
+                             f"{list(x.shape)} (expected to be in range of [{lo}, {hi}])")
     return tuple(sorted(d % n if n else 0 for d in dim))
 
 
@@ -253,7 +259,7 @@ def sum(input, dim=None, keepdim=False, *, dtype=None, out=None):
     if out is not None or not _floating(input):
         return torch.sum(input, dtype=dtype) if dim is None and out is None else \
             torch.sum(input, dim, keepdim, dtype=dtype, out=out)
-    return Sum.apply(input, _dims(input, dim), keepdim, dtype)
+    return Sum.apply(input, _dims("sum", input, dim), keepdim, dtype)
 
 
 def mean(input, dim=None, keepdim=False, *, dtype=None, out=None):
@@ -261,10 +267,10 @@ def mean(input, dim=None, keepdim=False, *, dtype=None, out=None):
     if out is not None or not _floating(input):
         return torch.mean(input, dtype=dtype) if dim is None and out is None else \
             torch.mean(input, dim, keepdim, dtype=dtype, out=out)
-    return Mean.apply(input, _dims(input, dim), keepdim, dtype)
+    return Mean.apply(input, _dims("mean", input, dim), keepdim, dtype)
 
 
-def _var_args(input, args, kwargs):
+def _var_args(op, input, args, kwargs):
     """(dims, correction, keepdim) from torch.var's overloads: (dim, unbiased, keepdim), (unbiased),
     (dim, *, correction, keepdim)."""
     args = list(args)
@@ -283,7 +289,7 @@ def _var_args(input, args, kwargs):
     c = kwargs.pop("correction", None)
     correction = correction if c is None else c
     keepdim = kwargs.pop("keepdim", keepdim)
-    return _dims(input, dim), correction, keepdim, kwargs
+    return _dims(op, input, dim), correction, keepdim, kwargs
 
 
 def _var_like(root):
@@ -292,7 +298,7 @@ def _var_like(root):
     def fn(input, *args, **kwargs):
         if not _floating(input):
             return native(input, *args, **kwargs)
-        dims, correction, keepdim, rest = _var_args(input, args, dict(kwargs))
+        dims, correction, keepdim, rest = _var_args(fn.__name__, input, args, dict(kwargs))
         if rest:  # out= and anything new: native
             return native(input, *args, **kwargs)
         return Var.apply(input, dims, correction, keepdim, root)
@@ -308,7 +314,7 @@ def vector_norm(x, ord=2, dim=None, keepdim=False, *, dtype=None, out=None):
     """δ twin of ``torch.linalg.vector_norm``."""
     if out is not None or dtype is not None or not _floating(x) or ord == 0:
         return torch.linalg.vector_norm(x, ord, dim, keepdim, dtype=dtype, out=out)
-    return Norm.apply(x, float(ord), _dims(x, dim), keepdim)
+    return Norm.apply(x, float(ord), _dims("vector_norm", x, dim), keepdim)
 
 
 def norm(input, p="fro", dim=None, keepdim=False, out=None, dtype=None):
@@ -319,21 +325,21 @@ def norm(input, p="fro", dim=None, keepdim=False, out=None, dtype=None):
         p = 2
     if isinstance(p, str) or out is not None or dtype is not None or not _floating(input) or p == 0:
         return torch.norm(input, p, dim, keepdim, out=out, dtype=dtype)
-    return Norm.apply(input, float(p), _dims(input, dim), keepdim)
+    return Norm.apply(input, float(p), _dims("norm", input, dim), keepdim)
 
 
 def amax(input, dim=(), keepdim=False, *, out=None):
     """δ twin of ``torch.amax``."""
     if out is not None or not _floating(input):
         return torch.amax(input, dim, keepdim, out=out)
-    return Extremum.apply(input, _dims(input, dim), keepdim, True)
+    return Extremum.apply(input, _dims("amax", input, dim), keepdim, True)
 
 
 def amin(input, dim=(), keepdim=False, *, out=None):
     """δ twin of ``torch.amin``."""
     if out is not None or not _floating(input):
         return torch.amin(input, dim, keepdim, out=out)
-    return Extremum.apply(input, _dims(input, dim), keepdim, False)
+    return Extremum.apply(input, _dims("amin", input, dim), keepdim, False)
 
 
 def _max_like(largest):
@@ -346,7 +352,7 @@ def _max_like(largest):
             from .pointwise import maximum, minimum
             return (maximum if largest else minimum)(input, dim)
         if dim is None:
-            return Extremum.apply(input, _dims(input, None), False, largest)
+            return Extremum.apply(input, _dims(fn.__name__, input, None), False, largest)
         values, indices = ExtremumAt.apply(input, dim, keepdim, largest)
         return torch.return_types.max((values, indices)) if largest else torch.return_types.min((values, indices))
     fn.__name__ = fn.__qualname__ = "max" if largest else "min"
@@ -361,7 +367,7 @@ def logsumexp(input, dim, keepdim=False, *, out=None):
     """δ twin of ``torch.logsumexp``."""
     if out is not None or not _floating(input):
         return torch.logsumexp(input, dim, keepdim, out=out)
-    return LogSumExp.apply(input, _dims(input, dim), keepdim)
+    return LogSumExp.apply(input, _dims("logsumexp", input, dim), keepdim)
 
 
 def cumsum(input, dim, *, dtype=None, out=None):
