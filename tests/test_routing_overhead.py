@@ -112,3 +112,23 @@ def test_calls_without_a_graph_stay_native():
 ])
 def test_needs_grad(args, kwargs, expected):
     assert _needs_grad(args, kwargs) is expected
+
+
+@pytest.mark.parametrize("op", [pointwise.Add, pointwise.Mul, pointwise.Div, pointwise.Where, pointwise.Clamp])
+def test_elementwise_forward_is_the_ops_own_function(op):
+    """An elementwise Function's forward is its ``f`` itself: no wrapper frame on every routed call (a builtin
+    such as torch.exp keeps one: a forward needs a signature torch can bind)."""
+    assert op.forward is op.f
+    assert pointwise.Exp.forward is not torch.exp and pointwise.Exp._bind_free in (None, True)
+
+
+def test_elementwise_context_keeps_shapes_and_constants_only():
+    """setup_context keeps what backward reads: saved tensors (inputs only for ops whose δ reads them) and the
+    inputs' shapes and constants, not the input tensors themselves."""
+    x, y = torch.randn(2, 3, requires_grad=True), torch.randn(3, requires_grad=True)
+    out = pointwise.Mul.apply(x, y)
+    assert out.grad_fn.meta == (x.shape, y.shape)
+    out = pointwise.Add.apply(x, y, 2)
+    assert out.grad_fn.meta == (x.shape, y.shape, 2) and len(out.grad_fn.saved_tensors) == 1
+    gx, gy = torch.autograd.grad(out, (x, y), torch.ones(2, 3))
+    assert torch.equal(gx, torch.ones(2, 3)) and torch.equal(gy, torch.full((3,), 4.0))

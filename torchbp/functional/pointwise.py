@@ -10,16 +10,24 @@ run the same formula through one in-place Function (``_InplaceOf``).
 from __future__ import annotations
 
 import math
+import types
 
 import torch
 
 from ._common import DeltaFunction, _functorch_active, check, check_inplace_target, unbroadcast
 
 _T = torch.Tensor
+_Size = torch.Size
 
 
 def _is_t(a) -> bool:
     return isinstance(a, torch.Tensor)
+
+
+def _calling(fn):
+    def forward(*args):
+        return fn(*args)
+    return forward
 
 
 class _Elementwise(DeltaFunction):
@@ -34,28 +42,34 @@ class _Elementwise(DeltaFunction):
         if "f" not in cls.__dict__:
             return
 
-        def forward(*args):
-            return cls.f(*args)
+        f, uses_inputs, uses_output = cls.__dict__["f"], cls.uses_inputs, cls.uses_output
+        f = f.__func__ if isinstance(f, staticmethod) else f
+        if not isinstance(f, types.FunctionType):  # a builtin (torch.exp): forward needs a signature to bind
+            f = _calling(f)
 
+        # Runs on every routed call: one pass over the inputs. ``ctx.meta`` holds each tensor input's shape
+        # (where backward reads the tensor from the saved ones and sums its δ back to that shape) and each
+        # other input as given (numbers, None: no input of these ops is a torch.Size).
         def setup_context(ctx, inputs, output):
-            pos = [i for i, a in enumerate(inputs) if _is_t(a)]
-            saved = [inputs[i] for i in pos] if cls.uses_inputs else []
-            ctx.save_for_backward(*saved, output if cls.uses_output else None)
-            ctx.pos, ctx.n = pos, len(inputs)
-            ctx.consts = [None if _is_t(a) else a for a in inputs]
-            ctx.shapes = [a.shape if _is_t(a) else None for a in inputs]
+            ctx.meta = meta = tuple(a.shape if isinstance(a, _T) else a for a in inputs)
+            if uses_inputs:
+                ctx.save_for_backward(*[a for a, m in zip(inputs, meta) if type(m) is _Size],
+                                      output if uses_output else None)
+            else:
+                ctx.save_for_backward(output if uses_output else None)
 
         def backward(ctx, delta):
             *saved, out = ctx.saved_tensors
-            args = list(ctx.consts)
-            if cls.uses_inputs:
-                for i, t in zip(ctx.pos, saved):
-                    args[i] = t
-            grads = cls.grads(delta, out, args, ctx.needs_input_grad)
-            return tuple(unbroadcast(g, ctx.shapes[i]) if g is not None and ctx.needs_input_grad[i] else None
-                         for i, g in enumerate(grads))
+            meta, needs = ctx.meta, ctx.needs_input_grad
+            if uses_inputs:
+                it = iter(saved)
+                args = [next(it) if type(m) is _Size else m for m in meta]
+            else:
+                args = [None if type(m) is _Size else m for m in meta]
+            grads = cls.grads(delta, out, args, needs)
+            return tuple(None if g is None or not needs[i] else unbroadcast(g, meta[i]) for i, g in enumerate(grads))
 
-        cls.forward = staticmethod(forward)
+        cls.forward = staticmethod(f)
         cls.setup_context, cls.backward = staticmethod(setup_context), staticmethod(backward)
 
 
