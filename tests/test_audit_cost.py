@@ -266,3 +266,38 @@ def test_passes_over_a_converted_copy_restore_it_from_the_original_not_from_clon
     for n, t in list(copy.named_parameters()) + list(copy.named_buffers()):
         assert t is held[n], n
         assert torch.equal(t, dict(list(model.named_parameters()) + list(model.named_buffers()))[n].to(t.dtype)), n
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_parameter_references_are_kept_through_the_hooked_pass_only_for_a_pass_as_trained(monkeypatch, fused):
+    """The reference's parameter gradients are kept past their judging only where a pass as trained
+    follows (it judges its own against them); elsewhere each goes the moment it is judged (known from the
+    hooked pass's forward, before its backward), and the verdict is the same."""
+    from torchbp.checker import judging
+    held = []
+    real = judging.Judge._judge
+
+    def spy(self, k, subject, reference):
+        if judging._is_parameter(k[1]) and self.hooked is None:  # the hooked pass's judge
+            held.append(len(self.parameter_refs))
+        return real(self, k, subject, reference)
+    monkeypatch.setattr(judging.Judge, "_judge", spy)
+    model = fused_mlp() if fused else Plain().double()
+    r = torchbp.audit(model, X)
+    assert r.ok, str(r)
+    assert held and (all(held) if fused else not any(held)), held
+    assert r.environment["as_trained"].startswith("run:" if fused else "skipped:")
+
+
+def test_parameter_gradients_are_judged_as_backward_produces_them(monkeypatch):
+    """Each parameter's gradient reaches the judge when backward has it (between the δs), not all at
+    once after the backward, when every one of them would be alive together."""
+    from torchbp.checker import judging
+    order = []
+    real = judging.Judge._judge
+    monkeypatch.setattr(judging.Judge, "_judge", lambda self, k, s, r: order.append(k) or real(self, k, s, r))
+    r = torchbp.audit(Plain().double(), X)
+    assert r.ok, str(r)
+    params = [i for i, (_, q) in enumerate(order) if judging._is_parameter(q)]
+    deltas = [i for i, (_, q) in enumerate(order) if not judging._is_parameter(q)]
+    assert ("b", "weight") in order and params[0] < deltas[-1], order

@@ -218,19 +218,23 @@ class Pass:
     - ``loss_value``: the loss as a number (the two passes' must agree up to rounding).
     - ``native_only``: a reference pass; refuse when its graph holds a δ Function (the model's own
       forward routes through torchbp): never δ against δ.
+    - ``before_backward``: called with the pass once its forward is done (``hook_dependent``, ``inline``
+      known), before the backward.
 
     Every parameter and buffer of ``model`` is restored afterwards (:class:`ModelState`; from ``source``,
     the model it is a converted copy of, where there is one).
     """
 
     def __init__(self, model, inputs, target, loss_fn, sink, *, seed, device, context=(), random=None,
-                 keep_inputs=(), walk=False, repeat=0, on_repeat=None, hooked=True, native_only=False, source=None):
+                 keep_inputs=(), walk=False, repeat=0, on_repeat=None, hooked=True, native_only=False, source=None,
+                 before_backward=None):
         sink = _outside_modes(sink)
         self.capture = Capture(model, sink if hooked else _ignore, keep_inputs, device)
         self.covered = self.custom = self.reached = self.loss_value = None
         self.inline = set()  # hooked: "checkpoint" when a checkpointed segment ran inline
         self.hook_dependent = []  # hooked: keys of the modules that may run otherwise without hooks
         state = ModelState(model, source)
+        param_hooks = []
         try:
             seed_generators(seed, device)
             if random is not None:
@@ -265,18 +269,36 @@ class Pass:
                     self.covered = {n for n, p in named if id(p) in covered}
                     self.custom = {n for n, p in named if id(p) in custom}
                     self.reached = {n for n, p in named if id(p) in reached}
+                if before_backward is not None:
+                    before_backward(self)
+                if not reentrant:  # each parameter's gradient judged the moment backward has it (see below)
+                    param_hooks = [p.register_hook(_parameter_sink(sink, n)) for n, p in named]
                 for i in range(1 + repeat):
                     if i:
                         on_repeat()
                     grads = _gradients(loss, wrt, i < repeat, reentrant)
-                    for (n, _), g in zip(named, grads):
-                        if g is not None:
-                            module, _, pname = n.rpartition(".")
-                            sink(module, pname, g)
+                    if reentrant:
+                        for (n, _), g in zip(named, grads):
+                            if g is not None:
+                                _parameter_sink(sink, n)(g)
                     del grads
         finally:
+            for h in param_hooks:
+                h.remove()
             self.capture.remove_tensor_hooks()
             state.restore()
+
+
+def _parameter_sink(sink, name):
+    """A hook handing the gradient of the parameter ``name`` to ``sink`` as (module name, parameter name).
+    As a tensor hook it fires as soon as backward has the gradient, so a sink that judges it can let the
+    gradient it was judged against go then, not after the whole backward (when every parameter's
+    gradient is alive at once)."""
+    module, _, pname = name.rpartition(".")
+
+    def hook(g):
+        sink(module, pname, g)
+    return hook
 
 
 def _ignore(key, qty, g):

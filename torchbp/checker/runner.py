@@ -220,10 +220,13 @@ def _subject_pass(plan, subject_model, judge, say):
     """The subject's forward and backward with a hook on every layer, each gradient judged as it
     arrives."""
     say("subject pass (δ formulas)" if plan.routed else "subject pass")
+    def drop_unneeded_references(subject):
+        if _as_trained_needed(plan, subject) is None:  # known from the forward: no pass as trained follows,
+            judge.parameter_refs.clear()  # so each parameter's reference goes the moment it is judged
     subject = Pass(subject_model, plan.inputs, plan.target, plan.subject_loss, judge, seed=plan.seed,
                    device=plan.device, random=plan.random, context=plan.subject_context(subject_model),
                    walk=True, repeat=plan.repeat, on_repeat=lambda: setattr(judge, "repeating", True),
-                   source=plan.original_of(subject_model))
+                   source=plan.original_of(subject_model), before_backward=drop_unneeded_references)
     judge.finish()
     return subject
 
