@@ -1,17 +1,17 @@
 """δ interpolate (nn.Upsample) and pixel shuffle beyond the common matrix (tests/cases/upsampling.py drives every
-mode, size and scale form in float64, gradcheck and gradgradcheck, low precision): twins, routing, refusals."""
+mode, size and scale form in float64, gradcheck and gradgradcheck, low precision, autocast, vmap and routing,
+and the refused inputs): the twins in a model, routing, an audit."""
 import copy
 import warnings
 
-import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 import torchbp
-import torchbp.functional as tbf
 
-def test_twins_routes_and_refusals():
+
+def test_twins_and_routes():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # UpsamplingNearest2d / UpsamplingBilinear2d are deprecated
         native = nn.Sequential(nn.Conv2d(2, 8, 3, padding=1), nn.PixelShuffle(2), nn.Upsample(scale_factor=1.5),
@@ -30,7 +30,3 @@ def test_twins_routes_and_refusals():
     with torchbp.manual_backward():
         assert type(F.interpolate(x, scale_factor=2, mode="bilinear").grad_fn).__name__ == "InterpolateBackward"
         assert type(F.pixel_shuffle(x.repeat(1, 2, 1, 1), 2).grad_fn).__name__ == "PixelShuffleBackward"
-    with pytest.raises(RuntimeError, match="torchbp.functional.interpolate: antialias"):
-        tbf.interpolate(x, scale_factor=0.5, mode="bilinear", antialias=True)
-    with pytest.raises((RuntimeError, ValueError), match="torchbp.functional.interpolate"):
-        tbf.interpolate(x, mode="nearest")  # neither size nor scale_factor: native's error, named
