@@ -132,3 +132,19 @@ def test_elementwise_context_keeps_shapes_and_constants_only():
     assert out.grad_fn.meta == (x.shape, y.shape, 2) and len(out.grad_fn.saved_tensors) == 1
     gx, gy = torch.autograd.grad(out, (x, y), torch.ones(2, 3))
     assert torch.equal(gx, torch.ones(2, 3)) and torch.equal(gy, torch.full((3,), 4.0))
+
+
+def test_route_overhead_script_prices_forward_and_backward(capsys):
+    """scripts/route_overhead.py --backward: per-call prices, routed beside native and a bare Python Function."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "route_overhead.py"
+    spec = importlib.util.spec_from_file_location("route_overhead", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.main(["--calls", "20", "--backward"]) == 0
+    out = capsys.readouterr().out
+    assert "x * x (routed)" in out and "bare Function" in out and "routed" in out.splitlines()[-1]
+    costs = script.backward_costs(20)
+    assert set(costs) == {"native", "bare Function", "routed"}
