@@ -79,7 +79,8 @@ def test_float64(case, device):
         assert_matches_native(case.ours, case.native, args, kw, device=device)
     if case.delta_ran:
         args, kw = case.make()
-        out = case.ours(*_float64(args), **kw)
+        with _quiet(case):
+            out = case.ours(*_float64(args), **kw)
         assert _delta_nodes(out), f"{case.id}: no δ Function in the graph (a native fallback)"
 
 
