@@ -51,3 +51,48 @@ def test_max_pool2d_where_the_channels_last_kernel_does_not_apply():
     assert not fp.channels_last_applies(x.transpose(2, 3)) and not fp.channels_last_applies(x[0])
     batched = torch.func.vmap(lambda t: fp.max_pool2d_with_indices(t, *ARGS[0])[0])(x[None])
     torch.testing.assert_close(batched[0], plain(x, *ARGS[0])[0], rtol=0, atol=0, equal_nan=True)
+
+
+# --- global average pooling: adaptive pooling to one position --------------------------------------------
+
+GLOBAL = [(1, (2, 3, 10)), (1, (3, 5)), (2, (2, 3, 7, 6)), (3, (2, 2, 3, 4, 5))]
+
+
+def _adaptive_avg(n):
+    import torchbp.functional as tbf
+    return getattr(tbf, f"adaptive_avg_pool{n}d"), getattr(torch.nn.functional, f"adaptive_avg_pool{n}d")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n, shape", GLOBAL, ids=str)
+def test_global_average_pooling_backward_is_native_and_builds_no_window(n, shape, dtype):
+    """δ_prev = δ / ∏L over the whole map: native's values (bit for bit: one division per element, rounded
+    once), NaN and ±inf δ staying in their own (sample, channel), contiguous, and no window matrices built (a
+    handful of ops, none of them the windows' arange / comparisons)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.append(func.__name__)
+            return func(*args, **(kwargs or {}))
+
+    ours, native = _adaptive_avg(n)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=g, dtype=torch.float64).to(dtype)
+    delta = torch.randn(*shape[:-n], *[1] * n, generator=g, dtype=torch.float64).to(dtype)
+    delta.view(-1)[0], delta.view(-1)[-1] = float("nan"), float("inf")
+    grads = []
+    for fn in (ours, native):
+        xr = x.clone().requires_grad_()
+        out = fn(xr, 1)
+        with Ops() as ops:
+            out.backward(delta)
+        grads.append((xr.grad, ops.names))
+    (got, names), (want, _) = grads
+    assert got.is_contiguous() and torch.equal(got.isnan(), want.isnan())
+    assert torch.equal(torch.nan_to_num(got), torch.nan_to_num(want))
+    assert "arange" not in names and len(names) <= 8, names

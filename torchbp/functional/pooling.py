@@ -5,6 +5,7 @@ Pooling runs in its input's dtype (autocast leaves it alone).
 """
 from __future__ import annotations
 
+import math
 from math import inf, nan
 
 import torch
@@ -105,7 +106,8 @@ class AvgPool(DeltaFunction):
     """a[y] = (1 / divisor(y)) Σ_{j in window(y)} a_prev[j], separable over the spatial dims.
 
     backward: δ_prev[j] = Σ_{y : j in window(y)} δ[y] / divisor(y), i.e. B δ per spatial dim with the
-    window matrix B above (zero padding contributes nothing, so it has no rows).
+    window matrix B above (zero padding contributes nothing, so it has no rows). Adaptive pooling to one
+    position (global average pooling) has one window of all ∏L inputs: δ_prev[j] = δ / ∏L for every j.
     ``kernel_size is None`` means adaptive pooling, whose windows are computed from the sizes alone.
     """
 
@@ -129,6 +131,13 @@ class AvgPool(DeltaFunction):
 
     @staticmethod
     def backward(ctx, delta):
+        opmath = torch.float32 if delta.dtype in (torch.float16, torch.bfloat16) else delta.dtype
+        if ctx.adaptive and all(o == 1 for o in ctx.stride):
+            # adaptive pooling to one position: every input is in the one window, of ∏L inputs, so
+            # δ_prev[j] = δ / ∏L for each (sample, channel), spread over the map (no window to build)
+            L = math.prod(ctx.x_shape[-ctx.n:])
+            return ((delta.to(opmath) / L).to(delta.dtype).expand(ctx.x_shape).contiguous(),
+                    None, None, None, None, None, None, None)
         if all(o == 1 for o in delta.shape[-ctx.n:]):
             # one window over the whole map (global pooling): δ_prev[j] = [j in the window] · δ / divisor,
             # δ / divisor for each (sample, channel) first (in float32 for half types, rounded once, as
@@ -137,7 +146,6 @@ class AvgPool(DeltaFunction):
             inside, div = (in0[:, 0], d0) if ctx.n == 1 else (in0 & rest[0][0].T, d0 * rest[0][1])
             if ctx.n == 3:  # the (D, H, W) window: D's 0/1 column times the (H, W) one of H and W
                 inside, div = in0[:, :, None] & (rest[0][0] & rest[1][0].T), div * rest[1][1]
-            opmath = torch.float32 if delta.dtype in (torch.float16, torch.bfloat16) else delta.dtype
             share = (delta.to(opmath) / div.to(opmath)).to(delta.dtype)
             # where, not a product with the 0/1 window: a NaN or inf δ stays inside its window
             return torch.where(inside, share, 0), None, None, None, None, None, None, None
