@@ -1,5 +1,6 @@
-"""δ embedding and embedding_bag (torchbp.functional.sparse) beyond the common matrix (tests/cases/sparse.py):
-max_norm renorming, int32 and empty inputs, refusals, twins, routes, audit, nested input."""
+"""δ embedding and embedding_bag (torchbp.functional.sparse) beyond the common matrix (tests/cases/sparse.py
+drives float64, gradcheck, low precision, autocast, vmap, routing and the refused inputs): max_norm renorming,
+int32 and empty inputs, native's exception classes, twins, routes, audit, nested input."""
 import copy
 
 import pytest
@@ -11,7 +12,7 @@ import torchbp.functional as tbf
 from util import assert_matches_native, is_delta, rel_err
 
 nn = torch.nn
-from cases.sparse import bag_args as _bag_args
+from cases.sparse import BAD, bag_args as _bag_args
 
 
 def test_embedding_max_norm_renorms_weight_like_native():
@@ -24,16 +25,20 @@ def test_embedding_max_norm_renorms_weight_like_native():
     assert torch.equal(gs, gn)
 
 
-def test_embedding_refusals_name_the_op():
-    W = torch.randn(5, 3, requires_grad=True)
-    with pytest.raises(RuntimeError, match="torchbp.functional.embedding: sparse=True"):
-        tbf.embedding(torch.tensor([1]), W, sparse=True)
+def test_embedding_refusals_raise_natives_exception_class():
+    """Each refused input of tests/cases/sparse.py (whose messages the matrix checks) raises the class of
+    exception native raises for it; an out-of-range padding_idx, as native, an AssertionError."""
+    for bad in BAD:
+        if bad.native is None or bad.id.endswith("nested-psw"):  # (nested: native's ValueError, ours RuntimeError)
+            continue
+        args, kw = bad.make()
+        with pytest.raises(Exception) as native:
+            bad.native(*args, **kw)
+        args, kw = bad.make()
+        with pytest.raises(type(native.value), match=bad.match):
+            bad.ours(*args, **kw)
     with pytest.raises(AssertionError, match="embedding: padding_idx must be within num_embeddings"):
-        tbf.embedding(torch.tensor([1]), W, padding_idx=5)
-    with pytest.raises(RuntimeError, match="embedding: input must hold indices"):
-        tbf.embedding(torch.tensor([1.0]), W)
-    with pytest.raises(RuntimeError, match="embedding: weight must be 2-D"):
-        tbf.embedding(torch.tensor([1]), torch.randn(5))
+        tbf.embedding(torch.tensor([1]), torch.randn(5, 3, requires_grad=True), padding_idx=5)
 
 
 def test_embedding_bag_int32_indices_and_noncontiguous_weight():
@@ -120,41 +125,6 @@ def test_embedding_bag_routes_under_manual_backward():
         out = torch.embedding_bag(W, idx, offsets, False, 1, False, None, False, None)
     for a, b in zip(out, torch.embedding_bag(W, idx, offsets, False, 1, False, None, False, None)):
         assert torch.equal(a, b)
-
-
-def test_embedding_bag_bad_inputs_name_the_op():
-    W, idx, offsets = torch.randn(5, 3, requires_grad=True), torch.tensor([1, 2, 4]), torch.tensor([0, 2])
-    cases = [
-        (RuntimeError, "embedding_bag: sparse=True", dict(sparse=True)),
-        (RuntimeError, "embedding_bag: padding_idx must be within num_embeddings", dict(padding_idx=5)),
-        (ValueError, "embedding_bag: mode must be 'sum', 'mean' or 'max'", dict(mode="min")),
-        (ValueError, "embedding_bag: mode='max' does not support scale_grad_by_freq",
-         dict(mode="max", scale_grad_by_freq=True)),
-        (NotImplementedError, "embedding_bag: per_sample_weights is only supported for mode='sum'",
-         dict(per_sample_weights=torch.rand(3))),
-        (ValueError, r"embedding_bag: per_sample_weights must have the input's shape \[3\]",
-         dict(mode="sum", per_sample_weights=torch.rand(4))),
-        (RuntimeError, "embedding_bag: per_sample_weights .* must have weight's dtype",
-         dict(mode="sum", per_sample_weights=torch.rand(3, dtype=torch.float64))),
-    ]
-    for exc, msg, kw in cases:
-        with pytest.raises(exc, match="torchbp.functional." + msg):
-            tbf.embedding_bag(idx, W, offsets, **kw)
-    with pytest.raises(RuntimeError, match="embedding_bag: input must hold indices"):
-        tbf.embedding_bag(idx.double(), W, offsets)
-    with pytest.raises(ValueError, match="embedding_bag: weight must be 2-D"):
-        tbf.embedding_bag(idx, torch.randn(5), offsets)
-    with pytest.raises(ValueError, match="embedding_bag: a 1-D input needs 1-D offsets"):
-        tbf.embedding_bag(idx, W)
-    with pytest.raises(ValueError, match="embedding_bag: offsets must be None for a 2-D input"):
-        tbf.embedding_bag(idx.reshape(3, 1), W, offsets)
-    with pytest.raises(ValueError, match="embedding_bag: input must be 1-D .* or 2-D .*, got 3-D"):
-        tbf.embedding_bag(idx.reshape(3, 1, 1), W)
-    with pytest.raises(RuntimeError, match="embedding_bag: offsets must hold positions"):
-        tbf.embedding_bag(idx, W, offsets.double())
-    nested = torch.nested.nested_tensor([idx, idx[:1]], layout=torch.jagged)
-    with pytest.raises(RuntimeError, match="embedding_bag: per_sample_weights must be nested when input is"):
-        tbf.embedding_bag(nested, W, mode="sum", per_sample_weights=torch.rand(4))
 
 
 def test_embedding_bag_nested_input():

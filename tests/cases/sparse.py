@@ -3,9 +3,18 @@ import torch
 import torch.nn.functional as F
 
 import torchbp.functional as tbf
-from cases import FLOAT64, GRADCHECK, LOW, Case, kw_id
+from cases import FLOAT64, GRADCHECK, LOW, ROUTE, SWEEP, VMAP, Bad, Case, kw_id, module_case
 
 CASES = []
+
+
+def emb_vmap_skip(kw, tag):
+    if tag == "0d":
+        return {VMAP: "a 0-d index has no dim to vmap over"}
+    if "max_norm" in kw:
+        return {VMAP: "max_norm renorms the shared weight in place, which vmap refuses (native's too)"}
+    return {}
+
 
 # --- embedding ----------------------------------------------------------------------------------------------
 EMB_IDX = [[0, 3, 3, 7], [7, 7, 1, 0], [9, 3, 2, 2]]  # repeats, padding rows
@@ -16,13 +25,13 @@ for kw in [{}, {"padding_idx": 0}, {"padding_idx": -1}, {"scale_grad_by_freq": T
             CASES.append(Case(f"sparse.embedding[{kw_id(kw)}]-{str(idx_dtype)[6:]}-{tag}", tbf.embedding, F.embedding,
                               lambda idx_dtype=idx_dtype, pick=pick: (
                                   pick(torch.tensor(EMB_IDX, dtype=idx_dtype)), (torch.randn(10, 5) * 2).requires_grad_()),
-                              kw, checks=(FLOAT64,)))
+                              kw, checks=SWEEP[FLOAT64], skip=emb_vmap_skip(kw, tag)))
 # (padding_idx and scale_grad_by_freq are conventions, not derivatives: checked against native above)
 CASES += [
     Case("sparse.embedding-2x3", lambda W: tbf.embedding(torch.tensor([[1, 3, 3], [0, 1, 4]]), W), None,
          lambda: (torch.randn(5, 3, requires_grad=True),), checks=(GRADCHECK,)),
     Case("sparse.embedding-64", tbf.embedding, F.embedding,
-         lambda: (torch.randint(0, 20, (64,)), torch.randn(20, 16, requires_grad=True)), checks=(LOW,)),
+         lambda: (torch.randint(0, 20, (64,)), torch.randn(20, 16, requires_grad=True)), checks=SWEEP[LOW]),
 ]
 
 # --- embedding_bag ------------------------------------------------------------------------------------------
@@ -62,6 +71,8 @@ def bags_from_embedding(input, weight, offsets=None, max_norm=None, norm_type=2,
     return z
 
 
+NO_BAG_SLICES = "a slice of the indices is no set of bags (1-D indices need their offsets; the batches of 2-D bags below take VMAP)"
+ORACLE_ROUTE = "native here is the oracle, built of other ops"
 for form in ("offsets", "last_offset", "2d"):
     for padding_idx in (None, 2, -1):
         for mode, psw, scale in [("sum", False, False), ("sum", True, False), ("sum", False, True),
@@ -80,7 +91,8 @@ for form in ("offsets", "last_offset", "2d"):
             tag = f"{form}-pad{padding_idx}-{mode}{'-psw' if psw else ''}{'-scale' if scale else ''}"
             # native's scale_grad_by_freq is wrong on the CPU: the oracle stands in (see bags_from_embedding)
             CASES.append(Case(f"sparse.embedding_bag-{tag}", tbf.embedding_bag,
-                              bags_from_embedding if scale else F.embedding_bag, args, kwargs, checks=(FLOAT64,)))
+                              bags_from_embedding if scale else F.embedding_bag, args, kwargs, checks=SWEEP[FLOAT64],
+                              skip={VMAP: NO_BAG_SLICES, **({ROUTE: ORACLE_ROUTE} if scale else {})}))
             if mode != "max" and not scale:  # the oracle itself agrees with native where native is right
                 CASES.append(Case(f"sparse.bags_from_embedding-{tag}", bags_from_embedding, F.embedding_bag, args,
                                   kwargs, checks=(FLOAT64,)))
@@ -114,4 +126,77 @@ def _bag_low(mode):
 
 for mode in ("sum", "mean", "max", "psw"):
     CASES.append(Case(f"sparse.embedding_bag-96-{mode}", tbf.embedding_bag, F.embedding_bag,
-                      lambda mode=mode: _bag_low(mode)[0], lambda mode=mode: _bag_low(mode)[1], checks=(LOW,)))
+                      lambda mode=mode: _bag_low(mode)[0], lambda mode=mode: _bag_low(mode)[1], checks=SWEEP[LOW]))
+
+# per-example gradients: a batch of 2-D inputs (fixed-size bags), one set of bags per example
+for mode in ("sum", "mean", "max"):
+    for padding_idx in (None, 2):
+        CASES.append(Case(f"sparse.embedding_bag-batch-of-2d-pad{padding_idx}-{mode}", tbf.embedding_bag,
+                          F.embedding_bag, lambda: (torch.tensor(BAG_IDX * 3).reshape(3, 5, 2),
+                                                    (torch.randn(10, 5) * 2).requires_grad_()),
+                          {"mode": mode, "padding_idx": padding_idx}, checks=(VMAP,)))
+
+
+# --- the twins of nn.Embedding and nn.EmbeddingBag (2-D input: fixed-size bags) ----------------------------
+def _index(shape):
+    return torch.tensor(BAG_IDX * 3)[:torch.Size(shape).numel()].reshape(shape)
+
+
+for cls, kw, shape in [(torch.nn.Embedding, {"num_embeddings": 10, "embedding_dim": 4}, (3, 4)),
+                       (torch.nn.Embedding, {"num_embeddings": 10, "embedding_dim": 4, "padding_idx": 7}, (3, 4)),
+                       (torch.nn.EmbeddingBag, {"num_embeddings": 10, "embedding_dim": 4, "mode": "sum"}, (5, 2)),
+                       (torch.nn.EmbeddingBag, {"num_embeddings": 10, "embedding_dim": 4, "mode": "mean",
+                                                "padding_idx": 0}, (5, 2)),
+                       (torch.nn.EmbeddingBag, {"num_embeddings": 10, "embedding_dim": 4, "mode": "max"}, (5, 2))]:
+    CASES.append(module_case("sparse", cls, kw, shape, SWEEP[FLOAT64], x=_index,
+                             skip={VMAP: NO_BAG_SLICES} if cls is torch.nn.EmbeddingBag else {}))
+
+
+# --- refused inputs --------------------------------------------------------------------------------------
+SPARSE_WHY = "torch returns a sparse gradient for W; the δ formulas give dense ones only, so torchbp refuses it"
+
+
+def _emb_bad(tag, args, match, kw=None, native=F.embedding, why=""):
+    return Bad(f"sparse.embedding-{tag}", tbf.embedding, native, args, f"torchbp.functional.embedding: {match}",
+               kw or {}, why=why)
+
+
+def _bag_bad(tag, match, kw=None, args=None, native=F.embedding_bag, why=""):
+    def default():
+        return torch.tensor([1, 2, 4]), torch.randn(5, 3, requires_grad=True), torch.tensor([0, 2])
+    return Bad(f"sparse.embedding_bag-{tag}", tbf.embedding_bag, native, args or default,
+               f"torchbp.functional.embedding_bag: {match}", kw or {}, why=why)
+
+
+def _nested():
+    return torch.nested.nested_tensor([torch.tensor([1, 2, 4]), torch.tensor([1])], layout=torch.jagged)
+
+
+BAD = [
+    _emb_bad("sparse", lambda: (torch.tensor([1]), torch.randn(5, 3, requires_grad=True)), "sparse=True",
+             {"sparse": True}, native=None, why=SPARSE_WHY),
+    _emb_bad("float-indices", lambda: (torch.tensor([1.0]), torch.randn(5, 3)), "input must hold indices"),
+    _emb_bad("weight-1d", lambda: (torch.tensor([1]), torch.randn(5)), "weight must be 2-D"),
+    _bag_bad("sparse", "sparse=True", {"sparse": True}, native=None, why=SPARSE_WHY),
+    _bag_bad("padding_idx", "padding_idx must be within num_embeddings", {"padding_idx": 5}),
+    _bag_bad("mode", "mode must be 'sum', 'mean' or 'max'", {"mode": "min"}),
+    _bag_bad("max-scale", "mode='max' does not support scale_grad_by_freq", {"mode": "max", "scale_grad_by_freq": True}),
+    _bag_bad("psw-mean", "per_sample_weights is only supported for mode='sum'",
+             lambda: {"per_sample_weights": torch.rand(3)}),
+    _bag_bad("psw-shape", r"per_sample_weights must have the input's shape \[3\]",
+             lambda: {"mode": "sum", "per_sample_weights": torch.rand(4)}),
+    _bag_bad("psw-dtype", "per_sample_weights .* must have weight's dtype",
+             lambda: {"mode": "sum", "per_sample_weights": torch.rand(3, dtype=torch.float64)}),
+    _bag_bad("float-indices", "input must hold indices", args=lambda: (torch.tensor([1.0, 2, 4]), torch.randn(5, 3),
+                                                                       torch.tensor([0, 2]))),
+    _bag_bad("weight-1d", "weight must be 2-D", args=lambda: (torch.tensor([1, 2, 4]), torch.randn(5), torch.tensor([0, 2]))),
+    _bag_bad("no-offsets", "a 1-D input needs 1-D offsets", args=lambda: (torch.tensor([1, 2, 4]), torch.randn(5, 3))),
+    _bag_bad("2d-offsets", "offsets must be None for a 2-D input",
+             args=lambda: (torch.tensor([[1], [2], [4]]), torch.randn(5, 3), torch.tensor([0, 2]))),
+    _bag_bad("3d", "input must be 1-D .* or 2-D .*, got 3-D", args=lambda: (torch.tensor([[[1]], [[2]], [[4]]]),
+                                                                         torch.randn(5, 3))),
+    _bag_bad("float-offsets", "offsets must hold positions",
+             args=lambda: (torch.tensor([1, 2, 4]), torch.randn(5, 3), torch.tensor([0.0, 2.0]))),
+    _bag_bad("nested-psw", "per_sample_weights must be nested when input is", lambda: {
+        "mode": "sum", "per_sample_weights": torch.rand(4)}, args=lambda: (_nested(), torch.randn(5, 3))),
+]
