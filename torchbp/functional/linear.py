@@ -55,16 +55,18 @@ class Linear(DeltaFunction):
 def linear(input, weight, bias=None):
     """δ twin of ``torch.nn.functional.linear``."""
     check_compatible("linear", input=input, weight=weight, bias=bias)
-    if not (weight.dim() == 2 and input.dim() >= 1 and input.shape[-1] == weight.shape[1]
-            and (bias is None or bias.shape == weight.shape[:1])):
+    # each shape read once: under manual_backward every tensor query is a call through the mode
+    shape, wshape = input.shape, weight.shape
+    if not (len(wshape) == 2 and len(shape) >= 1 and shape[-1] == wshape[1]
+            and (bias is None or bias.shape == wshape[:1])):
         _linear_error(input, weight, bias)
-    if input.dim() == 2:
+    if len(shape) == 2:
         return apply(Linear, LOWER, input, weight, bias)
     # F.linear returns a view for other ranks; a view made inside a custom Function may not be modified
     # in place (an inplace ReLU after it would raise), so fold the leading dims outside the Function
     # (the leading size spelled out: -1 is ambiguous when the contracted dim is empty)
-    out = apply(Linear, LOWER, input.reshape(math.prod(input.shape[:-1]), input.shape[-1]), weight, bias)
-    return out.reshape(*input.shape[:-1], weight.shape[0])
+    out = apply(Linear, LOWER, input.reshape(math.prod(shape[:-1]), shape[-1]), weight, bias)
+    return out.reshape(*shape[:-1], wshape[0])
 
 
 def _linear_error(input, weight, bias):  # the messages are built only when a check fails
