@@ -305,3 +305,21 @@ def test_manual_backward_routes_matmul_family():
               F.scaled_dot_product_attention(a[None], a[None], a[None])]
     (gn,) = torch.autograd.grad(sum(y.sum() for y in native), a)
     torch.testing.assert_close(gs, gn)
+
+
+def test_matmul_family_builds_its_error_messages_only_on_failure(monkeypatch):
+    """The checks run on every call (routed models call matmul many times a step): a valid call formats
+    no message."""
+    import sys
+    lin = sys.modules["torchbp.functional.linear"]  # (the package's ``linear`` attribute is the function)
+
+    def no_message(*a, **k):
+        raise AssertionError("a message was built for a valid call")
+
+    monkeypatch.setattr(lin, "_shape_error", no_message)
+    a, b = torch.randn(2, 3, 4), torch.randn(2, 4, 5)
+    assert torch.equal(tbf.matmul(a, b), torch.matmul(a, b))
+    assert torch.equal(tbf.bmm(a, b), torch.bmm(a, b))
+    assert torch.equal(tbf.matmul(a, b[0]), torch.matmul(a, b[0]))
+    with pytest.raises(AssertionError, match="a message was built"):
+        tbf.matmul(a, torch.randn(2, 5, 4))
