@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 import torchbp.functional as tbf
-from cases import FLOAT64, GRADCHECK, LOW, Case, kw_id, shape_id
+from cases import FLOAT64, GRADCHECK, LOW, ROUTE, SWEEP, VMAP, Bad, Case, kw_id, shape_id
 
 REDUCTIONS = ["mean", "sum", "none"]
 SHAPES = [(5,), (4, 3), (2, 3, 4)]
@@ -108,8 +108,37 @@ def _name(ours, kw):
 CASES = []
 
 
+ONE_EXAMPLE = {"cross_entropy", "nll_loss", "triplet_margin_loss", "cosine_embedding_loss",  # 1-D: one example
+               "multilabel_soft_margin_loss"}
+
+
+def _per_example(ours, args, kwargs):
+    """The float64 inputs' extra checks, with fewer inputs than FLOAT64 takes (the matrix's time): VMAP on the
+    reduction="none" inputs, every argument with the batch dim mapped over it; ROUTE on the "mean" ones."""
+    kw = kwargs() if callable(kwargs) else dict(kwargs or {})
+    r = kw.get("reduction", "mean")
+    if r == "mean":
+        return {"checks": (FLOAT64, ROUTE)}
+    if r != "none":
+        return {"checks": (FLOAT64,)}
+    a, name = args(), ours.__name__
+    skip = "one example: no batch dim to map" if a[0].dim() == 0 or (a[0].dim() == 1 and name in ONE_EXAMPLE) \
+        else "a keyword (weight) has the batch dim: the matrix maps arguments only" \
+        if any(isinstance(t, torch.Tensor) and t.dim() >= 2 and t.shape[0] == a[0].shape[0] for t in kw.values()) \
+        else "native checks var's values in Python, which vmap refuses (both sides)" \
+        if name == "gaussian_nll_loss" and isinstance(a[2], torch.Tensor) else None
+    if skip:
+        return {"checks": (FLOAT64, VMAP), "skip": {VMAP: skip}}
+    if name in ("cross_entropy", "nll_loss") and a[0].dim() >= 3:  # (N, C, d1, ...): per position of d_last
+        return {"checks": (FLOAT64, VMAP), "vmap_dims": tuple(t.dim() - 1 for t in a)}
+    n = a[0].shape[0]
+    return {"checks": (FLOAT64, VMAP), "vmap_dims": tuple(
+        0 if isinstance(t, torch.Tensor) and t.dim() and t.shape[0] == n else None for t in a)}
+
+
 def add(id, ours, native, args, kwargs=None, check=FLOAT64, **options):
-    CASES.append(Case(f"loss.{id}", ours, native, args, {} if kwargs is None else kwargs, checks=(check,), **options))
+    extra = _per_example(ours, args, kwargs) if check == FLOAT64 else {"checks": SWEEP[check]}
+    CASES.append(Case(f"loss.{id}", ours, native, args, {} if kwargs is None else kwargs, **extra, **options))
 
 
 # --- elementwise ----------------------------------------------------------------------------------------
@@ -258,6 +287,8 @@ for shape in SHAPES:
             add(f"kl_div-{shape_id(shape)}-{r}-log_target{lt}", tbf.kl_div, F.kl_div,
                 lambda shape=shape, lt=lt: kl_args(shape, lt), {"reduction": r, "log_target": lt},
                 quiet=True)  # reduction="mean" warns, as torch does
+add("kl_div-16x33-batchmean", tbf.kl_div, F.kl_div, lambda: kl_args((16, 33), False), {"reduction": "batchmean"}, LOW,
+    devices=CPU)
 
 # --- margin, embedding and likelihood losses ----------------------------------------------------------------
 MARGIN = [  # (ours, native, args builder(shape), kwargs, shapes)
@@ -363,3 +394,131 @@ for i, (ours, native, make, kw) in enumerate([
     (tbf.triplet_margin_loss, F.triplet_margin_loss, lambda: triplet_args((16, 33)), {"p": 1.0, "swap": True}),
 ]):
     add(f"{_name(ours, kw)}-16x33", ours, native, make, kw, LOW)
+
+
+# --- CTC: padded and concatenated targets, repeated labels, an empty target, every reduction (the twin module) -----
+class CTC:
+    """nn.CTCLoss(reduction) called on (log_probs, targets, input_lengths, target_lengths), swapped to its twin
+    when ``twin``."""
+
+    def __init__(self, twin):
+        self.twin, self.__name__ = twin, "ctc_loss" if twin else "CTCLoss"
+
+    def __call__(self, *args, reduction="mean"):
+        import torchbp
+        m = torch.nn.CTCLoss(reduction=reduction)
+        if self.twin:
+            m = torchbp.swap(m)
+            assert type(m) is not torch.nn.CTCLoss
+        return m(*args)
+
+
+CTC_TARGETS = torch.tensor([[1, 2, 2, 3], [3, 1, 0, 0], [4, 4, 4, 0], [2, 0, 0, 0]])  # repeats, one empty below
+
+
+def ctc_args(lengths, concatenated):
+    il, tl = lengths
+    x = torch.randn(8, 4, 5, dtype=torch.float64).log_softmax(-1).requires_grad_()
+    tg = torch.cat([CTC_TARGETS[n, :L] for n, L in enumerate(tl)]) if concatenated else CTC_TARGETS
+    return x, tg, torch.tensor(il), torch.tensor(tl)
+
+
+for i, lengths in enumerate([([8, 7, 8, 5], [4, 2, 3, 1]), ([8, 8, 6, 3], [4, 2, 3, 0])]):
+    for concatenated in (False, True):
+        for r in REDUCTIONS:
+            make = (lambda lengths=lengths, concatenated=concatenated: ctc_args(lengths, concatenated))
+            tag = f"ctc_loss-lengths{i}-{'concatenated' if concatenated else 'padded'}-{r}"
+            CASES.append(Case(f"loss.{tag}", CTC(True), CTC(False), make, {"reduction": r},
+                              checks=(FLOAT64, ROUTE) if r == "mean" else (FLOAT64,), devices=CPU))
+            # (no VMAP: native's ctc_loss under vmap checks its targets against the unmapped batch and refuses)
+            CASES.append(Case(f"loss.{tag}", CTC(True), CTC(False), make, {"reduction": r}, checks=(LOW,),
+                              low_dtypes=(torch.float32,), devices=CPU))  # (native's CPU kernel: no half types)
+
+
+# --- bad inputs: refused by native too (unless said), and torchbp's error names the op ------------------------
+def _x():
+    return torch.randn(2, 3)
+
+
+def _bad(id, ours, args, match, kwargs=None, native="same", why=""):
+    native = getattr(F, ours.__name__) if native == "same" else native
+    return Bad(f"loss.{id}", ours, native, args, match, {} if kwargs is None else kwargs, why)
+
+
+BAD = [
+    _bad("mse_loss-broadcast", tbf.mse_loss, lambda: (torch.randn(2, 3), torch.randn(4, 3)),
+         r"functional\.mse_loss: target of shape \[4, 3\] does not broadcast"),
+    _bad("mse_loss-reduction", tbf.mse_loss, lambda: (torch.randn(2), torch.randn(2)),
+         "mse_loss: 'bad' is not a valid value for reduction", {"reduction": "bad"}),
+    _bad("mse_loss-weight", tbf.mse_loss, lambda: (_x(), _x()), "mse_loss: weight and input must have the same size",
+         lambda: {"weight": torch.rand(3)}),
+    _bad("smooth_l1_loss-beta", tbf.smooth_l1_loss, lambda: (torch.randn(2), torch.randn(2)),
+         "smooth_l1_loss: beta must be >= 0", {"beta": -1.0}),
+    _bad("huber_loss-delta", tbf.huber_loss, lambda: (torch.randn(2), torch.randn(2)), "huber_loss: delta must be > 0",
+         {"delta": 0.0}),
+    _bad("half_squared_error-shape", tbf.half_squared_error, lambda: (_x(), torch.randn(3)),
+         r"half_squared_error: input of shape \[2, 3\] and target of shape \[3\]", native=None,
+         why="no torch counterpart: the derivation's cost asks for one target per output"),
+    _bad("binary_cross_entropy-shape", tbf.binary_cross_entropy, lambda: (torch.rand(2, 3), torch.rand(3)),
+         r"binary_cross_entropy: target of shape \[3\] must have input's shape"),
+    _bad("binary_cross_entropy-range", tbf.binary_cross_entropy, lambda: (torch.tensor([0.5, 1.5]), torch.rand(2)),
+         "binary_cross_entropy: all elements of input should be between 0 and 1"),
+    _bad("binary_cross_entropy_with_logits-pos_weight", tbf.binary_cross_entropy_with_logits,
+         lambda: (_x(), torch.rand(2, 3)), r"binary_cross_entropy_with_logits: pos_weight of shape \[2\] does not",
+         lambda: {"pos_weight": torch.rand(2)}),
+    _bad("binary_cross_entropy_with_logits-weight", tbf.binary_cross_entropy_with_logits,
+         lambda: (_x(), torch.rand(2, 3)), r"binary_cross_entropy_with_logits: weight of shape \[4, 2, 3\]",
+         lambda: {"weight": torch.rand(4, 2, 3)}),
+    _bad("cross_entropy-batch", tbf.cross_entropy, lambda: (_x(), torch.tensor([0, 1, 2])),
+         r"cross_entropy: input batch_size \(2\) must match target batch_size"),
+    _bad("cross_entropy-target-bounds", tbf.cross_entropy, lambda: (_x(), torch.tensor([0, 5])),
+         "cross_entropy: Target 5 is out of bounds"),
+    _bad("cross_entropy-target-shape", tbf.cross_entropy, lambda: (torch.randn(2, 3, 4), torch.randint(0, 3, (2, 5))),
+         r"cross_entropy: expected target of shape \[2, 4\], got \[2, 5\]"),
+    _bad("cross_entropy-probs-ignore_index", tbf.cross_entropy, lambda: (_x(), torch.rand(2, 3)),
+         "cross_entropy: ignore_index is not supported for class-probability", {"ignore_index": 1}),
+    _bad("cross_entropy-weight", tbf.cross_entropy, lambda: (_x(), torch.tensor([0, 1])),
+         r"cross_entropy: weight must have shape \[3\]", lambda: {"weight": torch.rand(4)}),
+    _bad("mse_loss-target-list", tbf.mse_loss, lambda: (torch.randn(2), [1.0, 2.0]),
+         "mse_loss: target must be a Tensor"),
+    _bad("l1_loss-integer", tbf.l1_loss, lambda: (torch.arange(3), torch.arange(3)),
+         "l1_loss: input must be floating point"),
+    _bad("nll_loss-target-dtype", tbf.nll_loss, lambda: (_x(), torch.tensor([0.0, 1.0])),
+         "nll_loss: class-index target must be int64"),
+    _bad("nll_loss-weight-dtype", tbf.nll_loss, lambda: (_x(), torch.tensor([0, 1])),
+         "nll_loss: weight has dtype torch.float64", lambda: {"weight": torch.rand(3, dtype=torch.float64)}),
+    _bad("soft_margin_loss-reduction", tbf.soft_margin_loss, lambda: (_x(), _x().sign()),
+         "soft_margin_loss: 'bad' is not a valid value for reduction", {"reduction": "bad"}),
+    _bad("soft_margin_loss-shape", tbf.soft_margin_loss, lambda: (_x(), torch.randn(4, 3)),
+         r"soft_margin_loss: The size of tensor a \(2\) must match"),
+    _bad("multilabel_soft_margin_loss-weight", tbf.multilabel_soft_margin_loss, lambda: (_x(), torch.rand(2, 3)),
+         r"multilabel_soft_margin_loss: weight of shape \[4\] does not broadcast", lambda: {"weight": torch.rand(4)}),
+    _bad("multilabel_soft_margin_loss-target", tbf.multilabel_soft_margin_loss, lambda: (_x(), torch.rand(5, 2, 3)),
+         r"multilabel_soft_margin_loss: target of shape \[5, 2, 3\]", native=None,
+         why="torch broadcasts the input up to the target's (5, 2, 3) and averages over a batch the input never had"),
+    _bad("margin_ranking_loss-dims", tbf.margin_ranking_loss, lambda: (_x(), _x(), torch.ones(3)),
+         "margin_ranking_loss: input1, input2 and target must have the same number"),
+    _bad("cosine_embedding_loss-3d", tbf.cosine_embedding_loss,
+         lambda: (torch.randn(2, 3, 4), torch.randn(2, 3, 4), torch.ones(2)),
+         "cosine_embedding_loss: .*1D target tensor expects 2D input"),
+    _bad("cosine_embedding_loss-2d-target", tbf.cosine_embedding_loss, lambda: (_x(), _x(), torch.ones(2, 2)),
+         "cosine_embedding_loss: 0D or 1D target tensor expected"),
+    _bad("hinge_embedding_loss-integer", tbf.hinge_embedding_loss, lambda: (torch.arange(3), torch.arange(3)),
+         "hinge_embedding_loss: input must be floating point"),
+    _bad("poisson_nll_loss-shape", tbf.poisson_nll_loss, lambda: (_x(), torch.rand(4, 3)),
+         r"poisson_nll_loss: The size of tensor a \(4\) must match"),
+    _bad("gaussian_nll_loss-negative-var", tbf.gaussian_nll_loss, lambda: (_x(), _x(), -torch.rand(2, 3)),
+         "gaussian_nll_loss: var has negative entry"),
+    _bad("gaussian_nll_loss-negative-float-var", tbf.gaussian_nll_loss, lambda: (_x(), _x(), -1.0),
+         "gaussian_nll_loss: var has negative entry"),
+    _bad("gaussian_nll_loss-var-shape", tbf.gaussian_nll_loss, lambda: (_x(), _x(), torch.rand(3)),
+         r"gaussian_nll_loss: var of shape \[3\] is of incorrect size"),
+    _bad("gaussian_nll_loss-reduction", tbf.gaussian_nll_loss, lambda: (_x(), _x(), torch.rand(2, 3)),
+         "gaussian_nll_loss: 'avg' is not a valid value for reduction", {"reduction": "avg"}),
+    _bad("triplet_margin_loss-margin", tbf.triplet_margin_loss, lambda: (_x(), _x(), _x()),
+         "triplet_margin_loss: margin must be greater than 0", {"margin": 0.0}),
+    _bad("triplet_margin_loss-dims", tbf.triplet_margin_loss, lambda: (_x(), _x(), torch.randn(3)),
+         "triplet_margin_loss: anchor, positive and negative must have the same"),
+    _bad("triplet_margin_loss-list", tbf.triplet_margin_loss, lambda: (_x(), _x(), [1.0, 2.0, 3.0]),
+         "triplet_margin_loss: negative must be a Tensor"),
+]

@@ -33,7 +33,8 @@ def _targets(y, w, ignore_index, dtype):
     gather/scatter); w_{y_n} (1 without weights), 0 where ignored."""
     keep = y != ignore_index
     y0 = torch.where(keep, y, 0)
-    wy = keep.to(dtype) if w is None else torch.where(keep, w[y0], 0)
+    # (w indexed by y0 flattened: a 0-d index would be read as a Python int, which vmap cannot give)
+    wy = keep.to(dtype) if w is None else torch.where(keep, w[y0.reshape(-1)].view(y0.shape), 0)
     return keep, y0, wy
 
 
