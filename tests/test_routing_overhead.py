@@ -148,3 +148,22 @@ def test_route_overhead_script_prices_forward_and_backward(capsys):
     assert "x * x (routed)" in out and "bare Function" in out and "routed" in out.splitlines()[-1]
     costs = script.backward_costs(20)
     assert set(costs) == {"native", "bare Function", "routed"}
+
+
+def test_a_routed_linear_queries_each_tensor_once():
+    """Under manual_backward every tensor query (x.shape, x.dtype, x.dim(), ...) is a call through the mode, a
+    Python call each: linear's checks read each shape and each device and dtype once. 12 calls: 6 device and
+    dtype reads, 3 shapes, 2 reshapes (leading dims folded outside the Function) and the product inside it."""
+    from torchbp import intercept
+
+    class Counting(intercept._Router):
+        calls = 0
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            Counting.calls += 1
+            return super().__torch_function__(func, types, args, kwargs)
+
+    x, w, b = torch.randn(2, 3, 4, requires_grad=True), torch.randn(5, 4, requires_grad=True), torch.randn(5, requires_grad=True)
+    with Counting():
+        torchbp.functional.linear(x, w, b)
+    assert Counting.calls <= 12

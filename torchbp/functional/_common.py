@@ -114,8 +114,10 @@ def check_compatible(op: str, **tensors) -> None:
     """
     values = iter(tensors.values())
     t0 = next(values)
-    if isinstance(t0, torch.Tensor) and t0.is_floating_point():
-        device, dtype, mixed_ok = t0.device, t0.dtype, None
+    # (dtype.is_floating_point, not t0.is_floating_point(): under manual_backward each tensor query is a call
+    # through the mode, a dtype's attribute is not)
+    if isinstance(t0, torch.Tensor) and (dtype := t0.dtype).is_floating_point:
+        device, mixed_ok = t0.device, None
         for v in values:  # a plain loop: all() over a generator costs twice as much here
             if v is None:
                 continue
