@@ -130,6 +130,32 @@ for fn, kw, shape in POOL3D_GRADCHECK:
                       checks=(GRADCHECK,)))
 
 
+# --- every routed native (torch.nn.functional's, torch's, torch._C._nn's) against the δ its route names ----
+def _routes():
+    import re
+
+    from torchbp.functional.pooling import ROUTES
+
+    def prefix(fn):
+        return next(name for mod, name in ((F, "F"), (torch._C._nn, "torch._C._nn"), (torch, "torch"))
+                    if getattr(mod, fn.__name__, None) is fn)
+
+    out = []
+    for native, ours in ROUTES.items():
+        name = native.__name__
+        n = int(re.search(r"(\d)d", name).group(1))
+        shape = {1: (2, 3, 10), 2: (2, 3, 9, 7), 3: (2, 3, 4, 6, 5)}[n]
+        rest = ({1: 4, 2: (3, 4), 3: (2, 3, 1)}[n],) if "adaptive" in name else (3, 2)
+        out.append(Case(f"pooling.routed-{prefix(native)}.{name}", ours, native,
+                        lambda shape=shape, rest=rest: (torch.randn(shape, dtype=torch.float64, requires_grad=True),
+                                                        *rest),
+                        checks=SWEEP[FLOAT64], devices=("cpu",) if n == 3 else ("cpu", "cuda")))
+    return out
+
+
+CASES += _routes()
+
+
 # --- refused inputs --------------------------------------------------------------------------------------
 def _bad(op, tag, args, match):
     return Bad(f"pooling.{op}-{tag}", getattr(tbf, op), getattr(F, op), args, f"torchbp.functional.{op}: {match}")
