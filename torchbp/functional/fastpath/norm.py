@@ -58,6 +58,23 @@ def rows_in_place(delta, x, mu, r, w, need_x, need_w, need_b):
     return grad_x, gw, gb
 
 
+def _cells_are_the_reduction(delta, x, mu, r, w, red, pdims, need_w, need_b):
+    """``cells_in_place`` in training, in one chunk, where every cell is one reduction set (batch_norm's
+    channels, instance_norm's (sample, channel) planes): its per-cell factors in the fewest ops, each a
+    product of the two sums c1 = Σδ, c2 = Σ δ ⊙ (x − μ) with r, γ: ∂J/∂γ = c2 r, k = r γ, u = −k / M,
+    a = (c2 r)(u r) = −c2 γ r³ / M, b = c1 u − μ a; δ_x = a ⊙ x + b + k ⊙ δ written into P's buffer."""
+    M = math.prod([x.shape[d] for d in red])
+    c1 = delta.sum(red, keepdim=True, dtype=r.dtype)
+    P = torch.sub(x, mu).mul_(delta)
+    gw = P.sum(red, keepdim=True).mul_(r)
+    k = r if w is None else r * w
+    u = k / -M
+    a = gw * (u * r)
+    b = torch.addcmul(c1 * u, mu, a, value=-1)
+    grad_x = torch.mul(x, a, out=P).add_(b).addcmul_(delta, k)
+    return grad_x, _sum(gw, pdims) if need_w else None, _sum(c1, pdims) if need_b else None
+
+
 def _sum(t, dims):
     """t summed over ``dims`` (kept), or t itself where it already has extent 1 along all of them (a per-cell
     sum whose cells span those dims)."""
@@ -82,6 +99,8 @@ def cells_in_place(delta, x, mu, r, w, red, pdims, cell, training, need_x, need_
     stats = need_x and training
     N = x.shape[0]
     half_cpu = x.dtype in _LOW and x.device.type == "cpu"
+    if stats and not half_cpu and tuple(cell) == tuple(red):
+        return _cells_are_the_reduction(delta, x, mu, r, w, red, pdims, need_w, need_b)
     nc = max(1, min(N, -(-x.numel() // (chunk_elems or HALF_CHUNK)))) if half_cpu else 1
     step = max(1, -(-N // nc))
     chunks = [slice(i, i + step) for i in range(0, N, step)] or [slice(0, 0)]
