@@ -103,9 +103,14 @@ def backward_costs(calls: int) -> dict:
 
     empty = per_call(lambda: None, calls)  # the loop itself
     enter = per_call(block, max(1, calls // 10))
-    return {"native": per_call(lambda: torch.autograd.backward(x * y, g), calls) - empty,
-            "bare Function": per_call(lambda: torch.autograd.backward(bare(x, y), g), calls) - empty,
-            "routed": per_call(routed, calls) - empty - enter}
+    runs = {"native": lambda: torch.autograd.backward(x * y, g),
+            "bare Function": lambda: torch.autograd.backward(bare(x, y), g), "routed": routed}
+    best = dict.fromkeys(runs, float("inf"))
+    for _ in range(5):  # the three taken in turn, so that a busy moment of a shared host falls on all of them
+        for k, fn in runs.items():
+            best[k] = min(best[k], per_call(fn, max(1, calls // 5)))
+    return {"native": best["native"] - empty, "bare Function": best["bare Function"] - empty,
+            "routed": best["routed"] - empty - enter}
 
 
 def step_calls(model_name: str):

@@ -51,10 +51,9 @@ class _Elementwise(DeltaFunction):
         # (where backward reads the tensor from the saved ones and sums its δ back to that shape) and each
         # other input as given (numbers, None: no input of these ops is a torch.Size).
         def setup_context(ctx, inputs, output):
-            ctx.meta = meta = tuple(a.shape if isinstance(a, _T) else a for a in inputs)
+            ctx.meta = tuple([a.shape if isinstance(a, _T) else a for a in inputs])
             if uses_inputs:
-                ctx.save_for_backward(*[a for a, m in zip(inputs, meta) if type(m) is _Size],
-                                      output if uses_output else None)
+                ctx.save_for_backward(*[a for a in inputs if isinstance(a, _T)], output if uses_output else None)
             else:
                 ctx.save_for_backward(output if uses_output else None)
 
@@ -67,7 +66,7 @@ class _Elementwise(DeltaFunction):
             else:
                 args = [None if type(m) is _Size else m for m in meta]
             grads = cls.grads(delta, out, args, needs)
-            return tuple(None if g is None or not needs[i] else unbroadcast(g, meta[i]) for i, g in enumerate(grads))
+            return tuple([None if g is None or not needs[i] else unbroadcast(g, meta[i]) for i, g in enumerate(grads)])
 
         cls.forward = staticmethod(f)
         cls.setup_context, cls.backward = staticmethod(setup_context), staticmethod(backward)
@@ -83,7 +82,7 @@ class Add(_Elementwise):
 
     @staticmethod
     def f(a, b, alpha):
-        return torch.add(a, b, alpha=alpha) if _is_t(a) else torch.add(b, a, alpha=1) if alpha == 1 \
+        return torch.add(a, b, alpha=alpha) if isinstance(a, _T) else torch.add(b, a, alpha=1) if alpha == 1 \
             else torch.add(torch.as_tensor(a), b, alpha=alpha)
 
     @staticmethod
@@ -100,7 +99,7 @@ class Sub(_Elementwise):
 
     @staticmethod
     def f(a, b, alpha):
-        return torch.sub(a, b, alpha=alpha) if _is_t(a) else torch.rsub(b, a, alpha=alpha)
+        return torch.sub(a, b, alpha=alpha) if isinstance(a, _T) else torch.rsub(b, a, alpha=alpha)
 
     @staticmethod
     def grads(d, out, args, needs):
@@ -115,7 +114,7 @@ class Mul(_Elementwise):
 
     @staticmethod
     def f(a, b):
-        return torch.mul(a, b) if _is_t(a) else torch.mul(b, a)
+        return torch.mul(a, b) if isinstance(a, _T) else torch.mul(b, a)
 
     @staticmethod
     def grads(d, out, args, needs):
@@ -130,7 +129,7 @@ class Div(_Elementwise):
 
     @staticmethod
     def f(a, b):
-        return torch.div(a, b) if _is_t(a) else torch.mul(torch.reciprocal(b), a)
+        return torch.div(a, b) if isinstance(a, _T) else torch.mul(torch.reciprocal(b), a)
 
     @staticmethod
     def grads(d, out, args, needs):
@@ -461,7 +460,10 @@ def _inplace(op, x, *args):
 # --- functional forms, with torch's signatures -----------------------------------------------------------
 
 def _complex(*args) -> bool:
-    return any(_is_t(a) and a.is_complex() for a in args)
+    for a in args:  # (a plain loop: runs on every routed call, any() over a generator costs twice as much)
+        if isinstance(a, _T) and a.is_complex():
+            return True
+    return False
 
 
 def _floating_out(*args) -> bool:
