@@ -3,7 +3,7 @@ between packed layers, the audit of unrolled cells (values, gradients, gradcheck
 and refusals: tests/cases/cells.py)."""
 import pytest
 import torch
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+from torch.nn.utils.rnn import pack_padded_sequence
 
 import torchbp
 import torchbp.nn.rnn as tbn
@@ -18,7 +18,7 @@ def _pair(kind, *args, **kw):
     return nat, ours
 
 
-def _call(mod, packed=None):
+def _call(mod):
     """The module as a function of (x, *states, *parameters)."""
     names = [n for n, _ in mod.named_parameters()]
 
@@ -26,11 +26,7 @@ def _call(mod, packed=None):
         n_states = len(rest) - len(names)
         states, params = rest[:n_states], rest[n_states:]
         hx = None if not states else states if n_states == 2 else states[0]
-        inp = x if packed is None else packed(x)
-        out = torch.func.functional_call(mod, dict(zip(names, params)), (inp, hx))
-        if packed is not None:  # compare the padded output and the states
-            out = (pad_packed_sequence(out[0])[0], out[1])
-        return out
+        return torch.func.functional_call(mod, dict(zip(names, params)), (x, hx))
     return f
 
 
