@@ -25,11 +25,9 @@ LP = [(1, dict(norm_type=2, kernel_size=3), (2, 3, 9)), (1, dict(norm_type=3.0, 
       (3, dict(norm_type=2, kernel_size=2), (2, 2, 4, 4, 4)), (3, dict(norm_type=4, kernel_size=(1, 2, 2)), (2, 3, 4, 4))]
 
 CASES = []
-# the δ of a finite p branches on the data (NaN windows, see LPPool.backward): vmap refuses it
-DATA_BRANCH = {"vmap": "LPPool.backward asks bad.any() (NaN windows): data-dependent control flow vmap refuses"}
 NO_CPU_HALF = "float32 only: avg_pool3d has no CPU bfloat16 / float16 kernel"
 for n, kw, shape in LP:
-    skip = UNBATCHED if len(shape) == n + 1 else {} if kw["norm_type"] in (float("inf"), -float("inf")) else DATA_BRANCH
+    skip = UNBATCHED if len(shape) == n + 1 else {}
     CASES.append(module_case("pooling_extra", getattr(nn, f"LPPool{n}d"), kw, shape, ALL, delta_ran=True,
                              x=None if kw["norm_type"] in (2, 4, float("inf"), -float("inf")) else positive, skip=skip,
                              low_dtypes=(torch.float32,) if n == 3 else LOW_DTYPES, why=NO_CPU_HALF if n == 3 else ""))
@@ -42,8 +40,7 @@ def zero_window():
 
 
 CASES += [
-    Case("pooling_extra.lp_pool2d-zero-window", tbp.lp_pool2d, F.lp_pool2d, zero_window, checks=SWEEP[FLOAT64],
-         skip=DATA_BRANCH),
+    Case("pooling_extra.lp_pool2d-zero-window", tbp.lp_pool2d, F.lp_pool2d, zero_window, checks=SWEEP[FLOAT64]),
     Case("pooling_extra.lp_pool2d[2,2,1]-1x2x3x3", tbp.lp_pool2d, F.lp_pool2d,
          lambda: (torch.randn(1, 2, 3, 3, dtype=DT, requires_grad=True), 2, 2, 1), checks=(GRADCHECK,)),
     Case("pooling_extra.lp_pool1d[3,2]-2x4", tbp.lp_pool1d, F.lp_pool1d, lambda: (positive((2, 4)), 3, 2),

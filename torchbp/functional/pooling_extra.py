@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import torch
 import torch.nn.functional as F
 
-from ._common import DeltaFunction, check, check_tensor
+from ._common import DeltaFunction, _functorch_active, check, check_tensor
 from .pooling import AvgPool, MaxPool, _MAX, _tuple
 
 
@@ -53,8 +53,10 @@ class LPPool(DeltaFunction):
         A = getattr(F, f"avg_pool{n}d")(x.pow(p), k, s, 0, ctx.ceil_mode)
         dA = torch.where(A != 0, delta * (K / p) * (K * A).pow(1.0 / p - 1), torch.zeros_like(A))
         bad = dA.isnan()
-        if bad.any():  # NaN windows (a^p of negatives, p fractional): NaN to their own elements only, as
-            # native's window-by-window kernel spreads it (the separable products would smear it along rows)
+        # NaN windows (a^p of negatives, p fractional): NaN to their own elements only, as native's
+        # window-by-window kernel spreads it (the separable products would smear it along rows). Under a
+        # functorch transform (vmap) a tensor's value cannot steer Python: that path, always.
+        if _functorch_active is None or _functorch_active() or bad.any():
             dq = _avg_adjoint(dA.masked_fill(bad, 0), x.shape, n, k, s, ctx.ceil_mode)
             reach = _avg_adjoint(bad.to(dA.dtype), x.shape, n, k, s, ctx.ceil_mode) > 0
             dq = dq.masked_fill(reach, float("nan"))
