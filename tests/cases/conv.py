@@ -27,6 +27,11 @@ CONV_CASES = [
      (2, 3, 6, 9)),
     (nn.Conv2d, dict(in_channels=3, out_channels=4, kernel_size=3, padding="valid"), (2, 3, 6, 7)),
     (nn.Conv2d, dict(in_channels=3, out_channels=4, kernel_size=3, stride=2, padding=2, dilation=2), (3, 9, 10)),
+    # pointwise: δ_a and ∂J/∂W as matrix products on the CPU (one position per sample, a few, many)
+    (nn.Conv2d, dict(in_channels=6, out_channels=4, kernel_size=1), (3, 6, 1, 1)),
+    (nn.Conv2d, dict(in_channels=6, out_channels=4, kernel_size=1, bias=False), (3, 6, 2, 3)),
+    (nn.Conv2d, dict(in_channels=5, out_channels=7, kernel_size=1), (2, 5, 5, 4)),
+    (nn.Conv1d, dict(in_channels=4, out_channels=3, kernel_size=1), (2, 4, 17)),
 ] + [
     (cls, dict(in_channels=3, out_channels=4, kernel_size=3, padding=p, padding_mode=mode), shape)
     for mode in ("zeros", "reflect", "replicate", "circular")
@@ -50,6 +55,7 @@ CONVT_CASES = [
     (nn.ConvTranspose2d, dict(in_channels=4, out_channels=8, kernel_size=3, groups=4, dilation=(2, 1), stride=2,
                               output_padding=1), (2, 4, 5, 5)),
     (nn.ConvTranspose2d, dict(in_channels=3, out_channels=4, kernel_size=4, stride=2, padding=1), (3, 6, 6)),
+    (nn.ConvTranspose2d, dict(in_channels=5, out_channels=3, kernel_size=1), (2, 5, 4, 5)),
 ]
 
 CONV_GRADCHECK = [  # small: gradgradcheck costs O(numel²)
@@ -62,6 +68,9 @@ CONV_GRADCHECK = [  # small: gradgradcheck costs O(numel²)
                               groups=2), (1, 2, 4)),
     (nn.ConvTranspose2d, dict(in_channels=2, out_channels=2, kernel_size=2, dilation=(3, 1), stride=(1, 2),
                               output_padding=(2, 1)), (1, 2, 3, 3)),
+    (nn.Conv2d, dict(in_channels=3, out_channels=2, kernel_size=1), (2, 3, 1, 1)),
+    (nn.Conv2d, dict(in_channels=2, out_channels=3, kernel_size=1), (2, 2, 2, 2)),
+    (nn.Conv1d, dict(in_channels=2, out_channels=2, kernel_size=1, bias=False), (2, 2, 16)),
 ]
 
 CONV3D_CASES = [
@@ -76,7 +85,8 @@ CONV3D_GRADCHECK = [(cls, {**kw, "in_channels": 2, "out_channels": 2, "groups": 
                     for cls, kw, _ in CONV3D_CASES]  # small: gradgradcheck costs O(numel²)
 
 LOW_CASES = [CONV_CASES[2], CONV_CASES[11], CONV_CASES[13], CONV_CASES[-3], CONVT_CASES[1], CONVT_CASES[5],
-             CONVT_CASES[7]]
+             CONVT_CASES[7], CONVT_CASES[-1]] + [
+    (nn.Conv2d, dict(in_channels=16, out_channels=24, kernel_size=1), (4, 16, L, L)) for L in (1, 2, 6)]
 
 
 def unbatched(cls, kw, shape):
