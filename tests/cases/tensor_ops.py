@@ -4,7 +4,7 @@ also asserts that a δ Function really ran (a DeltaFunction node in the graph), 
 import torch
 
 import torchbp
-from cases import FLOAT64, GRADCHECK, LOW, ROUTE, SWEEP, VMAP, Bad, Case
+from cases import FLOAT64, GRADCHECK, LOW, ROUTE, SWEEP, VMAP, Bad, Case, shape_id
 
 g = torch.Generator().manual_seed(0)
 
@@ -180,3 +180,13 @@ BAD = [
     _bad_dim("logsumexp", lambda a: torch.logsumexp(a, 5), (3, 4),
              "torchbp.functional.logsumexp: dim 5 is out of range"),
 ]
+
+# weight_norm's g: one value per slice of v along dim. torch reads a g of another size flat, past its end or
+# short of it, and returns a weight of v's shape without a word (native None: nothing to refuse there)
+_wn = lambda v, g: torch._weight_norm(v, g, 0)  # noqa: E731
+BAD += [Bad(f"tensor_ops.weight_norm-g{shape_id(gs)}", routed(_wn), None,
+            lambda gs=gs: (torch.randn(3, 4, dtype=torch.float64, requires_grad=True),
+                           torch.rand(gs, dtype=torch.float64, requires_grad=True)),
+            r"torchbp.functional.torch._weight_norm: g has \d+ elements but v of shape \[3, 4\] has 3 slices",
+            why="torch's kernel reads g flat, past its end")
+        for gs in [(4, 1), (1, 4), (1, 1)]]

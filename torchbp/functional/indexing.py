@@ -430,6 +430,12 @@ def weight_norm(v, g, dim=0):
     """δ twin of ``torch._weight_norm`` (what ``torch.nn.utils.parametrizations.weight_norm`` computes)."""
     if not _floating(v, g):
         return torch._weight_norm(v, g, dim)
+    # g holds one value per slice of v along dim (torch's kernel reads it flat): one of another size, which
+    # torch takes without a word (reading past its end, or corrupting memory under vmap), is refused here
+    if -1 <= dim < v.dim():
+        n = 1 if dim == -1 or v.dim() == 0 else v.shape[dim]
+        check(g.numel() == n, "torch._weight_norm", f"g has {g.numel()} elements but v of shape {list(v.shape)} "
+              f"has {n} slices along dim {dim} (one g each)")
     return WeightNorm.apply(v, g, dim)
 
 
