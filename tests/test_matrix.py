@@ -120,7 +120,8 @@ def _per_example_grads(fn, args, kw, in_dims):
 def test_vmap(case):
     args, kw = case.make()
     args, kw = _convert(tuple(_float64(args)), torch.float64, "cpu"), _convert(kw, torch.float64, "cpu")
-    in_dims = case.vmap_dims or (0,) + (None,) * (len(args) - 1)
+    in_dims = tuple(case.vmap_dims or (0,))
+    in_dims += (None,) * (len(args) - len(in_dims))  # the arguments not named: shared by every example
     with _quiet(case):
         ours = _per_example_grads(case.ours, args, kw, in_dims)
         native = _per_example_grads(case.native, args, kw, in_dims)

@@ -37,8 +37,8 @@ class Case:
     checks: the matrix checks this input takes (see the module's docstring), on every device of ``devices``.
     skip: {check: reason} for the checks of ``checks`` this input cannot take; they are dropped from
     ``checks`` and the reason stays for the reader.
-    vmap_dims: ``in_dims`` of the VMAP check (default: the first argument's dim 0, the rest shared); the
-    gradients taken are those of every floating argument that requires grad.
+    vmap_dims: ``in_dims`` of the VMAP check, the arguments left off shared (default: the first argument's dim
+    0, the rest shared); the gradients taken are those of every floating argument that requires grad.
     why: a note on what the case leaves out (read by people, not by the matrix).
     delta_ran: FLOAT64 also asserts that a δ Function node is in the graph of ``ours``' output.
     quiet: the warnings both sides raise (as torch does) are silenced."""
