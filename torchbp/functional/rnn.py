@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from . import activation as A
-from ._common import FP32, LOWER, DeltaFunction, apply, check, check_compatible, check_tensor, inplace_ok, scale_
+from ._common import FP32, LOWER, DeltaFunction, _autocast_state, apply, check, check_compatible, check_tensor, inplace_ok, scale_
 
 
 def _order(T, reverse):
@@ -556,6 +556,25 @@ def _lstm_cell_step(x, h, c, w_ih, w_hh, b_ih, b_hh):
     return apply(LSTMCellOutput, LOWER, o, c2), c2
 
 
+def _cell_under_cpu_autocast(op, x, h, c, w_ih, w_hh, b_ih, b_hh):
+    """(h', c') of a GRU or LSTM cell under CPU autocast, step by step as native's cell takes them: the gates'
+    linear maps in the autocast dtype, the rest in what the dtypes promote to, so a float32 state stays
+    float32 (native adds the gates to it). Each step is a δ op (linear, sigmoid, tanh, add, mul, sub):
+    their δ's, chained, are the cell's backward written out above; the gates' chunks are views."""
+    from .linear import linear
+    from .pointwise import add, mul, sub
+    ig, hg = linear(x, w_ih, b_ih), linear(h, w_hh, b_hh)
+    if op == "lstm_cell":  # c' = f ⊙ c + i ⊙ g,  h' = o ⊙ tanh c'
+        i, f, g, o = add(hg, ig).chunk(4, 1)
+        i, f, g, o = A.sigmoid(i), A.sigmoid(f), A.tanh(g), A.sigmoid(o)
+        c2 = add(mul(f, c), mul(i, g))
+        return mul(o, A.tanh(c2)), c2
+    (i_r, i_z, i_n), (h_r, h_z, h_n) = ig.chunk(3, 1), hg.chunk(3, 1)  # h' = (h − n) ⊙ z + n
+    r, z = A.sigmoid(add(h_r, i_r)), A.sigmoid(add(h_z, i_z))
+    n = A.tanh(add(i_n, mul(h_n, r)))
+    return add(mul(sub(h, n), z), n), None
+
+
 def _cell(op, input, hx, w_ih, w_hh, b_ih, b_hh):
     is_lstm = op == "lstm_cell"
     h, c = (hx[0], hx[1]) if is_lstm else (hx, None)
@@ -572,7 +591,10 @@ def _cell(op, input, hx, w_ih, w_hh, b_ih, b_hh):
     unbatched = input.dim() == 1
     if unbatched:
         input, h, c = input.unsqueeze(0), h.unsqueeze(0), None if c is None else c.unsqueeze(0)
-    if is_lstm:
+    low = _autocast_state("cpu") if input.device.type == "cpu" and op in ("gru_cell", "lstm_cell") else None
+    if low is not None and any(t is not None and t.dtype != low for t in (h, c)):
+        h, c = _cell_under_cpu_autocast(op, input, h, c, w_ih, w_hh, b_ih, b_hh)
+    elif is_lstm:
         h, c = _lstm_cell_step(input, h, c, w_ih, w_hh, b_ih, b_hh)
     else:
         h, c = _step(op[:-5], input, h, c, w_ih, w_hh, b_ih, b_hh, None, LOWER)
