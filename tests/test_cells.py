@@ -6,16 +6,7 @@ import torch
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import torchbp
-import torchbp.nn.rnn as tbn
-
-
-def _pair(kind, *args, **kw):
-    torch.manual_seed(0)
-    nat = getattr(torch.nn, kind)(*args, **kw).double()
-    ours = torchbp.swap(getattr(torch.nn, kind)(*args, **kw).double())
-    ours.load_state_dict(nat.state_dict())
-    assert type(ours) is getattr(tbn, kind)
-    return nat, ours
+from cases.cells import pair
 
 
 def _call(mod):
@@ -37,7 +28,7 @@ def _params(mod):
 # --- LSTM with proj_size ---------------------------------------------------------------------------------
 
 def test_lstm_proj_loss_from_one_output_only():
-    nat, ours = _pair("LSTM", 3, 4, proj_size=2, num_layers=2)
+    nat, ours = pair("LSTM", 3, 4, proj_size=2, num_layers=2)
     base = (torch.randn(4, 2, 3, dtype=torch.float64, requires_grad=True), *_params(nat))
     for use in range(3):
         grads = []
@@ -61,7 +52,7 @@ def _packer(enforce_sorted, lengths=LENGTHS):
 @pytest.mark.parametrize("kind", ["RNN", "GRU", "LSTM"])
 def test_packed_dropout_between_layers_matches_native(kind):
     """The packed data between layers gets native's dropout mask (same RNG stream), so train mode matches."""
-    nat, ours = _pair(kind, 3, 4, num_layers=3, dropout=0.5, bidirectional=True)
+    nat, ours = pair(kind, 3, 4, num_layers=3, dropout=0.5, bidirectional=True)
     x = torch.randn(5, 4, 3, dtype=torch.float64, requires_grad=True)
     res = []
     for m in (nat, ours):

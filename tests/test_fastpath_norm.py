@@ -7,7 +7,7 @@ import torch
 
 from torchbp.functional import normalization as norm
 from torchbp.functional.fastpath import norm as fast
-from util import DEVICES, FLOOR, rel_err
+from util import DEVICES, FLOOR, RecordOps, rel_err
 
 DTYPES = [torch.float64, torch.float32, torch.bfloat16, torch.float16]
 
@@ -117,20 +117,9 @@ def test_chunk_threshold_is_an_argument():
 def test_backward_makes_no_zero_tensors_for_the_statistics(name):
     """μ and r are outputs of the Function that carry no δ: its backward gets None for them, not zero tensors
     autograd would make (and fill) on every step."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class Ops(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.names = []
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.names.append(func.__name__)
-            return func(*args, **(kwargs or {}))
-
     x, w, b, d = _inputs(name, torch.float32, "cpu")
     x.requires_grad_()
     out = CASES[name][0](x, w, b)
-    with Ops() as ops:
+    with RecordOps() as ops:
         out.backward(d)
     assert x.grad is not None and not [n for n in ops.names if n.startswith(("zeros", "fill", "full"))]

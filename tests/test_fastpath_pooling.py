@@ -6,7 +6,7 @@ import torch
 
 from torchbp.functional.fastpath import pooling as fp
 
-from util import DEVICES
+from util import DEVICES, RecordOps
 
 DTYPES = [torch.float64, torch.float32, torch.bfloat16, torch.float16]
 ARGS = [((2, 2), (2, 2), (0, 0), (1, 1), False), ((3, 3), (2, 2), (1, 1), (1, 1), True),
@@ -69,17 +69,6 @@ def test_global_average_pooling_backward_is_native_and_builds_no_window(n, shape
     """δ_prev = δ / ∏L over the whole map: native's values (bit for bit: one division per element, rounded
     once), NaN and ±inf δ staying in their own (sample, channel), contiguous, and no window matrices built (a
     handful of ops, none of them the windows' arange / comparisons)."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class Ops(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.names = []
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.names.append(func.__name__)
-            return func(*args, **(kwargs or {}))
-
     ours, native = _adaptive_avg(n)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(shape, generator=g, dtype=torch.float64).to(dtype)
@@ -89,7 +78,7 @@ def test_global_average_pooling_backward_is_native_and_builds_no_window(n, shape
     for fn in (ours, native):
         xr = x.clone().requires_grad_()
         out = fn(xr, 1)
-        with Ops() as ops:
+        with RecordOps() as ops:
             out.backward(delta)
         grads.append((xr.grad, ops.names))
     (got, names), (want, _) = grads

@@ -159,3 +159,22 @@ def is_delta(t: torch.Tensor) -> bool:
     if type(fn).__name__.startswith("SqueezeBackward"):  # an unbatched input's batch dim, added and dropped
         fn = fn.next_functions[0][0]
     return fn is not None and issubclass(getattr(type(fn), "_forward_cls", type), torchbp.functional.DeltaFunction)
+
+
+class RecordOps:
+    """A dispatch mode recording the name of every aten op that runs inside it (``with RecordOps() as ops:``,
+    then ``ops.names``)."""
+
+    def __new__(cls):
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        class _Record(TorchDispatchMode):
+            def __init__(self):
+                super().__init__()
+                self.names = []
+
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                self.names.append(func.__name__)
+                return func(*args, **(kwargs or {}))
+
+        return _Record()

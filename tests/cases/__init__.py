@@ -139,6 +139,15 @@ def module_case(family, cls, kw, shape, checks, x=None, **options):
                 ModuleCall(cls, kw, False), args, checks=tuple(checks), **options)
 
 
+def seeded(f, seed=7):
+    """f with the RNG reset before each call: both sides of a random op draw the same numbers."""
+    def g(*a, **k):
+        torch.manual_seed(seed)
+        return f(*a, **k)
+    g.__name__ = getattr(f, "__name__", type(f).__name__)
+    return g
+
+
 def kw_id(kw) -> str:
     """A short id for a kwargs dict: ``{'dim': 1}`` -> ``dim=1``."""
     return ",".join(f"{k}={getattr(v, '__name__', v)}" for k, v in kw.items()) if kw else ""

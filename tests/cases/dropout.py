@@ -7,19 +7,11 @@ import torch.nn.functional as F
 
 import torchbp
 import torchbp.functional as tbf
-from cases import FLOAT64, GRADCHECK, LOW, SWEEP, Bad, Case, shape_id
+from cases import FLOAT64, GRADCHECK, LOW, SWEEP, Bad, Case, seeded, shape_id
 
 DT = torch.float64
 RANDOM = {"vmap": "random masks: vmap refuses randomness (and each example would draw its own)"}
 
-
-def seeded(f, seed=7):
-    """f with the RNG reset before each call: both sides draw the same mask."""
-    def g(*a, **k):
-        torch.manual_seed(seed)
-        return f(*a, **k)
-    g.__name__ = getattr(f, "__name__", type(f).__name__)
-    return g
 
 
 def x(*shape):

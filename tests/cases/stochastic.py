@@ -7,20 +7,11 @@ import torch.nn.functional as F
 
 import torchbp
 import torchbp.functional.stochastic as tbs
-from cases import FLOAT64, GRADCHECK, LOW, SWEEP, Bad, Case, kw_id, shape_id
+from cases import FLOAT64, GRADCHECK, LOW, SWEEP, Bad, Case, kw_id, seeded, shape_id
 
 DT = torch.float64
 RANDOM = {"vmap": "random draws: vmap refuses randomness (and each example would draw its own)"}
 NO_VMAP_RULE = {"vmap": "native's rrelu_with_noise has no vmap rule"}
-
-
-def seeded(f, seed=11):
-    """f with the RNG reset before each call: both sides draw the same random numbers."""
-    def g(*a, **k):
-        torch.manual_seed(seed)
-        return f(*a, **k)
-    g.__name__ = getattr(f, "__name__", type(f).__name__)
-    return g
 
 
 def x(*shape):
