@@ -97,14 +97,20 @@ def unbroadcast(g, shape):
 
 # --- checks: errors at least as clear as torch's own, naming the op -------------------------------
 
+def fail(op: str, message: str):
+    """Raise the error a failed check gives: the op named, then the problem. Called directly where a check
+    runs on every call and its message is worth building only once it has failed."""
+    raise RuntimeError(f"torchbp.functional.{op}: {message}")
+
+
 def check(cond: bool, op: str, message: str) -> None:
     if not cond:
-        raise RuntimeError(f"torchbp.functional.{op}: {message}")
+        fail(op, message)
 
 
 def check_tensor(op: str, name: str, t) -> None:
     if not isinstance(t, torch.Tensor):
-        check(False, op, f"{name} must be a Tensor, got {type(t).__name__}")
+        fail(op, f"{name} must be a Tensor, got {type(t).__name__}")
 
 
 def check_compatible(op: str, **tensors) -> None:
@@ -135,17 +141,17 @@ def check_compatible(op: str, **tensors) -> None:
         check_tensor(op, k, v)
     name0, t0 = items[0]
     if not t0.is_floating_point():
-        check(False, op, f"{name0} must be floating point, got {t0.dtype}")
+        fail(op, f"{name0} must be floating point, got {t0.dtype}")
     device, dtype, mixed_ok = t0.device, t0.dtype, None
     for k, v in items[1:]:
         if v.device != device:
-            check(False, op, f"{k} is on {v.device} but {name0} is on {device}; move them to one device")
+            fail(op, f"{k} is on {v.device} but {name0} is on {device}; move them to one device")
         if v.dtype != dtype:
             if mixed_ok is None:  # autocast casts them to one dtype first
                 mixed_ok = _autocast_state(device.type) is not None
             if not mixed_ok:
-                check(False, op, f"{k} has dtype {v.dtype} but {name0} has dtype {dtype}; cast one of them "
-                                 "(or run under torch.autocast)")
+                fail(op, f"{k} has dtype {v.dtype} but {name0} has dtype {dtype}; cast one of them "
+                         "(or run under torch.autocast)")
 
 
 def check_inplace_target(op: str, x: torch.Tensor) -> None:

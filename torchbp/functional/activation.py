@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ._common import FP32_CUDA, LOWER, DeltaFunction, _functorch_active, apply, check, check_compatible, \
-    check_inplace_target, check_tensor, compiling, inplace_ok, scale_
+    check_inplace_target, check_tensor, compiling, fail, inplace_ok, scale_
 from .fastpath.pointwise import gelu_scale, scale_pieces, select_scale
 
 
@@ -608,7 +608,7 @@ class Softmin(_Pointwise):
 def _unary(op, fn, input, *args, inplace=False, policy=None):
     check_tensor(op, "input", input)
     if not input.is_floating_point():
-        check(False, op, f"input must be floating point, got {input.dtype}")
+        fail(op, f"input must be floating point, got {input.dtype}")
     if inplace:
         check_inplace_target(op + "_", input)
     if inplace and (compiling() or not hasattr(fn, "delta_out")):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._common import LOWER, DeltaFunction, _named, apply, check, check_compatible, check_tensor
+from ._common import LOWER, DeltaFunction, _named, apply, check, check_compatible, check_tensor, fail
 from .fastpath import conv as fast
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
@@ -191,7 +191,7 @@ def pad(input, pad, mode="constant", value=None):
 def _tuple(v, n, op, name):
     v = tuple(v) if isinstance(v, (tuple, list)) else (v,) * n
     if len(v) != n or not all(isinstance(i, int) for i in v):
-        check(False, op, f"{name} must be an int or a tuple of {n} ints, got {v}")
+        fail(op, f"{name} must be an int or a tuple of {n} ints, got {v}")
     return v
 
 
@@ -200,13 +200,13 @@ def _check_args(op, n, input, weight, bias, groups, layout):
     the weight's leading dims, as its error names them."""
     check_compatible(op, input=input, weight=weight, bias=bias)
     if weight.dim() != n + 2:
-        check(False, op, f"weight must be {n + 2}-D ({layout}, {', '.join(('kD', 'kH', 'kW')[3 - n:])}), "
-                         f"got shape {list(weight.shape)}")
+        fail(op, f"weight must be {n + 2}-D ({layout}, {', '.join(('kD', 'kH', 'kW')[3 - n:])}), "
+                 f"got shape {list(weight.shape)}")
     if input.dim() not in (n + 1, n + 2):
-        check(False, op, f"expected {n + 1}-D (unbatched) or {n + 2}-D (batched) input, got shape "
-                         f"{list(input.shape)}")
+        fail(op, f"expected {n + 1}-D (unbatched) or {n + 2}-D (batched) input, got shape "
+                 f"{list(input.shape)}")
     if not (isinstance(groups, int) and groups > 0):
-        check(False, op, f"groups must be a positive int, got {groups}")
+        fail(op, f"groups must be a positive int, got {groups}")
     return input.shape[-n - 1]
 
 
@@ -220,13 +220,13 @@ def _apply_batched(cls, n, input, *args):
 def _conv(op, n, input, weight, bias, stride, padding, dilation, groups):
     C = _check_args(op, n, input, weight, bias, groups, "out_channels, in_channels/groups")
     if C != weight.shape[1] * groups:
-        check(False, op, f"input has {C} channels (shape {list(input.shape)}) but weight expects "
-                         f"{weight.shape[1] * groups} = {weight.shape[1]} x groups {groups} (shape "
-                         f"{list(weight.shape)})")
+        fail(op, f"input has {C} channels (shape {list(input.shape)}) but weight expects "
+                 f"{weight.shape[1] * groups} = {weight.shape[1]} x groups {groups} (shape "
+                 f"{list(weight.shape)})")
     if weight.shape[0] % groups:
-        check(False, op, f"out_channels {weight.shape[0]} not divisible by groups {groups}")
+        fail(op, f"out_channels {weight.shape[0]} not divisible by groups {groups}")
     if bias is not None and tuple(bias.shape) != (weight.shape[0],):
-        check(False, op, f"bias must have shape [{weight.shape[0]}], got {list(bias.shape)}")
+        fail(op, f"bias must have shape [{weight.shape[0]}], got {list(bias.shape)}")
     stride, dilation = _tuple(stride, n, op, "stride"), _tuple(dilation, n, op, "dilation")
     if isinstance(padding, str):
         check(padding in ("same", "valid"), op, f"padding must be 'same', 'valid' or ints, got {padding!r}")
@@ -242,7 +242,7 @@ def _conv(op, n, input, weight, bias, stride, padding, dilation, groups):
     else:
         padding = _tuple(padding, n, op, "padding")
     if not all(q >= 0 for q in padding):
-        check(False, op, f"negative padding {padding}")
+        fail(op, f"negative padding {padding}")
     return _apply_batched(Conv, n, input, weight, bias, stride, padding, dilation, groups)
 
 
@@ -264,21 +264,21 @@ def conv3d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
 def _conv_transpose(op, n, input, weight, bias, stride, padding, output_padding, groups, dilation):
     C = _check_args(op, n, input, weight, bias, groups, "in_channels, out_channels/groups")
     if C != weight.shape[0]:
-        check(False, op, f"input has {C} channels (shape {list(input.shape)}) but weight expects "
-                         f"{weight.shape[0]} (shape {list(weight.shape)}, a transposed convolution's "
-                         "(in, out/groups, ...))")
+        fail(op, f"input has {C} channels (shape {list(input.shape)}) but weight expects "
+                 f"{weight.shape[0]} (shape {list(weight.shape)}, a transposed convolution's "
+                 "(in, out/groups, ...))")
     if C % groups:
-        check(False, op, f"in_channels {C} not divisible by groups {groups}")
+        fail(op, f"in_channels {C} not divisible by groups {groups}")
     C_out = weight.shape[1] * groups
     if bias is not None and tuple(bias.shape) != (C_out,):
-        check(False, op, f"bias must have shape [{C_out}], got {list(bias.shape)}")
+        fail(op, f"bias must have shape [{C_out}], got {list(bias.shape)}")
     stride, dilation = _tuple(stride, n, op, "stride"), _tuple(dilation, n, op, "dilation")
     padding, output_padding = _tuple(padding, n, op, "padding"), _tuple(output_padding, n, op, "output_padding")
     if not all(q >= 0 for q in padding):
-        check(False, op, f"negative padding {padding}")
+        fail(op, f"negative padding {padding}")
     if not all(0 <= q < max(s, d) for q, s, d in zip(output_padding, stride, dilation)):
-        check(False, op, f"output_padding {output_padding} must be smaller than either stride {stride} or "
-                         f"dilation {dilation}")
+        fail(op, f"output_padding {output_padding} must be smaller than either stride {stride} or "
+                 f"dilation {dilation}")
     return _apply_batched(ConvTranspose, n, input, weight, bias, stride, padding, output_padding, dilation, groups)
 
 

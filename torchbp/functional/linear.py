@@ -6,7 +6,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ._common import LOWER, PROMOTE_CUDA, DeltaFunction, _autocast_state, apply, check, check_compatible
+from ._common import LOWER, PROMOTE_CUDA, DeltaFunction, _autocast_state, apply, check, check_compatible, fail
 
 
 class Linear(DeltaFunction):
@@ -246,16 +246,16 @@ def matmul(input, other, *, out=None):
     check_compatible("matmul", input=input, other=other)
     si, so = input.shape, other.shape
     if not (len(si) >= 1 and len(so) >= 1):
-        check(False, "matmul", f"both arguments need at least 1 dimension, got {len(si)}-D and {len(so)}-D")
+        fail("matmul", f"both arguments need at least 1 dimension, got {len(si)}-D and {len(so)}-D")
     k_other = so[-2] if len(so) >= 2 else so[0]
     if si[-1] != k_other:
-        check(False, "matmul", _shape_error(input, other) + f" (input's last dim {si[-1]} != other's "
-                               f"{'second-to-last' if len(so) >= 2 else 'only'} dim {k_other})")
+        fail("matmul", _shape_error(input, other) + f" (input's last dim {si[-1]} != other's "
+                       f"{'second-to-last' if len(so) >= 2 else 'only'} dim {k_other})")
     if si[:-2] != so[:-2]:
         try:
             torch.broadcast_shapes(si[:-2], so[:-2])
         except RuntimeError:
-            check(False, "matmul", _shape_error(input, other) + ": batch dims do not broadcast")
+            fail("matmul", _shape_error(input, other) + ": batch dims do not broadcast")
     return apply(Matmul, LOWER, input, other)
 
 
@@ -267,8 +267,8 @@ def mm(input, mat2, *, out=None):
     """δ twin of ``torch.mm`` (2-D only, no broadcasting)."""
     if not (isinstance(input, torch.Tensor) and isinstance(mat2, torch.Tensor) and input.dim() == 2
             and mat2.dim() == 2):
-        check(False, "mm", f"both arguments must be 2-D, got shapes {list(getattr(input, 'shape', []))} and "
-                           f"{list(getattr(mat2, 'shape', []))}")
+        fail("mm", f"both arguments must be 2-D, got shapes {list(getattr(input, 'shape', []))} and "
+                   f"{list(getattr(mat2, 'shape', []))}")
     return matmul(input, mat2, out=out)
 
 
@@ -276,8 +276,8 @@ def bmm(input, mat2, *, out=None):
     """δ twin of ``torch.bmm`` (3-D with equal batch sizes, no broadcasting)."""
     if not (isinstance(input, torch.Tensor) and isinstance(mat2, torch.Tensor) and input.dim() == 3
             and mat2.dim() == 3 and input.shape[0] == mat2.shape[0]):
-        check(False, "bmm", f"both arguments must be 3-D with equal batch sizes, got shapes "
-                            f"{list(getattr(input, 'shape', []))} and {list(getattr(mat2, 'shape', []))}")
+        fail("bmm", f"both arguments must be 3-D with equal batch sizes, got shapes "
+                    f"{list(getattr(input, 'shape', []))} and {list(getattr(mat2, 'shape', []))}")
     return matmul(input, mat2, out=out)
 
 
@@ -286,16 +286,16 @@ def addmm(input, mat1, mat2, *, beta=1, alpha=1, out=None):
     check(out is None, "addmm", "out= does not support automatic differentiation (torch refuses it too)")
     check_compatible("addmm", input=input, mat1=mat1, mat2=mat2)
     if not (mat1.dim() == 2 and mat2.dim() == 2 and mat1.shape[1] == mat2.shape[0]):
-        check(False, "addmm", f"mat1 and mat2 must be 2-D and chainable, got shapes {list(mat1.shape)} and "
-                              f"{list(mat2.shape)}")
+        fail("addmm", f"mat1 and mat2 must be 2-D and chainable, got shapes {list(mat1.shape)} and "
+                      f"{list(mat2.shape)}")
     n, p = mat1.shape[0], mat2.shape[1]
     try:
         ok = torch.broadcast_shapes(input.shape, (n, p)) == (n, p)
     except RuntimeError:
         ok = False
     if not ok:
-        check(False, "addmm", f"input of shape {list(input.shape)} does not broadcast to the product's shape "
-                              f"[{n}, {p}]")
+        fail("addmm", f"input of shape {list(input.shape)} does not broadcast to the product's shape "
+                      f"[{n}, {p}]")
     return apply(Addmm, LOWER, input, mat1, mat2, beta, alpha)
 
 

@@ -27,7 +27,7 @@ import numbers
 import torch
 import torch.nn.functional as F
 
-from ._common import FP32_CUDA, DeltaFunction, _autocast_state, apply, check, check_tensor
+from ._common import FP32_CUDA, DeltaFunction, _autocast_state, apply, check, check_tensor, fail
 from .fastpath.norm import cells_in_place, in_place_ok as _in_place_ok, rows_in_place
 
 _LOW = (torch.float16, torch.bfloat16)
@@ -104,7 +104,7 @@ def _backward(ctx, delta, x0, w0, mean, rstd, view, wview, red, pdims, cell, psh
 def _check(cond, op, message):
     """``check`` with the message (a callable) built only on failure: these run on every call."""
     if not cond:
-        check(False, op, message())
+        fail(op, message())
 
 
 def _check_2d(op, input):

@@ -16,7 +16,10 @@ from __future__ import annotations
 import torch
 
 from . import activation as A
-from ._common import FP32, LOWER, DeltaFunction, _autocast_state, apply, check, check_compatible, check_tensor, inplace_ok, scale_
+from .linear import linear
+from .pointwise import add, mul, sub
+from ._common import FP32, LOWER, DeltaFunction, _autocast_state, apply, check, check_compatible, check_tensor, fail, \
+    inplace_ok, scale_
 
 
 def _order(T, reverse):
@@ -372,8 +375,8 @@ class LSTMProjLayer(DeltaFunction):
 # --- the entries: layers × directions, with torch.rnn_tanh / torch.gru / torch.lstm's signatures -----------
 
 def _packed_error(op):
-    check(False, op, "a PackedSequence goes in as its data and batch_sizes (torch.nn.RNN's packed call), "
-                     "not as the input tensor")
+    fail(op, "a PackedSequence goes in as its data and batch_sizes (torch.nn.RNN's packed call), "
+             "not as the input tensor")
 
 
 def _direction_weights(params, k, per, has_biases, proj):
@@ -561,8 +564,6 @@ def _cell_under_cpu_autocast(op, x, h, c, w_ih, w_hh, b_ih, b_hh):
     linear maps in the autocast dtype, the rest in what the dtypes promote to, so a float32 state stays
     float32 (native adds the gates to it). Each step is a δ op (linear, sigmoid, tanh, add, mul, sub):
     their δ's, chained, are the cell's backward written out above; the gates' chunks are views."""
-    from .linear import linear
-    from .pointwise import add, mul, sub
     ig, hg = linear(x, w_ih, b_ih), linear(h, w_hh, b_hh)
     if op == "lstm_cell":  # c' = f ⊙ c + i ⊙ g,  h' = o ⊙ tanh c'
         i, f, g, o = add(hg, ig).chunk(4, 1)

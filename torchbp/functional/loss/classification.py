@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch.nn import _reduction as _Reduction
 
 from .._common import FP32, DeltaFunction, _cast, _named, apply, autocast_dtype, check, check_compatible, \
-    check_tensor, scale_
+    check_tensor, fail, scale_
 from ..fastpath import loss as _fast
 from ._shared import _ENUM, _Elementwise, _check_weights_broadcast, _promote, _reduction, _spread
 
@@ -373,8 +373,8 @@ def kl_div(input, target, size_average=None, reduce=None, reduction="mean", log_
         try:
             input, target = torch.broadcast_tensors(input, target)
         except RuntimeError:
-            check(False, op, f"target of shape {list(target.shape)} does not broadcast with input of "
-                             f"shape {list(input.shape)}")
+            fail(op, f"target of shape {list(target.shape)} does not broadcast with input of "
+                     f"shape {list(input.shape)}")
     return apply(KLDiv, FP32, input, target, reduction, None, bool(log_target))
 
 

@@ -8,7 +8,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from .._common import FP32, DeltaFunction, _cast, apply, autocast_dtype, check, scale_
+from .._common import FP32, DeltaFunction, _cast, apply, autocast_dtype, check, fail, scale_
 from ._shared import _Elementwise, _promote, _reduce, _reduction, _spread
 
 
@@ -23,8 +23,8 @@ def _broadcast_pair(op, input, target):
         try:
             return torch.broadcast_tensors(input, target)
         except RuntimeError:
-            check(False, op, f"target of shape {list(target.shape)} does not broadcast with input of "
-                             f"shape {list(input.shape)}")
+            fail(op, f"target of shape {list(target.shape)} does not broadcast with input of "
+                     f"shape {list(input.shape)}")
     return input, target
 
 
@@ -185,7 +185,7 @@ def half_squared_error(input, target, reduction="mean"):
         input, target = _promote(op, input=input, target=target)  # its checks name what is wrong
         dtype = autocast_dtype(FP32, (input,))
     if input.shape != target.shape:
-        check(False, op, f"input of shape {list(input.shape)} and target of shape {list(target.shape)} must match")
+        fail(op, f"input of shape {list(input.shape)} and target of shape {list(target.shape)} must match")
     return HalfSquaredError.apply(input, target, reduction, dtype)
 
 
